@@ -1,0 +1,2 @@
+//! `pipeline synth`: render templates, manifest and OpenAPI document.
+pub use crate::synth::command::{Args, run};

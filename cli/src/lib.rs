@@ -1,0 +1,64 @@
+//! `pipeline`: generates, validates and deploys the ingestion pipeline's
+//! CloudFormation stacks from per-environment YAML specs.
+
+pub mod commands;
+pub mod error;
+pub mod output;
+pub mod spec;
+pub mod synth;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use error::Error;
+use output::{Format, Ui};
+
+/// Generate, validate and deploy the pipeline's stacks.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Output format: `text` for people, `json` for programs.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text, env = "PIPELINE_OUTPUT")]
+    pub output: Format,
+    /// Say more about each step (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Directory of environment files [default: ./environments, else the built-in ones].
+    #[arg(long, global = true, value_name = "DIR", env = "PIPELINE_ENVIRONMENTS")]
+    pub environments: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check environment specs and report every problem with its file, line and column.
+    Validate(commands::validate::Args),
+    /// Render the CloudFormation templates, manifest and OpenAPI document of environments.
+    Synth(commands::synth::Args),
+    /// List the environments with their key scale settings.
+    Envs(commands::envs::Args),
+    /// Print the JSON Schema of environment files, for editors.
+    Schema(commands::schema::Args),
+}
+
+/// Parses the command line, runs the command and maps the result to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ui = Ui::new(cli.output, cli.verbose);
+    let result = match &cli.command {
+        Command::Validate(args) => commands::validate::run(&cli, args, &ui),
+        Command::Synth(args) => commands::synth::run(&cli, args, &ui),
+        Command::Envs(args) => commands::envs::run(&cli, args, &ui),
+        Command::Schema(args) => commands::schema::run(args, &ui),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            ui.error(&error);
+            ExitCode::from(error.exit_code())
+        }
+    }
+}

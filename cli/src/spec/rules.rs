@@ -1,0 +1,545 @@
+//! Rules that span several fields of a spec, or that need more than a schema
+//! can say (CIDR arithmetic, AWS service limits, naming lengths).
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::diag::{Problem, Span};
+use super::model::{AuthMode, Endpoint, GateAlarm, Spec, Strategy, WaivedRule};
+use super::yaml::{Node, Value};
+
+/// Retention periods CloudWatch Logs accepts, in days.
+pub const LOG_RETENTION_DAYS: &[u32] = &[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
+
+/// API Gateway ends an integration after 29 seconds.
+const API_GATEWAY_TIMEOUT_SECONDS: u32 = 29;
+
+/// Lambda takes at most 6 MB (6,291,456 bytes) per synchronous request; the
+/// API Gateway event around the body needs some of it.
+pub const MAX_INLINE_BATCH_KIB: u32 = 6080;
+
+/// Endpoints the functions cannot work without.
+const REQUIRED_ENDPOINTS: &[(Endpoint, &str)] = &[
+    (Endpoint::S3, "raw batches"),
+    (Endpoint::Sqs, "chunk messages of large batches"),
+    (Endpoint::Secretsmanager, "database credentials"),
+];
+
+/// Enhanced monitoring intervals RDS accepts, in seconds.
+const MONITORING_INTERVALS: &[u8] = &[0, 1, 5, 10, 15, 30, 60];
+
+/// Longest S3 bucket name.
+const MAX_BUCKET_NAME: usize = 63;
+
+/// Finds the span of the value at `path` (keys, or indexes for lists),
+/// falling back to the closest ancestor that exists.
+pub fn locate(tree: &Node, path: &[&str]) -> Span {
+    let mut node = tree;
+    let mut span = tree.span;
+    for seg in path {
+        let next = match &node.value {
+            Value::Map(entries) => entries.iter().find(|e| e.key == *seg).map(|e| &e.value),
+            Value::Seq(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        };
+        match next {
+            Some(n) => {
+                node = n;
+                span = n.span;
+            }
+            None => break,
+        }
+    }
+    span
+}
+
+/// Finds the span of the key at the end of `path`, or of the value if it has no key.
+fn locate_key(tree: &Node, path: &[&str]) -> Span {
+    let Some((last, parent)) = path.split_last() else {
+        return tree.span;
+    };
+    let mut node = tree;
+    for seg in parent {
+        match &node.value {
+            Value::Map(entries) => match entries.iter().find(|e| e.key == *seg) {
+                Some(e) => node = &e.value,
+                None => return locate(tree, path),
+            },
+            Value::Seq(items) => match seg.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                Some(n) => node = n,
+                None => return locate(tree, path),
+            },
+            _ => return locate(tree, path),
+        }
+    }
+    node.get(last)
+        .map_or_else(|| locate(tree, path), |e| e.key_span)
+}
+
+struct Rules<'a> {
+    tree: &'a Node,
+    problems: Vec<Problem>,
+}
+
+impl Rules<'_> {
+    fn at(&mut self, path: &[&str], message: String, label: &str, help: impl Into<String>) {
+        let span = locate(self.tree, path);
+        self.problems
+            .push(Problem::new(span, message, label).with_help(help));
+    }
+
+    fn at_key(&mut self, path: &[&str], message: String, label: &str, help: impl Into<String>) {
+        let span = locate_key(self.tree, path);
+        self.problems
+            .push(Problem::new(span, message, label).with_help(help));
+    }
+}
+
+/// Checks the cross-field rules of environment `env`.
+pub fn check(env: &str, spec: &Spec, tree: &Node) -> Vec<Problem> {
+    let mut r = Rules {
+        tree,
+        problems: Vec::new(),
+    };
+    names(&mut r, env, spec);
+    network(&mut r, spec);
+    api(&mut r, spec);
+    functions(&mut r, spec);
+    database(&mut r, spec);
+    monitoring(&mut r, spec);
+    rollout(&mut r, spec);
+    prod_like(&mut r, spec);
+    datasets(&mut r, spec);
+    r.problems
+}
+
+fn names(r: &mut Rules, env: &str, spec: &Spec) {
+    // The longest bucket name the data stack creates.
+    let longest = format!("{}-{env}-logs-123456789012-{}", spec.project, spec.region);
+    if longest.len() > MAX_BUCKET_NAME {
+        r.at(
+            &["project"],
+            format!(
+                "bucket names of `{env}` would be {} characters long, over S3's limit of {MAX_BUCKET_NAME}",
+                longest.len()
+            ),
+            "too long with this environment's name and region",
+            format!("shorten the project name by at least {} characters", longest.len() - MAX_BUCKET_NAME),
+        );
+    }
+    for (key, value) in &spec.tags {
+        if key.starts_with("aws:") {
+            r.at_key(
+                &["tags", key],
+                format!("tag `{key}` uses the reserved prefix `aws:`"),
+                "reserved prefix",
+                "choose another tag name",
+            );
+        } else if key.is_empty() || key.len() > 128 || value.len() > 256 {
+            r.at(
+                &["tags", key],
+                format!("tag `{key}` is too long"),
+                "too long",
+                "tag keys take 1 to 128 characters and values up to 256",
+            );
+        }
+    }
+}
+
+fn network(r: &mut Rules, spec: &Spec) {
+    let path = ["network", "cidr"];
+    match spec.network.cidr.parse::<Ipv4Net>() {
+        Err(_) => r.at(
+            &path,
+            format!(
+                "`network.cidr` is not an IPv4 CIDR block: `{}`",
+                spec.network.cidr
+            ),
+            "not a CIDR block",
+            "write an address and prefix length, such as `10.20.0.0/16`",
+        ),
+        Ok(net) => {
+            if net.network() != net.addr() {
+                r.at(
+                    &path,
+                    format!("`network.cidr` has host bits set: `{net}`"),
+                    "not the start of the block",
+                    format!("did you mean `{}`?", net.trunc()),
+                );
+            } else if !(16..=24).contains(&net.prefix_len()) {
+                r.at(
+                    &path,
+                    format!(
+                        "`network.cidr` must have a prefix from /16 to /24, found /{}",
+                        net.prefix_len()
+                    ),
+                    "prefix length out of range",
+                    "a VPC takes /16 to /28, and the pipeline cuts it into eight subnets",
+                );
+            } else if !is_private(net.addr()) {
+                r.at(
+                    &path,
+                    format!("`network.cidr` is not a private range: `{net}`"),
+                    "public address range",
+                    "use a block inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
+                );
+            }
+        }
+    }
+    for (i, endpoint) in spec.network.endpoints.iter().enumerate() {
+        if spec.network.endpoints[..i].contains(endpoint) {
+            let index = i.to_string();
+            r.at(
+                &["network", "endpoints", &index],
+                format!("endpoint `{}` is listed twice", endpoint.service()),
+                "duplicate",
+                "list each endpoint once",
+            );
+        }
+    }
+    let missing: Vec<String> = REQUIRED_ENDPOINTS
+        .iter()
+        .filter(|(e, _)| !spec.network.endpoints.contains(e))
+        .map(|(e, why)| format!("{} ({why})", e.service()))
+        .collect();
+    if !missing.is_empty() {
+        r.at(
+            &["network", "endpoints"],
+            format!(
+                "`network.endpoints` lacks endpoints the functions need: {}",
+                missing.join(", ")
+            ),
+            "missing endpoints",
+            "without a NAT gateway the functions reach AWS services only through these endpoints",
+        );
+    }
+}
+
+fn is_private(addr: Ipv4Addr) -> bool {
+    addr.is_private()
+}
+
+fn api(r: &mut Rules, spec: &Spec) {
+    if spec.api.max_inline_batch_kib > MAX_INLINE_BATCH_KIB {
+        r.at(
+            &["api", "max_inline_batch_kib"],
+            format!(
+                "`api.max_inline_batch_kib` must be at most {MAX_INLINE_BATCH_KIB}, found {}",
+                spec.api.max_inline_batch_kib
+            ),
+            "over Lambda's request payload limit",
+            "Lambda accepts at most 6 MB per request, including the API Gateway event around the body; larger batches go through uploads",
+        );
+    }
+    for (i, origin) in spec.api.cors_origins.iter().enumerate() {
+        if !is_origin(origin) {
+            let index = i.to_string();
+            r.at(
+                &["api", "cors_origins", &index],
+                format!("`{origin}` is not an origin"),
+                "not an origin",
+                "write a scheme and host without a path, such as `https://app.example.com`",
+            );
+        }
+    }
+}
+
+fn is_origin(origin: &str) -> bool {
+    let rest = origin.strip_prefix("https://").or_else(|| {
+        origin
+            .strip_prefix("http://localhost")
+            .map(|r| if r.is_empty() { "localhost" } else { r })
+    });
+    let Some(rest) = rest else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (rest, None),
+    };
+    let host_ok = host.is_empty() && origin.starts_with("http://localhost")
+        || (!host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.parse::<u16>().is_ok());
+    host_ok && port_ok
+}
+
+fn functions(r: &mut Rules, spec: &Spec) {
+    for name in ["ingest", "query"] {
+        let f = if name == "ingest" {
+            &spec.functions.ingest
+        } else {
+            &spec.functions.query
+        };
+        if f.timeout_seconds > API_GATEWAY_TIMEOUT_SECONDS {
+            r.at(
+                &["functions", name, "timeout_seconds"],
+                format!(
+                    "`functions.{name}.timeout_seconds` must be at most {API_GATEWAY_TIMEOUT_SECONDS}, found {}",
+                    f.timeout_seconds
+                ),
+                "longer than API Gateway waits",
+                format!("API Gateway ends a request after {API_GATEWAY_TIMEOUT_SECONDS} seconds, so `{name}` cannot usefully run longer"),
+            );
+        }
+    }
+    let loader = spec.functions.loader.timeout_seconds;
+    let visibility = spec.queue.visibility_timeout_seconds;
+    if u64::from(visibility) < 6 * u64::from(loader) {
+        r.at(
+            &["queue", "visibility_timeout_seconds"],
+            format!(
+                "`queue.visibility_timeout_seconds` must be at least 6 times the loader's timeout ({}), found {visibility}",
+                6 * loader
+            ),
+            "shorter than six loader timeouts",
+            "a message must stay hidden while the loader retries it, or it is delivered again mid-load; AWS advises six times the function timeout",
+        );
+    }
+}
+
+fn database(r: &mut Rules, spec: &Spec) {
+    let db = &spec.database;
+    let major: u32 = db.major_version().parse().unwrap_or(0);
+    if !(13..=17).contains(&major) {
+        r.at(
+            &["database", "engine_version"],
+            format!("Postgres {} is not supported", db.engine_version),
+            "unsupported major version",
+            "use a major version from 13 to 17, such as `16.4`",
+        );
+    }
+    if let Some(max) = db.max_storage_gb {
+        if max <= db.storage_gb {
+            r.at(
+                &["database", "max_storage_gb"],
+                format!("`database.max_storage_gb` must be above `database.storage_gb` ({}), found {max}", db.storage_gb),
+                "not above the allocated storage",
+                "raise it, or set it to null to turn storage autoscaling off",
+            );
+        }
+    }
+    if !MONITORING_INTERVALS.contains(&db.enhanced_monitoring_seconds) {
+        r.at(
+            &["database", "enhanced_monitoring_seconds"],
+            format!(
+                "`database.enhanced_monitoring_seconds` must be one of 0, 1, 5, 10, 15, 30, 60, found {}",
+                db.enhanced_monitoring_seconds
+            ),
+            "not an interval RDS offers",
+            "0 turns enhanced monitoring off",
+        );
+    }
+    let small = db.instance_class.ends_with(".micro") || db.instance_class.ends_with(".small");
+    if db.performance_insights && small {
+        r.at(
+            &["database", "performance_insights"],
+            format!(
+                "Performance Insights is not available on `{}`",
+                db.instance_class
+            ),
+            "not available on this class",
+            "use a medium or larger instance class, or set `performance_insights: false`",
+        );
+    }
+}
+
+fn monitoring(r: &mut Rules, spec: &Spec) {
+    let days = spec.monitoring.log_retention_days;
+    if !LOG_RETENTION_DAYS.contains(&days) {
+        let nearest = LOG_RETENTION_DAYS
+            .iter()
+            .min_by_key(|d| d.abs_diff(days))
+            .copied()
+            .unwrap_or(30);
+        r.at(
+            &["monitoring", "log_retention_days"],
+            format!("CloudWatch Logs cannot keep logs for {days} days"),
+            "not a retention CloudWatch Logs offers",
+            format!(
+                "the nearest allowed value is {nearest}; allowed: {}",
+                LOG_RETENTION_DAYS
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    for (i, email) in spec.monitoring.notify.iter().enumerate() {
+        let ok = email.split_once('@').is_some_and(|(user, host)| {
+            !user.is_empty() && host.contains('.') && !email.contains(char::is_whitespace)
+        });
+        if !ok {
+            let index = i.to_string();
+            r.at(
+                &["monitoring", "notify", &index],
+                format!("`{email}` is not an email address"),
+                "not an email address",
+                "write an address such as `oncall@example.com`",
+            );
+        }
+    }
+}
+
+fn rollout(r: &mut Rules, spec: &Spec) {
+    let ro = &spec.rollout;
+    let strategy = ro.strategy.as_str();
+    let need = |field: &str, present: bool, wanted: bool, r: &mut Rules| {
+        if wanted && !present {
+            r.at_key(
+                &["rollout", "strategy"],
+                format!("a {strategy} rollout needs `rollout.{field}`"),
+                "set here",
+                format!("add `{field}:` under `rollout`"),
+            );
+        } else if !wanted && present {
+            r.at_key(
+                &["rollout", field],
+                format!("`rollout.{field}` has no effect with strategy `{strategy}`"),
+                "ignored by this strategy",
+                "remove it, or set it to null when a parent file sets it",
+            );
+        }
+    };
+    let (percent, bake, interval) = match ro.strategy {
+        Strategy::AllAtOnce => (false, false, false),
+        Strategy::Canary => (true, true, false),
+        Strategy::Linear => (true, false, true),
+    };
+    need("percent", ro.percent.is_some(), percent, r);
+    need("bake_minutes", ro.bake_minutes.is_some(), bake, r);
+    need(
+        "interval_minutes",
+        ro.interval_minutes.is_some(),
+        interval,
+        r,
+    );
+    if ro.strategy != Strategy::AllAtOnce && ro.alarms.is_empty() && ro.external_alarms.is_empty() {
+        r.at_key(
+            &["rollout", "strategy"],
+            format!("a {strategy} rollout needs gate alarms"),
+            "no alarms gate this rollout",
+            "list alarms under `rollout.alarms`, such as `[ingest-errors, loader-errors, query-errors, api-5xx]`",
+        );
+    }
+    for (i, alarm) in ro.alarms.iter().enumerate() {
+        let index = i.to_string();
+        if ro.alarms[..i].contains(alarm) {
+            r.at(
+                &["rollout", "alarms", &index],
+                "this alarm is listed twice".into(),
+                "duplicate",
+                "list each alarm once",
+            );
+        } else if *alarm == GateAlarm::ReplicaLag && spec.database.read_replicas == 0 {
+            r.at(
+                &["rollout", "alarms", &index],
+                "`replica-lag` gates the rollout, but the database has no read replica".into(),
+                "this alarm does not exist here",
+                "remove it, or set `database.read_replicas` above 0",
+            );
+        }
+    }
+}
+
+fn prod_like(r: &mut Rules, spec: &Spec) {
+    let why = if spec.database.deletion_protection {
+        "deletion protection is on"
+    } else {
+        "code takes traffic gradually"
+    };
+    let prod_like = spec.prod_like();
+    let needs_single_az = prod_like && !spec.database.multi_az;
+    if needs_single_az && !spec.waives(WaivedRule::SingleAz) {
+        r.at(
+            &["database", "multi_az"],
+            format!("this environment is prod-like ({why}) but its database is not multi-AZ"),
+            "single AZ",
+            "set `multi_az: true`, or waive the rule with `waivers: [{rule: single-az, reason: \"...\"}]`",
+        );
+    }
+    let needs_open = prod_like && spec.api.auth == AuthMode::None;
+    if needs_open && !spec.waives(WaivedRule::OpenApi) {
+        r.at(
+            &["api", "auth"],
+            format!("this environment is prod-like ({why}) but its API has no authentication"),
+            "no authentication",
+            "set `auth: api_key` or `auth: iam`, or waive the rule with `waivers: [{rule: open-api, reason: \"...\"}]`",
+        );
+    }
+    for (i, waiver) in spec.waivers.iter().enumerate() {
+        let applies = match waiver.rule {
+            WaivedRule::SingleAz => needs_single_az,
+            WaivedRule::OpenApi => needs_open,
+        };
+        if !applies {
+            let index = i.to_string();
+            r.at(
+                &["waivers", &index, "rule"],
+                "this waiver waives a rule the environment does not break".into(),
+                "not needed",
+                "remove the waiver so that it cannot hide a later change",
+            );
+        }
+    }
+}
+
+fn datasets(r: &mut Rules, spec: &Spec) {
+    for (name, dataset) in &spec.datasets {
+        let valid = name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            r.at_key(
+                &["datasets", name],
+                format!("dataset name `{name}` cannot name a table"),
+                "not a table name",
+                "use lower case letters, digits and `_`, starting with a letter",
+            );
+        }
+        for problem in dataset.problems() {
+            let mut path: Vec<&str> = vec!["datasets", name];
+            path.extend(problem.path.iter().map(String::as_str));
+            let help = problem.help.clone().unwrap_or_default();
+            r.at(&path, problem.message.clone(), "here", help);
+        }
+        for (i, column) in dataset.filterable.iter().enumerate() {
+            if dataset
+                .column(column)
+                .is_some_and(|c| c.kind == pipeline_shared::ColumnType::Jsonb)
+            {
+                let index = i.to_string();
+                r.at(
+                    &["datasets", name, "filterable", &index],
+                    format!("jsonb column `{column}` cannot be filtered"),
+                    "not filterable",
+                    "filter on a scalar column instead",
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        assert!(is_origin("https://app.example.com"));
+        assert!(is_origin("https://app.example.com:8443"));
+        assert!(is_origin("http://localhost:3000"));
+        assert!(!is_origin("https://app.example.com/path"));
+        assert!(!is_origin("http://example.com"));
+        assert!(!is_origin("*"));
+    }
+}

@@ -1,0 +1,2 @@
+//! Rendering an environment into CloudFormation templates.
+pub mod command;

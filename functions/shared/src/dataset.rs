@@ -1,0 +1,286 @@
+//! Datasets: the tables the pipeline loads, as declared in an environment's spec.
+
+use serde::{Deserialize, Serialize};
+
+/// How a dataset's batches are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line (`application/x-ndjson`).
+    Ndjson,
+    /// Comma-separated values with a header line (`text/csv`).
+    Csv,
+}
+
+impl Format {
+    /// The media type clients send batches of this format with.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Ndjson => "application/x-ndjson",
+            Format::Csv => "text/csv",
+        }
+    }
+}
+
+/// What a load does with a record whose primary key is already in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Keep the stored row; the new record counts as a duplicate.
+    Ignore,
+    /// Replace the stored row's columns with the new record's.
+    Update,
+}
+
+/// The type of a column, named as in the spec; each maps to one Postgres type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Text,
+    Int,
+    Bigint,
+    Float,
+    Bool,
+    Numeric,
+    Date,
+    Timestamptz,
+    Uuid,
+    Jsonb,
+}
+
+impl ColumnType {
+    /// The Postgres type the column is created with.
+    pub fn postgres(self) -> &'static str {
+        match self {
+            ColumnType::Text => "text",
+            ColumnType::Int => "integer",
+            ColumnType::Bigint => "bigint",
+            ColumnType::Float => "double precision",
+            ColumnType::Bool => "boolean",
+            ColumnType::Numeric => "numeric",
+            ColumnType::Date => "date",
+            ColumnType::Timestamptz => "timestamptz",
+            ColumnType::Uuid => "uuid",
+            ColumnType::Jsonb => "jsonb",
+        }
+    }
+
+    /// The JSON Schema `type` and `format` a value of this column has in the API.
+    pub fn json_schema(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ColumnType::Text => ("string", None),
+            ColumnType::Int => ("integer", Some("int32")),
+            ColumnType::Bigint => ("integer", Some("int64")),
+            ColumnType::Float => ("number", Some("double")),
+            ColumnType::Bool => ("boolean", None),
+            // Numerics travel as strings so that no precision is lost in JSON.
+            ColumnType::Numeric => ("string", Some("decimal")),
+            ColumnType::Date => ("string", Some("date")),
+            ColumnType::Timestamptz => ("string", Some("date-time")),
+            ColumnType::Uuid => ("string", Some("uuid")),
+            ColumnType::Jsonb => ("object", None),
+        }
+    }
+
+    /// Whether range filters (`gte`/`lte`) make sense on the column.
+    pub fn is_ordered(self) -> bool {
+        !matches!(
+            self,
+            ColumnType::Bool | ColumnType::Jsonb | ColumnType::Uuid
+        )
+    }
+}
+
+/// One column of a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    /// Column name: lower case letters, digits and `_`, starting with a letter.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(regex(pattern = r"^[a-z][a-z0-9_]{0,62}$"))
+    )]
+    pub name: String,
+    /// The column's type.
+    #[serde(rename = "type")]
+    pub kind: ColumnType,
+    /// Whether records may omit the value or send null (default: false).
+    #[serde(default)]
+    pub nullable: bool,
+    /// What the column holds, shown in the API documentation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A dataset: one Postgres table fed by batches of records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    /// The encoding of the dataset's batches.
+    pub format: Format,
+    /// The columns, in the order a CSV header lists them.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
+    pub columns: Vec<Column>,
+    /// The columns that identify a record.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
+    pub primary_key: Vec<String>,
+    /// What a load does with a record whose key is already stored.
+    pub on_conflict: OnConflict,
+    /// The columns the records API may filter on.
+    #[serde(default)]
+    pub filterable: Vec<String>,
+    /// What the dataset holds, shown in the API documentation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A problem found in a dataset definition, with where it is (relative to the dataset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetProblem {
+    /// Path below the dataset, such as `["primary_key", "1"]`.
+    pub path: Vec<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl Dataset {
+    /// The column named `name`, if any.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Checks the rules that span several fields: unique column names, a
+    /// primary key and filters that name existing columns.
+    pub fn problems(&self) -> Vec<DatasetProblem> {
+        let mut out = Vec::new();
+        for (i, column) in self.columns.iter().enumerate() {
+            if self.columns[..i].iter().any(|c| c.name == column.name) {
+                out.push(DatasetProblem {
+                    path: vec!["columns".into(), i.to_string(), "name".into()],
+                    message: format!("column `{}` is declared twice", column.name),
+                    help: Some("give each column a distinct name".into()),
+                });
+            }
+        }
+        let mut check_refs = |field: &str, names: &[String]| {
+            for (i, name) in names.iter().enumerate() {
+                let path = vec![field.to_string(), i.to_string()];
+                if names[..i].contains(name) {
+                    out.push(DatasetProblem {
+                        path,
+                        message: format!("`{name}` is listed twice in `{field}`"),
+                        help: Some("list each column once".into()),
+                    });
+                } else if let Some(column) = self.column(name) {
+                    if field == "primary_key" && column.nullable {
+                        out.push(DatasetProblem {
+                            path,
+                            message: format!("primary key column `{name}` is nullable"),
+                            help: Some(format!("set `nullable: false` on column `{name}`")),
+                        });
+                    }
+                } else {
+                    out.push(DatasetProblem {
+                        path,
+                        message: format!("`{field}` names `{name}`, which is not a column"),
+                        help: Some(self.suggest(name)),
+                    });
+                }
+            }
+        };
+        check_refs("primary_key", &self.primary_key);
+        check_refs("filterable", &self.filterable);
+        out
+    }
+
+    fn suggest(&self, name: &str) -> String {
+        let names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        match names.iter().find(|c| edit_distance(c, name) <= 2) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => format!("the columns are: {}", names.join(", ")),
+        }
+    }
+}
+
+/// Levenshtein distance, small enough to keep the functions free of extra crates.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(primary_key: &[&str], filterable: &[&str]) -> Dataset {
+        Dataset {
+            format: Format::Ndjson,
+            columns: vec![
+                Column {
+                    name: "id".into(),
+                    kind: ColumnType::Uuid,
+                    nullable: false,
+                    description: None,
+                },
+                Column {
+                    name: "note".into(),
+                    kind: ColumnType::Text,
+                    nullable: true,
+                    description: None,
+                },
+            ],
+            primary_key: primary_key.iter().map(|s| s.to_string()).collect(),
+            on_conflict: OnConflict::Ignore,
+            filterable: filterable.iter().map(|s| s.to_string()).collect(),
+            description: None,
+        }
+    }
+
+    #[test]
+    fn valid_dataset_has_no_problems() {
+        assert_eq!(dataset(&["id"], &["note"]).problems(), vec![]);
+    }
+
+    #[test]
+    fn key_and_filters_must_name_columns() {
+        let problems = dataset(&["idd", "note"], &["nope", "nope"]).problems();
+        let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            vec![
+                "`primary_key` names `idd`, which is not a column",
+                "primary key column `note` is nullable",
+                "`filterable` names `nope`, which is not a column",
+                "`nope` is listed twice in `filterable`",
+            ]
+        );
+        assert_eq!(problems[0].help.as_deref(), Some("did you mean `id`?"));
+        assert_eq!(problems[0].path, vec!["primary_key", "0"]);
+    }
+
+    #[test]
+    fn edit_distance_counts_edits() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+}

@@ -1,0 +1,8 @@
+//! Code shared by the pipeline's functions and by the `pipeline` CLI.
+//!
+//! The dataset model lives here so that the spec the CLI validates and the
+//! handlers that enforce it at run time read one definition.
+
+pub mod dataset;
+
+pub use dataset::{Column, ColumnType, Dataset, Format, OnConflict};
