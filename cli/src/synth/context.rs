@@ -1,0 +1,891 @@
+//! Typed contexts of the templates: everything a template shows is computed
+//! here, so templates only lay it out.
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::spec::model::{AuthMode, Endpoint, Spec};
+
+/// A checkov check deliberately skipped on a resource, with the reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skip {
+    pub id: &'static str,
+    pub comment: String,
+}
+
+fn skip(id: &'static str, comment: impl Into<String>) -> Skip {
+    Skip {
+        id,
+        comment: comment.into(),
+    }
+}
+
+/// Where a stack parameter's value comes from at deploy time.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// An output of an earlier stack of the same environment.
+    Output {
+        stack: &'static str,
+        output: &'static str,
+    },
+    /// The S3 key of a built asset, uploaded under its SHA-256.
+    Asset { asset: &'static str },
+    /// A value the deploy engine provides (the assets bucket of the bootstrap stack, alias versions).
+    Deploy { value: &'static str },
+}
+
+/// One parameter of a stack.
+#[derive(Debug, Clone, Serialize)]
+pub struct Param {
+    pub name: &'static str,
+    /// CloudFormation parameter type.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub description: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<&'static str>,
+    pub source: Source,
+}
+
+fn from_output(name: &'static str, stack: &'static str, description: &'static str) -> Param {
+    Param {
+        name,
+        kind: "String",
+        description,
+        default: None,
+        source: Source::Output {
+            stack,
+            output: name,
+        },
+    }
+}
+
+fn list_from_output(name: &'static str, stack: &'static str, description: &'static str) -> Param {
+    Param {
+        kind: "CommaDelimitedList",
+        ..from_output(name, stack, description)
+    }
+}
+
+/// What every template knows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Common {
+    pub project: String,
+    pub env: String,
+    /// `<project>-<env>`: the prefix of stack and resource names.
+    pub prefix: String,
+    pub description: String,
+    pub prod_like: bool,
+    /// Deletion and replace policy of resources that hold data.
+    pub keep_policy: &'static str,
+}
+
+impl Common {
+    fn new(env: &str, spec: &Spec, stack: &str, what: &str) -> Common {
+        let prod_like = spec.prod_like();
+        Common {
+            project: spec.project.clone(),
+            env: env.to_string(),
+            prefix: format!("{}-{env}", spec.project),
+            description: format!("{} {env}: {stack} stack ({what})", spec.project),
+            prod_like,
+            keep_policy: if prod_like { "Retain" } else { "Delete" },
+        }
+    }
+}
+
+// ---------------------------------------------------------------- network
+
+#[derive(Debug, Serialize)]
+pub struct NetworkContext {
+    pub common: Common,
+    pub cidr: String,
+    pub subnets: Vec<Subnet>,
+    pub interface_endpoints: Vec<InterfaceEndpoint>,
+    pub proxy: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Subnet {
+    pub logical_id: String,
+    pub index: usize,
+    pub cidr: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InterfaceEndpoint {
+    pub logical_id: String,
+    pub service: &'static str,
+}
+
+pub fn network(env: &str, spec: &Spec) -> NetworkContext {
+    // Validation guarantees a /16 to /24 block, so eight subnets fit.
+    let subnets = spec
+        .network
+        .cidr
+        .parse::<Ipv4Net>()
+        .ok()
+        .and_then(|net| net.subnets(net.prefix_len() + 3).ok())
+        .map(|s| s.take(usize::from(spec.network.azs)).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut endpoints = spec.network.endpoints.clone();
+    endpoints.sort();
+    NetworkContext {
+        common: Common::new(
+            env,
+            spec,
+            "network",
+            "VPC, private subnets, security groups, VPC endpoints",
+        ),
+        cidr: spec.network.cidr.clone(),
+        subnets: subnets
+            .iter()
+            .enumerate()
+            .map(|(index, net)| Subnet {
+                logical_id: format!("PrivateSubnet{}", index + 1),
+                index,
+                cidr: net.to_string(),
+            })
+            .collect(),
+        interface_endpoints: endpoints
+            .iter()
+            .filter(|e| **e != Endpoint::S3)
+            .map(|e| InterfaceEndpoint {
+                logical_id: format!("{}Endpoint", pascal(e.service())),
+                service: e.service(),
+            })
+            .collect(),
+        proxy: spec.database.proxy,
+    }
+}
+
+// ---------------------------------------------------------------- data
+
+#[derive(Debug, Serialize)]
+pub struct DataContext {
+    pub common: Common,
+    pub params: Vec<Param>,
+    pub key_pending_days: u32,
+    pub raw: RawContext,
+    pub queue: QueueContext,
+    pub db: DbContext,
+    pub replicas: Vec<Replica>,
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RawContext {
+    pub retention_days: u32,
+    pub versioning: bool,
+    pub skips: Vec<Skip>,
+    pub log_skips: Vec<Skip>,
+    pub log_retention_days: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueContext {
+    pub visibility_timeout: u32,
+    pub max_receives: u32,
+    pub dead_letter_retention_seconds: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DbContext {
+    pub engine_version: String,
+    pub family: String,
+    pub instance_class: String,
+    pub storage_gb: u32,
+    pub max_storage_gb: Option<u32>,
+    pub multi_az: bool,
+    pub backup_retention_days: u8,
+    pub deletion_protection: bool,
+    pub proxy: bool,
+    pub performance_insights: bool,
+    pub monitoring_interval: u8,
+    pub name: String,
+    pub policy: &'static str,
+    pub skips: Vec<Skip>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Replica {
+    pub logical_id: String,
+    pub skips: Vec<Skip>,
+}
+
+/// The database skips that follow from a scaled-down spec.
+fn db_skips(spec: &Spec, replica: bool) -> Vec<Skip> {
+    let db = &spec.database;
+    let mut skips = Vec::new();
+    if replica {
+        skips.push(skip("CKV_AWS_157", "read replica: it serves reads and is rebuilt from the primary, whose availability `database.multi_az` sets"));
+    } else if !db.multi_az {
+        skips.push(skip(
+            "CKV_AWS_157",
+            "scaled-down environment: `database.multi_az` is false in the spec",
+        ));
+    }
+    if !db.deletion_protection {
+        skips.push(skip("CKV_AWS_293", "scaled-down environment: `database.deletion_protection` is false so that it can be torn down"));
+    }
+    if db.enhanced_monitoring_seconds == 0 {
+        skips.push(skip(
+            "CKV_AWS_118",
+            "scaled-down environment: `database.enhanced_monitoring_seconds` is 0 in the spec",
+        ));
+    }
+    if !db.performance_insights {
+        skips.push(skip(
+            "CKV_AWS_353",
+            "scaled-down environment: `database.performance_insights` is false in the spec",
+        ));
+    }
+    skips
+}
+
+pub fn data(env: &str, spec: &Spec) -> DataContext {
+    let db = &spec.database;
+    let mut params = vec![
+        list_from_output("SubnetIds", "network", "Private subnets of the database"),
+        from_output(
+            "DatabaseSecurityGroupId",
+            "network",
+            "Security group of the database",
+        ),
+    ];
+    if db.proxy {
+        params.push(from_output(
+            "ProxySecurityGroupId",
+            "network",
+            "Security group of the RDS Proxy",
+        ));
+    }
+    let mut raw_skips = Vec::new();
+    if !spec.storage.raw.versioning {
+        raw_skips.push(skip("CKV_AWS_21", "`storage.raw.versioning` is false in the spec: raw batches are written once and never overwritten"));
+    }
+    let prod_like = spec.prod_like();
+    DataContext {
+        common: Common::new(
+            env,
+            spec,
+            "data",
+            "KMS key, raw bucket, queues, database; stateful",
+        ),
+        params,
+        key_pending_days: if prod_like { 30 } else { 7 },
+        raw: RawContext {
+            retention_days: spec.storage.raw.retention_days,
+            versioning: spec.storage.raw.versioning,
+            skips: raw_skips,
+            log_skips: vec![
+                skip(
+                    "CKV_AWS_18",
+                    "this bucket is the access-log target; logging it into itself would loop",
+                ),
+                skip(
+                    "CKV_AWS_145",
+                    "S3 server access logging delivers only to buckets encrypted with SSE-S3",
+                ),
+            ],
+            log_retention_days: if prod_like { 365 } else { 90 },
+        },
+        queue: QueueContext {
+            visibility_timeout: spec.queue.visibility_timeout_seconds,
+            max_receives: spec.queue.max_receives,
+            dead_letter_retention_seconds: spec.queue.dead_letter_retention_days * 86_400,
+        },
+        db: DbContext {
+            engine_version: db.engine_version.clone(),
+            family: format!("postgres{}", db.major_version()),
+            instance_class: db.instance_class.clone(),
+            storage_gb: db.storage_gb,
+            max_storage_gb: db.max_storage_gb,
+            multi_az: db.multi_az,
+            backup_retention_days: db.backup_retention_days,
+            deletion_protection: db.deletion_protection,
+            proxy: db.proxy,
+            performance_insights: db.performance_insights,
+            monitoring_interval: db.enhanced_monitoring_seconds,
+            name: db.name.clone(),
+            policy: if prod_like { "Snapshot" } else { "Delete" },
+            skips: db_skips(spec, false),
+        },
+        replicas: (1..=db.read_replicas)
+            .map(|i| Replica {
+                logical_id: format!("Replica{i}"),
+                skips: db_skips(spec, true),
+            })
+            .collect(),
+        cors_origins: spec.api.cors_origins.clone(),
+    }
+}
+
+// ---------------------------------------------------------------- monitoring
+
+#[derive(Debug, Serialize)]
+pub struct MonitoringContext {
+    pub common: Common,
+    pub params: Vec<Param>,
+    pub log_retention_days: u32,
+    pub log_group_skips: Vec<Skip>,
+    pub log_groups: Vec<LogGroup>,
+    pub emails: Vec<String>,
+    pub alarms: Vec<Alarm>,
+    /// The dashboard's body, a JSON string with `${...}` references for `Fn::Sub`.
+    pub dashboard: Option<String>,
+    pub replica_count: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogGroup {
+    pub logical_id: String,
+    pub name: String,
+}
+
+/// One CloudWatch alarm.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alarm {
+    pub logical_id: String,
+    /// The name a rollout gate refers to (`ingest-errors`).
+    pub key: String,
+    pub name: String,
+    pub description: String,
+    pub namespace: &'static str,
+    pub metric: &'static str,
+    pub dimensions: Vec<Dimension>,
+    /// `Sum`, `Average`, `Maximum`, `Minimum`, or a percentile such as `p99`.
+    pub statistic: &'static str,
+    pub extended: bool,
+    pub threshold: f64,
+    pub comparison: &'static str,
+    pub periods: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Dimension {
+    pub name: &'static str,
+    /// A literal value, or (when `reference` is set) a parameter name.
+    pub value: String,
+    pub reference: bool,
+}
+
+fn literal(name: &'static str, value: String) -> Dimension {
+    Dimension {
+        name,
+        value,
+        reference: false,
+    }
+}
+
+fn reference(name: &'static str, param: &str) -> Dimension {
+    Dimension {
+        name,
+        value: param.to_string(),
+        reference: true,
+    }
+}
+
+pub fn function_name(prefix: &str, function: &str) -> String {
+    format!("{prefix}-{function}")
+}
+
+pub fn api_name(prefix: &str) -> String {
+    format!("{prefix}-api")
+}
+
+/// Every alarm of an environment, in a fixed order.
+pub fn alarms(env: &str, spec: &Spec) -> Vec<Alarm> {
+    let prefix = format!("{}-{env}", spec.project);
+    let t = &spec.monitoring.alarms;
+    let mut out = Vec::new();
+    let mut add = |key: String,
+                   description: String,
+                   namespace,
+                   metric,
+                   dimensions,
+                   statistic: &'static str,
+                   threshold: f64,
+                   comparison| {
+        out.push(Alarm {
+            logical_id: format!("{}Alarm", pascal(&key)),
+            name: format!("{prefix}-{key}"),
+            key,
+            description,
+            namespace,
+            metric,
+            dimensions,
+            extended: statistic.starts_with('p'),
+            statistic,
+            threshold,
+            comparison,
+            periods: 1,
+        });
+    };
+    for (name, f) in spec.functions.all() {
+        let fname = function_name(&prefix, name);
+        let dims = || vec![literal("FunctionName", fname.clone())];
+        add(
+            format!("{name}-errors"),
+            format!("{name}: {} or more errors in 5 minutes", t.function_errors),
+            "AWS/Lambda",
+            "Errors",
+            dims(),
+            "Sum",
+            f64::from(t.function_errors),
+            "GreaterThanOrEqualToThreshold",
+        );
+        add(
+            format!("{name}-throttles"),
+            format!(
+                "{name}: {} or more throttled invocations in 5 minutes",
+                t.function_throttles
+            ),
+            "AWS/Lambda",
+            "Throttles",
+            dims(),
+            "Sum",
+            f64::from(t.function_throttles),
+            "GreaterThanOrEqualToThreshold",
+        );
+        let limit_ms =
+            u64::from(f.timeout_seconds) * 1000 * u64::from(t.function_p99_percent_of_timeout)
+                / 100;
+        add(
+            format!("{name}-duration"),
+            format!(
+                "{name}: p99 duration above {limit_ms} ms ({}% of the timeout)",
+                t.function_p99_percent_of_timeout
+            ),
+            "AWS/Lambda",
+            "Duration",
+            dims(),
+            "p99",
+            limit_ms as f64,
+            "GreaterThanThreshold",
+        );
+    }
+    let api = || vec![literal("ApiName", api_name(&prefix))];
+    add(
+        "api-5xx".into(),
+        format!("API: {} or more 5XX responses in 5 minutes", t.api_5xx),
+        "AWS/ApiGateway",
+        "5XXError",
+        api(),
+        "Sum",
+        f64::from(t.api_5xx),
+        "GreaterThanOrEqualToThreshold",
+    );
+    add(
+        "api-latency".into(),
+        format!("API: p99 latency above {} ms", t.api_p99_latency_ms),
+        "AWS/ApiGateway",
+        "Latency",
+        api(),
+        "p99",
+        f64::from(t.api_p99_latency_ms),
+        "GreaterThanThreshold",
+    );
+    let db = || vec![reference("DBInstanceIdentifier", "DbInstanceId")];
+    add(
+        "db-cpu".into(),
+        format!("database: CPU above {}%", t.db_cpu_percent),
+        "AWS/RDS",
+        "CPUUtilization",
+        db(),
+        "Average",
+        f64::from(t.db_cpu_percent),
+        "GreaterThanThreshold",
+    );
+    add(
+        "db-storage".into(),
+        format!(
+            "database: less than {} GiB of free storage",
+            t.db_free_storage_gb
+        ),
+        "AWS/RDS",
+        "FreeStorageSpace",
+        db(),
+        "Minimum",
+        f64::from(t.db_free_storage_gb) * 1024.0 * 1024.0 * 1024.0,
+        "LessThanThreshold",
+    );
+    add(
+        "db-connections".into(),
+        format!("database: more than {} connections", t.db_connections),
+        "AWS/RDS",
+        "DatabaseConnections",
+        db(),
+        "Maximum",
+        f64::from(t.db_connections),
+        "GreaterThanThreshold",
+    );
+    for i in 1..=spec.database.read_replicas {
+        let key = if spec.database.read_replicas == 1 {
+            "replica-lag".to_string()
+        } else {
+            format!("replica-lag-{i}")
+        };
+        add(
+            key,
+            format!(
+                "read replica {i}: lag above {} seconds",
+                t.replica_lag_seconds
+            ),
+            "AWS/RDS",
+            "ReplicaLag",
+            vec![reference(
+                "DBInstanceIdentifier",
+                &format!("Replica{i}InstanceId"),
+            )],
+            "Maximum",
+            f64::from(t.replica_lag_seconds),
+            "GreaterThanThreshold",
+        );
+    }
+    add(
+        "dead-letters".into(),
+        "dead-letter queue: a message failed every delivery".into(),
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        vec![reference("QueueName", "DeadLetterQueueName")],
+        "Maximum",
+        1.0,
+        "GreaterThanOrEqualToThreshold",
+    );
+    add(
+        "queue-age".into(),
+        format!(
+            "queue: oldest message older than {} seconds",
+            t.queue_age_seconds
+        ),
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        vec![reference("QueueName", "QueueName")],
+        "Maximum",
+        f64::from(t.queue_age_seconds),
+        "GreaterThanThreshold",
+    );
+    out
+}
+
+pub fn monitoring(env: &str, spec: &Spec) -> MonitoringContext {
+    let common = Common::new(
+        env,
+        spec,
+        "monitoring",
+        "log groups, alarms, notifications, dashboard",
+    );
+    let prefix = common.prefix.clone();
+    let mut params = vec![
+        from_output(
+            "KeyArn",
+            "data",
+            "KMS key that encrypts logs and notifications",
+        ),
+        from_output("QueueName", "data", "Queue feeding the loader"),
+        from_output(
+            "DeadLetterQueueName",
+            "data",
+            "Dead-letter queue of the loader's queue",
+        ),
+        from_output("DbInstanceId", "data", "Identifier of the primary database"),
+    ];
+    const REPLICA_IDS: [&str; 5] = [
+        "Replica1InstanceId",
+        "Replica2InstanceId",
+        "Replica3InstanceId",
+        "Replica4InstanceId",
+        "Replica5InstanceId",
+    ];
+    for id in REPLICA_IDS
+        .iter()
+        .take(usize::from(spec.database.read_replicas))
+    {
+        params.push(from_output(id, "data", "Identifier of a read replica"));
+    }
+    let mut log_groups: Vec<LogGroup> = spec
+        .functions
+        .all()
+        .iter()
+        .map(|(name, _)| LogGroup {
+            logical_id: format!("{}LogGroup", pascal(name)),
+            name: format!("/aws/lambda/{}", function_name(&prefix, name)),
+        })
+        .collect();
+    log_groups.push(LogGroup {
+        logical_id: "ApiAccessLogGroup".into(),
+        name: format!("/aws/apigateway/{prefix}-access"),
+    });
+    let days = spec.monitoring.log_retention_days;
+    let log_group_skips = if days < 365 {
+        vec![skip(
+            "CKV_AWS_338",
+            format!(
+                "`monitoring.log_retention_days` is {days} in the spec; this environment does not keep logs for a year"
+            ),
+        )]
+    } else {
+        Vec::new()
+    };
+    let alarms = alarms(env, spec);
+    let dashboard = spec
+        .monitoring
+        .dashboard
+        .then(|| super::dashboard::body(&prefix, spec, &alarms));
+    MonitoringContext {
+        common,
+        params,
+        log_retention_days: days,
+        log_group_skips,
+        log_groups,
+        emails: spec.monitoring.notify.clone(),
+        alarms,
+        dashboard,
+        replica_count: usize::from(spec.database.read_replicas),
+    }
+}
+
+// ---------------------------------------------------------------- app
+
+#[derive(Debug, Serialize)]
+pub struct AppContext {
+    pub common: Common,
+    pub params: Vec<Param>,
+    pub functions: Vec<FunctionContext>,
+    pub api: ApiContext,
+    /// The REST API's OpenAPI body, with the API Gateway integrations.
+    pub openapi: String,
+    pub deployment_id: String,
+    /// Instances the query function reads from: the replicas, or the primary.
+    pub read_targets: usize,
+    pub batch_size: u32,
+    pub max_concurrency: Option<u32>,
+    pub access_log_format: String,
+    pub proxy: bool,
+    pub db_name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionContext {
+    pub name: &'static str,
+    /// `Ingest`, `Loader`, `Query`: the prefix of its logical ids.
+    pub id: String,
+    pub function_name: String,
+    pub memory_mb: u32,
+    pub timeout_seconds: u32,
+    pub reserved_concurrency: Option<u32>,
+    pub architecture: &'static str,
+    pub log_level: &'static str,
+    pub db_user: String,
+    /// Whether it reads the raw bucket / writes it / consumes the queue / reads the replicas / reads the secret.
+    pub reads_raw: bool,
+    pub writes_raw: bool,
+    pub consumes_queue: bool,
+    pub reads_replicas: bool,
+    pub reads_secret: bool,
+    pub behind_api: bool,
+    pub skips: Vec<Skip>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiContext {
+    pub name: String,
+    pub stage: &'static str,
+    pub api_key: bool,
+    pub rate: u32,
+    pub burst: u32,
+    pub skips: Vec<Skip>,
+}
+
+pub const STAGE: &str = "live";
+
+/// The API's access log lines: one JSON object per request.
+const ACCESS_LOG_FORMAT: &str = concat!(
+    r#"{"requestId":"$context.requestId","ip":"$context.identity.sourceIp","#,
+    r#""requestTime":"$context.requestTime","method":"$context.httpMethod","path":"$context.path","#,
+    r#""status":"$context.status","responseLength":"$context.responseLength","#,
+    r#""latencyMs":"$context.responseLatency","integrationLatencyMs":"$context.integration.latency","#,
+    r#""apiKeyId":"$context.identity.apiKeyId","error":"$context.error.message"}"#
+);
+
+pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
+    let common = Common::new(
+        env,
+        spec,
+        "app",
+        "functions, aliases, API, event source; stateless",
+    );
+    let prefix = common.prefix.clone();
+    let mut params = vec![
+        list_from_output("SubnetIds", "network", "Private subnets of the functions"),
+        from_output(
+            "FunctionSecurityGroupId",
+            "network",
+            "Security group of the functions",
+        ),
+        from_output("KeyArn", "data", "KMS key of the data stack"),
+        from_output("RawBucketName", "data", "Bucket of raw batches"),
+        from_output("QueueArn", "data", "Queue feeding the loader"),
+        from_output("QueueUrl", "data", "Queue feeding the loader (URL)"),
+        from_output(
+            "DbSecretArn",
+            "data",
+            "Secret with the database's admin credentials",
+        ),
+        from_output(
+            "DbWriteEndpoint",
+            "data",
+            "Host the functions write to (primary or proxy)",
+        ),
+        from_output("DbPort", "data", "Port of the database"),
+        from_output(
+            "DbReadEndpoints",
+            "data",
+            "Hosts the query function reads from, comma-separated",
+        ),
+        from_output(
+            "DbWriteResourceId",
+            "data",
+            "Resource id in the writers' rds-db:connect ARNs",
+        ),
+        list_from_output(
+            "DbReadResourceIds",
+            "data",
+            "Resource ids in the query function's rds-db:connect ARNs",
+        ),
+        from_output(
+            "IngestLogGroupName",
+            "monitoring",
+            "Log group of the ingest function",
+        ),
+        from_output(
+            "LoaderLogGroupName",
+            "monitoring",
+            "Log group of the loader function",
+        ),
+        from_output(
+            "QueryLogGroupName",
+            "monitoring",
+            "Log group of the query function",
+        ),
+        from_output(
+            "ApiAccessLogGroupArn",
+            "monitoring",
+            "Log group of the API's access logs",
+        ),
+        Param {
+            name: "AssetsBucket",
+            kind: "String",
+            description: "Bucket holding the function packages (from the bootstrap stack)",
+            default: None,
+            source: Source::Deploy {
+                value: "assets_bucket",
+            },
+        },
+    ];
+    for (name, _) in spec.functions.all() {
+        let (key, version): (&'static str, &'static str) = match name {
+            "ingest" => ("IngestCodeKey", "IngestLiveVersion"),
+            "loader" => ("LoaderCodeKey", "LoaderLiveVersion"),
+            _ => ("QueryCodeKey", "QueryLiveVersion"),
+        };
+        params.push(Param {
+            name: key,
+            kind: "String",
+            description: "S3 key of the function's package, named by its SHA-256",
+            default: None,
+            source: Source::Asset { asset: name },
+        });
+        params.push(Param {
+            name: version,
+            kind: "String",
+            description: "Version the function's `live` alias points to",
+            default: Some("$LATEST"),
+            source: Source::Deploy {
+                value: "live_version",
+            },
+        });
+    }
+    let functions = spec
+        .functions
+        .all()
+        .iter()
+        .map(|(name, f)| {
+            let behind_api = *name != "loader";
+            let mut skips = vec![
+                skip("CKV_AWS_272", "packages are built from source by `pipeline build` and addressed by their SHA-256; no AWS Signer profile is used"),
+                if behind_api {
+                    skip("CKV_AWS_116", "invoked synchronously by API Gateway, which returns errors to the caller; there are no asynchronous events to dead-letter")
+                } else {
+                    skip("CKV_AWS_116", "invoked by an SQS event source mapping; failed messages go to the source queue's dead-letter queue")
+                },
+            ];
+            if f.reserved_concurrency.is_none() {
+                skips.push(skip(
+                    "CKV_AWS_115",
+                    format!("`functions.{name}.reserved_concurrency` is null in the spec: scaled-down accounts keep their concurrency unreserved"),
+                ));
+            }
+            FunctionContext {
+                name,
+                id: pascal(name),
+                function_name: function_name(&prefix, name),
+                memory_mb: f.memory_mb,
+                timeout_seconds: f.timeout_seconds,
+                reserved_concurrency: f.reserved_concurrency,
+                architecture: f.architecture.as_str(),
+                log_level: f.log_level.as_str(),
+                db_user: format!("pipeline_{name}"),
+                reads_raw: *name == "loader",
+                writes_raw: *name == "ingest",
+                consumes_queue: *name == "loader",
+                reads_replicas: *name == "query",
+                reads_secret: *name == "loader",
+                behind_api,
+                skips,
+            }
+        })
+        .collect();
+    let deployment_id = format!(
+        "ApiDeployment{}",
+        &super::sha256_hex(openapi.as_bytes())[..10]
+    );
+    AppContext {
+        common,
+        params,
+        functions,
+        api: ApiContext {
+            name: api_name(&prefix),
+            stage: STAGE,
+            api_key: spec.api.auth == AuthMode::ApiKey,
+            rate: spec.api.throttle.rate,
+            burst: spec.api.throttle.burst,
+            skips: vec![skip(
+                "CKV_AWS_120",
+                "responses are per caller and batch statuses change by the second; a cache would serve stale answers",
+            )],
+        },
+        openapi,
+        deployment_id,
+        read_targets: usize::from(spec.database.read_replicas).max(1),
+        batch_size: spec.queue.batch_size,
+        max_concurrency: spec.queue.max_concurrency,
+        access_log_format: ACCESS_LOG_FORMAT.to_string(),
+        proxy: spec.database.proxy,
+        db_name: spec.database.name.clone(),
+    }
+}
+
+/// `secrets-manager` -> `SecretsManager`, `ingest` -> `Ingest`.
+pub fn pascal(s: &str) -> String {
+    s.split(['-', '_'])
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
