@@ -231,7 +231,7 @@ pub struct RawStorage {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Database {
-    /// Postgres engine version, such as `16.4` (major versions 13 to 17).
+    /// Postgres engine version, such as `17` (the latest minor version, upgraded automatically) or `17.6` (major versions 13 to 17).
     #[schemars(regex(pattern = r"^[0-9]{2}(\.[0-9]+)?$"))]
     pub engine_version: String,
     /// RDS instance class, such as `db.t4g.micro` or `db.r7g.large`.

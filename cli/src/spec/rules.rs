@@ -312,7 +312,7 @@ fn database(r: &mut Rules, spec: &Spec) {
             &["database", "engine_version"],
             format!("Postgres {} is not supported", db.engine_version),
             "unsupported major version",
-            "use a major version from 13 to 17, such as `16.4`",
+            "use a major version from 13 to 17, such as `17`",
         );
     }
     if let Some(max) = db.max_storage_gb {

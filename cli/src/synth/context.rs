@@ -219,6 +219,7 @@ fn db_skips(spec: &Spec, replica: bool) -> Vec<Skip> {
     let db = &spec.database;
     let mut skips = Vec::new();
     if replica {
+        skips.push(skip("CKV_AWS_16", "read replica: it is always encrypted with the primary's KMS key, and RDS refuses StorageEncrypted and KmsKeyId on a same-region replica"));
         skips.push(skip("CKV_AWS_157", "read replica: it serves reads and is rebuilt from the primary, whose availability `database.multi_az` sets"));
     } else if !db.multi_az {
         skips.push(skip(
