@@ -12,6 +12,8 @@ use pipeline_shared::{ColumnType, Dataset};
 
 /// Largest page of records the records endpoint returns.
 pub const MAX_PAGE: u32 = 1000;
+/// Most parts of a multipart upload (S3's limit).
+pub const MAX_PARTS: u32 = 10_000;
 /// Most validation errors a rejected batch lists.
 pub const MAX_ERRORS: u32 = 100;
 
@@ -192,7 +194,6 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         json!({"get": op(Target::Query, json!({
             "operationId": "health",
             "summary": "Whether the API and its database answer.",
-            "security": [],
             "responses": {
                 "200": json_response("Healthy.", schema_ref("Health")),
                 "503": error_response("The database does not answer."),
@@ -360,7 +361,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             "expires_at": {"type": "string", "format": "date-time"},
             "method": {"type": "string", "enum": ["PUT"]},
             "url": {"type": "string", "description": "Single-part upload URL (small batches)."},
-            "parts": {"type": "array", "description": "Multipart upload URLs, in part order (large batches).",
+            "parts": {"type": "array", "maxItems": MAX_PARTS, "description": "Multipart upload URLs, in part order (large batches).",
                       "items": {"type": "object", "properties": {"part_number": {"type": "integer"}, "url": {"type": "string"}},
                                 "required": ["part_number", "url"]}},
             "complete_url": {"type": "string", "description": "Where to POST the parts' ETags once uploaded."},
@@ -378,7 +379,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         schemas.insert(format!("RecordsPage_{name}"), json!({
             "type": "object",
             "properties": {
-                "records": {"type": "array", "items": schema_ref(&format!("Record_{name}"))},
+                "records": {"type": "array", "maxItems": MAX_PAGE, "items": schema_ref(&format!("Record_{name}"))},
                 "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last page."},
             },
             "required": ["records", "next_cursor"],
