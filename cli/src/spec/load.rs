@@ -304,31 +304,44 @@ impl Loader {
             entries.retain(|e| e.key != "extends");
         }
 
-        let problems = check::check(&tree);
-        if !problems.is_empty() {
-            return Err(invalid(problems));
-        }
-        let spec: Spec = match serde_json::from_value(tree.to_json()) {
-            Ok(spec) => spec,
-            Err(e) => {
-                return Err(invalid(vec![Problem::new(
+        // Schema problems do not stop the cross-field rules: they run on a
+        // repaired copy, and report nothing about the repaired values.
+        let mut problems = check::check(&tree);
+        let mut json = tree.to_json();
+        let repaired = if problems.is_empty() {
+            Vec::new()
+        } else {
+            check::repair(&mut json)
+        };
+        match serde_json::from_value::<Spec>(json) {
+            Ok(spec) => {
+                let spans: Vec<Span> = problems.iter().map(|p| p.span).collect();
+                let rule_problems = rules::check(name, &spec, &tree, &repaired);
+                problems.extend(
+                    rule_problems
+                        .into_iter()
+                        .filter(|p| !spans.contains(&p.span)),
+                );
+                if problems.is_empty() {
+                    return Ok(Environment {
+                        name: name.to_string(),
+                        spec,
+                        files,
+                    });
+                }
+            }
+            Err(e) if problems.is_empty() => {
+                problems.push(Problem::new(
                     tree.span,
                     format!("the spec cannot be read: {e}"),
                     "here",
-                )]));
+                ));
             }
-        };
-        let problems = rules::check(name, &spec, &tree);
-        if !problems.is_empty() {
-            return Err(invalid(problems));
+            Err(_) => {}
         }
-        Ok(Environment {
-            name: name.to_string(),
-            spec,
-            files,
-        })
+        problems.sort_by_key(|p| (p.span.file, p.span.offset));
+        Err(invalid(problems))
     }
-
     fn path_for(&self, name: &str) -> String {
         match &self.origin {
             Origin::Dir(dir) => dir.join(format!("{name}.yaml")).display().to_string(),

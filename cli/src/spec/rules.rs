@@ -82,17 +82,35 @@ fn locate_key(tree: &Node, path: &[&str]) -> Span {
 
 struct Rules<'a> {
     tree: &'a Node,
+    /// Dotted paths whose values were made up to get past schema problems.
+    repaired: &'a [String],
     problems: Vec<Problem>,
 }
 
 impl Rules<'_> {
+    /// Whether `path` is, or lies under, a repaired value.
+    fn repaired(&self, path: &[&str]) -> bool {
+        let dotted = path.join(".");
+        self.repaired.iter().any(|r| {
+            dotted == *r
+                || dotted.starts_with(&format!("{r}."))
+                || r.starts_with(&format!("{dotted}."))
+        })
+    }
+
     fn at(&mut self, path: &[&str], message: String, label: &str, help: impl Into<String>) {
+        if self.repaired(path) {
+            return;
+        }
         let span = locate(self.tree, path);
         self.problems
             .push(Problem::new(span, message, label).with_help(help));
     }
 
     fn at_key(&mut self, path: &[&str], message: String, label: &str, help: impl Into<String>) {
+        if self.repaired(path) {
+            return;
+        }
         let span = locate_key(self.tree, path);
         self.problems
             .push(Problem::new(span, message, label).with_help(help));
@@ -100,9 +118,10 @@ impl Rules<'_> {
 }
 
 /// Checks the cross-field rules of environment `env`.
-pub fn check(env: &str, spec: &Spec, tree: &Node) -> Vec<Problem> {
+pub fn check(env: &str, spec: &Spec, tree: &Node, repaired: &[String]) -> Vec<Problem> {
     let mut r = Rules {
         tree,
+        repaired,
         problems: Vec::new(),
     };
     names(&mut r, env, spec);
@@ -510,7 +529,12 @@ fn datasets(r: &mut Rules, spec: &Spec) {
             let mut path: Vec<&str> = vec!["datasets", name];
             path.extend(problem.path.iter().map(String::as_str));
             let help = problem.help.clone().unwrap_or_default();
-            r.at(&path, problem.message.clone(), "here", help);
+            r.at(
+                &path,
+                format!("dataset `{name}`: {}", problem.message),
+                "here",
+                help,
+            );
         }
         for (i, column) in dataset.filterable.iter().enumerate() {
             if dataset
