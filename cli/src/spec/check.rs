@@ -487,31 +487,6 @@ fn pattern_matches(pattern: &str, s: &str) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_display_with_dots_and_indexes() {
-        let p = Path::default()
-            .key("datasets")
-            .key("events")
-            .key("columns")
-            .index(2)
-            .key("type");
-        assert_eq!(p.to_string(), "datasets.events.columns[2].type");
-    }
-
-    #[test]
-    fn schema_describes_the_model() {
-        let s = schema();
-        assert_eq!(s["additionalProperties"], Json::Bool(false));
-        let function = &s["$defs"]["Function"]["properties"]["memory_mb"];
-        assert_eq!(function["minimum"], 128);
-        assert_eq!(function["maximum"], 10240);
-    }
-}
-
 /// Makes `value` fit the schema so that the cross-field rules can still run
 /// on a spec with schema problems: unknown keys are dropped, wrong or
 /// out-of-range values replaced by the nearest valid one, missing keys filled
@@ -684,4 +659,29 @@ fn json_to_node(value: &Json) -> Node {
         Json::Object(_) => Value::Map(Vec::new()),
     };
     Node { value, span }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_display_with_dots_and_indexes() {
+        let p = Path::default()
+            .key("datasets")
+            .key("events")
+            .key("columns")
+            .index(2)
+            .key("type");
+        assert_eq!(p.to_string(), "datasets.events.columns[2].type");
+    }
+
+    #[test]
+    fn schema_describes_the_model() {
+        let s = schema();
+        assert_eq!(s["additionalProperties"], Json::Bool(false));
+        let function = &s["$defs"]["Function"]["properties"]["memory_mb"];
+        assert_eq!(function["minimum"], 128);
+        assert_eq!(function["maximum"], 10240);
+    }
 }

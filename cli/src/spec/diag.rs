@@ -194,14 +194,19 @@ pub struct ProblemRecord {
     pub help: Option<String>,
 }
 
-/// Closest candidate to `word`, if one is close enough to be a likely typo.
+/// Closest candidate to `word`, if one is close enough to be a likely typo
+/// (a similar spelling, or one or two letters added, dropped or swapped).
 pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .map(|c| {
+            let score = strsim::jaro_winkler(word, c)
+                .max(strsim::normalized_damerau_levenshtein(word, c) + 0.15);
+            (score, c)
+        })
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
@@ -217,6 +222,11 @@ mod tests {
         assert_eq!(did_you_mean("memroy_mb", keys), Some("memory_mb"));
         assert_eq!(did_you_mean("timeout", keys), Some("timeout_seconds"));
         assert_eq!(did_you_mean("colour", keys), None);
+        assert_eq!(
+            did_you_mean("dve", ["dev", "dit", "uat", "prod"]),
+            Some("dev")
+        );
+        assert_eq!(did_you_mean("qa", ["dev", "dit", "uat", "prod"]), None);
     }
 
     #[test]
@@ -232,7 +242,7 @@ mod tests {
         };
         let problem =
             Problem::new(span, "unknown key `bad`", "not a known key").with_help("remove it");
-        let text = sources.render(&[problem.clone()], false);
+        let text = sources.render(std::slice::from_ref(&problem), false);
         assert!(text.contains("[environments/x.yaml:2:1]"), "{text}");
         assert!(text.contains("bad: 2"), "{text}");
         assert!(text.contains("not a known key"), "{text}");

@@ -209,11 +209,7 @@ impl Loader {
         // Walk up the `extends` chain.
         let mut chain = vec![(name.to_string(), own)];
         let mut problems = Vec::new();
-        loop {
-            let Some((current, node)) = chain.last().map(|(n, node)| (n.clone(), node.clone()))
-            else {
-                break;
-            };
+        while let Some((current, node)) = chain.last().map(|(n, node)| (n.clone(), node.clone())) {
             let (parent, span) = match node.get("extends") {
                 Some(Entry {
                     value:

@@ -59,46 +59,82 @@ impl fmt::Display for Report {
 pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
     let mut loader = Loader::new(cli.environments.clone());
     let names = args.selection.names(&loader, false)?;
-    let outcomes = load_each(&mut loader, &names, ui)?;
+    // Template parsing and environment loading overlap, then each environment
+    // renders and writes on its own thread; the report keeps their order.
+    let (prepared, outcomes) = std::thread::scope(|s| {
+        let prepared = s.spawn(super::prepare);
+        let outcomes = load_each(&mut loader, &names, ui);
+        (prepared.join(), outcomes)
+    });
+    let outcomes = outcomes?;
     if let Some(error) = invalid_summary(&outcomes) {
         return Err(error);
     }
-    let mut report = Report {
-        environments: Vec::new(),
-    };
-    for env in outcomes.into_iter().filter_map(|o| o.result.ok()) {
-        let synthesis = super::synthesize(&env)?;
-        let dir = args.out.join(&env.name);
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        for (name, text) in &synthesis.files {
-            let path = dir.join(name);
-            ui.info(format_args!("writing {}", path.display()));
-            std::fs::write(&path, text).map_err(|source| Error::Write {
-                path: path.display().to_string(),
-                source,
-            })?;
+    match prepared {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(Error::Render {
+                what: "the templates".into(),
+                message: "the template parser panicked".into(),
+            });
         }
-        report.environments.push(Written {
-            name: env.name.clone(),
-            dir: dir.display().to_string(),
-            stacks: synthesis
-                .manifest
-                .stacks
-                .iter()
-                .map(|s| StackLine {
-                    name: s.name.clone(),
-                    template: dir.join(&s.template).display().to_string(),
-                    resources: s.resources,
-                    parameters: s.parameters.len(),
-                    outputs: s.outputs.len(),
-                })
-                .collect(),
-            files: synthesis.files.iter().map(|(n, _)| n.clone()).collect(),
-        });
     }
+    let envs: Vec<_> = outcomes.into_iter().filter_map(|o| o.result.ok()).collect();
+    let written: Vec<Result<Written, Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = envs
+            .iter()
+            .map(|env| s.spawn(|| write(env, &args.out, ui)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::Render {
+                        what: "an environment".into(),
+                        message: "rendering panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let report = Report {
+        environments: written.into_iter().collect::<Result<_, _>>()?,
+    };
     ui.result(&report);
     Ok(())
+}
+
+/// Renders one environment and writes its files under `out/<env>/`.
+fn write(env: &crate::spec::Environment, out: &std::path::Path, ui: &Ui) -> Result<Written, Error> {
+    let synthesis = super::synthesize(env)?;
+    let dir = out.join(&env.name);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    for (name, text) in &synthesis.files {
+        let path = dir.join(name);
+        ui.info(format_args!("writing {}", path.display()));
+        std::fs::write(&path, text).map_err(|source| Error::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(Written {
+        name: env.name.clone(),
+        dir: dir.display().to_string(),
+        stacks: synthesis
+            .manifest
+            .stacks
+            .iter()
+            .map(|s| StackLine {
+                name: s.name.clone(),
+                template: dir.join(&s.template).display().to_string(),
+                resources: s.resources,
+                parameters: s.parameters.len(),
+                outputs: s.outputs.len(),
+            })
+            .collect(),
+        files: synthesis.files.iter().map(|(n, _)| n.clone()).collect(),
+    })
 }

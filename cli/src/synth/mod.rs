@@ -108,6 +108,12 @@ fn render_message(e: &tera::Error) -> String {
     message
 }
 
+/// Parses the templates now (they are parsed once per process); lets a
+/// caller overlap that work with loading the environments.
+pub fn prepare() -> Result<(), Error> {
+    tera().map(|_| ())
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()

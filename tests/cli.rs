@@ -1,0 +1,422 @@
+//! The `pipeline` binary, run for real in temporary directories; error texts
+//! are compared word for word.
+
+mod common;
+
+use common::{pipeline, repo, stderr, stdout, workspace};
+
+const SEVERAL_MISTAKES: &str = "extends: dev
+functions:
+  ingest:
+    memroy_mb: 512
+    timeout_seconds: 60
+  loader:
+    architecture: arm
+database:
+  read_replicas: 9
+  multi_az: \"yes\"
+network:
+  cidr: 10.40.1.0/16
+datasets:
+  events:
+    primary_key: [event_idd]
+";
+
+#[test]
+fn shipped_environments_are_valid() {
+    let out = pipeline(&repo(), &["validate", "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "ok: dev (environments/dev.yaml <- environments/base.yaml)\n\
+         ok: dit (environments/dit.yaml <- environments/dev.yaml <- environments/base.yaml)\n\
+         ok: uat (environments/uat.yaml <- environments/base.yaml)\n\
+         ok: prod (environments/prod.yaml <- environments/base.yaml)\n"
+    );
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_place() {
+    let ws = workspace(&[("pr-7.yaml", SEVERAL_MISTAKES)]);
+    let out = pipeline(ws.path(), &["validate", "--env", "pr-7"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "");
+    let expected = r#"  × unknown key `memroy_mb` in `functions.ingest`
+   ╭─[environments/pr-7.yaml:4:5]
+ 3 │   ingest:
+ 4 │     memroy_mb: 512
+   ·     ────┬────
+   ·         ╰── unknown key
+ 5 │     timeout_seconds: 60
+   ╰────
+  help: did you mean `memory_mb`?
+
+  × `functions.ingest.timeout_seconds` must be at most 29, found 60
+   ╭─[environments/pr-7.yaml:5:22]
+ 4 │     memroy_mb: 512
+ 5 │     timeout_seconds: 60
+   ·                      ─┬
+   ·                       ╰── longer than API Gateway waits
+ 6 │   loader:
+   ╰────
+  help: API Gateway ends a request after 29 seconds, so `ingest` cannot usefully run longer
+
+  × `functions.loader.architecture` must be one of `x86_64`, `arm64`, found `arm`
+   ╭─[environments/pr-7.yaml:7:19]
+ 6 │   loader:
+ 7 │     architecture: arm
+   ·                   ─┬─
+   ·                    ╰── not an allowed value
+ 8 │ database:
+   ╰────
+  help: did you mean `arm64`?
+
+  × `database.read_replicas` must be at most 5, found 9
+    ╭─[environments/pr-7.yaml:9:18]
+  8 │ database:
+  9 │   read_replicas: 9
+    ·                  ┬
+    ·                  ╰── too large
+ 10 │   multi_az: "yes"
+    ╰────
+  help: Number of read replicas serving queries, from 0 to 5.
+
+  × `database.multi_az` must be true or false, found a string
+    ╭─[environments/pr-7.yaml:10:13]
+  9 │   read_replicas: 9
+ 10 │   multi_az: "yes"
+    ·             ──┬──
+    ·               ╰── expected true or false
+ 11 │ network:
+    ╰────
+  help: Keep a synchronous standby in a second availability zone.
+
+  × `network.cidr` has host bits set: `10.40.1.0/16`
+    ╭─[environments/pr-7.yaml:12:9]
+ 11 │ network:
+ 12 │   cidr: 10.40.1.0/16
+    ·         ──────┬─────
+    ·               ╰── not the start of the block
+ 13 │ datasets:
+    ╰────
+  help: did you mean `10.40.0.0/16`?
+
+  × dataset `events`: `primary_key` names `event_idd`, which is not a column
+    ╭─[environments/pr-7.yaml:15:19]
+ 14 │   events:
+ 15 │     primary_key: [event_idd]
+    ·                   ────┬────
+    ·                       ╰── here
+    ╰────
+  help: did you mean `event_id`?
+
+  × `pr-7` has 7 problems
+  help: fix the problems above; nothing was sent to AWS
+
+"#;
+    assert_eq!(stderr(&out), expected);
+}
+
+#[test]
+fn problems_come_as_json_with_file_line_and_column() {
+    let ws = workspace(&[("pr-7.yaml", SEVERAL_MISTAKES)]);
+    let out = pipeline(
+        ws.path(),
+        &["--output", "json", "validate", "--env", "pr-7"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let places: Vec<String> = report["environments"][0]["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{} {}",
+                p["file"].as_str().unwrap_or(""),
+                p["line"],
+                p["column"],
+                p["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        vec![
+            "environments/pr-7.yaml:4:5 unknown key `memroy_mb` in `functions.ingest`",
+            "environments/pr-7.yaml:5:22 `functions.ingest.timeout_seconds` must be at most 29, found 60",
+            "environments/pr-7.yaml:7:19 `functions.loader.architecture` must be one of `x86_64`, `arm64`, found `arm`",
+            "environments/pr-7.yaml:9:18 `database.read_replicas` must be at most 5, found 9",
+            "environments/pr-7.yaml:10:13 `database.multi_az` must be true or false, found a string",
+            "environments/pr-7.yaml:12:9 `network.cidr` has host bits set: `10.40.1.0/16`",
+            "environments/pr-7.yaml:15:19 dataset `events`: `primary_key` names `event_idd`, which is not a column",
+        ]
+    );
+    let error: serde_json::Value = serde_json::from_slice(&out.stderr).expect("json error");
+    assert_eq!(error["error"]["code"], "invalid_spec");
+}
+
+#[test]
+fn cross_field_rules_point_at_the_inherited_value() {
+    let spec = "extends: dev
+rollout:
+  strategy: canary
+  percent: 10
+database:
+  deletion_protection: true
+queue:
+  visibility_timeout_seconds: 600
+monitoring:
+  log_retention_days: 10
+";
+    let ws = workspace(&[("pr-8.yaml", spec)]);
+    let out = pipeline(
+        ws.path(),
+        &["--output", "json", "validate", "--env", "pr-8"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let problems = report["environments"][0]["problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{} {} | {}",
+                p["file"].as_str().unwrap_or(""),
+                p["line"],
+                p["message"].as_str().unwrap_or(""),
+                p["help"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "environments/pr-8.yaml:3 a canary rollout needs `rollout.bake_minutes` | add `bake_minutes:` under `rollout`",
+            "environments/pr-8.yaml:3 a canary rollout needs gate alarms | list alarms under `rollout.alarms`, such as `[ingest-errors, loader-errors, query-errors, api-5xx]`",
+            "environments/pr-8.yaml:8 `queue.visibility_timeout_seconds` must be at least 6 times the loader's timeout (1800), found 600 | a message must stay hidden while the loader retries it, or it is delivered again mid-load; AWS advises six times the function timeout",
+            "environments/pr-8.yaml:10 CloudWatch Logs cannot keep logs for 10 days | the nearest allowed value is 7; allowed: 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653",
+            "environments/base.yaml:53 this environment is prod-like (deletion protection is on) but its database is not multi-AZ | set `multi_az: true`, or waive the rule with `waivers: [{rule: single-az, reason: \"...\"}]`",
+        ]
+    );
+}
+
+#[test]
+fn a_written_waiver_allows_a_single_az_prod_like_environment() {
+    let spec = "extends: dev
+database:
+  deletion_protection: true
+waivers:
+  - rule: single-az
+    reason: demo environment that must survive teardown scripts
+";
+    let ws = workspace(&[("demo.yaml", spec)]);
+    let out = pipeline(ws.path(), &["validate", "--env", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // The same waiver on an environment that does not need it is an error.
+    let ws = workspace(&[(
+        "demo.yaml",
+        "extends: dev\nwaivers:\n  - rule: single-az\n    reason: not needed at all here\n",
+    )]);
+    let out = pipeline(ws.path(), &["validate", "--env", "demo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("× this waiver waives a rule the environment does not break"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn extends_errors_name_the_file_and_suggest() {
+    let ws = workspace(&[
+        ("pr-9.yaml", "extends: pr-10\n"),
+        ("pr-10.yaml", "extends: pr-9\n"),
+        ("pr-11.yaml", "extends: dve\n"),
+    ]);
+    let out = pipeline(ws.path(), &["validate", "--env", "pr-9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "  × `extends` makes a cycle: pr-9 -> pr-10 -> pr-9
+   ╭─[environments/pr-10.yaml:1:10]
+ 1 │ extends: pr-9
+   ·          ──┬─
+   ·            ╰── cycle
+   ╰────
+  help: an environment cannot extend itself, directly or through others
+
+  × `pr-9` has 1 problem
+  help: fix the problems above; nothing was sent to AWS
+
+"
+    );
+    let out = pipeline(ws.path(), &["validate", "--env", "pr-11"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "  × `pr-11` extends `dve`, which does not exist
+   ╭─[environments/pr-11.yaml:1:10]
+ 1 │ extends: dve
+   ·          ─┬─
+   ·           ╰── no such environment
+   ╰────
+  help: did you mean `dev`?
+
+  × `pr-11` has 1 problem
+  help: fix the problems above; nothing was sent to AWS
+
+"
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_position() {
+    let ws = workspace(&[("pr-12.yaml", "functions:\n  ingest: [1, 2\n")]);
+    let out = pipeline(ws.path(), &["validate", "--env", "pr-12"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with(
+            "  × this is not valid YAML: while parsing a flow sequence, expected ',' or ']'\n   ╭─[environments/pr-12.yaml:3:1]\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unknown_environments_are_usage_errors() {
+    let ws = workspace(&[]);
+    let out = pipeline(ws.path(), &["synth", "--env", "dve"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "  × there is no environment `dve`\n  help: did you mean `dev`? (run `pipeline envs` to list them)\n\n"
+    );
+    let out = pipeline(ws.path(), &["synth", "--env", "Bad_Name"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "  × `Bad_Name` cannot name an environment\n  help: environment names take 1 to 12 lower case letters, digits and `-`, starting with a letter\n\n"
+    );
+    let out = pipeline(ws.path(), &["synth"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "  × no environment selected\n  help: pass `--env NAME` or `--all`\n\n"
+    );
+}
+
+#[test]
+fn an_ad_hoc_environment_synthesises() {
+    let ws = workspace(&[(
+        "pr-123.yaml",
+        "extends: dev\nfunctions:\n  loader: {memory_mb: 2048}\n",
+    )]);
+    let out = pipeline(ws.path(), &["synth", "--env", "pr-123", "--out", "build"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let app = std::fs::read_to_string(ws.path().join("build/pr-123/app.template.json"))
+        .expect("app template");
+    let app: serde_json::Value = serde_json::from_str(&app).expect("json");
+    let loader = &app["Resources"]["LoaderFunction"]["Properties"];
+    assert_eq!(loader["MemorySize"], 2048);
+    assert_eq!(loader["FunctionName"], "pipeline-pr-123-loader");
+    let manifest =
+        std::fs::read_to_string(ws.path().join("build/pr-123/manifest.json")).expect("manifest");
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).expect("json");
+    assert_eq!(manifest["stacks"][0]["name"], "pipeline-pr-123-network");
+}
+
+#[test]
+fn envs_lists_key_settings() {
+    let out = pipeline(&repo(), &["envs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "ENV   REGION        AZS  DATABASE        MULTI-AZ  REPLICAS  PROTECTED  ROLLOUT            LOGS  AUTH
+dev   eu-west-1       2  db.t4g.micro    no               0  no         all-at-once          7d  api_key
+dit   eu-west-1       2  db.t4g.micro    no               0  no         all-at-once         14d  api_key
+uat   eu-west-1       2  db.t4g.medium   yes              1  no         canary 10%/5m       90d  api_key
+prod  eu-west-1       3  db.r7g.large    yes              2  yes        canary 10%/5m      731d  api_key
+"
+    );
+    let out = pipeline(&repo(), &["--output", "json", "envs"]);
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listing["environments"][3]["scale"]["read_replicas"], 2);
+}
+
+#[test]
+fn built_in_environments_serve_when_there_is_no_directory() {
+    let empty = tempfile::tempdir().expect("temp dir");
+    let out = pipeline(empty.path(), &["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 4);
+}
+
+#[test]
+fn schema_describes_one_file_or_a_merged_environment() {
+    let out = pipeline(&repo(), &["schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json schema");
+    assert_eq!(schema["title"], "pipeline environment");
+    assert!(schema.get("required").is_none());
+    assert_eq!(
+        schema["$defs"]["Function"]["properties"]["memory_mb"]["maximum"],
+        10240
+    );
+    let out = pipeline(&repo(), &["schema", "--merged"]);
+    let merged: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json schema");
+    assert!(
+        merged["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&serde_json::json!("datasets")))
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["validate", "--help"],
+        vec!["synth", "--help"],
+        vec!["envs", "--help"],
+        vec!["schema", "--help"],
+    ] {
+        let out = pipeline(&repo(), &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(stdout(&out).contains("Usage: pipeline"), "{args:?}");
+    }
+}
+
+/// `validate` and `synth` never talk to the network: traced with strace,
+/// the process opens no internet socket.
+#[test]
+fn validate_and_synth_open_no_network_socket() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        panic!("strace is needed for this test (.ci/run installs it)");
+    }
+    let ws = workspace(&[]);
+    let trace = ws.path().join("trace");
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=socket,connect", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["synth", "--all", "--out", "build"])
+        .current_dir(ws.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run strace");
+    assert!(status.success());
+    let trace = std::fs::read_to_string(trace).expect("trace");
+    let network: Vec<&str> = trace.lines().filter(|l| l.contains("AF_INET")).collect();
+    assert!(network.is_empty(), "network calls: {network:?}");
+    assert!(ws.path().join("build/dev/app.template.json").exists());
+}

@@ -1,0 +1,48 @@
+//! Helpers shared by the integration tests: a scratch workspace and the real binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A temporary directory holding `environments/` with the shipped `base.yaml`
+/// and `dev.yaml` plus the given files.
+pub fn workspace(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let envs = dir.path().join("environments");
+    std::fs::create_dir(&envs).expect("environments dir");
+    for name in ["base.yaml", "dev.yaml"] {
+        std::fs::copy(repo().join("environments").join(name), envs.join(name)).expect("copy spec");
+    }
+    for (name, text) in files {
+        std::fs::write(envs.join(name), text).expect("write spec");
+    }
+    dir
+}
+
+/// Runs `pipeline` in `dir` without colours and without the caller's settings.
+pub fn pipeline(dir: &Path, args: &[&str]) -> Output {
+    command(dir, args).output().expect("run pipeline")
+}
+
+pub fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("PIPELINE_OUTPUT")
+        .env_remove("PIPELINE_ENVIRONMENTS");
+    cmd
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
