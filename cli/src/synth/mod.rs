@@ -1,7 +1,6 @@
 //! Rendering an environment into CloudFormation templates, a manifest and
 //! the API's OpenAPI document. Output is byte-for-byte deterministic.
 
-pub mod command;
 pub mod context;
 pub mod dashboard;
 pub mod openapi;
