@@ -4,5 +4,6 @@
 //! handlers that enforce it at run time read one definition.
 
 pub mod dataset;
+pub mod records;
 
 pub use dataset::{Column, ColumnType, Dataset, Format, OnConflict};
