@@ -137,6 +137,9 @@ pub struct Dataset {
     /// What the dataset holds, shown in the API documentation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Let migrations drop or retype columns and change the key, which can lose data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_destructive_changes: bool,
 }
 
 /// A problem found in a dataset definition, with where it is (relative to the dataset).
@@ -252,6 +255,7 @@ mod tests {
             on_conflict: OnConflict::Ignore,
             filterable: filterable.iter().map(|s| s.to_string()).collect(),
             description: None,
+            allow_destructive_changes: false,
         }
     }
 

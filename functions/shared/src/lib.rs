@@ -4,6 +4,8 @@
 //! handlers that enforce it at run time read one definition.
 
 pub mod dataset;
+pub mod db;
 pub mod records;
+pub mod store;
 
 pub use dataset::{Column, ColumnType, Dataset, Format, OnConflict};

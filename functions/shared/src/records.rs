@@ -721,6 +721,7 @@ mod tests {
             on_conflict: OnConflict::Ignore,
             filterable: vec![],
             description: None,
+            allow_destructive_changes: false,
         }
     }
 

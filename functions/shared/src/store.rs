@@ -1,0 +1,302 @@
+//! Object storage for raw batches: S3 in AWS, a directory on this machine in
+//! local mode. Objects carry a little metadata (batch id, record count,
+//! SHA-256), as S3 user metadata does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::io::AsyncReadExt;
+
+/// An error of the object store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object `{0}` does not exist")]
+    NotFound(String),
+    #[error("object store I/O on `{key}`: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object key `{0}` is not allowed")]
+    BadKey(String),
+}
+
+/// What is known of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A stream of an object's bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
+
+/// Objects in a local directory: `<root>/<key>`, metadata beside it in
+/// `<root>/.meta/<key>.json`. Writes go to a temporary file first and are
+/// renamed into place, so a reader never sees half an object.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+const READ_CHUNK: usize = 256 * 1024;
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> LocalStore {
+        LocalStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let valid = !key.is_empty()
+            && !key.starts_with('/')
+            && key
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != "..")
+            && !key.starts_with(".meta");
+        if !valid {
+            return Err(StoreError::BadKey(key.to_string()));
+        }
+        Ok(self.root.join(key))
+    }
+
+    fn meta_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        self.path(key)?;
+        Ok(self.root.join(".meta").join(format!("{key}.json")))
+    }
+
+    fn io(key: &str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            key: key.to_string(),
+            source,
+        }
+    }
+
+    /// Stores an object and its metadata.
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let meta = self.meta_path(key)?;
+        for p in [&path, &meta] {
+            if let Some(dir) = p.parent() {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(Self::io(key))?;
+            }
+        }
+        let meta_json = serde_json::to_vec(metadata).unwrap_or_default();
+        write_atomically(&meta, &meta_json)
+            .await
+            .map_err(Self::io(key))?;
+        write_atomically(&path, &body)
+            .await
+            .map_err(Self::io(key))?;
+        Ok(())
+    }
+
+    /// Stores an object from a file already on this machine (a local upload).
+    pub async fn put_file(
+        &self,
+        key: &str,
+        file: &Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let meta = self.meta_path(key)?;
+        for p in [&path, &meta] {
+            if let Some(dir) = p.parent() {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(Self::io(key))?;
+            }
+        }
+        let meta_json = serde_json::to_vec(metadata).unwrap_or_default();
+        write_atomically(&meta, &meta_json)
+            .await
+            .map_err(Self::io(key))?;
+        tokio::fs::rename(file, &path)
+            .await
+            .map_err(Self::io(key))?;
+        Ok(())
+    }
+
+    /// Size and metadata, or `None` when there is no such object.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        let path = self.path(key)?;
+        let size = match tokio::fs::metadata(&path).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::io(key)(e)),
+        };
+        let metadata = match tokio::fs::read(self.meta_path(key)?).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => BTreeMap::new(),
+        };
+        Ok(Some(ObjectInfo { size, metadata }))
+    }
+
+    /// The object's bytes from `start` (inclusive) to `end` (exclusive, or the end).
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        let path = self.path(key)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(key.to_string()));
+            }
+            Err(e) => return Err(Self::io(key)(e)),
+        };
+        if start > 0 {
+            use tokio::io::AsyncSeekExt;
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(Self::io(key))?;
+        }
+        let remaining = end.map(|e| e.saturating_sub(start));
+        let key = key.to_string();
+        let stream = futures_util::stream::unfold(
+            (file, remaining, key),
+            |(mut file, remaining, key)| async move {
+                let want = remaining.map_or(READ_CHUNK, |r| (r as usize).min(READ_CHUNK));
+                if want == 0 {
+                    return None;
+                }
+                let mut buf = vec![0u8; want];
+                match file.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        let remaining = remaining.map(|r| r - n as u64);
+                        Some((Ok(Bytes::from(buf)), (file, remaining, key)))
+                    }
+                    Err(source) => Some((
+                        Err(StoreError::Io {
+                            key: key.clone(),
+                            source,
+                        }),
+                        (file, Some(0), key),
+                    )),
+                }
+            },
+        );
+        Ok(stream.boxed())
+    }
+
+    /// The whole object as a stream.
+    pub async fn get(&self, key: &str) -> Result<ByteStream, StoreError> {
+        self.get_range(key, 0, None).await
+    }
+
+    /// Keys under a prefix, in order.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let mut entries = match tokio::fs::read_dir(&dir).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Self::io(prefix)(e)),
+            };
+            while let Some(entry) = entries.next_entry().await.map_err(Self::io(prefix))? {
+                let path = entry.path();
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
+                let rel = rel.to_string_lossy().replace('\\', "/");
+                if rel.starts_with(".meta") || rel.contains(".tmp-") {
+                    continue;
+                }
+                if entry.file_type().await.map_err(Self::io(prefix))?.is_dir() {
+                    dirs.push(path);
+                } else if rel.starts_with(prefix) {
+                    out.push(rel);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!("{name}.tmp-{}", uuid::Uuid::new_v4()));
+    let mut file = tokio::fs::File::create(&tmp).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
+    file.sync_all().await?;
+    drop(file);
+    tokio::fs::rename(&tmp, path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_head_get_and_ranges() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LocalStore::new(dir.path());
+        let meta = BTreeMap::from([("records".to_string(), "2".to_string())]);
+        store
+            .put("raw/a/b.ndjson", Bytes::from_static(b"0123456789"), &meta)
+            .await
+            .expect("put");
+        let info = store.head("raw/a/b.ndjson").await.expect("head");
+        assert_eq!(
+            info,
+            Some(ObjectInfo {
+                size: 10,
+                metadata: meta.clone()
+            })
+        );
+        assert_eq!(store.head("raw/a/none").await.expect("head"), None);
+        let collect = |s: ByteStream| async move {
+            let parts: Vec<Bytes> = s.map(|r| r.expect("chunk")).collect().await;
+            parts.concat()
+        };
+        assert_eq!(
+            collect(store.get("raw/a/b.ndjson").await.expect("get")).await,
+            b"0123456789"
+        );
+        assert_eq!(
+            collect(
+                store
+                    .get_range("raw/a/b.ndjson", 3, Some(7))
+                    .await
+                    .expect("get")
+            )
+            .await,
+            b"3456"
+        );
+        assert_eq!(
+            store.list("raw/").await.expect("list"),
+            vec!["raw/a/b.ndjson"]
+        );
+        assert!(matches!(
+            store.get("raw/zzz").await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.put("../x", Bytes::new(), &meta).await,
+            Err(StoreError::BadKey(_))
+        ));
+    }
+}
