@@ -46,6 +46,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("{message}")]
+    Local { message: String },
+
     #[error("rendering {what} failed: {message}")]
     #[diagnostic(help("this is a bug in pipeline's templates; please report it"))]
     Render { what: String, message: String },
@@ -62,6 +65,7 @@ impl Error {
             Error::Read { .. } => "read",
             Error::Write { .. } => "write",
             Error::Render { .. } => "render",
+            Error::Local { .. } => "local",
         }
     }
 
@@ -71,7 +75,10 @@ impl Error {
             | Error::UnknownEnvironment { .. }
             | Error::BadEnvironmentName { .. }
             | Error::NoEnvironment => EXIT_INVALID,
-            Error::Read { .. } | Error::Write { .. } | Error::Render { .. } => EXIT_FAILURE,
+            Error::Read { .. }
+            | Error::Write { .. }
+            | Error::Render { .. }
+            | Error::Local { .. } => EXIT_FAILURE,
         }
     }
 }

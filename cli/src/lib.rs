@@ -42,17 +42,21 @@ pub enum Command {
     Envs(commands::envs::Args),
     /// Print the JSON Schema of environment files, for editors.
     Schema(commands::schema::Args),
+    /// Run the whole pipeline on this machine: API, storage, queue and loader, on Postgres.
+    Local(commands::local::Args),
 }
 
 /// Parses the command line, runs the command and maps the result to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let ui = Ui::new(cli.output, cli.verbose);
+    init_logs(cli.verbose);
     let result = match &cli.command {
         Command::Validate(args) => commands::validate::run(&cli, args, &ui),
         Command::Synth(args) => commands::synth::run(&cli, args, &ui),
         Command::Envs(args) => commands::envs::run(&cli, args, &ui),
         Command::Schema(args) => commands::schema::run(args, &ui),
+        Command::Local(args) => commands::local::run(&cli, args, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,4 +65,23 @@ pub fn main() -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// Logs go to stderr: warnings by default, more with `-v`, or as `RUST_LOG` says.
+fn init_logs(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
+        .try_init();
 }

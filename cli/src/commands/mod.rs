@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share: choosing and loading environments.
 
 pub mod envs;
+pub mod local;
 pub mod schema;
 pub mod synth;
 pub mod validate;

@@ -1,6 +1,197 @@
-//! The `ingest` function's handler. The data-path issue fills this crate; until
-//! then it only names the function so that the workspace and the build
-//! pipeline have all three crates in place.
+//! The ingest function: `POST /v1/datasets/{dataset}/batches`.
+//!
+//! A batch is checked whole before anything is stored: a batch with any
+//! invalid record is answered 400 with the errors and leaves no trace. A
+//! valid batch is recorded as `received` and stored under
+//! `raw/<dataset>/<date>/<batch id>`; the object's creation triggers the
+//! loader. An `Idempotency-Key` makes a retry return the first answer.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use pipeline_shared::api::{self, Context};
+use pipeline_shared::db::{self, NewBatch};
+use pipeline_shared::records::{Decoder, MAX_ERRORS, RecordError};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 /// The function's name as the spec and the templates know it.
 pub const NAME: &str = "ingest";
+
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+#[derive(Debug, Serialize)]
+struct Accepted<'a> {
+    batch_id: uuid::Uuid,
+    dataset: &'a str,
+    records: i64,
+    sha256: String,
+    status_url: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Rejected {
+    error: &'static str,
+    errors: Vec<RecordError>,
+    truncated: bool,
+}
+
+/// Handles one API request.
+pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {
+    let path = request.uri().path().to_string();
+    let Some((prefix, parts)) = api::route(&path) else {
+        return api::no_route(request.method(), &path);
+    };
+    match (request.method(), parts.as_slice()) {
+        (&Method::POST, ["v1", "datasets", dataset, "batches"]) => {
+            post_batch(ctx, &prefix, dataset, &request).await
+        }
+        _ => api::no_route(request.method(), &path),
+    }
+}
+
+fn header<'r>(request: &'r Request<Bytes>, name: &str) -> Option<&'r str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn post_batch(
+    ctx: &Context,
+    prefix: &str,
+    name: &str,
+    request: &Request<Bytes>,
+) -> Response<Bytes> {
+    let Some(dataset) = ctx.datasets.get(name) else {
+        return api::unknown_dataset(ctx, name);
+    };
+    let expected = dataset.format.media_type();
+    let media_type = header(request, "content-type")
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if media_type != expected {
+        let found = if media_type.is_empty() {
+            "no content type".to_string()
+        } else {
+            format!("`{media_type}`")
+        };
+        return api::error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("dataset `{name}` takes `{expected}`, found {found}"),
+        );
+    }
+    let body = request.body();
+    if body.len() > ctx.max_inline_bytes {
+        return api::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the batch is {} bytes, over the inline limit of {} bytes; send it through an upload: POST {prefix}/v1/datasets/{name}/uploads",
+                body.len(),
+                ctx.max_inline_bytes
+            ),
+        );
+    }
+    let idempotency_key = header(request, "idempotency-key");
+    if let Some(key) = idempotency_key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return api::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the Idempotency-Key header takes 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+            );
+        }
+    }
+
+    // Check every record before storing anything.
+    let mut decoder = Decoder::new(dataset);
+    let mut sink = Vec::new();
+    decoder.feed(body, &mut sink);
+    drop(sink);
+    let summary = decoder.finish(&mut Vec::new());
+    if !summary.is_valid() {
+        return api::json(
+            StatusCode::BAD_REQUEST,
+            &Rejected {
+                error: "invalid_batch",
+                truncated: summary.invalid as usize > MAX_ERRORS,
+                errors: summary.errors,
+            },
+        );
+    }
+
+    let batch_id = uuid::Uuid::now_v7();
+    let key = api::object_key(
+        name,
+        dataset.format,
+        batch_id,
+        chrono::Utc::now().date_naive(),
+    );
+    let sha256 = hex(&Sha256::digest(body));
+    let records = summary.records as i64;
+    let client = match ctx.pool.get().await {
+        Ok(c) => c,
+        Err(e) => return api::unavailable("the database", &e),
+    };
+    let new = NewBatch {
+        batch_id,
+        dataset: name,
+        object_key: &key,
+        idempotency_key,
+        records: Some(records),
+        sha256: Some(&sha256),
+        size_bytes: Some(body.len() as i64),
+    };
+    let batch = match db::insert_batch(&**client, &new).await {
+        Ok(Ok(batch)) => batch,
+        // A retry: the first answer again, nothing stored.
+        Ok(Err(earlier)) => {
+            return api::json(
+                StatusCode::ACCEPTED,
+                &Accepted {
+                    batch_id: earlier.batch_id,
+                    dataset: name,
+                    records: earlier.records.unwrap_or(0),
+                    sha256: earlier.sha256.unwrap_or_default(),
+                    status_url: format!("{prefix}/v1/batches/{}", earlier.batch_id),
+                },
+            );
+        }
+        Err(e) => return api::unavailable("the database", &e),
+    };
+    let metadata = BTreeMap::from([
+        ("batch-id".to_string(), batch_id.to_string()),
+        ("dataset".to_string(), name.to_string()),
+        ("records".to_string(), records.to_string()),
+        ("sha256".to_string(), sha256.clone()),
+    ]);
+    if let Err(e) = ctx.store.put(&key, body.clone(), &metadata).await {
+        // Forget the batch so that a retry with the same key stores it.
+        if let Err(e) = db::delete_batch(&**client, batch.batch_id).await {
+            tracing::error!(%e, %batch_id, "could not forget a batch whose object was not stored");
+        }
+        return api::unavailable("storage", &e);
+    }
+    tracing::info!(%batch_id, dataset = name, records, bytes = body.len(), "batch accepted");
+    api::json(
+        StatusCode::ACCEPTED,
+        &Accepted {
+            batch_id,
+            dataset: name,
+            records,
+            sha256,
+            status_url: format!("{prefix}/v1/batches/{batch_id}"),
+        },
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,6 +1,134 @@
-//! The `loader` function's handler. The data-path issue fills this crate; until
-//! then it only names the function so that the workspace and the build
-//! pipeline have all three crates in place.
+//! The loader function: SQS messages carrying S3 notifications of stored
+//! batches; each batch is loaded into its dataset's table exactly once.
+//!
+//! Messages are handled one by one and reported with partial batch
+//! responses: a message whose batch could not be loaded for a passing reason
+//! (the database restarting) is retried by SQS, the others are done. A batch
+//! with invalid records is not an error of the loader: it is marked failed.
+
+use aws_lambda_events::event::s3::S3Event;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use pipeline_shared::api::{self, Context};
+use pipeline_shared::db::{self, DbError, LoadOutcome};
 
 /// The function's name as the spec and the templates know it.
 pub const NAME: &str = "loader";
+
+/// Why a message could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("the message is not an S3 notification: {0}")]
+    NotS3(String),
+    #[error("the database pool: {0}")]
+    Pool(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handled {
+    Loaded {
+        key: String,
+        outcome: LoadOutcome,
+    },
+    /// Not an object of a batch (a test event, a foreign key).
+    Skipped {
+        key: String,
+        reason: String,
+    },
+}
+
+/// Handles an SQS event; the response lists the messages to retry.
+pub async fn handle(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for message in event.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        match handle_message(ctx, &message).await {
+            Ok(handled) => {
+                for h in handled {
+                    tracing::info!(message_id = %id, result = ?h, "handled");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(message_id = %id, error = %e, "message will be retried");
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                response.batch_item_failures.push(failure);
+            }
+        }
+    }
+    response
+}
+
+/// Loads the objects an SQS message announces.
+pub async fn handle_message(
+    ctx: &Context,
+    message: &SqsMessage,
+) -> Result<Vec<Handled>, MessageError> {
+    let body = message.body.as_deref().unwrap_or("");
+    // S3 sends a test event when notifications are set up; nothing to load.
+    if body.contains("\"s3:TestEvent\"") {
+        return Ok(Vec::new());
+    }
+    let event: S3Event =
+        serde_json::from_str(body).map_err(|e| MessageError::NotS3(e.to_string()))?;
+    let mut out = Vec::new();
+    for record in event.records {
+        let Some(raw_key) = record.s3.object.key.clone() else {
+            continue;
+        };
+        // S3 notifications carry keys URL-encoded, with `+` for spaces.
+        let key: String = form_urlencoded::parse(format!("k={raw_key}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or(raw_key);
+        out.push(load_key(ctx, &key).await?);
+    }
+    Ok(out)
+}
+
+/// Loads the batch stored under `key`.
+pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError> {
+    let skipped = |reason: &str| Handled::Skipped {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    };
+    let Some((name, batch_id)) = api::parse_object_key(key) else {
+        return Ok(skipped("not a batch object key"));
+    };
+    let Some(dataset) = ctx.datasets.get(name) else {
+        return Ok(skipped("no such dataset"));
+    };
+    let mut client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let store = ctx.store.clone();
+    let object = key.to_string();
+    let outcome = db::load(&mut client, name, dataset, batch_id, || {
+        let store = store.clone();
+        let object = object.clone();
+        async move { store.get(&object).await }
+    })
+    .await;
+    match outcome {
+        Ok(outcome) => Ok(Handled::Loaded {
+            key: key.to_string(),
+            outcome,
+        }),
+        Err(DbError::NoBatch(_)) => Ok(skipped("no batch was recorded for this object")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The `migrate` action: brings the tables in line with the datasets.
+pub async fn migrate(ctx: &Context) -> Result<db::MigrationReport, MessageError> {
+    let mut client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    Ok(db::migrate(&mut client, &ctx.datasets).await?)
+}

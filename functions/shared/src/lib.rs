@@ -3,6 +3,7 @@
 //! The dataset model lives here so that the spec the CLI validates and the
 //! handlers that enforce it at run time read one definition.
 
+pub mod api;
 pub mod dataset;
 pub mod db;
 pub mod records;

@@ -300,3 +300,75 @@ mod tests {
         ));
     }
 }
+
+/// Called after an object is stored, as S3 event notifications are in AWS.
+pub trait Notify: Send + Sync {
+    fn stored(
+        &self,
+        key: &str,
+        size: u64,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+}
+
+/// The store a function uses.
+#[derive(Clone)]
+pub enum Store {
+    Local {
+        store: LocalStore,
+        notify: Option<std::sync::Arc<dyn Notify>>,
+    },
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::Local { store, .. } => write!(f, "local store in {}", store.root().display()),
+        }
+    }
+}
+
+impl Store {
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Local { store, notify } => {
+                let size = body.len() as u64;
+                store.put(key, body, metadata).await?;
+                if let Some(n) = notify {
+                    n.stored(key, size).await.map_err(|e| StoreError::Io {
+                        key: key.to_string(),
+                        source: std::io::Error::other(e),
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match self {
+            Store::Local { store, .. } => store.head(key).await,
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<ByteStream, StoreError> {
+        match self {
+            Store::Local { store, .. } => store.get(key).await,
+        }
+    }
+
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        match self {
+            Store::Local { store, .. } => store.get_range(key, start, end).await,
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! `pipeline local`: the whole pipeline on this machine, on the same handler
+//! code as in Lambda.
+//!
+//! An HTTP server on 127.0.0.1 serves the API through the ingest and query
+//! handlers, with the environment's auth. Objects go to a local directory;
+//! storing one puts an S3-style notification on a queue kept in Postgres
+//! (so a batch accepted before a crash is loaded after a restart), which a
+//! pool of workers hands to the loader handler as SQS events, with the
+//! spec's retry and dead-letter behaviour.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use pipeline_shared::api::Context;
+use pipeline_shared::store::{LocalStore, Notify, Store};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::{Selection, load_error};
+use crate::spec::load::Loader;
+use crate::spec::model::AuthMode;
+use crate::{Cli, Error, output::Ui};
+
+/// The largest request body the local server takes, as API Gateway (10 MB).
+const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+/// Locally, a failed message is retried after at most this long.
+const MAX_LOCAL_RETRY: Duration = Duration::from_secs(30);
+/// How often idle workers look for messages they were not told about.
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Environment whose datasets, auth and queue settings to use.
+    #[arg(short, long = "env", value_name = "ENV", default_value = "dev")]
+    pub env: String,
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Where objects and the API key are kept [default: .pipeline/<env>].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Postgres to use; the database `pipeline_<env>` is created in it if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+    /// Loader workers running at once.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+/// Printed once the server listens.
+#[derive(Debug, Serialize)]
+struct Listening {
+    event: &'static str,
+    url: String,
+    environment: String,
+    database: String,
+    data_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+}
+
+impl std::fmt::Display for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "pipeline local: {} listening on {}",
+            self.environment, self.url
+        )?;
+        writeln!(f, "  database: {}", self.database)?;
+        writeln!(f, "  objects:  {}", self.data_dir)?;
+        if let Some(key) = &self.api_key {
+            writeln!(f, "  API key:  {key}  (send it as the x-api-key header)")?;
+        }
+        writeln!(f, "  OpenAPI:  {}/openapi.json", self.url)?;
+        writeln!(
+            f,
+            "Ctrl-C stops accepting requests, lets loads in flight finish, and exits."
+        )
+    }
+}
+
+/// An error of local mode, with what to do about it.
+fn local_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Local {
+        message: format!("{what}: {e}"),
+    }
+}
+
+pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
+    let mut loader = Loader::new(cli.environments.clone());
+    let selection = Selection {
+        envs: vec![args.env.clone()],
+        all: false,
+    };
+    let names = selection.names(&loader, false)?;
+    let outcomes = super::load_each(&mut loader, &names, ui)?;
+    if let Some(error) = super::invalid_summary(&outcomes) {
+        return Err(error);
+    }
+    let env = match outcomes.into_iter().next().map(|o| o.result) {
+        Some(Ok(env)) => env,
+        _ => {
+            return Err(load_error(
+                crate::spec::LoadError::BadName {
+                    name: args.env.clone(),
+                },
+                &loader,
+            ));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| local_error("cannot start the async runtime", e))?;
+    runtime.block_on(serve(env, args, ui))
+}
+
+/// Connects to `DATABASE_URL`, creating the environment's database if needed.
+async fn database(url: &str, env: &str) -> Result<(deadpool_postgres::Pool, String), Error> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| local_error("DATABASE_URL is not a Postgres URL", e))?;
+    let name = format!("pipeline_{}", env.replace('-', "_"));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        local_error(
+            &format!("cannot connect to Postgres at {url} (set DATABASE_URL)"),
+            e,
+        )
+    })?;
+    let task = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| local_error("cannot list databases", e))?
+        .is_some();
+    if !exists {
+        // The name is `pipeline_` and a validated environment name.
+        if let Err(e) = client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+        {
+            // Another process may have created it meanwhile.
+            if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
+                return Err(local_error(&format!("cannot create database {name}"), e));
+            }
+        }
+    }
+    drop(client);
+    let _ = task.await;
+    config.dbname(&name);
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(16)
+        .build()
+        .map_err(|e| local_error("cannot build the connection pool", e))?;
+    Ok((pool, name))
+}
+
+const QUEUE: &str = r#"
+CREATE TABLE IF NOT EXISTS pipeline.local_queue (
+    id bigserial PRIMARY KEY,
+    body text NOT NULL,
+    object_key text NOT NULL,
+    receives integer NOT NULL DEFAULT 0,
+    visible_at timestamptz NOT NULL DEFAULT now(),
+    dead boolean NOT NULL DEFAULT false,
+    sent_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS local_queue_visible_idx ON pipeline.local_queue (visible_at) WHERE NOT dead;
+"#;
+
+/// The S3 notification S3 would send for a stored object, field for field.
+fn s3_event(key: &str, size: u64) -> String {
+    let now = chrono::Utc::now();
+    serde_json::json!({
+        "Records": [{
+            "eventVersion": "2.1",
+            "eventSource": "aws:s3",
+            "awsRegion": "local",
+            "eventTime": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "eventName": "ObjectCreated:Put",
+            "userIdentity": {"principalId": "local"},
+            "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+            "responseElements": {"x-amz-request-id": "local", "x-amz-id-2": "local"},
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "raw-batches",
+                "bucket": {"name": "local", "ownerIdentity": {"principalId": "local"}, "arn": "arn:aws:s3:::local"},
+                "object": {"key": key, "size": size, "eTag": "", "sequencer": format!("{:016X}", now.timestamp_micros())},
+            },
+        }]
+    })
+    .to_string()
+}
+
+/// Puts a notification on the local queue when an object is stored.
+struct QueueNotify {
+    pool: deadpool_postgres::Pool,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Notify for QueueNotify {
+    fn stored(&self, key: &str, size: u64) -> BoxFuture<'_, Result<(), String>> {
+        let key = key.to_string();
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .execute(
+                    "INSERT INTO pipeline.local_queue (body, object_key) VALUES ($1, $2)",
+                    &[&s3_event(&key, size), &key],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            self.wake.notify_waiters();
+            Ok(())
+        })
+    }
+}
+
+/// After a crash: batches accepted but neither loaded nor queued go back on the queue.
+async fn recover(ctx: &Context) -> Result<usize, Error> {
+    let client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| local_error("database", e))?;
+    let batches = pipeline_shared::db::unfinished(&**client)
+        .await
+        .map_err(|e| local_error("cannot read unfinished batches", e))?;
+    let mut requeued = 0;
+    for batch in batches {
+        let queued = client
+            .query_opt(
+                "SELECT 1 FROM pipeline.local_queue WHERE object_key = $1 AND NOT dead",
+                &[&batch.object_key],
+            )
+            .await
+            .map_err(|e| local_error("cannot read the queue", e))?
+            .is_some();
+        if queued {
+            continue;
+        }
+        let Ok(Some(info)) = ctx.store.head(&batch.object_key).await else {
+            continue;
+        };
+        client
+            .execute(
+                "INSERT INTO pipeline.local_queue (body, object_key) VALUES ($1, $2)",
+                &[&s3_event(&batch.object_key, info.size), &batch.object_key],
+            )
+            .await
+            .map_err(|e| local_error("cannot write the queue", e))?;
+        requeued += 1;
+    }
+    Ok(requeued)
+}
+
+/// Queue settings from the spec.
+#[derive(Debug, Clone, Copy)]
+struct QueueSettings {
+    batch_size: i64,
+    max_receives: i32,
+    retry_after: Duration,
+}
+
+/// One worker: receives messages as SQS would and hands them to the loader.
+async fn worker(
+    ctx: Context,
+    settings: QueueSettings,
+    wake: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let handled = match receive_and_load(&ctx, settings).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "local queue");
+                0
+            }
+        };
+        if handled == 0 {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+async fn receive_and_load(ctx: &Context, settings: QueueSettings) -> Result<usize, String> {
+    let client = ctx.pool.get().await.map_err(|e| e.to_string())?;
+    let retry = settings.retry_after.as_secs_f64();
+    let rows = client
+        .query(
+            "UPDATE pipeline.local_queue SET receives = receives + 1, visible_at = now() + make_interval(secs => $2)
+             WHERE id IN (SELECT id FROM pipeline.local_queue WHERE NOT dead AND visible_at <= now()
+                          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, body, receives",
+            &[&settings.batch_size, &retry],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(client);
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut event = SqsEvent::default();
+    for row in &rows {
+        let mut message = SqsMessage::default();
+        message.message_id = Some(row.get::<_, i64>(0).to_string());
+        message.body = Some(row.get(1));
+        event.records.push(message);
+    }
+    let response = loader::handle(ctx, event).await;
+    let failed: Vec<i64> = response
+        .batch_item_failures
+        .iter()
+        .filter_map(|f| f.item_identifier.parse().ok())
+        .collect();
+    let client = ctx.pool.get().await.map_err(|e| e.to_string())?;
+    for row in &rows {
+        let id: i64 = row.get(0);
+        let receives: i32 = row.get(2);
+        if !failed.contains(&id) {
+            client
+                .execute("DELETE FROM pipeline.local_queue WHERE id = $1", &[&id])
+                .await
+                .map_err(|e| e.to_string())?;
+        } else if receives >= settings.max_receives {
+            tracing::error!(
+                message_id = id,
+                receives,
+                "message moved to the dead-letter queue"
+            );
+            client
+                .execute(
+                    "UPDATE pipeline.local_queue SET dead = true WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(rows.len())
+}
+
+/// State of the HTTP server.
+#[derive(Clone)]
+struct Server {
+    ctx: Context,
+    api_key: Option<String>,
+    openapi: Bytes,
+}
+
+async fn dispatch(
+    axum::extract::State(server): axum::extract::State<Server>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let respond = |r: http::Response<Bytes>| {
+        let (parts, body) = r.into_parts();
+        axum::response::Response::from_parts(parts, axum::body::Body::from(body))
+    };
+    if parts.uri.path() == "/openapi.json" {
+        return respond(
+            http::Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(server.openapi.clone())
+                .unwrap_or_default(),
+        );
+    }
+    if let Some(expected) = &server.api_key {
+        let given = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        if given != Some(expected.as_str()) {
+            // API Gateway answers a missing or wrong key with 403.
+            return respond(pipeline_shared::api::error(
+                http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "a valid x-api-key header is required",
+            ));
+        }
+    }
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return respond(pipeline_shared::api::error(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "requests are limited to {MAX_REQUEST_BYTES} bytes, as in API Gateway; use an upload"
+                ),
+            ));
+        }
+    };
+    let request = http::Request::from_parts(parts, body);
+    let response = if request.method() == http::Method::POST {
+        ingest::handle(&server.ctx, request).await
+    } else {
+        query::handle(&server.ctx, request).await
+    };
+    respond(response)
+}
+
+async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<(), Error> {
+    let spec = &env.spec;
+    let (pool, db_name) = database(&args.database_url, &env.name).await?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".pipeline").join(&env.name));
+    tokio::fs::create_dir_all(&data_dir)
+        .await
+        .map_err(|e| local_error(&format!("cannot create {}", data_dir.display()), e))?;
+
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::new(QueueNotify {
+        pool: pool.clone(),
+        wake: wake.clone(),
+    });
+    let ctx = Context {
+        env: env.name.clone(),
+        datasets: spec.datasets.clone(),
+        store: Store::Local {
+            store: LocalStore::new(data_dir.join("objects")),
+            notify: Some(notify),
+        },
+        pool: pool.clone(),
+        max_inline_bytes: spec.api.max_inline_batch_kib as usize * 1024,
+    };
+    let report = loader::migrate(&ctx)
+        .await
+        .map_err(|e| local_error("migration failed", e))?;
+    for statement in &report.statements {
+        ui.info(format_args!("migrated: {statement}"));
+    }
+    {
+        let client = pool.get().await.map_err(|e| local_error("database", e))?;
+        client
+            .batch_execute(QUEUE)
+            .await
+            .map_err(|e| local_error("cannot create the local queue", e))?;
+    }
+    let requeued = recover(&ctx).await?;
+    if requeued > 0 {
+        ui.info(format_args!(
+            "requeued {requeued} batches accepted before the last stop"
+        ));
+    }
+
+    let api_key = match spec.api.auth {
+        AuthMode::ApiKey => Some(local_api_key(&data_dir).await?),
+        AuthMode::Iam | AuthMode::None => None,
+    };
+    let openapi =
+        serde_json::to_vec_pretty(&crate::synth::openapi::document(&env.name, spec, false))
+            .unwrap_or_default();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
+        .await
+        .map_err(|e| local_error(&format!("cannot listen on 127.0.0.1:{}", args.port), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| local_error("listener", e))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let settings = QueueSettings {
+        batch_size: i64::from(spec.queue.batch_size),
+        max_receives: spec.queue.max_receives as i32,
+        retry_after: Duration::from_secs(u64::from(spec.queue.visibility_timeout_seconds))
+            .min(MAX_LOCAL_RETRY),
+    };
+    let workers: Vec<_> = (0..args.workers.max(1))
+        .map(|_| tokio::spawn(worker(ctx.clone(), settings, wake.clone(), stop_rx.clone())))
+        .collect();
+
+    let app = axum::Router::new().fallback(dispatch).with_state(Server {
+        ctx,
+        api_key: api_key.clone(),
+        openapi: Bytes::from(openapi),
+    });
+    ui.result(&Listening {
+        event: "listening",
+        url: format!("http://{addr}"),
+        environment: env.name.clone(),
+        database: db_name,
+        data_dir: data_dir.display().to_string(),
+        api_key,
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| local_error("the HTTP server failed", e))?;
+    // Requests are done; let loads in flight finish.
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    ui.info("stopped");
+    Ok(())
+}
+
+/// The local API key, kept in the data directory so that it survives restarts.
+async fn local_api_key(data_dir: &std::path::Path) -> Result<String, Error> {
+    let path = data_dir.join("api-key");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_string()),
+        _ => {
+            let key = format!("local-{}", uuid::Uuid::new_v4().simple());
+            tokio::fs::write(&path, &key)
+                .await
+                .map_err(|e| local_error(&format!("cannot write {}", path.display()), e))?;
+            Ok(key)
+        }
+    }
+}
+
+/// Ctrl-C, or SIGTERM as sent by process managers.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,159 @@
+//! What the API functions share: their context, routing, JSON responses.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::dataset::Dataset;
+use crate::store::Store;
+
+/// Everything a handler needs, built once per process.
+#[derive(Clone)]
+pub struct Context {
+    /// Environment name, such as `dev`.
+    pub env: String,
+    pub datasets: BTreeMap<String, Dataset>,
+    pub store: Store,
+    pub pool: deadpool_postgres::Pool,
+    /// Largest inline batch, in bytes.
+    pub max_inline_bytes: usize,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("env", &self.env)
+            .field("datasets", &self.datasets.keys().collect::<Vec<_>>())
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Bytes> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Bytes::from(bytes))
+        .unwrap_or_else(|_| Response::new(Bytes::new()))
+}
+
+/// An error response: `{"error": code, "message": message}`.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Bytes> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: &'a str,
+        message: String,
+    }
+    json(
+        status,
+        &Body {
+            error: code,
+            message: message.into(),
+        },
+    )
+}
+
+/// The request path split after its `/v1/` (API Gateway may put a stage
+/// name before it), and the prefix to build links with.
+pub fn route(path: &str) -> Option<(String, Vec<&str>)> {
+    let start = path
+        .find("/v1/")
+        .or_else(|| path.ends_with("/v1").then(|| path.len() - 3))?;
+    let prefix = path[..start].to_string();
+    let rest = path[start + 1..].trim_end_matches('/');
+    Some((prefix, rest.split('/').collect()))
+}
+
+/// 404 for an unknown dataset, naming the known ones.
+pub fn unknown_dataset(ctx: &Context, name: &str) -> Response<Bytes> {
+    let known: Vec<&str> = ctx.datasets.keys().map(String::as_str).collect();
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "there is no dataset `{name}`; the datasets are: {}",
+            known.join(", ")
+        ),
+    )
+}
+
+/// 404 for a path or method no function serves.
+pub fn no_route(method: &http::Method, path: &str) -> Response<Bytes> {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {path}"),
+    )
+}
+
+/// 503 when a dependency fails; the details go to the log, not the caller.
+pub fn unavailable(what: &str, detail: &dyn std::fmt::Display) -> Response<Bytes> {
+    tracing::error!(%detail, "{what} failed");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        format!("{what} is unavailable; try again"),
+    )
+}
+
+/// The object key of a batch: `raw/<dataset>/<date>/<batch id>.<format>`.
+pub fn object_key(
+    dataset: &str,
+    format: crate::dataset::Format,
+    batch_id: uuid::Uuid,
+    date: chrono::NaiveDate,
+) -> String {
+    let ext = match format {
+        crate::dataset::Format::Ndjson => "ndjson",
+        crate::dataset::Format::Csv => "csv",
+    };
+    format!("raw/{dataset}/{}/{batch_id}.{ext}", date.format("%Y-%m-%d"))
+}
+
+/// The dataset and batch id of an object key made by [`object_key`].
+pub fn parse_object_key(key: &str) -> Option<(&str, uuid::Uuid)> {
+    let mut parts = key.split('/');
+    if parts.next()? != "raw" {
+        return None;
+    }
+    let dataset = parts.next()?;
+    let _date = parts.next()?;
+    let file = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let id = file.split('.').next()?;
+    Some((dataset, uuid::Uuid::try_parse(id).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_ignore_a_stage_prefix() {
+        assert_eq!(
+            route("/v1/health"),
+            Some((String::new(), vec!["v1", "health"]))
+        );
+        assert_eq!(
+            route("/live/v1/batches/x/"),
+            Some(("/live".to_string(), vec!["v1", "batches", "x"]))
+        );
+        assert_eq!(route("/other"), None);
+    }
+
+    #[test]
+    fn object_keys_round_trip() {
+        let id = uuid::Uuid::now_v7();
+        let date = chrono::NaiveDate::from_ymd_opt(2024, 2, 29).unwrap_or_default();
+        let key = object_key("events", crate::dataset::Format::Csv, id, date);
+        assert_eq!(key, format!("raw/events/2024-02-29/{id}.csv"));
+        assert_eq!(parse_object_key(&key), Some(("events", id)));
+        assert_eq!(parse_object_key("raw/events/x.csv"), None);
+    }
+}
