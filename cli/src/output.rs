@@ -51,6 +51,20 @@ impl Ui {
         let _ = written.and_then(|()| out.flush());
     }
 
+    /// An event of a long-running command: its `Display` as text, or one
+    /// JSON object on one line.
+    pub fn event<T: Serialize + std::fmt::Display>(&self, value: &T) {
+        let mut out = std::io::stdout().lock();
+        let written = match self.format {
+            Format::Text => write!(out, "{value}"),
+            Format::Json => match serde_json::to_string(value) {
+                Ok(json) => writeln!(out, "{json}"),
+                Err(e) => writeln!(out, "{{\"error\": \"{e}\"}}"),
+            },
+        };
+        let _ = written.and_then(|()| out.flush());
+    }
+
     /// A progress line on stderr, shown with `-v`.
     pub fn info(&self, message: impl std::fmt::Display) {
         if self.verbose > 0 && !self.json() {

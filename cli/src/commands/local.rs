@@ -54,6 +54,10 @@ pub struct Args {
     /// Loader workers running at once.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Seconds before a failed or abandoned message is delivered again
+    /// [default: the queue's visibility timeout, at most 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub retry_after: Option<u64>,
 }
 
 /// Printed once the server listens.
@@ -484,8 +488,11 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
     let settings = QueueSettings {
         batch_size: i64::from(spec.queue.batch_size),
         max_receives: spec.queue.max_receives as i32,
-        retry_after: Duration::from_secs(u64::from(spec.queue.visibility_timeout_seconds))
-            .min(MAX_LOCAL_RETRY),
+        retry_after: match args.retry_after {
+            Some(seconds) => Duration::from_secs(seconds),
+            None => Duration::from_secs(u64::from(spec.queue.visibility_timeout_seconds))
+                .min(MAX_LOCAL_RETRY),
+        },
     };
     let workers: Vec<_> = (0..args.workers.max(1))
         .map(|_| tokio::spawn(worker(ctx.clone(), settings, wake.clone(), stop_rx.clone())))
@@ -496,7 +503,7 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
         api_key: api_key.clone(),
         openapi: Bytes::from(openapi),
     });
-    ui.result(&Listening {
+    ui.event(&Listening {
         event: "listening",
         url: format!("http://{addr}"),
         environment: env.name.clone(),

@@ -1,0 +1,597 @@
+//! End to end over HTTP: `pipeline local` (the real binary) on the real
+//! Postgres at 127.0.0.1:5432. Each test runs its own environment, so its own
+//! database `pipeline_<env>`, dropped at the end.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+
+/// A running `pipeline local`.
+struct Local {
+    child: Child,
+    url: String,
+    api_key: String,
+    env: String,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Local {
+    /// Starts an environment that extends dev with `extra` YAML.
+    async fn start(extra: &str) -> Local {
+        let env = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let dir = common::workspace(&[(&format!("{env}.yaml"), &format!("extends: dev\n{extra}"))]);
+        let mut local = Local {
+            child: spawn(dir.path(), &env),
+            url: String::new(),
+            api_key: String::new(),
+            env,
+            dir,
+            http: reqwest::Client::new(),
+        };
+        local.read_banner();
+        local
+    }
+
+    fn read_banner(&mut self) {
+        let stdout = self.child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("banner");
+        let banner: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("banner {line:?}: {e}"));
+        self.url = banner["url"].as_str().expect("url").to_string();
+        self.api_key = banner["api_key"].as_str().unwrap_or_default().to_string();
+    }
+
+    /// Kills the process without warning, as a crash would.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same environment again on the same data.
+    fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(self.dir.path(), &self.env);
+        self.read_banner();
+    }
+
+    fn database(&self) -> String {
+        format!("pipeline_{}", self.env)
+    }
+
+    async fn db(&self) -> tokio_postgres::Client {
+        connect(&format!(
+            "host=127.0.0.1 port=5432 user=postgres dbname={}",
+            self.database()
+        ))
+        .await
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        self.post_with(path, content_type, body, &[]).await
+    }
+
+    async fn post_with(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("x-api-key", &self.api_key)
+            .header("content-type", content_type)
+            .body(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.expect("POST");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .header("x-api-key", &self.api_key)
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the batch until it is loaded or failed (or 60 s pass).
+    async fn settled(&self, batch_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, batch) = self.get(&format!("/v1/batches/{batch_id}")).await;
+            assert_eq!(status, 200, "{batch}");
+            if batch["status"] == "loaded" || batch["status"] == "failed" {
+                return batch;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "batch {batch_id} did not settle: {batch}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.kill();
+        let name = self.database();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let admin = connect(ADMIN).await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+fn spawn(dir: &Path, env: &str) -> Child {
+    let data: PathBuf = dir.join("data");
+    Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args([
+            "--output",
+            "json",
+            "local",
+            "--env",
+            env,
+            "--port",
+            "0",
+            "--retry-after",
+            "1",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var_os("PIPELINE_TEST_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .expect("start pipeline local")
+}
+
+async fn connect(config: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(config, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+fn event(id: u32, kind: &str) -> String {
+    format!(
+        "{{\"event_id\":\"00000000-0000-4000-8000-{id:012}\",\"occurred_at\":\"2024-01-31T12:00:{:02}Z\",\"source\":\"web\",\"kind\":\"{kind}\",\"user_id\":{id},\"amount\":\"{id}.25\",\"payload\":{{\"n\":{id}}}}}\n",
+        id % 60
+    )
+}
+
+#[tokio::test]
+async fn push_wait_and_read_back_the_exact_records() {
+    let local = Local::start("").await;
+    let body: String = (1..=3)
+        .map(|i| event(i, if i == 2 { "view" } else { "click" }))
+        .collect();
+    let (status, accepted) = local
+        .post("/v1/datasets/events/batches", "application/x-ndjson", body)
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["records"], 3);
+    let batch_id = accepted["batch_id"].as_str().expect("batch id").to_string();
+    assert_eq!(accepted["status_url"], format!("/v1/batches/{batch_id}"));
+    let batch = local.settled(&batch_id).await;
+    assert_eq!(
+        (
+            batch["status"].clone(),
+            batch["inserted"].clone(),
+            batch["duplicates"].clone()
+        ),
+        (json!("loaded"), json!(3), json!(0))
+    );
+
+    let (status, page) = local
+        .get("/v1/datasets/events/records?kind=click&limit=1")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page["records"],
+        json!([{
+            "event_id": "00000000-0000-4000-8000-000000000001",
+            "occurred_at": "2024-01-31T12:00:01+00:00",
+            "source": "web",
+            "kind": "click",
+            "user_id": 1,
+            "amount": "1.25",
+            "payload": {"n": 1},
+        }])
+    );
+    let cursor = page["next_cursor"].as_str().expect("more pages");
+    let (_, page) = local
+        .get(&format!(
+            "/v1/datasets/events/records?kind=click&limit=1&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(page["records"][0]["user_id"], 3);
+    assert_eq!(page["next_cursor"], Value::Null);
+    let (_, page) = local
+        .get("/v1/datasets/events/records?user_id.gte=2&user_id.lt=3")
+        .await;
+    assert_eq!(page["records"].as_array().map(Vec::len), Some(1));
+
+    // CSV datasets too.
+    let csv = "sensor_id,read_at,value,quality,valid,day\ns1,2024-01-31T12:00:00Z,1.5,3,true,2024-01-31\n";
+    let (status, accepted) = local
+        .post(
+            "/v1/datasets/readings/batches",
+            "text/csv; charset=utf-8",
+            csv,
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    local
+        .settled(accepted["batch_id"].as_str().expect("id"))
+        .await;
+    let (_, page) = local
+        .get("/v1/datasets/readings/records?sensor_id=s1")
+        .await;
+    assert_eq!(
+        page["records"],
+        json!([{"sensor_id": "s1", "read_at": "2024-01-31T12:00:00+00:00", "value": 1.5, "quality": 3, "valid": true, "day": "2024-01-31"}])
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_first_batch_and_stores_nothing_new() {
+    let local = Local::start("").await;
+    let key = [("idempotency-key", "order-42")];
+    let (s1, first) = local
+        .post_with(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            event(1, "a"),
+            &key,
+        )
+        .await;
+    let (s2, second) = local
+        .post_with(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            event(1, "a"),
+            &key,
+        )
+        .await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(first["batch_id"], second["batch_id"]);
+    local.settled(first["batch_id"].as_str().expect("id")).await;
+    let db = local.db().await;
+    let batches: i64 = db
+        .query_one("SELECT count(*) FROM pipeline.batches", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(batches, 1);
+    let objects = std::fs::read_dir(local.dir.path().join("data/objects/raw/events"))
+        .expect("objects")
+        .count();
+    assert_eq!(objects, 1);
+}
+
+#[tokio::test]
+async fn a_batch_delivered_twice_loads_once() {
+    let local = Local::start("").await;
+    let body: String = (1..=5).map(|i| event(i, "a")).collect();
+    let (_, accepted) = local
+        .post("/v1/datasets/events/batches", "application/x-ndjson", body)
+        .await;
+    let batch_id = accepted["batch_id"].as_str().expect("id").to_string();
+    local.settled(&batch_id).await;
+    // Deliver the same S3 notification again, as SQS may.
+    let db = local.db().await;
+    let (body, key): (String, String) = {
+        let object = db
+            .query_one(
+                "SELECT object_key FROM pipeline.batches WHERE batch_id = $1::text::uuid",
+                &[&batch_id],
+            )
+            .await
+            .expect("batch");
+        let key: String = object.get(0);
+        (
+            format!(
+                "{{\"Records\":[{{\"eventVersion\":\"2.1\",\"eventSource\":\"aws:s3\",\"awsRegion\":\"local\",\"eventTime\":\"2024-01-01T00:00:00.000Z\",\"eventName\":\"ObjectCreated:Put\",\"userIdentity\":{{\"principalId\":\"x\"}},\"requestParameters\":{{\"sourceIPAddress\":\"127.0.0.1\"}},\"responseElements\":{{}},\"s3\":{{\"s3SchemaVersion\":\"1.0\",\"configurationId\":\"x\",\"bucket\":{{\"name\":\"local\",\"ownerIdentity\":{{\"principalId\":\"x\"}},\"arn\":\"arn:aws:s3:::local\"}},\"object\":{{\"key\":\"{key}\",\"size\":1}}}}}}]}}"
+            ),
+            key,
+        )
+    };
+    db.execute(
+        "INSERT INTO pipeline.local_queue (body, object_key) VALUES ($1, $2)",
+        &[&body, &key],
+    )
+    .await
+    .expect("enqueue");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = db
+            .query_one("SELECT count(*) FROM pipeline.local_queue", &[])
+            .await
+            .expect("count")
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the redelivery was not consumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM public.events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 5);
+    let (_, batch) = local.get(&format!("/v1/batches/{batch_id}")).await;
+    assert_eq!(
+        (batch["inserted"].clone(), batch["duplicates"].clone()),
+        (json!(5), json!(0))
+    );
+}
+
+#[tokio::test]
+async fn malformed_input_is_refused_with_line_and_reason_and_nothing_is_loaded() {
+    let local = Local::start("api:\n  max_inline_batch_kib: 2048\n").await;
+    let post = |body: Vec<u8>, content_type: &'static str| {
+        let local = &local;
+        async move {
+            local
+                .post("/v1/datasets/events/batches", content_type, body)
+                .await
+        }
+    };
+    let ndjson = "application/x-ndjson";
+    let good = event(1, "a");
+
+    let type_error = good.replace("\"user_id\":1", "\"user_id\":\"one\"");
+    let (status, body) = post(format!("{good}{type_error}").into_bytes(), ndjson).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"error": "invalid_batch", "truncated": false,
+               "errors": [{"line": 2, "column": "user_id", "reason": "expected a number, found a string"}]})
+    );
+
+    let missing = good.replace("\"source\":\"web\",", "");
+    let (status, body) = post(missing.into_bytes(), ndjson).await;
+    assert_eq!(
+        (status, body["errors"][0].clone()),
+        (
+            400,
+            json!({"line": 1, "column": "source", "reason": "missing value"})
+        )
+    );
+
+    let unknown = good.replace(
+        "\"source\":\"web\"",
+        "\"source\":\"web\",\"colour\":\"red\"",
+    );
+    let (status, body) = post(unknown.into_bytes(), ndjson).await;
+    assert_eq!(
+        (status, body["errors"][0].clone()),
+        (
+            400,
+            json!({"line": 1, "column": "colour", "reason": "unknown column"})
+        )
+    );
+
+    let mut bad_utf8 = good.clone().into_bytes();
+    bad_utf8.extend_from_slice(b"{\"kind\":\"\xff\"}\n");
+    let (status, body) = post(bad_utf8, ndjson).await;
+    assert_eq!(
+        (status, body["errors"][0].clone()),
+        (
+            400,
+            json!({"line": 2, "reason": "invalid UTF-8 at byte 10 of the line"})
+        )
+    );
+
+    let long = format!("{good}{{\"source\":\"{}\"}}\n", "x".repeat(1024 * 1024 + 1));
+    let (status, body) = post(long.into_bytes(), ndjson).await;
+    assert_eq!(
+        (status, body["errors"][0].clone()),
+        (
+            400,
+            json!({"line": 2, "reason": "the record is longer than 1048576 bytes"})
+        )
+    );
+
+    let (status, body) = post(Vec::new(), ndjson).await;
+    assert_eq!(
+        (status, body["errors"][0].clone()),
+        (400, json!({"line": 1, "reason": "the batch is empty"}))
+    );
+
+    let (status, body) = post(good.clone().into_bytes(), "text/csv").await;
+    assert_eq!(
+        (status, body),
+        (
+            415,
+            json!({"error": "unsupported_media_type", "message": "dataset `events` takes `application/x-ndjson`, found `text/csv`"})
+        )
+    );
+
+    let (status, body) = local
+        .post("/v1/datasets/nope/batches", ndjson, good.clone())
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            404,
+            json!({"error": "not_found", "message": "there is no dataset `nope`; the datasets are: events, readings"})
+        )
+    );
+
+    let big = event(1, &"k".repeat(3 * 1024 * 1024));
+    let (status, body) = post(big.into_bytes(), ndjson).await;
+    assert_eq!(status, 413);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("send it through an upload: POST /v1/datasets/events/uploads"),
+        "{body}"
+    );
+
+    let db = local.db().await;
+    let batches: i64 = db
+        .query_one("SELECT count(*) FROM pipeline.batches", &[])
+        .await
+        .expect("count")
+        .get(0);
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM public.events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!((batches, rows), (0, 0));
+    assert!(!local.dir.path().join("data/objects/raw").exists());
+}
+
+#[tokio::test]
+async fn a_loader_killed_mid_load_leaves_no_rows_and_loads_once_after_restart() {
+    let mut local = Local::start("").await;
+    // Hold a lock that the loader's COPY waits for, so that the process can be
+    // killed while its load transaction is open.
+    let blocker = local.db().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE public.events IN SHARE MODE")
+        .await
+        .expect("lock");
+    let body: String = (1..=1000).map(|i| event(i, "a")).collect();
+    let (_, accepted) = local
+        .post("/v1/datasets/events/batches", "application/x-ndjson", body)
+        .await;
+    let batch_id = accepted["batch_id"].as_str().expect("id").to_string();
+    let db = local.db().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY%'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the loader never started copying"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    local.kill();
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM public.events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0);
+    let status: String = db
+        .query_one(
+            "SELECT status FROM pipeline.batches WHERE batch_id = $1::text::uuid",
+            &[&batch_id],
+        )
+        .await
+        .expect("batch")
+        .get(0);
+    assert_eq!(status, "loading");
+
+    local.restart();
+    // The message was received by the killed process; it comes back when its
+    // visibility timeout passes (1 s here).
+    let batch = local.settled(&batch_id).await;
+    assert_eq!(
+        (batch["status"].clone(), batch["inserted"].clone()),
+        (json!("loaded"), json!(1000))
+    );
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM public.events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1000);
+}
+
+#[tokio::test]
+async fn serves_its_openapi_document_and_requires_the_api_key() {
+    let local = Local::start("").await;
+    let doc: Value = reqwest::get(format!("{}/openapi.json", local.url))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(doc["info"]["title"], format!("pipeline-{}-api", local.env));
+    assert!(doc["paths"]["/v1/datasets/{dataset}/batches"]["post"].is_object());
+    let response = reqwest::get(format!("{}/v1/health", local.url))
+        .await
+        .expect("get");
+    assert_eq!(response.status().as_u16(), 403);
+    let (status, health) = local.get("/v1/health").await;
+    assert_eq!(
+        (status, health),
+        (200, json!({"status": "ok", "environment": local.env}))
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_cleanly() {
+    let mut local = Local::start("").await;
+    let pid = local.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let exit = local.child.wait().expect("wait");
+    assert_eq!(exit.code(), Some(0));
+}
