@@ -384,6 +384,9 @@ fn every_command_has_help() {
         vec!["synth", "--help"],
         vec!["envs", "--help"],
         vec!["schema", "--help"],
+        vec!["local", "--help"],
+        vec!["push", "--help"],
+        vec!["query", "--help"],
     ] {
         let out = pipeline(&repo(), &args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");

@@ -595,3 +595,112 @@ async fn ctrl_c_stops_cleanly() {
     let exit = local.child.wait().expect("wait");
     assert_eq!(exit.code(), Some(0));
 }
+
+/// Runs a client command of the real binary against this local pipeline.
+fn client(local: &Local, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(args)
+        .args([
+            "--env",
+            &local.env,
+            "--url",
+            &local.url,
+            "--api-key",
+            &local.api_key,
+        ])
+        .current_dir(local.dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run pipeline")
+}
+
+#[tokio::test]
+async fn push_goes_through_an_upload_when_large_and_query_reads_back() {
+    let local = Local::start("api:\n  max_inline_batch_kib: 1\n").await;
+    let body: String = (1..=20).map(|i| event(i, "big")).collect();
+    assert!(body.len() > 1024);
+    std::fs::write(local.dir.path().join("batch.ndjson"), &body).expect("write batch");
+    let out = client(&local, &["push", "-d", "events", "batch.ndjson", "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("loaded batch ")
+            && stdout.ends_with(" into events: 20 records, 20 inserted, 0 duplicates\n"),
+        "{stdout}"
+    );
+
+    let out = client(
+        &local,
+        &[
+            "--output",
+            "json",
+            "query",
+            "-d",
+            "events",
+            "-w",
+            "user_id>=5",
+            "-w",
+            "user_id<8",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page: Value = serde_json::from_slice(&out.stdout).expect("json page");
+    let ids: Vec<i64> = page["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["user_id"].as_i64())
+        .collect();
+    assert_eq!(ids, vec![5, 6, 7]);
+}
+
+#[tokio::test]
+async fn an_invalid_upload_fails_its_batch_with_the_first_error() {
+    let local = Local::start("api:\n  max_inline_batch_kib: 1\n").await;
+    let mut body: String = (1..=10).map(|i| event(i, "x")).collect();
+    body.push_str(&event(11, "x").replace("\"user_id\":11", "\"user_id\":true"));
+    std::fs::write(local.dir.path().join("batch.ndjson"), &body).expect("write batch");
+    let out = client(&local, &["push", "-d", "events", "batch.ndjson", "--wait"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout
+            .ends_with(" failed: line 11, column `user_id`: expected a number, found a boolean\n"),
+        "{stdout}"
+    );
+    let db = local.db().await;
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM public.events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn a_rejected_inline_push_lists_file_line_and_reason() {
+    let local = Local::start("").await;
+    std::fs::write(local.dir.path().join("bad.ndjson"), "{\"event_id\":1}\n").expect("write");
+    let out = client(&local, &["push", "-d", "events", "bad.ndjson"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "  × the batch was rejected, nothing was stored:
+  │   bad.ndjson:1: column `event_id`: expected a string, found a number
+  │   bad.ndjson:1: column `occurred_at`: missing value
+  │   bad.ndjson:1: column `source`: missing value
+  │   bad.ndjson:1: column `kind`: missing value
+
+"
+    );
+}

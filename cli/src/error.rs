@@ -49,6 +49,14 @@ pub enum Error {
     #[error("{message}")]
     Local { message: String },
 
+    /// The API or the server could not be reached, or failed.
+    #[error("{message}")]
+    Client { message: String },
+
+    /// The input was refused: a rejected batch, an unknown dataset.
+    #[error("{message}")]
+    Rejected { message: String },
+
     #[error("rendering {what} failed: {message}")]
     #[diagnostic(help("this is a bug in pipeline's templates; please report it"))]
     Render { what: String, message: String },
@@ -66,6 +74,8 @@ impl Error {
             Error::Write { .. } => "write",
             Error::Render { .. } => "render",
             Error::Local { .. } => "local",
+            Error::Client { .. } => "client",
+            Error::Rejected { .. } => "rejected",
         }
     }
 
@@ -74,11 +84,13 @@ impl Error {
             Error::InvalidSpec { .. }
             | Error::UnknownEnvironment { .. }
             | Error::BadEnvironmentName { .. }
-            | Error::NoEnvironment => EXIT_INVALID,
+            | Error::NoEnvironment
+            | Error::Rejected { .. } => EXIT_INVALID,
             Error::Read { .. }
             | Error::Write { .. }
             | Error::Render { .. }
-            | Error::Local { .. } => EXIT_FAILURE,
+            | Error::Local { .. }
+            | Error::Client { .. } => EXIT_FAILURE,
         }
     }
 }

@@ -44,6 +44,10 @@ pub enum Command {
     Schema(commands::schema::Args),
     /// Run the whole pipeline on this machine: API, storage, queue and loader, on Postgres.
     Local(commands::local::Args),
+    /// Send a batch file to a dataset: inline, or through an upload when large.
+    Push(commands::push::Args),
+    /// Read records of a dataset, with filters.
+    Query(commands::query::Args),
 }
 
 /// Parses the command line, runs the command and maps the result to an exit code.
@@ -57,6 +61,8 @@ pub fn main() -> ExitCode {
         Command::Envs(args) => commands::envs::run(&cli, args, &ui),
         Command::Schema(args) => commands::schema::run(args, &ui),
         Command::Local(args) => commands::local::run(&cli, args, &ui),
+        Command::Push(args) => commands::push::run(&cli, args, &ui),
+        Command::Query(args) => commands::query::run(&cli, args, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

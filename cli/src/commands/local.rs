@@ -17,7 +17,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use pipeline_shared::api::Context;
-use pipeline_shared::store::{LocalStore, Notify, Store};
+use pipeline_shared::store::{LocalStore, Notify, Signer, Store};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -371,6 +371,9 @@ async fn receive_and_load(ctx: &Context, settings: QueueSettings) -> Result<usiz
 #[derive(Clone)]
 struct Server {
     ctx: Context,
+    /// The object store, for uploads through presigned URLs.
+    objects: LocalStore,
+    uploads_dir: PathBuf,
     api_key: Option<String>,
     openapi: Bytes,
 }
@@ -384,6 +387,10 @@ async fn dispatch(
         let (parts, body) = r.into_parts();
         axum::response::Response::from_parts(parts, axum::body::Body::from(body))
     };
+    if let Some(key) = parts.uri.path().strip_prefix("/local-uploads/") {
+        let key = key.to_string();
+        return respond(upload(&server, &key, parts.uri.query(), parts.method.clone(), body).await);
+    }
     if parts.uri.path() == "/openapi.json" {
         return respond(
             http::Response::builder()
@@ -419,9 +426,101 @@ async fn dispatch(
     let response = if request.method() == http::Method::POST {
         ingest::handle(&server.ctx, request).await
     } else {
-        query::handle(&server.ctx, request).await
+        ::query::handle(&server.ctx, request).await
     };
     respond(response)
+}
+
+/// `PUT /local-uploads/<key>?expires=..&signature=..`: what a presigned S3
+/// PUT does, streamed to a file and then stored whole.
+async fn upload(
+    server: &Server,
+    key: &str,
+    query: Option<&str>,
+    method: http::Method,
+    body: axum::body::Body,
+) -> http::Response<Bytes> {
+    use futures_util::StreamExt;
+    use pipeline_shared::api::error;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    if method != http::Method::PUT {
+        return error(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "upload URLs take PUT",
+        );
+    }
+    let mut expires = 0i64;
+    let mut signature = String::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "expires" => expires = v.parse().unwrap_or(0),
+            "signature" => signature = v.into_owned(),
+            _ => {}
+        }
+    }
+    if !server
+        .objects
+        .verify_upload(key, expires, &signature, chrono::Utc::now().timestamp())
+    {
+        return error(
+            http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "the upload URL is not valid or has expired",
+        );
+    }
+    let Some((dataset, batch_id)) = pipeline_shared::api::parse_object_key(key) else {
+        return error(
+            http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "not an upload key",
+        );
+    };
+    let tmp = server
+        .uploads_dir
+        .join(format!("{}.part", uuid::Uuid::new_v4()));
+    let mut file = match tokio::fs::File::create(&tmp).await {
+        Ok(f) => f,
+        Err(e) => return pipeline_shared::api::unavailable("local storage", &e),
+    };
+    let mut stream = body.into_data_stream();
+    let mut hash = sha2::Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        let written = match chunk {
+            Ok(bytes) => {
+                hash.update(&bytes);
+                file.write_all(&bytes).await
+            }
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return error(
+                http::StatusCode::BAD_REQUEST,
+                "incomplete",
+                format!("the upload was cut short: {e}"),
+            );
+        }
+    }
+    if let Err(e) = file.sync_all().await {
+        return pipeline_shared::api::unavailable("local storage", &e);
+    }
+    drop(file);
+    let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let metadata = std::collections::BTreeMap::from([
+        ("batch-id".to_string(), batch_id.to_string()),
+        ("dataset".to_string(), dataset.to_string()),
+        ("sha256".to_string(), sha256.clone()),
+    ]);
+    if let Err(e) = server.objects.put_file(key, &tmp, &metadata).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return pipeline_shared::api::unavailable("local storage", &e);
+    }
+    http::Response::builder()
+        .header(http::header::ETAG, format!("\"{sha256}\""))
+        .body(Bytes::new())
+        .unwrap_or_default()
 }
 
 async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<(), Error> {
@@ -435,18 +534,32 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
         .await
         .map_err(|e| local_error(&format!("cannot create {}", data_dir.display()), e))?;
 
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
+        .await
+        .map_err(|e| local_error(&format!("cannot listen on 127.0.0.1:{}", args.port), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| local_error("listener", e))?;
+    let uploads_dir = data_dir.join("uploads");
+    tokio::fs::create_dir_all(&uploads_dir)
+        .await
+        .map_err(|e| local_error(&format!("cannot create {}", uploads_dir.display()), e))?;
+
     let wake = Arc::new(tokio::sync::Notify::new());
     let notify = Arc::new(QueueNotify {
         pool: pool.clone(),
         wake: wake.clone(),
     });
+    let objects = LocalStore::new(data_dir.join("objects"))
+        .with_notify(notify)
+        .with_signer(Signer {
+            base_url: format!("http://{addr}"),
+            secret: uuid::Uuid::new_v4().as_bytes().to_vec(),
+        });
     let ctx = Context {
         env: env.name.clone(),
         datasets: spec.datasets.clone(),
-        store: Store::Local {
-            store: LocalStore::new(data_dir.join("objects")),
-            notify: Some(notify),
-        },
+        store: Store::Local(objects.clone()),
         pool: pool.clone(),
         max_inline_bytes: spec.api.max_inline_batch_kib as usize * 1024,
     };
@@ -477,12 +590,6 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
     let openapi =
         serde_json::to_vec_pretty(&crate::synth::openapi::document(&env.name, spec, false))
             .unwrap_or_default();
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
-        .await
-        .map_err(|e| local_error(&format!("cannot listen on 127.0.0.1:{}", args.port), e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| local_error("listener", e))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let settings = QueueSettings {
@@ -500,6 +607,8 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
 
     let app = axum::Router::new().fallback(dispatch).with_state(Server {
         ctx,
+        objects,
+        uploads_dir,
         api_key: api_key.clone(),
         openapi: Bytes::from(openapi),
     });

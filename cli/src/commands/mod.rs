@@ -1,7 +1,10 @@
 //! One module per subcommand, plus what they share: choosing and loading environments.
 
+pub mod client;
 pub mod envs;
 pub mod local;
+pub mod push;
+pub mod query;
 pub mod schema;
 pub mod synth;
 pub mod validate;

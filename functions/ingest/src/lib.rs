@@ -48,6 +48,9 @@ pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {
         (&Method::POST, ["v1", "datasets", dataset, "batches"]) => {
             post_batch(ctx, &prefix, dataset, &request).await
         }
+        (&Method::POST, ["v1", "datasets", dataset, "uploads"]) => {
+            create_upload(ctx, &prefix, dataset, &request).await
+        }
         _ => api::no_route(request.method(), &path),
     }
 }
@@ -188,6 +191,114 @@ async fn post_batch(
             records,
             sha256,
             status_url: format!("{prefix}/v1/batches/{batch_id}"),
+        },
+    )
+}
+
+/// How long an upload URL stays valid.
+pub const UPLOAD_EXPIRY_SECONDS: i64 = 3600;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadRequest {
+    size_bytes: u64,
+    content_type: String,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Upload {
+    batch_id: uuid::Uuid,
+    expires_at: String,
+    method: &'static str,
+    url: String,
+    status_url: String,
+}
+
+/// `POST /v1/datasets/{dataset}/uploads`: a batch too large for the API is
+/// sent straight to storage through a presigned URL; the loader checks it.
+async fn create_upload(
+    ctx: &Context,
+    prefix: &str,
+    name: &str,
+    request: &Request<Bytes>,
+) -> Response<Bytes> {
+    let Some(dataset) = ctx.datasets.get(name) else {
+        return api::unknown_dataset(ctx, name);
+    };
+    let upload: UploadRequest = match serde_json::from_slice(request.body()) {
+        Ok(u) => u,
+        Err(e) => {
+            return api::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body must be a JSON object with `size_bytes` and `content_type`: {e}"),
+            );
+        }
+    };
+    let expected = dataset.format.media_type();
+    if upload.content_type != expected {
+        return api::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "dataset `{name}` takes `{expected}`, found `{}`",
+                upload.content_type
+            ),
+        );
+    }
+    if upload.size_bytes == 0 {
+        return api::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`size_bytes` must be at least 1",
+        );
+    }
+    let idempotency_key = upload
+        .idempotency_key
+        .as_deref()
+        .or_else(|| header(request, "idempotency-key"));
+    let batch_id = uuid::Uuid::now_v7();
+    let key = api::object_key(
+        name,
+        dataset.format,
+        batch_id,
+        chrono::Utc::now().date_naive(),
+    );
+    let client = match ctx.pool.get().await {
+        Ok(c) => c,
+        Err(e) => return api::unavailable("the database", &e),
+    };
+    let new = NewBatch {
+        batch_id,
+        dataset: name,
+        object_key: &key,
+        idempotency_key,
+        records: None,
+        sha256: None,
+        size_bytes: Some(upload.size_bytes as i64),
+    };
+    let batch = match db::insert_batch(&**client, &new).await {
+        Ok(Ok(b)) | Ok(Err(b)) => b,
+        Err(e) => return api::unavailable("the database", &e),
+    };
+    let expires = chrono::Utc::now().timestamp() + UPLOAD_EXPIRY_SECONDS;
+    let url = match ctx.store.presign_put(&batch.object_key, expires) {
+        Ok(u) => u,
+        Err(e) => return api::unavailable("storage", &e),
+    };
+    let expires_at = chrono::DateTime::from_timestamp(expires, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    api::json(
+        StatusCode::CREATED,
+        &Upload {
+            batch_id: batch.batch_id,
+            expires_at,
+            method: "PUT",
+            url,
+            status_url: format!("{prefix}/v1/batches/{}", batch.batch_id),
         },
     )
 }

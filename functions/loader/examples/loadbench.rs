@@ -60,7 +60,10 @@ const SOURCES: [&str; 3] = ["web", "ios", "android"];
 
 /// Writes the rows as NDJSON, COPY text and INSERT statements.
 fn generate(rows: u64, dir: &std::path::Path) -> std::io::Result<u64> {
-    let mut ndjson = std::io::BufWriter::new(std::fs::File::create(dir.join("objects/raw/bench/2024-01-01").join(format!("{}.ndjson", batch_id())))?);
+    let mut ndjson = std::io::BufWriter::new(std::fs::File::create(
+        dir.join("objects/raw/bench/2024-01-01")
+            .join(format!("{}.ndjson", batch_id())),
+    )?);
     let mut copy = std::io::BufWriter::new(std::fs::File::create(dir.join("rows.copy"))?);
     let mut insert = std::io::BufWriter::new(std::fs::File::create(dir.join("rows.sql"))?);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -69,18 +72,30 @@ fn generate(rows: u64, dir: &std::path::Path) -> std::io::Result<u64> {
     for i in 0..rows {
         let id = uuid::Uuid::from_u64_pair(rng.next(), i);
         let secs = rng.next() % 86_400;
-        let at = format!("2024-01-01T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60);
+        let at = format!(
+            "2024-01-01T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        );
         let source = SOURCES[(rng.next() % 3) as usize];
         let kind = KINDS[(rng.next() % 4) as usize];
         let user = rng.next() % 1_000_000;
         let amount = format!("{}.{:02}", rng.next() % 10_000, rng.next() % 100);
-        let payload = format!("{{\"page\":\"/p/{}\",\"n\":{}}}", rng.next() % 1000, rng.next() % 100);
+        let payload = format!(
+            "{{\"page\":\"/p/{}\",\"n\":{}}}",
+            rng.next() % 1000,
+            rng.next() % 100
+        );
         let line = format!(
             "{{\"event_id\":\"{id}\",\"occurred_at\":\"{at}\",\"source\":\"{source}\",\"kind\":\"{kind}\",\"user_id\":{user},\"amount\":\"{amount}\",\"payload\":{payload}}}\n"
         );
         bytes += line.len() as u64;
         ndjson.write_all(line.as_bytes())?;
-        writeln!(copy, "{id}\t{at}\t{source}\t{kind}\t{user}\t{amount}\t{payload}")?;
+        writeln!(
+            copy,
+            "{id}\t{at}\t{source}\t{kind}\t{user}\t{amount}\t{payload}"
+        )?;
         if i % 1000 == 0 {
             if i > 0 {
                 writeln!(insert, ";")?;
@@ -89,7 +104,10 @@ fn generate(rows: u64, dir: &std::path::Path) -> std::io::Result<u64> {
         } else {
             write!(insert, ",")?;
         }
-        write!(insert, "('{id}','{at}','{source}','{kind}',{user},{amount},'{payload}')")?;
+        write!(
+            insert,
+            "('{id}','{at}','{source}','{kind}',{user},{amount},'{payload}')"
+        )?;
     }
     writeln!(insert, ";\nCOMMIT;")?;
     ndjson.flush()?;
@@ -124,8 +142,12 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() {
-    let rows: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let server = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let rows: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let work = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir_all(work.path().join("objects/raw/bench/2024-01-01")).expect("mkdir");
     let bytes = generate(rows, work.path()).expect("generate rows");
@@ -133,9 +155,15 @@ fn main() {
     let base: tokio_postgres::Config = server.parse().expect("DATABASE_URL");
     let mut config = base.clone();
     config.dbname(&name);
-    let url = format!("{}/{name}", server.rsplit_once('/').map_or(server.as_str(), |(h, _)| h));
+    let url = format!(
+        "{}/{name}",
+        server.rsplit_once('/').map_or(server.as_str(), |(h, _)| h)
+    );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let (admin, conn) = base.connect(tokio_postgres::NoTls).await.expect("connect");
         tokio::spawn(conn);
@@ -147,10 +175,7 @@ fn main() {
         let ctx = Context {
             env: "bench".into(),
             datasets: BTreeMap::from([("bench".to_string(), ds.clone())]),
-            store: Store::Local {
-                store: LocalStore::new(work.path().join("objects")),
-                notify: None,
-            },
+            store: Store::Local(LocalStore::new(work.path().join("objects"))),
             pool: pool.clone(),
             max_inline_bytes: 0,
         };

@@ -518,9 +518,24 @@ fn copy_escape(text: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// What a raw JSON value is, for error messages.
+fn json_kind(raw: &str) -> Option<&'static str> {
+    Some(match raw.as_bytes().first()? {
+        b'"' => "a string",
+        b't' | b'f' => "a boolean",
+        b'[' => "a list",
+        b'{' => "an object",
+        b'n' => "null",
+        _ => "a number",
+    })
+}
+
 fn json_string(raw: &str) -> Result<Cow<'_, str>, String> {
     if !raw.starts_with('"') {
-        return Err("expected a string".into());
+        return Err(format!(
+            "expected a string, found {}",
+            json_kind(raw).unwrap_or("nothing")
+        ));
     }
     serde_json::from_str::<CowStr<'_>>(raw)
         .map(|s| s.0)
@@ -549,8 +564,8 @@ fn encode_json(kind: ColumnType, raw: &str, out: &mut Vec<u8>) -> Result<(), Str
             _ => Err("expected true or false".into()),
         },
         ColumnType::Int | ColumnType::Bigint | ColumnType::Float => {
-            if raw.starts_with('"') {
-                return Err("expected a number, found a string".into());
+            if let Some(found) = json_kind(raw).filter(|k| *k != "a number") {
+                return Err(format!("expected a number, found {found}"));
             }
             encode_text(kind, raw, out)
         }

@@ -38,16 +38,100 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
 /// Objects in a local directory: `<root>/<key>`, metadata beside it in
 /// `<root>/.meta/<key>.json`. Writes go to a temporary file first and are
 /// renamed into place, so a reader never sees half an object.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    notify: Option<std::sync::Arc<dyn Notify>>,
+    signer: Option<Signer>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "local store in {}", self.root.display())
+    }
+}
+
+/// Signs upload URLs of the local server, as S3 presigns them.
+#[derive(Clone)]
+pub struct Signer {
+    /// Where the local server listens, such as `http://127.0.0.1:8080`.
+    pub base_url: String,
+    pub secret: Vec<u8>,
+}
+
+impl Signer {
+    fn signature(&self, key: &str, expires: i64) -> String {
+        use hmac::Mac;
+        let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secret) {
+            Ok(m) => m,
+            Err(_) => return String::new(),
+        };
+        mac.update(format!("PUT\n{key}\n{expires}").as_bytes());
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 const READ_CHUNK: usize = 256 * 1024;
 
 impl LocalStore {
     pub fn new(root: impl Into<PathBuf>) -> LocalStore {
-        LocalStore { root: root.into() }
+        LocalStore {
+            root: root.into(),
+            notify: None,
+            signer: None,
+        }
+    }
+
+    /// Announces every stored object (the local stand-in for S3 notifications).
+    pub fn with_notify(mut self, notify: std::sync::Arc<dyn Notify>) -> LocalStore {
+        self.notify = Some(notify);
+        self
+    }
+
+    /// Lets the store hand out upload URLs of the local server.
+    pub fn with_signer(mut self, signer: Signer) -> LocalStore {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// A URL that accepts one PUT of the object until `expires` (Unix seconds).
+    pub fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
+        self.path(key)?;
+        let signer = self.signer.as_ref().ok_or_else(|| StoreError::Io {
+            key: key.to_string(),
+            source: std::io::Error::other("this store takes no uploads"),
+        })?;
+        Ok(format!(
+            "{}/local-uploads/{key}?expires={expires}&signature={}",
+            signer.base_url,
+            signer.signature(key, expires)
+        ))
+    }
+
+    /// Whether an upload URL's signature is right and not expired.
+    pub fn verify_upload(&self, key: &str, expires: i64, signature: &str, now: i64) -> bool {
+        let Some(signer) = &self.signer else {
+            return false;
+        };
+        now <= expires
+            && constant_time_eq(
+                signer.signature(key, expires).as_bytes(),
+                signature.as_bytes(),
+            )
+    }
+
+    async fn announce(&self, key: &str, size: u64) -> Result<(), StoreError> {
+        if let Some(n) = &self.notify {
+            n.stored(key, size).await.map_err(|e| StoreError::Io {
+                key: key.to_string(),
+                source: std::io::Error::other(e),
+            })?;
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -99,13 +183,15 @@ impl LocalStore {
         write_atomically(&meta, &meta_json)
             .await
             .map_err(Self::io(key))?;
+        let size = body.len() as u64;
         write_atomically(&path, &body)
             .await
             .map_err(Self::io(key))?;
-        Ok(())
+        self.announce(key, size).await
     }
 
-    /// Stores an object from a file already on this machine (a local upload).
+    /// Stores an object from a file on the same file system (a local
+    /// upload), then announces it.
     pub async fn put_file(
         &self,
         key: &str,
@@ -128,7 +214,11 @@ impl LocalStore {
         tokio::fs::rename(file, &path)
             .await
             .map_err(Self::io(key))?;
-        Ok(())
+        let size = tokio::fs::metadata(&path)
+            .await
+            .map_err(Self::io(key))?
+            .len();
+        self.announce(key, size).await
     }
 
     /// Size and metadata, or `None` when there is no such object.
@@ -246,6 +336,68 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tokio::fs::rename(&tmp, path).await
 }
 
+/// Called after an object is stored, as S3 event notifications are in AWS.
+pub trait Notify: Send + Sync {
+    fn stored(
+        &self,
+        key: &str,
+        size: u64,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+}
+
+/// The store a function uses.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Local(LocalStore),
+}
+
+impl Store {
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Local(store) => store.put(key, body, metadata).await,
+        }
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match self {
+            Store::Local(store) => store.head(key).await,
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<ByteStream, StoreError> {
+        match self {
+            Store::Local(store) => store.get(key).await,
+        }
+    }
+
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        match self {
+            Store::Local(store) => store.get_range(key, start, end).await,
+        }
+    }
+
+    /// A URL that takes one PUT of the object until `expires` (Unix seconds).
+    pub fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
+        match self {
+            Store::Local(store) => store.presign_put(key, expires),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,74 +453,26 @@ mod tests {
     }
 }
 
-/// Called after an object is stored, as S3 event notifications are in AWS.
-pub trait Notify: Send + Sync {
-    fn stored(
-        &self,
-        key: &str,
-        size: u64,
-    ) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
-}
+#[cfg(test)]
+mod upload_tests {
+    use super::*;
 
-/// The store a function uses.
-#[derive(Clone)]
-pub enum Store {
-    Local {
-        store: LocalStore,
-        notify: Option<std::sync::Arc<dyn Notify>>,
-    },
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Store::Local { store, .. } => write!(f, "local store in {}", store.root().display()),
-        }
-    }
-}
-
-impl Store {
-    pub async fn put(
-        &self,
-        key: &str,
-        body: Bytes,
-        metadata: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
-        match self {
-            Store::Local { store, notify } => {
-                let size = body.len() as u64;
-                store.put(key, body, metadata).await?;
-                if let Some(n) = notify {
-                    n.stored(key, size).await.map_err(|e| StoreError::Io {
-                        key: key.to_string(),
-                        source: std::io::Error::other(e),
-                    })?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        match self {
-            Store::Local { store, .. } => store.head(key).await,
-        }
-    }
-
-    pub async fn get(&self, key: &str) -> Result<ByteStream, StoreError> {
-        match self {
-            Store::Local { store, .. } => store.get(key).await,
-        }
-    }
-
-    pub async fn get_range(
-        &self,
-        key: &str,
-        start: u64,
-        end: Option<u64>,
-    ) -> Result<ByteStream, StoreError> {
-        match self {
-            Store::Local { store, .. } => store.get_range(key, start, end).await,
-        }
+    #[test]
+    fn upload_urls_are_signed_and_expire() {
+        let store = LocalStore::new("/tmp/x").with_signer(Signer {
+            base_url: "http://127.0.0.1:1".into(),
+            secret: b"secret".to_vec(),
+        });
+        let url = store.presign_put("raw/a/b.ndjson", 100).expect("url");
+        let signature = url.rsplit_once("signature=").map(|(_, s)| s).unwrap_or("");
+        assert!(
+            url.starts_with(
+                "http://127.0.0.1:1/local-uploads/raw/a/b.ndjson?expires=100&signature="
+            )
+        );
+        assert!(store.verify_upload("raw/a/b.ndjson", 100, signature, 99));
+        assert!(!store.verify_upload("raw/a/b.ndjson", 100, signature, 101));
+        assert!(!store.verify_upload("raw/a/c.ndjson", 100, signature, 99));
+        assert!(!store.verify_upload("raw/a/b.ndjson", 101, signature, 99));
     }
 }

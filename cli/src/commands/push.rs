@@ -1,0 +1,292 @@
+//! `pipeline push`: send a batch file, inline or through an upload by size.
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::client::{Api, Target, api_error, client_error};
+use crate::spec::load::Loader;
+use crate::{Cli, Error, output::Ui};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub target: Target,
+    /// Dataset the records belong to.
+    #[arg(short, long)]
+    pub dataset: String,
+    /// The batch: NDJSON or CSV with a header, as the dataset's format says.
+    pub file: PathBuf,
+    /// Wait until the batch is loaded (or failed), and report it.
+    #[arg(long)]
+    pub wait: bool,
+    /// Longest wait, in seconds.
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Idempotency key: pushing again with the same key stores nothing new.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The outcome of a push.
+#[derive(Debug, Serialize)]
+pub struct Pushed {
+    pub batch_id: String,
+    pub dataset: String,
+    /// `inline` or `upload`.
+    pub via: &'static str,
+    pub bytes: u64,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Value>,
+}
+
+impl fmt::Display for Pushed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.batch.as_ref() {
+            Some(b) if self.status == "loaded" => writeln!(
+                f,
+                "loaded batch {} into {}: {} records, {} inserted, {} duplicates",
+                self.batch_id, self.dataset, b["records"], b["inserted"], b["duplicates"]
+            ),
+            Some(b) if self.status == "failed" => writeln!(
+                f,
+                "batch {} failed: line {}{}: {}",
+                self.batch_id,
+                b["error"]["line"],
+                b["error"]["column"]
+                    .as_str()
+                    .map(|c| format!(", column `{c}`"))
+                    .unwrap_or_default(),
+                b["error"]["reason"].as_str().unwrap_or("")
+            ),
+            _ => writeln!(
+                f,
+                "sent batch {} to {} ({} bytes, {}); status: {}",
+                self.batch_id, self.dataset, self.bytes, self.via, self.status
+            ),
+        }
+    }
+}
+
+pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
+    let mut loader = Loader::new(cli.environments.clone());
+    let env = loader
+        .load(&args.target.env)
+        .map_err(|e| super::load_error(e, &loader))?;
+    let dataset = env
+        .spec
+        .datasets
+        .get(&args.dataset)
+        .ok_or_else(|| Error::Rejected {
+            message: format!(
+                "there is no dataset `{}` in `{}`; the datasets are: {}",
+                args.dataset,
+                env.name,
+                env.spec
+                    .datasets
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+    let content_type = dataset.format.media_type();
+    let inline_limit = u64::from(env.spec.api.max_inline_batch_kib) * 1024;
+    let api = Api::new(&args.target)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| client_error(format!("cannot start the async runtime: {e}")))?;
+    let pushed = runtime.block_on(async {
+        let bytes = tokio::fs::metadata(&args.file)
+            .await
+            .map_err(|source| Error::Read {
+                path: args.file.display().to_string(),
+                source,
+            })?
+            .len();
+        let (batch_id, via) = if bytes <= inline_limit {
+            (inline(&api, args, content_type).await?, "inline")
+        } else {
+            (upload(&api, args, content_type, bytes, ui).await?, "upload")
+        };
+        let mut pushed = Pushed {
+            batch_id,
+            dataset: args.dataset.clone(),
+            via,
+            bytes,
+            status: "received".into(),
+            batch: None,
+        };
+        if args.wait {
+            let batch = wait(&api, &pushed.batch_id, Duration::from_secs(args.timeout)).await?;
+            pushed.status = batch["status"].as_str().unwrap_or("").to_string();
+            pushed.batch = Some(batch);
+        }
+        Ok::<_, Error>(pushed)
+    })?;
+    ui.result(&pushed);
+    if pushed.status == "failed" {
+        return Err(Error::Rejected {
+            message: format!("batch {} failed to load", pushed.batch_id),
+        });
+    }
+    Ok(())
+}
+
+async fn inline(api: &Api, args: &Args, content_type: &str) -> Result<String, Error> {
+    let body = tokio::fs::read(&args.file)
+        .await
+        .map_err(|source| Error::Read {
+            path: args.file.display().to_string(),
+            source,
+        })?;
+    let mut request = api
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/datasets/{}/batches", args.dataset),
+        )
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(key) = &args.idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
+    let (status, body) = api.send(request).await?;
+    if status == 400 && body["error"] == "invalid_batch" {
+        let mut lines: Vec<String> = body["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let column = e["column"]
+                    .as_str()
+                    .map(|c| format!(": column `{c}`"))
+                    .unwrap_or_default();
+                format!(
+                    "  {}:{}{column}: {}",
+                    args.file.display(),
+                    e["line"],
+                    e["reason"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        if body["truncated"] == true {
+            lines.push("  (more errors not shown)".into());
+        }
+        return Err(Error::Rejected {
+            message: format!(
+                "the batch was rejected, nothing was stored:\n{}",
+                lines.join("\n")
+            ),
+        });
+    }
+    if status != 202 {
+        return Err(api_error(status, &body));
+    }
+    Ok(body["batch_id"].as_str().unwrap_or("").to_string())
+}
+
+async fn upload(
+    api: &Api,
+    args: &Args,
+    content_type: &str,
+    bytes: u64,
+    ui: &Ui,
+) -> Result<String, Error> {
+    let mut request_body = serde_json::json!({"size_bytes": bytes, "content_type": content_type});
+    if let Some(key) = &args.idempotency_key {
+        request_body["idempotency_key"] = Value::String(key.clone());
+    }
+    let request = api
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/datasets/{}/uploads", args.dataset),
+        )
+        .json(&request_body);
+    let (status, body) = api.send(request).await?;
+    if status != 201 {
+        return Err(api_error(status, &body));
+    }
+    let batch_id = body["batch_id"].as_str().unwrap_or("").to_string();
+    let url = body["url"]
+        .as_str()
+        .ok_or_else(|| client_error("the upload answer has no single-part URL"))?
+        .to_string();
+    let file = tokio::fs::File::open(&args.file)
+        .await
+        .map_err(|source| Error::Read {
+            path: args.file.display().to_string(),
+            source,
+        })?;
+    let progress = progress_bar(bytes, ui);
+    let bar = progress.clone();
+    let stream = futures_util::StreamExt::inspect(
+        tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
+        move |chunk| {
+            if let (Ok(chunk), Some(bar)) = (chunk, &bar) {
+                bar.inc(chunk.len() as u64);
+            }
+        },
+    );
+    let response = api
+        .http
+        .put(&url)
+        .header("content-length", bytes)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .map_err(|e| client_error(format!("the upload failed: {e}")))?;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if !response.status().is_success() {
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        return Err(api_error(status, &body));
+    }
+    ui.info(format_args!("uploaded {bytes} bytes"));
+    Ok(batch_id)
+}
+
+/// A progress bar on a terminal; nothing otherwise.
+fn progress_bar(bytes: u64, ui: &Ui) -> Option<indicatif::ProgressBar> {
+    if ui.json() || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(bytes);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+/// Polls the batch until it is loaded or failed.
+async fn wait(api: &Api, batch_id: &str, timeout: Duration) -> Result<Value, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = api
+            .send(api.request(reqwest::Method::GET, &format!("/v1/batches/{batch_id}")))
+            .await?;
+        if status != 200 {
+            return Err(api_error(status, &body));
+        }
+        if body["status"] == "loaded" || body["status"] == "failed" {
+            return Ok(body);
+        }
+        if Instant::now() >= deadline {
+            return Err(client_error(format!(
+                "batch {batch_id} is still {} after {} seconds",
+                body["status"].as_str().unwrap_or("?"),
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

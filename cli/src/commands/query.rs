@@ -1,0 +1,116 @@
+//! `pipeline query`: read records of a dataset through the API.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::client::{Api, Target, api_error, client_error};
+use crate::{Cli, Error, output::Ui};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub target: Target,
+    /// Dataset to read.
+    #[arg(short, long)]
+    pub dataset: String,
+    /// A filter on a filterable column: `col=value`, `col>=value` or `col<value` (repeatable).
+    #[arg(short = 'w', long = "where", value_name = "FILTER")]
+    pub filters: Vec<String>,
+    /// Most records to read (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Continue after a previous page (its `next_cursor`).
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub records: Vec<Value>,
+    pub next_cursor: Option<String>,
+}
+
+impl fmt::Display for Page {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for record in &self.records {
+            writeln!(f, "{record}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `col>=v` -> (`col.gte`, v); `col<v` -> (`col.lt`, v); `col=v` -> (`col`, v).
+fn parse_filter(filter: &str) -> Option<(String, String)> {
+    for (op, suffix) in [(">=", ".gte"), ("<", ".lt"), ("=", "")] {
+        if let Some((column, value)) = filter.split_once(op) {
+            if !column.is_empty() {
+                return Some((format!("{}{suffix}", column.trim()), value.to_string()));
+            }
+        }
+    }
+    None
+}
+
+pub fn run(_cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
+    let mut query: Vec<(String, String)> = Vec::new();
+    for filter in &args.filters {
+        let pair = parse_filter(filter).ok_or_else(|| Error::Rejected {
+            message: format!(
+                "`{filter}` is not a filter: write `col=value`, `col>=value` or `col<value`"
+            ),
+        })?;
+        query.push(pair);
+    }
+    query.push(("limit".into(), args.limit.to_string()));
+    if let Some(cursor) = &args.cursor {
+        query.push(("cursor".into(), cursor.clone()));
+    }
+    let api = Api::new(&args.target)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| client_error(format!("cannot start the async runtime: {e}")))?;
+    let (status, body) = runtime.block_on(async {
+        let request = api
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/datasets/{}/records", args.dataset),
+            )
+            .query(&query);
+        api.send(request).await
+    })?;
+    if status != 200 {
+        return Err(api_error(status, &body));
+    }
+    let page = Page {
+        records: body["records"].as_array().cloned().unwrap_or_default(),
+        next_cursor: body["next_cursor"].as_str().map(str::to_string),
+    };
+    ui.result(&page);
+    if let (Some(cursor), false) = (&page.next_cursor, ui.json()) {
+        eprintln!("more records follow: --cursor {cursor}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_filter;
+
+    #[test]
+    fn filters() {
+        assert_eq!(
+            parse_filter("kind=click"),
+            Some(("kind".into(), "click".into()))
+        );
+        assert_eq!(
+            parse_filter("at>=2024-01-01"),
+            Some(("at.gte".into(), "2024-01-01".into()))
+        );
+        assert_eq!(parse_filter("n<5"), Some(("n.lt".into(), "5".into())));
+        assert_eq!(parse_filter("a=b=c"), Some(("a".into(), "b=c".into())));
+        assert_eq!(parse_filter("nothing"), None);
+    }
+}
