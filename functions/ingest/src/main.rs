@@ -1,4 +1,22 @@
-fn main() {
-    eprintln!("{}: the handler is not implemented yet", ingest::NAME);
-    std::process::exit(1);
+//! Lambda entry point of the ingest function: builds the context once, then
+//! serves API Gateway events through the handler in lib.rs.
+
+use lambda_http::{Error, service_fn};
+use pipeline_shared::{lambda, runtime};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_current_span(false)
+        .without_time()
+        .init();
+    let ctx = runtime::context_from_env()?;
+    let ctx = &ctx;
+    lambda_http::run(service_fn(move |request| async move {
+        let response = ingest::handle(ctx, lambda::request(request)).await;
+        Ok::<_, Error>(lambda::response(response))
+    }))
+    .await
 }

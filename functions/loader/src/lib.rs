@@ -132,3 +132,28 @@ pub async fn migrate(ctx: &Context) -> Result<db::MigrationReport, MessageError>
         .map_err(|e| MessageError::Pool(e.to_string()))?;
     Ok(db::migrate(&mut client, &ctx.datasets).await?)
 }
+
+/// What a direct invocation of the loader may ask.
+#[derive(Debug, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+enum Action {
+    /// Run the migrations; answers with the statements run.
+    Migrate,
+}
+
+/// Handles any invocation: an SQS event (the queue), or an action (the deploy).
+pub async fn invoke(
+    ctx: &Context,
+    payload: serde_json::Value,
+) -> Result<serde_json::Value, MessageError> {
+    if payload.get("action").is_some() {
+        let action: Action =
+            serde_json::from_value(payload).map_err(|e| MessageError::NotS3(e.to_string()))?;
+        return match action {
+            Action::Migrate => Ok(serde_json::to_value(migrate(ctx).await?).unwrap_or_default()),
+        };
+    }
+    let event: SqsEvent =
+        serde_json::from_value(payload).map_err(|e| MessageError::NotS3(e.to_string()))?;
+    Ok(serde_json::to_value(handle(ctx, event).await).unwrap_or_default())
+}

@@ -1,4 +1,24 @@
-fn main() {
-    eprintln!("{}: the handler is not implemented yet", loader::NAME);
-    std::process::exit(1);
+//! Lambda entry point of the loader: builds the context once, then handles
+//! SQS events, or the `{"action": "migrate"}` the deploy invokes it with.
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use pipeline_shared::runtime;
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_current_span(false)
+        .without_time()
+        .init();
+    let ctx = runtime::context_from_env()?;
+    let ctx = &ctx;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        loader::invoke(ctx, event.payload)
+            .await
+            .map_err(Error::from)
+    }))
+    .await
 }

@@ -6,7 +6,10 @@
 pub mod api;
 pub mod dataset;
 pub mod db;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod records;
+pub mod runtime;
 pub mod store;
 
 pub use dataset::{Column, ColumnType, Dataset, Format, OnConflict};

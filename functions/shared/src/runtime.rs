@@ -1,0 +1,85 @@
+//! Building a function's [`Context`] from its environment, once per process.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::api::Context;
+use crate::dataset::Dataset;
+use crate::store::{LocalStore, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is not set")]
+    Missing(&'static str),
+    #[error("{what}: {detail}")]
+    Invalid { what: String, detail: String },
+}
+
+fn var(name: &'static str) -> Result<String, ConfigError> {
+    std::env::var(name).map_err(|_| ConfigError::Missing(name))
+}
+
+/// The datasets: `PIPELINE_DATASETS` (JSON), or the file `PIPELINE_DATASETS_FILE`
+/// (default: `datasets.json` beside the executable, as the package ships it).
+pub fn datasets() -> Result<BTreeMap<String, Dataset>, ConfigError> {
+    let invalid = |what: String, e: &dyn std::fmt::Display| ConfigError::Invalid {
+        what,
+        detail: e.to_string(),
+    };
+    if let Ok(json) = std::env::var("PIPELINE_DATASETS") {
+        return serde_json::from_str(&json).map_err(|e| invalid("PIPELINE_DATASETS".into(), &e));
+    }
+    let path = match std::env::var("PIPELINE_DATASETS_FILE") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("datasets.json")))
+            .unwrap_or_else(|| PathBuf::from("datasets.json")),
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| invalid(format!("cannot read {}", path.display()), &e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| invalid(format!("{} is not a datasets file", path.display()), &e))
+}
+
+/// A connection pool from `DATABASE_URL`.
+pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ConfigError> {
+    let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid {
+        what: "DATABASE_URL".into(),
+        detail: e.to_string(),
+    };
+    let config: tokio_postgres::Config = url.parse().map_err(|e| invalid(&e))?;
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| invalid(&e))
+}
+
+/// The context of a function process: `PIPELINE_ENV`, the datasets,
+/// `DATABASE_URL` and `PIPELINE_OBJECTS_DIR` (a local object directory, for
+/// running the functions outside AWS). The AWS configuration (IAM database
+/// authentication over TLS, S3) is not wired yet.
+pub fn context_from_env() -> Result<Context, ConfigError> {
+    let env = var("PIPELINE_ENV")?;
+    let datasets = datasets()?;
+    let pool = pool(&var("DATABASE_URL")?, 4)?;
+    let store = Store::Local(LocalStore::new(var("PIPELINE_OBJECTS_DIR")?));
+    let max_inline_bytes = std::env::var("MAX_INLINE_BATCH_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6080 * 1024);
+    Ok(Context {
+        env,
+        datasets,
+        store,
+        pool,
+        max_inline_bytes,
+    })
+}
