@@ -52,6 +52,8 @@ async fn api_gateway_and_sqs_events_drive_the_handlers() {
         store: Store::Local(LocalStore::new(objects.path())),
         pool,
         max_inline_bytes: 1 << 20,
+        chunk_bytes: 0,
+        chunk_queue: None,
     };
     loader::migrate(&ctx).await.expect("migrate");
 

@@ -21,15 +21,22 @@ struct Local {
     env: String,
     dir: tempfile::TempDir,
     http: reqwest::Client,
+    args: Vec<String>,
 }
 
 impl Local {
     /// Starts an environment that extends dev with `extra` YAML.
     async fn start(extra: &str) -> Local {
+        Local::start_with(extra, &[]).await
+    }
+
+    /// Starts with extra arguments for `pipeline local`.
+    async fn start_with(extra: &str, args: &[&str]) -> Local {
         let env = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let dir = common::workspace(&[(&format!("{env}.yaml"), &format!("extends: dev\n{extra}"))]);
         let mut local = Local {
-            child: spawn(dir.path(), &env),
+            child: spawn(dir.path(), &env, args),
+            args: args.iter().map(|a| a.to_string()).collect(),
             url: String::new(),
             api_key: String::new(),
             env,
@@ -61,7 +68,8 @@ impl Local {
     /// Starts the same environment again on the same data.
     fn restart(&mut self) {
         self.kill();
-        self.child = spawn(self.dir.path(), &self.env);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = spawn(self.dir.path(), &self.env, &args);
         self.read_banner();
     }
 
@@ -157,7 +165,7 @@ impl Drop for Local {
     }
 }
 
-fn spawn(dir: &Path, env: &str) -> Child {
+fn spawn(dir: &Path, env: &str, extra: &[&str]) -> Child {
     let data: PathBuf = dir.join("data");
     Command::new(env!("CARGO_BIN_EXE_pipeline"))
         .args([
@@ -173,6 +181,7 @@ fn spawn(dir: &Path, env: &str) -> Child {
             "--data-dir",
         ])
         .arg(&data)
+        .args(extra)
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env(
@@ -703,4 +712,86 @@ async fn a_rejected_inline_push_lists_file_line_and_reason() {
 
 "
     );
+}
+
+#[tokio::test]
+async fn a_large_batch_loads_in_parallel_chunks_exactly_once() {
+    let local = Local::start_with("", &["--chunk-size", "20000", "--workers", "3"]).await;
+    // 2000 records, about 330 kB: some 16 chunks. Record 5 comes back at the end.
+    let mut body: String = (1..=1999).map(|i| event(i, "chunked")).collect();
+    body.push_str(&event(5, "again"));
+    let (status, accepted) = local
+        .post("/v1/datasets/events/batches", "application/x-ndjson", body)
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let batch_id = accepted["batch_id"].as_str().expect("id").to_string();
+    let batch = local.settled(&batch_id).await;
+    assert_eq!(
+        (
+            batch["status"].clone(),
+            batch["records"].clone(),
+            batch["inserted"].clone(),
+            batch["duplicates"].clone()
+        ),
+        (json!("loaded"), json!(2000), json!(1999), json!(1))
+    );
+    let db = local.db().await;
+    let chunks: i64 = db
+        .query_one("SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = $1::text::uuid AND status = 'loaded'", &[&batch_id])
+        .await
+        .expect("chunks")
+        .get(0);
+    assert!(chunks > 10, "{chunks} chunks");
+    let kind: String = db
+        .query_one("SELECT kind FROM public.events WHERE user_id = 5", &[])
+        .await
+        .expect("row")
+        .get(0);
+    assert_eq!(
+        kind, "chunked",
+        "the first occurrence wins under on_conflict: ignore"
+    );
+    let staging: i64 = db
+        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'pipeline' AND tablename LIKE 'stage_%'", &[])
+        .await
+        .expect("tables")
+        .get(0);
+    assert_eq!(staging, 0);
+}
+
+#[tokio::test]
+async fn an_invalid_record_in_a_chunk_fails_the_batch_with_its_line_in_the_whole_batch() {
+    let local = Local::start_with("", &["--chunk-size", "20000"]).await;
+    let mut body: String = (1..=1499).map(|i| event(i, "x")).collect();
+    body.push_str(&event(1500, "x").replace("\"user_id\":1500", "\"user_id\":\"many\""));
+    body.extend((1501..=2000).map(|i| event(i, "x")));
+    let (_, accepted) = local
+        .post_with(
+            "/v1/datasets/events/uploads",
+            "application/json",
+            serde_json::to_vec(
+                &json!({"size_bytes": body.len(), "content_type": "application/x-ndjson"}),
+            )
+            .expect("json"),
+            &[],
+        )
+        .await;
+    let url = accepted["url"].as_str().expect("upload url");
+    let put = local.http.put(url).body(body).send().await.expect("PUT");
+    assert_eq!(put.status().as_u16(), 200);
+    let batch = local
+        .settled(accepted["batch_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(batch["status"], "failed");
+    assert_eq!(
+        batch["error"],
+        json!({"line": 1500, "column": "user_id", "reason": "expected a number, found a string"})
+    );
+    let db = local.db().await;
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM public.events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0);
 }

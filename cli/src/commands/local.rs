@@ -17,6 +17,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use pipeline_shared::api::Context;
+use pipeline_shared::chunks::{ChunkBody, ChunkMessage, ChunkQueue};
 use pipeline_shared::store::{LocalStore, Notify, Signer, Store};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -58,7 +59,14 @@ pub struct Args {
     /// [default: the queue's visibility timeout, at most 30].
     #[arg(long, value_name = "SECONDS")]
     pub retry_after: Option<u64>,
+    /// NDJSON objects larger than this many bytes load in parallel chunks of
+    /// about this size (0: never).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_BYTES)]
+    pub chunk_size: u64,
 }
+
+/// Size of the chunks of large batches: 64 MiB.
+const DEFAULT_CHUNK_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Printed once the server listens.
 #[derive(Debug, Serialize)]
@@ -230,6 +238,29 @@ impl Notify for QueueNotify {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+            self.wake.notify_waiters();
+            Ok(())
+        })
+    }
+}
+
+impl ChunkQueue for QueueNotify {
+    fn send(&self, messages: Vec<ChunkMessage>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            for message in messages {
+                let body = serde_json::to_string(&ChunkBody {
+                    chunk: message.clone(),
+                })
+                .map_err(|e| e.to_string())?;
+                client
+                    .execute(
+                        "INSERT INTO pipeline.local_queue (body, object_key) VALUES ($1, $2)",
+                        &[&body, &message.key],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             self.wake.notify_waiters();
             Ok(())
         })
@@ -550,6 +581,7 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
         pool: pool.clone(),
         wake: wake.clone(),
     });
+    let queue: Arc<dyn ChunkQueue> = notify.clone();
     let objects = LocalStore::new(data_dir.join("objects"))
         .with_notify(notify)
         .with_signer(Signer {
@@ -562,6 +594,8 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
         store: Store::Local(objects.clone()),
         pool: pool.clone(),
         max_inline_bytes: spec.api.max_inline_batch_kib as usize * 1024,
+        chunk_bytes: args.chunk_size,
+        chunk_queue: Some(queue),
     };
     let report = loader::migrate(&ctx)
         .await

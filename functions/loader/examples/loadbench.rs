@@ -178,6 +178,8 @@ fn main() {
             store: Store::Local(LocalStore::new(work.path().join("objects"))),
             pool: pool.clone(),
             max_inline_bytes: 0,
+            chunk_bytes: 0,
+            chunk_queue: None,
         };
         loader::migrate(&ctx).await.expect("migrate");
         let columns = "event_id uuid PRIMARY KEY, occurred_at timestamptz NOT NULL, source text NOT NULL, kind text NOT NULL, user_id bigint, amount numeric, payload jsonb";

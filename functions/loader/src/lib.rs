@@ -9,6 +9,8 @@
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use pipeline_shared::api::{self, Context};
+use pipeline_shared::chunks::{self, Begin, ChunkBody, ChunkOutcome};
+use pipeline_shared::dataset::Format;
 use pipeline_shared::db::{self, DbError, LoadOutcome};
 
 /// The function's name as the spec and the templates know it.
@@ -31,6 +33,18 @@ pub enum Handled {
     Loaded {
         key: String,
         outcome: LoadOutcome,
+    },
+    /// A large object, cut into chunks whose messages were sent.
+    Chunked {
+        key: String,
+        chunks: usize,
+    },
+    /// One chunk of a large object.
+    Chunk {
+        key: String,
+        chunk: u32,
+        outcome: ChunkOutcome,
+        finished: Option<LoadOutcome>,
     },
     /// Not an object of a batch (a test event, a foreign key).
     Skipped {
@@ -71,6 +85,9 @@ pub async fn handle_message(
     if body.contains("\"s3:TestEvent\"") {
         return Ok(Vec::new());
     }
+    if let Ok(ChunkBody { chunk }) = serde_json::from_str::<ChunkBody>(body) {
+        return Ok(vec![load_chunk(ctx, &chunk).await?]);
+    }
     let event: S3Event =
         serde_json::from_str(body).map_err(|e| MessageError::NotS3(e.to_string()))?;
     let mut out = Vec::new();
@@ -105,6 +122,36 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         .get()
         .await
         .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let chunked = ctx.chunk_bytes > 0 && dataset.format == Format::Ndjson;
+    if let Some(queue) = ctx.chunk_queue.as_ref().filter(|_| chunked) {
+        let size = ctx
+            .store
+            .head(key)
+            .await
+            .map_err(DbError::from)?
+            .map_or(0, |i| i.size);
+        if size > ctx.chunk_bytes {
+            let ranges = chunks::plan(&ctx.store, key, size, ctx.chunk_bytes)
+                .await
+                .map_err(DbError::from)?;
+            return match chunks::begin(&mut client, name, batch_id, key, &ranges).await {
+                Ok(Begin::Done { status }) => Ok(Handled::Loaded {
+                    key: key.to_string(),
+                    outcome: LoadOutcome::AlreadyDone { status },
+                }),
+                Ok(Begin::Pending(messages)) => {
+                    let chunks = messages.len();
+                    queue.send(messages).await.map_err(MessageError::Pool)?;
+                    Ok(Handled::Chunked {
+                        key: key.to_string(),
+                        chunks,
+                    })
+                }
+                Err(DbError::NoBatch(_)) => Ok(skipped("no batch was recorded for this object")),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
     let store = ctx.store.clone();
     let object = key.to_string();
     let outcome = db::load(&mut client, name, dataset, batch_id, || {
@@ -121,6 +168,43 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         Err(DbError::NoBatch(_)) => Ok(skipped("no batch was recorded for this object")),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Loads one chunk of a large object, then merges the batch if it was the last.
+pub async fn load_chunk(
+    ctx: &Context,
+    message: &chunks::ChunkMessage,
+) -> Result<Handled, MessageError> {
+    let Some(dataset) = ctx.datasets.get(&message.dataset) else {
+        return Ok(Handled::Skipped {
+            key: message.key.clone(),
+            reason: "no such dataset".into(),
+        });
+    };
+    let mut client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let store = &ctx.store;
+    let outcome = chunks::load_chunk(&mut client, dataset, message, || {
+        store.get_range(&message.key, message.start, Some(message.end))
+    })
+    .await?;
+    let finished = chunks::finish(
+        &mut client,
+        &message.dataset,
+        dataset,
+        message.batch_id,
+        |end| store.get_range(&message.key, 0, Some(end)),
+    )
+    .await?;
+    Ok(Handled::Chunk {
+        key: message.key.clone(),
+        chunk: message.chunk,
+        outcome,
+        finished,
+    })
 }
 
 /// The `migrate` action: brings the tables in line with the datasets.

@@ -19,6 +19,11 @@ pub struct Context {
     pub pool: deadpool_postgres::Pool,
     /// Largest inline batch, in bytes.
     pub max_inline_bytes: usize,
+    /// Objects larger than this are loaded in parallel chunks of about this
+    /// size, through `chunk_queue`.
+    pub chunk_bytes: u64,
+    /// Where chunk messages go; without one, every object loads as a whole.
+    pub chunk_queue: Option<std::sync::Arc<dyn crate::chunks::ChunkQueue>>,
 }
 
 impl std::fmt::Debug for Context {

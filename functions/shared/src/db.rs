@@ -107,6 +107,18 @@ CREATE TABLE IF NOT EXISTS pipeline.batches (
     loaded_at timestamptz,
     UNIQUE (dataset, idempotency_key)
 );
+CREATE TABLE IF NOT EXISTS pipeline.batch_chunks (
+    batch_id uuid NOT NULL REFERENCES pipeline.batches ON DELETE CASCADE,
+    chunk integer NOT NULL,
+    start_byte bigint NOT NULL,
+    end_byte bigint NOT NULL,
+    status text NOT NULL CHECK (status IN ('pending', 'loaded', 'failed', 'skipped')),
+    records bigint,
+    error_line bigint,
+    error_column text,
+    error_reason text,
+    PRIMARY KEY (batch_id, chunk)
+);
 CREATE INDEX IF NOT EXISTS batches_status_idx ON pipeline.batches (status) WHERE status IN ('received', 'loading');
 "#;
 
@@ -482,7 +494,7 @@ pub enum LoadOutcome {
 }
 
 /// Outcome of streaming an object into a COPY.
-enum Copied {
+pub(crate) enum Copied {
     Rows(u64),
     Invalid(RecordError),
     KeyConflict,
@@ -492,12 +504,22 @@ async fn copy_object(
     client: &Transaction<'_>,
     into: &str,
     dataset: &Dataset,
-    mut stream: ByteStream,
+    stream: ByteStream,
 ) -> Result<Copied, DbError> {
     let sql = format!("COPY {into} ({}) FROM STDIN", column_list(dataset));
-    let sink = client.copy_in::<_, Bytes>(&sql).await?;
+    copy_decoded(client, &sql, Decoder::new(dataset), stream).await
+}
+
+/// Streams an object through a decoder into a COPY. On an invalid record the
+/// COPY is aborted (its sink dropped unfinished) before this returns.
+pub(crate) async fn copy_decoded(
+    client: &Transaction<'_>,
+    sql: &str,
+    mut decoder: Decoder<'_>,
+    mut stream: ByteStream,
+) -> Result<Copied, DbError> {
+    let sink = client.copy_in::<_, Bytes>(sql).await?;
     futures_util::pin_mut!(sink);
-    let mut decoder = Decoder::new(dataset);
     let mut out = Vec::with_capacity(COPY_PIECE + 64 * 1024);
     let conflict = |e: tokio_postgres::Error| -> Result<Copied, DbError> {
         if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {

@@ -4,6 +4,7 @@
 //! handlers that enforce it at run time read one definition.
 
 pub mod api;
+pub mod chunks;
 pub mod dataset;
 pub mod db;
 #[cfg(feature = "lambda")]

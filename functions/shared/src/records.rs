@@ -74,6 +74,9 @@ pub struct Decoder<'d> {
     invalid: u64,
     errors: Vec<RecordError>,
     csv: Option<Csv>,
+    /// When loading a chunk of a batch: rows start with the chunk's number
+    /// and the record's line within the chunk, to order them later.
+    chunk: Option<u32>,
     /// One row's encoded fields, reused from record to record.
     row: Vec<Option<Vec<u8>>>,
 }
@@ -106,7 +109,15 @@ impl<'d> Decoder<'d> {
             errors: Vec::new(),
             csv,
             row: vec![None; dataset.columns.len()],
+            chunk: None,
         }
+    }
+
+    /// Rows for a chunk's staging table: each starts with `chunk` and the
+    /// record's line within the chunk.
+    pub fn for_chunk(mut self, chunk: u32) -> Decoder<'d> {
+        self.chunk = Some(chunk);
+        self
     }
 
     fn error(&mut self, line: u64, column: Option<&str>, reason: impl Into<String>) {
@@ -300,11 +311,14 @@ impl<'d> Decoder<'d> {
             }
         }
         if self.invalid == before {
-            self.emit(out);
+            self.emit(line, out);
         }
     }
 
-    fn emit(&mut self, out: &mut Vec<u8>) {
+    fn emit(&mut self, line: u64, out: &mut Vec<u8>) {
+        if let Some(chunk) = self.chunk {
+            out.extend_from_slice(format!("{chunk}\t{line}\t").as_bytes());
+        }
         for (i, value) in self.row.iter().enumerate() {
             if i > 0 {
                 out.push(b'\t');
@@ -398,7 +412,7 @@ impl<'d> Decoder<'d> {
                     }
                 }
                 if self.invalid == before {
-                    self.emit(out);
+                    self.emit(line, out);
                 }
             }
         }

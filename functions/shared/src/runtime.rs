@@ -81,5 +81,8 @@ pub fn context_from_env() -> Result<Context, ConfigError> {
         store,
         pool,
         max_inline_bytes,
+        // Chunked loading needs the queue's sender, which comes with the AWS wiring.
+        chunk_bytes: 0,
+        chunk_queue: None,
     })
 }

@@ -1,0 +1,413 @@
+//! Large batches, loaded in parallel chunks.
+//!
+//! An NDJSON object above a threshold is cut into byte ranges that start on
+//! record boundaries. Each range is its own message (SQS in AWS, the local
+//! queue on this machine), loaded by whichever loader gets it into the
+//! batch's staging table, in its own transaction; the chunk's row in
+//! `pipeline.batch_chunks` makes a redelivered chunk a no-op. When the last
+//! chunk is in, the staging table is merged into the dataset's table once,
+//! under the batch's row lock, with the dataset's conflict rule; a chunk with
+//! an invalid record fails the whole batch, with the record's line in the
+//! whole object.
+
+use std::future::Future;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::dataset::{Dataset, OnConflict};
+use crate::db::{Copied, DbError, LoadOutcome, copy_decoded};
+use crate::records::{Decoder, MAX_RECORD_BYTES, RecordError};
+use crate::store::{ByteStream, Store, StoreError};
+
+/// One chunk to load: a message of the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMessage {
+    pub batch_id: uuid::Uuid,
+    pub dataset: String,
+    pub key: String,
+    pub chunk: u32,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Where chunk messages go: the loader's own queue.
+pub trait ChunkQueue: Send + Sync {
+    fn send(&self, messages: Vec<ChunkMessage>) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// The message body that carries a chunk.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChunkBody {
+    pub chunk: ChunkMessage,
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+fn staging(batch_id: uuid::Uuid) -> String {
+    format!(
+        "pipeline.{}",
+        ident(&format!("stage_{}", batch_id.simple()))
+    )
+}
+
+fn columns(dataset: &Dataset) -> String {
+    dataset
+        .columns
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Cuts an object of `size` bytes into ranges of about `chunk_bytes`, each
+/// starting right after a line break.
+pub async fn plan(
+    store: &Store,
+    key: &str,
+    size: u64,
+    chunk_bytes: u64,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    let mut starts = vec![0u64];
+    let mut at = chunk_bytes;
+    while at < size {
+        // The next record starts after the first line break at or past `at`.
+        let window = (MAX_RECORD_BYTES as u64 + 2).min(size - at);
+        let mut stream = store.get_range(key, at, Some(at + window)).await?;
+        let mut offset = at;
+        let mut found = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if let Some(pos) = memchr::memchr(b'\n', &chunk) {
+                found = Some(offset + pos as u64 + 1);
+                break;
+            }
+            offset += chunk.len() as u64;
+        }
+        match found {
+            Some(next) if next < size => {
+                starts.push(next);
+                at = next + chunk_bytes;
+            }
+            // No break before the end: the rest is one chunk (an over-long
+            // record is reported when the chunk is read).
+            _ => break,
+        }
+    }
+    let mut ranges = Vec::with_capacity(starts.len());
+    for (i, start) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).copied().unwrap_or(size);
+        ranges.push((*start, end));
+    }
+    Ok(ranges)
+}
+
+/// What starting a chunked load found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// The batch is loaded or failed already.
+    Done { status: String },
+    /// These chunks are still to load: send (or send again) their messages.
+    Pending(Vec<ChunkMessage>),
+}
+
+/// Records the chunks of a batch and creates its staging table, once; on a
+/// redelivery, returns the chunks still pending so that their messages are
+/// sent again.
+pub async fn begin(
+    client: &mut Client,
+    name: &str,
+    batch_id: uuid::Uuid,
+    key: &str,
+    ranges: &[(u64, u64)],
+) -> Result<Begin, DbError> {
+    let tx = client.transaction().await?;
+    let status: Option<String> = tx
+        .query_opt(
+            "SELECT status FROM pipeline.batches WHERE batch_id = $1 FOR UPDATE",
+            &[&batch_id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    match status.as_deref() {
+        None => return Err(DbError::NoBatch(batch_id)),
+        Some("loaded" | "failed") => {
+            return Ok(Begin::Done {
+                status: status.unwrap_or_default(),
+            });
+        }
+        _ => {}
+    }
+    let planned: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = $1",
+            &[&batch_id],
+        )
+        .await?
+        .get(0);
+    if planned == 0 {
+        tx.batch_execute(&format!(
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {} (pipeline_chunk integer NOT NULL, pipeline_line bigint NOT NULL, LIKE public.{})",
+            staging(batch_id),
+            ident(name)
+        ))
+        .await?;
+        for (i, (start, end)) in ranges.iter().enumerate() {
+            let (chunk, start, end) = (i as i32, *start as i64, *end as i64);
+            tx.execute(
+                "INSERT INTO pipeline.batch_chunks (batch_id, chunk, start_byte, end_byte, status) VALUES ($1, $2, $3, $4, 'pending')",
+                &[&batch_id, &chunk, &start, &end],
+            )
+            .await?;
+        }
+        tx.execute(
+            "UPDATE pipeline.batches SET status = 'loading' WHERE batch_id = $1",
+            &[&batch_id],
+        )
+        .await?;
+    }
+    let rows = tx
+        .query(
+            "SELECT chunk, start_byte, end_byte FROM pipeline.batch_chunks WHERE batch_id = $1 AND status = 'pending' ORDER BY chunk",
+            &[&batch_id],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Begin::Pending(
+        rows.iter()
+            .map(|r| ChunkMessage {
+                batch_id,
+                dataset: name.to_string(),
+                key: key.to_string(),
+                chunk: r.get::<_, i32>(0) as u32,
+                start: r.get::<_, i64>(1) as u64,
+                end: r.get::<_, i64>(2) as u64,
+            })
+            .collect(),
+    ))
+}
+
+/// What loading one chunk did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum ChunkOutcome {
+    Loaded {
+        records: u64,
+    },
+    Invalid {
+        error: RecordError,
+    },
+    /// Done before (a redelivery), or skipped because another chunk failed.
+    Nothing,
+}
+
+/// Loads one chunk into the batch's staging table, once.
+pub async fn load_chunk<F, Fut>(
+    client: &mut Client,
+    dataset: &Dataset,
+    message: &ChunkMessage,
+    open: F,
+) -> Result<ChunkOutcome, DbError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<ByteStream, StoreError>>,
+{
+    let chunk = message.chunk as i32;
+    let tx = client.transaction().await?;
+    let status: Option<String> = tx
+        .query_opt(
+            "SELECT status FROM pipeline.batch_chunks WHERE batch_id = $1 AND chunk = $2 FOR UPDATE",
+            &[&message.batch_id, &chunk],
+        )
+        .await?
+        .map(|r| r.get(0));
+    if status.as_deref() != Some("pending") {
+        return Ok(ChunkOutcome::Nothing);
+    }
+    let failed: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pipeline.batch_chunks WHERE batch_id = $1 AND status = 'failed')",
+            &[&message.batch_id],
+        )
+        .await?
+        .get(0);
+    if failed {
+        tx.execute(
+            "UPDATE pipeline.batch_chunks SET status = 'skipped' WHERE batch_id = $1 AND chunk = $2",
+            &[&message.batch_id, &chunk],
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(ChunkOutcome::Nothing);
+    }
+    let sql = format!(
+        "COPY {} (pipeline_chunk, pipeline_line, {}) FROM STDIN",
+        staging(message.batch_id),
+        columns(dataset)
+    );
+    let decoder = Decoder::new(dataset).for_chunk(message.chunk);
+    let error = match copy_decoded(&tx, &sql, decoder, open().await?).await? {
+        Copied::Rows(records) => {
+            let n = records as i64;
+            tx.execute(
+                "UPDATE pipeline.batch_chunks SET status = 'loaded', records = $3 WHERE batch_id = $1 AND chunk = $2",
+                &[&message.batch_id, &chunk, &n],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(ChunkOutcome::Loaded { records });
+        }
+        Copied::Invalid(error) => error,
+        // The staging table has no key: a conflict cannot happen.
+        Copied::KeyConflict => RecordError {
+            line: 0,
+            column: None,
+            reason: "unexpected key conflict in the staging table".into(),
+        },
+    };
+    // The COPY was aborted: roll back, then record the chunk's error.
+    tx.rollback().await?;
+    let line = error.line as i64;
+    client
+        .execute(
+            "UPDATE pipeline.batch_chunks SET status = 'failed', error_line = $3, error_column = $4, error_reason = $5
+             WHERE batch_id = $1 AND chunk = $2 AND status = 'pending'",
+            &[&message.batch_id, &chunk, &line, &error.column, &error.reason],
+        )
+        .await?;
+    Ok(ChunkOutcome::Invalid { error })
+}
+
+/// Once every chunk is in, merges the staging table into the dataset's table
+/// (or fails the batch with its first error), exactly once. `None` while
+/// chunks are pending or when another loader finished the batch.
+pub async fn finish<F, Fut>(
+    client: &mut Client,
+    name: &str,
+    dataset: &Dataset,
+    batch_id: uuid::Uuid,
+    prefix: F,
+) -> Result<Option<LoadOutcome>, DbError>
+where
+    F: FnOnce(u64) -> Fut,
+    Fut: Future<Output = Result<ByteStream, StoreError>>,
+{
+    let pending: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = $1 AND status = 'pending'",
+            &[&batch_id],
+        )
+        .await?
+        .get(0);
+    if pending > 0 {
+        return Ok(None);
+    }
+    let tx = client.transaction().await?;
+    let status: Option<String> = tx
+        .query_opt(
+            "SELECT status FROM pipeline.batches WHERE batch_id = $1 FOR UPDATE",
+            &[&batch_id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    if !matches!(status.as_deref(), Some("received" | "loading")) {
+        return Ok(None);
+    }
+    let failed = tx
+        .query_opt(
+            "SELECT start_byte, error_line, error_column, error_reason FROM pipeline.batch_chunks
+             WHERE batch_id = $1 AND status = 'failed' ORDER BY chunk LIMIT 1",
+            &[&batch_id],
+        )
+        .await?;
+    let outcome = if let Some(row) = failed {
+        // The line in the whole object: line breaks before the chunk, plus its own line.
+        let start: i64 = row.get(0);
+        let local: i64 = row.get(1);
+        let mut stream = prefix(start as u64).await?;
+        let mut before = 0i64;
+        while let Some(piece) = stream.next().await {
+            before += memchr::memchr_iter(b'\n', &piece?).count() as i64;
+        }
+        let error = RecordError {
+            line: (before + local) as u64,
+            column: row.get(2),
+            reason: row.get::<_, Option<String>>(3).unwrap_or_default(),
+        };
+        let line = error.line as i64;
+        tx.execute(
+            "UPDATE pipeline.batches SET status = 'failed', inserted = 0, duplicates = 0, loaded_at = now(),
+             error_line = $2, error_column = $3, error_reason = $4 WHERE batch_id = $1",
+            &[&batch_id, &line, &error.column, &error.reason],
+        )
+        .await?;
+        LoadOutcome::Invalid { error }
+    } else {
+        let records: i64 = tx
+            .query_one(
+                "SELECT coalesce(sum(records), 0)::bigint FROM pipeline.batch_chunks WHERE batch_id = $1",
+                &[&batch_id],
+            )
+            .await?
+            .get(0);
+        let cols = columns(dataset);
+        let key: Vec<String> = dataset.primary_key.iter().map(|k| ident(k)).collect();
+        let key = key.join(", ");
+        let table = format!("public.{}", ident(name));
+        let stage = staging(batch_id);
+        let inserted = match dataset.on_conflict {
+            OnConflict::Ignore => tx
+                .execute(
+                    &format!(
+                        "INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage}
+                         ORDER BY {key}, pipeline_chunk, pipeline_line ON CONFLICT ({key}) DO NOTHING"
+                    ),
+                    &[],
+                )
+                .await?,
+            OnConflict::Update => {
+                let updates: Vec<String> = dataset
+                    .columns
+                    .iter()
+                    .filter(|c| !dataset.primary_key.contains(&c.name))
+                    .map(|c| format!("{0} = EXCLUDED.{0}", ident(&c.name)))
+                    .collect();
+                let action = if updates.is_empty() {
+                    "DO NOTHING".to_string()
+                } else {
+                    format!("DO UPDATE SET {}", updates.join(", "))
+                };
+                tx.query(
+                    &format!(
+                        "INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage}
+                         ORDER BY {key}, pipeline_chunk DESC, pipeline_line DESC ON CONFLICT ({key}) {action} RETURNING (xmax = 0)"
+                    ),
+                    &[],
+                )
+                .await?
+                .iter()
+                .filter(|r| r.get::<_, bool>(0))
+                .count() as u64
+            }
+        };
+        let inserted_i = inserted as i64;
+        tx.execute(
+            "UPDATE pipeline.batches SET status = 'loaded', records = $2, inserted = $3, duplicates = $2::bigint - $3::bigint,
+             loaded_at = now(), error_line = NULL, error_column = NULL, error_reason = NULL WHERE batch_id = $1",
+            &[&batch_id, &records, &inserted_i],
+        )
+        .await?;
+        LoadOutcome::Loaded {
+            records: records as u64,
+            inserted,
+            duplicates: records as u64 - inserted,
+        }
+    };
+    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
+        .await?;
+    tx.commit().await?;
+    Ok(Some(outcome))
+}
