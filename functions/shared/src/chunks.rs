@@ -358,8 +358,26 @@ where
         let key = key.join(", ");
         let table = format!("public.{}", ident(name));
         let stage = staging(batch_id);
-        let inserted = match dataset.on_conflict {
-            OnConflict::Ignore => tx
+        // Usually no key is stored already nor repeated: a plain insert, under
+        // a savepoint; on a conflict, the merge with the conflict rule.
+        tx.batch_execute("SAVEPOINT plain").await?;
+        let plain = tx
+            .execute(
+                &format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage}"),
+                &[],
+            )
+            .await;
+        let inserted = match (plain, dataset.on_conflict) {
+            (Ok(n), _) => {
+                tx.batch_execute("RELEASE SAVEPOINT plain").await?;
+                n
+            }
+            (Err(e), _) if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                return Err(e.into());
+            }
+            (Err(_), OnConflict::Ignore) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT plain").await?;
+                tx
                 .execute(
                     &format!(
                         "INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage}
@@ -367,8 +385,10 @@ where
                     ),
                     &[],
                 )
-                .await?,
-            OnConflict::Update => {
+                .await?
+            }
+            (Err(_), OnConflict::Update) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT plain").await?;
                 let updates: Vec<String> = dataset
                     .columns
                     .iter()
