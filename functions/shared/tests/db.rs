@@ -152,7 +152,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
         report.statements,
         vec![
             "CREATE TABLE public.\"events\" (\"id\" bigint NOT NULL, \"kind\" text NOT NULL, \"amount\" numeric, PRIMARY KEY (\"id\"))",
-            "CREATE INDEX IF NOT EXISTS \"events_kind_idx\" ON public.\"events\" (\"kind\", \"id\")",
+            "CREATE INDEX IF NOT EXISTS \"events_kind_idx\" ON public.\"events\" (\"kind\")",
         ]
     );
     // Unchanged: nothing to do.
@@ -173,7 +173,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
         report.statements,
         vec![
             "ALTER TABLE public.\"events\" ADD COLUMN \"note\" text",
-            "CREATE INDEX IF NOT EXISTS \"events_note_idx\" ON public.\"events\" (\"note\", \"id\")",
+            "CREATE INDEX IF NOT EXISTS \"events_note_idx\" ON public.\"events\" (\"note\")",
         ]
     );
     // Destructive: refused, and nothing changes.
