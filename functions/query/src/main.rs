@@ -6,12 +6,7 @@ use pipeline_shared::{lambda, runtime};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_current_span(false)
-        .without_time()
-        .init();
+    runtime::init_logs();
     let ctx = runtime::context_from_env()?;
     let ctx = &ctx;
     lambda_http::run(service_fn(move |request| async move {

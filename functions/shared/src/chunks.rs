@@ -17,8 +17,8 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::dataset::{Dataset, OnConflict};
-use crate::db::{Copied, DbError, LoadOutcome, copy_decoded};
+use crate::dataset::Dataset;
+use crate::db::{Copied, DbError, LoadOutcome, column_list, copy_decoded, ident, merge_stage};
 use crate::records::{Decoder, MAX_RECORD_BYTES, RecordError};
 use crate::store::{ByteStream, Store, StoreError};
 
@@ -44,24 +44,11 @@ pub struct ChunkBody {
     pub chunk: ChunkMessage,
 }
 
-fn ident(name: &str) -> String {
-    format!("\"{name}\"")
-}
-
 fn staging(batch_id: uuid::Uuid) -> String {
     format!(
         "pipeline.{}",
         ident(&format!("stage_{}", batch_id.simple()))
     )
-}
-
-fn columns(dataset: &Dataset) -> String {
-    dataset
-        .columns
-        .iter()
-        .map(|c| ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Cuts an object of `size` bytes into ranges of about `chunk_bytes`, each
@@ -246,7 +233,7 @@ where
     let sql = format!(
         "COPY {} (pipeline_chunk, pipeline_line, {}) FROM STDIN",
         staging(message.batch_id),
-        columns(dataset)
+        column_list(dataset)
     );
     let decoder = Decoder::new(dataset).for_chunk(message.chunk);
     let error = match copy_decoded(&tx, &sql, decoder, open().await?).await? {
@@ -353,9 +340,7 @@ where
             )
             .await?
             .get(0);
-        let cols = columns(dataset);
-        let key: Vec<String> = dataset.primary_key.iter().map(|k| ident(k)).collect();
-        let key = key.join(", ");
+        let cols = column_list(dataset);
         let table = format!("public.{}", ident(name));
         let stage = staging(batch_id);
         // Usually no key is stored already nor repeated: a plain insert, under
@@ -367,50 +352,24 @@ where
                 &[],
             )
             .await;
-        let inserted = match (plain, dataset.on_conflict) {
-            (Ok(n), _) => {
+        let inserted = match plain {
+            Ok(n) => {
                 tx.batch_execute("RELEASE SAVEPOINT plain").await?;
                 n
             }
-            (Err(e), _) if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 return Err(e.into());
             }
-            (Err(_), OnConflict::Ignore) => {
+            Err(_) => {
                 tx.batch_execute("ROLLBACK TO SAVEPOINT plain").await?;
-                tx
-                .execute(
-                    &format!(
-                        "INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage}
-                         ORDER BY {key}, pipeline_chunk, pipeline_line ON CONFLICT ({key}) DO NOTHING"
-                    ),
-                    &[],
+                merge_stage(
+                    &tx,
+                    name,
+                    dataset,
+                    &stage,
+                    &["pipeline_chunk", "pipeline_line"],
                 )
                 .await?
-            }
-            (Err(_), OnConflict::Update) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT plain").await?;
-                let updates: Vec<String> = dataset
-                    .columns
-                    .iter()
-                    .filter(|c| !dataset.primary_key.contains(&c.name))
-                    .map(|c| format!("{0} = EXCLUDED.{0}", ident(&c.name)))
-                    .collect();
-                let action = if updates.is_empty() {
-                    "DO NOTHING".to_string()
-                } else {
-                    format!("DO UPDATE SET {}", updates.join(", "))
-                };
-                tx.query(
-                    &format!(
-                        "INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({key}) {cols} FROM {stage}
-                         ORDER BY {key}, pipeline_chunk DESC, pipeline_line DESC ON CONFLICT ({key}) {action} RETURNING (xmax = 0)"
-                    ),
-                    &[],
-                )
-                .await?
-                .iter()
-                .filter(|r| r.get::<_, bool>(0))
-                .count() as u64
             }
         };
         let inserted_i = inserted as i64;

@@ -55,7 +55,7 @@ impl DbError {
 
 /// `"name"`: dataset and column names are validated identifiers
 /// (lower case letters, digits and `_`), so quoting them is enough.
-fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{name}\"")
 }
 
@@ -63,7 +63,7 @@ fn table(dataset: &str) -> String {
     format!("public.{}", ident(dataset))
 }
 
-fn column_list(dataset: &Dataset) -> String {
+pub(crate) fn column_list(dataset: &Dataset) -> String {
     dataset
         .columns
         .iter()
@@ -670,21 +670,41 @@ async fn merge(
         }
         Copied::KeyConflict => 0,
     };
+    let inserted = merge_stage(tx, name, dataset, "pipeline_stage", &["pipeline_seq"]).await?;
+    tx.batch_execute("DROP TABLE pipeline_stage").await?;
+    Ok((records, inserted))
+}
+
+/// Inserts a staging table's rows into the dataset's table with the
+/// conflict rule; among rows of one key, the first in `order` wins for
+/// `ignore` and the last for `update`. Returns the rows inserted.
+pub(crate) async fn merge_stage(
+    tx: &Transaction<'_>,
+    name: &str,
+    dataset: &Dataset,
+    stage: &str,
+    order: &[&str],
+) -> Result<u64, DbError> {
     let columns = column_list(dataset);
     let key: Vec<String> = dataset.primary_key.iter().map(|k| ident(k)).collect();
     let key = key.join(", ");
-    let inserted = match dataset.on_conflict {
-        OnConflict::Ignore => tx
-            .execute(
-                &format!(
-                    "INSERT INTO {t} ({columns}) SELECT DISTINCT ON ({key}) {columns} FROM pipeline_stage
-                     ORDER BY {key}, pipeline_seq ON CONFLICT ({key}) DO NOTHING",
-                    t = table(name)
-                ),
-                &[],
-            )
-            .await?,
+    let t = table(name);
+    match dataset.on_conflict {
+        OnConflict::Ignore => {
+            let order = order.join(", ");
+            Ok(tx
+                .execute(
+                    &format!(
+                        "INSERT INTO {t} ({columns}) SELECT DISTINCT ON ({key}) {columns} FROM {stage}
+                         ORDER BY {key}, {order} ON CONFLICT ({key}) DO NOTHING"
+                    ),
+                    &[],
+                )
+                .await?)
+        }
         OnConflict::Update => {
+            let order: Vec<String> = order.iter().map(|o| format!("{o} DESC")).collect();
+            let order = order.join(", ");
             let updates: Vec<String> = dataset
                 .columns
                 .iter()
@@ -699,18 +719,15 @@ async fn merge(
             let rows = tx
                 .query(
                     &format!(
-                        "INSERT INTO {t} ({columns}) SELECT DISTINCT ON ({key}) {columns} FROM pipeline_stage
-                         ORDER BY {key}, pipeline_seq DESC ON CONFLICT ({key}) {action} RETURNING (xmax = 0)",
-                        t = table(name)
+                        "INSERT INTO {t} ({columns}) SELECT DISTINCT ON ({key}) {columns} FROM {stage}
+                         ORDER BY {key}, {order} ON CONFLICT ({key}) {action} RETURNING (xmax = 0)"
                     ),
                     &[],
                 )
                 .await?;
-            rows.iter().filter(|r| r.get::<_, bool>(0)).count() as u64
+            Ok(rows.iter().filter(|r| r.get::<_, bool>(0)).count() as u64)
         }
-    };
-    tx.batch_execute("DROP TABLE pipeline_stage").await?;
-    Ok((records, inserted))
+    }
 }
 
 // ------------------------------------------------------------------ reading

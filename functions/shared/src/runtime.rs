@@ -86,3 +86,13 @@ pub fn context_from_env() -> Result<Context, ConfigError> {
         chunk_queue: None,
     })
 }
+
+/// JSON log lines for CloudWatch, filtered by `RUST_LOG`.
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_current_span(false)
+        .without_time()
+        .init();
+}

@@ -163,13 +163,13 @@ impl LocalStore {
         }
     }
 
-    /// Stores an object and its metadata.
-    pub async fn put(
+    /// Writes an object's metadata, creating the directories it needs;
+    /// returns the object's path.
+    async fn write_metadata(
         &self,
         key: &str,
-        body: Bytes,
         metadata: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<PathBuf, StoreError> {
         let path = self.path(key)?;
         let meta = self.meta_path(key)?;
         for p in [&path, &meta] {
@@ -183,6 +183,17 @@ impl LocalStore {
         write_atomically(&meta, &meta_json)
             .await
             .map_err(Self::io(key))?;
+        Ok(path)
+    }
+
+    /// Stores an object and its metadata.
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let path = self.write_metadata(key, metadata).await?;
         let size = body.len() as u64;
         write_atomically(&path, &body)
             .await
@@ -198,19 +209,7 @@ impl LocalStore {
         file: &Path,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        let path = self.path(key)?;
-        let meta = self.meta_path(key)?;
-        for p in [&path, &meta] {
-            if let Some(dir) = p.parent() {
-                tokio::fs::create_dir_all(dir)
-                    .await
-                    .map_err(Self::io(key))?;
-            }
-        }
-        let meta_json = serde_json::to_vec(metadata).unwrap_or_default();
-        write_atomically(&meta, &meta_json)
-            .await
-            .map_err(Self::io(key))?;
+        let path = self.write_metadata(key, metadata).await?;
         tokio::fs::rename(file, &path)
             .await
             .map_err(Self::io(key))?;
