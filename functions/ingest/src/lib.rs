@@ -284,7 +284,7 @@ async fn create_upload(
         Err(e) => return api::unavailable("the database", &e),
     };
     let expires = chrono::Utc::now().timestamp() + UPLOAD_EXPIRY_SECONDS;
-    let url = match ctx.store.presign_put(&batch.object_key, expires) {
+    let url = match ctx.store.presign_put(&batch.object_key, expires).await {
         Ok(u) => u,
         Err(e) => return api::unavailable("storage", &e),
     };

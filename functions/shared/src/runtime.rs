@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::api::Context;
 use crate::dataset::Dataset;
-use crate::store::{LocalStore, Store};
+use crate::store::{LocalStore, S3Store, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,14 +63,21 @@ pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ConfigErr
 }
 
 /// The context of a function process: `PIPELINE_ENV`, the datasets,
-/// `DATABASE_URL` and `PIPELINE_OBJECTS_DIR` (a local object directory, for
-/// running the functions outside AWS). The AWS configuration (IAM database
-/// authentication over TLS, S3) is not wired yet.
-pub fn context_from_env() -> Result<Context, ConfigError> {
+/// `DATABASE_URL`, and the objects in the S3 bucket `RAW_BUCKET` (with the
+/// standard AWS configuration: region, credentials, `AWS_ENDPOINT_URL`) or,
+/// outside AWS, in the directory `PIPELINE_OBJECTS_DIR`. IAM database
+/// authentication over TLS is not wired yet.
+pub async fn context_from_env() -> Result<Context, ConfigError> {
     let env = var("PIPELINE_ENV")?;
     let datasets = datasets()?;
     let pool = pool(&var("DATABASE_URL")?, 4)?;
-    let store = Store::Local(LocalStore::new(var("PIPELINE_OBJECTS_DIR")?));
+    let store = match std::env::var("RAW_BUCKET") {
+        Ok(bucket) => {
+            let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            Store::S3(S3Store::new(aws_sdk_s3::Client::new(&config), bucket))
+        }
+        Err(_) => Store::Local(LocalStore::new(var("PIPELINE_OBJECTS_DIR")?)),
+    };
     let max_inline_bytes = std::env::var("MAX_INLINE_BATCH_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -344,10 +344,128 @@ pub trait Notify: Send + Sync {
     ) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
 }
 
+/// Objects in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+fn s3_error(key: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        key: key.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> S3Store {
+        S3Store {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .set_metadata(Some(metadata.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(())
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectInfo {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                metadata: out
+                    .metadata()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))),
+        }
+    }
+
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        if end.is_some_and(|end| end <= start) {
+            return Ok(futures_util::stream::empty().boxed());
+        }
+        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+        if start > 0 || end.is_some() {
+            let last = end.map(|e| (e - 1).to_string()).unwrap_or_default();
+            request = request.range(format!("bytes={start}-{last}"));
+        }
+        let out = request.send().await.map_err(|e| {
+            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                StoreError::NotFound(key.to_string())
+            } else {
+                s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))
+            }
+        })?;
+        let key = key.to_string();
+        let stream = futures_util::stream::unfold((out.body, key), |(mut body, key)| async move {
+            match body.try_next().await {
+                Ok(Some(bytes)) => Some((Ok(bytes), (body, key))),
+                Ok(None) => None,
+                Err(e) => Some((
+                    Err(s3_error(&key, e)),
+                    (aws_sdk_s3::primitives::ByteStream::from_static(b""), key),
+                )),
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    /// A presigned PUT URL of the object, valid until `expires` (Unix seconds).
+    pub async fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
+        let seconds = (expires - chrono::Utc::now().timestamp()).max(1) as u64;
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(
+            std::time::Duration::from_secs(seconds),
+        )
+        .map_err(|e| s3_error(key, e))?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(request.uri().to_string())
+    }
+}
+
 /// The store a function uses.
 #[derive(Debug, Clone)]
 pub enum Store {
     Local(LocalStore),
+    S3(S3Store),
 }
 
 impl Store {
@@ -359,19 +477,19 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Local(store) => store.put(key, body, metadata).await,
+            Store::S3(store) => store.put(key, body, metadata).await,
         }
     }
 
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         match self {
             Store::Local(store) => store.head(key).await,
+            Store::S3(store) => store.head(key).await,
         }
     }
 
     pub async fn get(&self, key: &str) -> Result<ByteStream, StoreError> {
-        match self {
-            Store::Local(store) => store.get(key).await,
-        }
+        self.get_range(key, 0, None).await
     }
 
     pub async fn get_range(
@@ -382,13 +500,15 @@ impl Store {
     ) -> Result<ByteStream, StoreError> {
         match self {
             Store::Local(store) => store.get_range(key, start, end).await,
+            Store::S3(store) => store.get_range(key, start, end).await,
         }
     }
 
     /// A URL that takes one PUT of the object until `expires` (Unix seconds).
-    pub fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
+    pub async fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
         match self {
             Store::Local(store) => store.presign_put(key, expires),
+            Store::S3(store) => store.presign_put(key, expires).await,
         }
     }
 }

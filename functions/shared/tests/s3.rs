@@ -1,0 +1,160 @@
+//! The S3 object store against moto's S3, started on a free loopback port.
+//! The pinned moto comes from `.ci/tools.sh` (`MOTO_SERVER` names it).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use pipeline_shared::store::{ByteStream, ObjectInfo, S3Store, Store, StoreError};
+
+/// A moto server, stopped when dropped.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("MOTO_SERVER") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let cache =
+        std::env::var_os("XDG_CACHE_HOME").map_or_else(|| home.join(".cache"), PathBuf::from);
+    let path = cache.join("pipeline-tools/moto/bin/moto_server");
+    assert!(
+        path.exists(),
+        "moto is not installed: run `source .ci/tools.sh` (or set MOTO_SERVER)"
+    );
+    path
+}
+
+fn start_moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let child = Command::new(moto_path())
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Moto {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn client(endpoint: &str) -> aws_sdk_s3::Client {
+    let credentials =
+        aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "tests");
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("eu-west-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(credentials)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+async fn collect(stream: ByteStream) -> Vec<u8> {
+    let parts: Vec<Bytes> = stream.map(|r| r.expect("chunk")).collect().await;
+    parts.concat()
+}
+
+#[tokio::test]
+async fn s3_store_puts_reads_ranges_and_presigns() {
+    let moto = start_moto();
+    let s3 = client(&moto.url).await;
+    s3.create_bucket()
+        .bucket("raw")
+        .create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create bucket");
+    let store = Store::S3(S3Store::new(s3.clone(), "raw"));
+    let meta = BTreeMap::from([
+        ("records".to_string(), "2".to_string()),
+        ("sha256".to_string(), "ab".to_string()),
+    ]);
+    let key = "raw/events/2024-01-01/x.ndjson";
+    store
+        .put(key, Bytes::from_static(b"line one\nline two\n"), &meta)
+        .await
+        .expect("put");
+    assert_eq!(
+        store.head(key).await.expect("head"),
+        Some(ObjectInfo {
+            size: 18,
+            metadata: meta
+        })
+    );
+    assert_eq!(store.head("raw/none").await.expect("head"), None);
+    assert_eq!(
+        collect(store.get(key).await.expect("get")).await,
+        b"line one\nline two\n"
+    );
+    assert_eq!(
+        collect(store.get_range(key, 9, Some(13)).await.expect("range")).await,
+        b"line"
+    );
+    assert_eq!(
+        collect(store.get_range(key, 9, None).await.expect("range")).await,
+        b"line two\n"
+    );
+    assert_eq!(
+        collect(store.get_range(key, 5, Some(5)).await.expect("empty")).await,
+        b""
+    );
+    assert!(matches!(
+        store.get("raw/none").await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // A presigned PUT stores an object without credentials.
+    let expires = chrono::Utc::now().timestamp() + 600;
+    let url = store
+        .presign_put("raw/events/2024-01-01/up.ndjson", expires)
+        .await
+        .expect("presign");
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    let response = reqwest::Client::new()
+        .put(&url)
+        .body("uploaded\n")
+        .send()
+        .await
+        .expect("PUT");
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(
+        collect(
+            store
+                .get("raw/events/2024-01-01/up.ndjson")
+                .await
+                .expect("get")
+        )
+        .await,
+        b"uploaded\n"
+    );
+}
