@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use pipeline_shared::api::Context;
 use pipeline_shared::chunks::{ChunkBody, ChunkMessage, ChunkQueue};
+use pipeline_shared::runtime::DEFAULT_CHUNK_BYTES;
 use pipeline_shared::store::{LocalStore, Notify, Signer, Store};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -64,9 +65,6 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_BYTES)]
     pub chunk_size: u64,
 }
-
-/// Size of the chunks of large batches: 64 MiB.
-const DEFAULT_CHUNK_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Printed once the server listens.
 #[derive(Debug, Serialize)]

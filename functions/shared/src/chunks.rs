@@ -38,6 +38,60 @@ pub trait ChunkQueue: Send + Sync {
     fn send(&self, messages: Vec<ChunkMessage>) -> BoxFuture<'_, Result<(), String>>;
 }
 
+/// Chunk messages on the loader's SQS queue.
+pub struct SqsChunkQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsChunkQueue {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> SqsChunkQueue {
+        SqsChunkQueue {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+impl ChunkQueue for SqsChunkQueue {
+    fn send(&self, messages: Vec<ChunkMessage>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            // SQS takes at most 10 messages per batch.
+            for group in messages.chunks(10) {
+                let mut entries = Vec::with_capacity(group.len());
+                for message in group {
+                    let body = serde_json::to_string(&ChunkBody {
+                        chunk: message.clone(),
+                    })
+                    .map_err(|e| e.to_string())?;
+                    let entry = aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                        .id(format!("chunk-{}", message.chunk))
+                        .message_body(body)
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    entries.push(entry);
+                }
+                let out = self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.queue_url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?;
+                if let Some(failed) = out.failed().first() {
+                    return Err(format!(
+                        "SQS refused chunk message {}: {}",
+                        failed.id(),
+                        failed.message().unwrap_or("")
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The message body that carries a chunk.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ChunkBody {

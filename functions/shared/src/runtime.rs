@@ -4,8 +4,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::api::Context;
+use crate::chunks::{ChunkQueue, SqsChunkQueue};
 use crate::dataset::Dataset;
 use crate::store::{LocalStore, S3Store, Store};
+
+/// Size of the chunks large batches are cut into: 64 MiB.
+pub const DEFAULT_CHUNK_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,19 +69,36 @@ pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ConfigErr
 /// The context of a function process: `PIPELINE_ENV`, the datasets,
 /// `DATABASE_URL`, and the objects in the S3 bucket `RAW_BUCKET` (with the
 /// standard AWS configuration: region, credentials, `AWS_ENDPOINT_URL`) or,
-/// outside AWS, in the directory `PIPELINE_OBJECTS_DIR`. IAM database
-/// authentication over TLS is not wired yet.
+/// outside AWS, in the directory `PIPELINE_OBJECTS_DIR`. In AWS, objects
+/// above `CHUNK_BYTES` (default 64 MiB) are loaded in chunks sent to the
+/// queue `QUEUE_URL`. IAM database authentication over TLS is not wired yet.
 pub async fn context_from_env() -> Result<Context, ConfigError> {
     let env = var("PIPELINE_ENV")?;
     let datasets = datasets()?;
     let pool = pool(&var("DATABASE_URL")?, 4)?;
-    let store = match std::env::var("RAW_BUCKET") {
-        Ok(bucket) => {
-            let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-            Store::S3(S3Store::new(aws_sdk_s3::Client::new(&config), bucket))
-        }
-        Err(_) => Store::Local(LocalStore::new(var("PIPELINE_OBJECTS_DIR")?)),
+    let aws = match std::env::var("RAW_BUCKET") {
+        Ok(_) => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+        Err(_) => None,
     };
+    let store = match (&aws, std::env::var("RAW_BUCKET")) {
+        (Some(config), Ok(bucket)) => {
+            Store::S3(S3Store::new(aws_sdk_s3::Client::new(config), bucket))
+        }
+        _ => Store::Local(LocalStore::new(var("PIPELINE_OBJECTS_DIR")?)),
+    };
+    // The loader sends chunks of large batches to its own queue.
+    let chunk_queue: Option<std::sync::Arc<dyn ChunkQueue>> =
+        match (&aws, std::env::var("QUEUE_URL")) {
+            (Some(config), Ok(url)) => Some(std::sync::Arc::new(SqsChunkQueue::new(
+                aws_sdk_sqs::Client::new(config),
+                url,
+            ))),
+            _ => None,
+        };
+    let chunk_bytes = std::env::var("CHUNK_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CHUNK_BYTES);
     let max_inline_bytes = std::env::var("MAX_INLINE_BATCH_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -88,9 +109,8 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         store,
         pool,
         max_inline_bytes,
-        // Chunked loading needs the queue's sender, which comes with the AWS wiring.
-        chunk_bytes: 0,
-        chunk_queue: None,
+        chunk_bytes,
+        chunk_queue,
     })
 }
 

@@ -1,4 +1,5 @@
-//! The S3 object store against moto's S3, started on a free loopback port.
+//! The AWS implementations (S3 object store, SQS chunk queue) against moto,
+//! started on a free loopback port.
 //! The pinned moto comes from `.ci/tools.sh` (`MOTO_SERVER` names it).
 
 use std::collections::BTreeMap;
@@ -60,6 +61,18 @@ fn start_moto() -> Moto {
         child,
         url: format!("http://127.0.0.1:{port}"),
     }
+}
+
+async fn sqs(endpoint: &str) -> aws_sdk_sqs::Client {
+    let credentials =
+        aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "tests");
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("eu-west-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(credentials)
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
 }
 
 async fn client(endpoint: &str) -> aws_sdk_s3::Client {
@@ -157,4 +170,64 @@ async fn s3_store_puts_reads_ranges_and_presigns() {
         .await,
         b"uploaded\n"
     );
+}
+
+#[tokio::test]
+async fn chunk_messages_go_to_sqs_in_batches_of_ten() {
+    use pipeline_shared::chunks::{ChunkBody, ChunkMessage, ChunkQueue, SqsChunkQueue};
+    let moto = start_moto();
+    let client = sqs(&moto.url).await;
+    let url = client
+        .create_queue()
+        .queue_name("loader")
+        .send()
+        .await
+        .expect("queue")
+        .queue_url()
+        .unwrap_or("")
+        .to_string();
+    let batch_id = uuid::Uuid::now_v7();
+    let messages: Vec<ChunkMessage> = (0..12)
+        .map(|chunk| ChunkMessage {
+            batch_id,
+            dataset: "events".into(),
+            key: "raw/events/x.ndjson".into(),
+            chunk,
+            start: u64::from(chunk) * 100,
+            end: u64::from(chunk) * 100 + 100,
+        })
+        .collect();
+    SqsChunkQueue::new(client.clone(), &url)
+        .send(messages.clone())
+        .await
+        .expect("send");
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.len() < 12 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} messages arrived",
+            received.len()
+        );
+        let out = client
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .expect("receive");
+        for m in out.messages() {
+            let body: ChunkBody = serde_json::from_str(m.body().unwrap_or("")).expect("chunk body");
+            received.push(body.chunk);
+            client
+                .delete_message()
+                .queue_url(&url)
+                .receipt_handle(m.receipt_handle().unwrap_or(""))
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+    received.sort_by_key(|m| m.chunk);
+    assert_eq!(received, messages);
 }
