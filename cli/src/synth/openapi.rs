@@ -12,8 +12,6 @@ use pipeline_shared::{ColumnType, Dataset};
 
 /// Largest page of records the records endpoint returns.
 pub const MAX_PAGE: u32 = 1000;
-/// Most parts of a multipart upload (S3's limit).
-pub const MAX_PARTS: u32 = 10_000;
 /// Most validation errors a rejected batch lists.
 pub const MAX_ERRORS: u32 = 100;
 
@@ -233,7 +231,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         "/v1/datasets/{dataset}/uploads".into(),
         json!({"post": op(Target::Ingest, json!({
             "operationId": "createUpload",
-            "summary": "Start a large batch: get presigned upload URLs.",
+            "summary": "Start a large batch: get a presigned upload URL.",
             "parameters": [dataset_param],
             "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("UploadRequest")}}},
             "responses": {
@@ -360,14 +358,10 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             "batch_id": {"type": "string", "format": "uuid"},
             "expires_at": {"type": "string", "format": "date-time"},
             "method": {"type": "string", "enum": ["PUT"]},
-            "url": {"type": "string", "description": "Single-part upload URL (small batches)."},
-            "parts": {"type": "array", "maxItems": MAX_PARTS, "description": "Multipart upload URLs, in part order (large batches).",
-                      "items": {"type": "object", "properties": {"part_number": {"type": "integer"}, "url": {"type": "string"}},
-                                "required": ["part_number", "url"]}},
-            "complete_url": {"type": "string", "description": "Where to POST the parts' ETags once uploaded."},
+            "url": {"type": "string", "description": "Presigned URL that takes one PUT of the whole batch (up to 5 GB), with no other credentials."},
             "status_url": {"type": "string"},
         },
-        "required": ["batch_id", "expires_at", "method", "status_url"],
+        "required": ["batch_id", "expires_at", "method", "url", "status_url"],
     }));
     schemas.insert("Health".into(), json!({
         "type": "object",
