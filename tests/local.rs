@@ -795,3 +795,56 @@ async fn an_invalid_record_in_a_chunk_fails_the_batch_with_its_line_in_the_whole
         .get(0);
     assert_eq!(rows, 0);
 }
+
+#[tokio::test]
+async fn an_idempotent_retry_stores_a_batch_its_first_request_did_not_and_refuses_another_body() {
+    let local = Local::start("").await;
+    let body = event(1, "a");
+    let sha256: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(body.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    // As if an ingest died after recording the batch, before storing it.
+    let db = local.db().await;
+    let batch_id = uuid::Uuid::now_v7();
+    let key = format!("raw/events/2024-01-01/{batch_id}.ndjson");
+    db.execute(
+        "INSERT INTO pipeline.batches (batch_id, dataset, object_key, status, idempotency_key, records, sha256)
+         VALUES ($1, 'events', $2, 'received', 'crash-1', 1, $3)",
+        &[&batch_id, &key, &sha256],
+    )
+    .await
+    .expect("insert");
+    let key_header = [("idempotency-key", "crash-1")];
+    let (status, accepted) = local
+        .post_with(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            body.clone(),
+            &key_header,
+        )
+        .await;
+    assert_eq!(
+        (status, accepted["batch_id"].clone()),
+        (202, json!(batch_id.to_string()))
+    );
+    let batch = local.settled(&batch_id.to_string()).await;
+    assert_eq!(
+        (batch["status"].clone(), batch["inserted"].clone()),
+        (json!("loaded"), json!(1))
+    );
+
+    let (status, refused) = local
+        .post_with(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            event(2, "b"),
+            &key_header,
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(refused["error"], "idempotency_conflict");
+}

@@ -221,6 +221,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
                 "202": json_response("Accepted and stored; loading follows.", schema_ref("BatchAccepted")),
                 "400": json_response("Invalid records; nothing was stored.", schema_ref("BatchRejected")),
                 "404": error_response("No such dataset."),
+                "409": error_response("The Idempotency-Key was used for a batch with a different body."),
                 "413": error_response("The batch is larger than the inline limit; use an upload."),
                 "415": error_response("The content type does not match the dataset's format."),
                 "429": error_response("Too many requests."),

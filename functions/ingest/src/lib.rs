@@ -154,8 +154,36 @@ async fn post_batch(
     };
     let batch = match db::insert_batch(&**client, &new).await {
         Ok(Ok(batch)) => batch,
-        // A retry: the first answer again, nothing stored.
+        // A retry: the first answer again, nothing new stored.
         Ok(Err(earlier)) => {
+            if earlier.sha256.as_deref() != Some(sha256.as_str()) {
+                return api::error(
+                    StatusCode::CONFLICT,
+                    "idempotency_conflict",
+                    format!(
+                        "the Idempotency-Key was used for batch {} with a different body; use a new key for a new batch",
+                        earlier.batch_id
+                    ),
+                );
+            }
+            // The first request may have died between recording the batch
+            // and storing it: store it now, under the first batch's key.
+            if earlier.status == "received" {
+                match ctx.store.head(&earlier.object_key).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let metadata = object_metadata(earlier.batch_id, name, records, &sha256);
+                        if let Err(e) = ctx
+                            .store
+                            .put(&earlier.object_key, body.clone(), &metadata)
+                            .await
+                        {
+                            return api::unavailable("storage", &e);
+                        }
+                    }
+                    Err(e) => return api::unavailable("storage", &e),
+                }
+            }
             return api::json(
                 StatusCode::ACCEPTED,
                 &Accepted {
@@ -169,12 +197,7 @@ async fn post_batch(
         }
         Err(e) => return api::unavailable("the database", &e),
     };
-    let metadata = BTreeMap::from([
-        ("batch-id".to_string(), batch_id.to_string()),
-        ("dataset".to_string(), name.to_string()),
-        ("records".to_string(), records.to_string()),
-        ("sha256".to_string(), sha256.clone()),
-    ]);
+    let metadata = object_metadata(batch_id, name, records, &sha256);
     if let Err(e) = ctx.store.put(&key, body.clone(), &metadata).await {
         // Forget the batch so that a retry with the same key stores it.
         if let Err(e) = db::delete_batch(&**client, batch.batch_id).await {
@@ -301,6 +324,21 @@ async fn create_upload(
             status_url: format!("{prefix}/v1/batches/{}", batch.batch_id),
         },
     )
+}
+
+/// The metadata a stored batch carries, as S3 user metadata.
+fn object_metadata(
+    batch_id: uuid::Uuid,
+    dataset: &str,
+    records: i64,
+    sha256: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("batch-id".to_string(), batch_id.to_string()),
+        ("dataset".to_string(), dataset.to_string()),
+        ("records".to_string(), records.to_string()),
+        ("sha256".to_string(), sha256.to_string()),
+    ])
 }
 
 fn hex(bytes: &[u8]) -> String {
