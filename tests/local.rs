@@ -198,6 +198,11 @@ fn spawn(dir: &Path, env: &str, extra: &[&str]) -> Child {
         .expect("start pipeline local")
 }
 
+/// `SELECT count(*) ...`: the one number it answers.
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
 async fn connect(config: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(config, tokio_postgres::NoTls)
         .await
@@ -311,11 +316,7 @@ async fn an_idempotency_key_returns_the_first_batch_and_stores_nothing_new() {
     assert_eq!(first["batch_id"], second["batch_id"]);
     local.settled(first["batch_id"].as_str().expect("id")).await;
     let db = local.db().await;
-    let batches: i64 = db
-        .query_one("SELECT count(*) FROM pipeline.batches", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let batches = count(&db, "SELECT count(*) FROM pipeline.batches").await;
     assert_eq!(batches, 1);
     let objects = std::fs::read_dir(local.dir.path().join("data/objects/raw/events"))
         .expect("objects")
@@ -358,22 +359,14 @@ async fn a_batch_delivered_twice_loads_once() {
     .expect("enqueue");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let left: i64 = db
-            .query_one("SELECT count(*) FROM pipeline.local_queue", &[])
-            .await
-            .expect("count")
-            .get(0);
+        let left = count(&db, "SELECT count(*) FROM pipeline.local_queue").await;
         if left == 0 {
             break;
         }
         assert!(Instant::now() < deadline, "the redelivery was not consumed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rows: i64 = db
-        .query_one("SELECT count(*) FROM public.events", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let rows = count(&db, "SELECT count(*) FROM public.events").await;
     assert_eq!(rows, 5);
     let (_, batch) = local.get(&format!("/v1/batches/{batch_id}")).await;
     assert_eq!(
@@ -487,16 +480,8 @@ async fn malformed_input_is_refused_with_line_and_reason_and_nothing_is_loaded()
     );
 
     let db = local.db().await;
-    let batches: i64 = db
-        .query_one("SELECT count(*) FROM pipeline.batches", &[])
-        .await
-        .expect("count")
-        .get(0);
-    let rows: i64 = db
-        .query_one("SELECT count(*) FROM public.events", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let batches = count(&db, "SELECT count(*) FROM pipeline.batches").await;
+    let rows = count(&db, "SELECT count(*) FROM public.events").await;
     assert_eq!((batches, rows), (0, 0));
     assert!(!local.dir.path().join("data/objects/raw").exists());
 }
@@ -519,14 +504,7 @@ async fn a_loader_killed_mid_load_leaves_no_rows_and_loads_once_after_restart() 
     let db = local.db().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let waiting: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY%'",
-                &[],
-            )
-            .await
-            .expect("activity")
-            .get(0);
+        let waiting = count(&db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'COPY%'").await;
         if waiting > 0 {
             break;
         }
@@ -538,11 +516,7 @@ async fn a_loader_killed_mid_load_leaves_no_rows_and_loads_once_after_restart() 
     }
     local.kill();
     blocker.batch_execute("ROLLBACK").await.expect("unlock");
-    let rows: i64 = db
-        .query_one("SELECT count(*) FROM public.events", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let rows = count(&db, "SELECT count(*) FROM public.events").await;
     assert_eq!(rows, 0);
     let status: String = db
         .query_one(
@@ -562,11 +536,7 @@ async fn a_loader_killed_mid_load_leaves_no_rows_and_loads_once_after_restart() 
         (batch["status"].clone(), batch["inserted"].clone()),
         (json!("loaded"), json!(1000))
     );
-    let rows: i64 = db
-        .query_one("SELECT count(*) FROM public.events", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let rows = count(&db, "SELECT count(*) FROM public.events").await;
     assert_eq!(rows, 1000);
 }
 
@@ -688,11 +658,7 @@ async fn an_invalid_upload_fails_its_batch_with_the_first_error() {
         "{stdout}"
     );
     let db = local.db().await;
-    let rows: i64 = db
-        .query_one("SELECT count(*) FROM public.events", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let rows = count(&db, "SELECT count(*) FROM public.events").await;
     assert_eq!(rows, 0);
 }
 
@@ -751,11 +717,11 @@ async fn a_large_batch_loads_in_parallel_chunks_exactly_once() {
         kind, "chunked",
         "the first occurrence wins under on_conflict: ignore"
     );
-    let staging: i64 = db
-        .query_one("SELECT count(*) FROM pg_tables WHERE schemaname = 'pipeline' AND tablename LIKE 'stage_%'", &[])
-        .await
-        .expect("tables")
-        .get(0);
+    let staging = count(
+        &db,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'pipeline' AND tablename LIKE 'stage_%'",
+    )
+    .await;
     assert_eq!(staging, 0);
 }
 
@@ -788,11 +754,7 @@ async fn an_invalid_record_in_a_chunk_fails_the_batch_with_its_line_in_the_whole
         json!({"line": 1500, "column": "user_id", "reason": "expected a number, found a string"})
     );
     let db = local.db().await;
-    let rows: i64 = db
-        .query_one("SELECT count(*) FROM public.events", &[])
-        .await
-        .expect("count")
-        .get(0);
+    let rows = count(&db, "SELECT count(*) FROM public.events").await;
     assert_eq!(rows, 0);
 }
 

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::dataset::Dataset;
-use crate::db::{Copied, DbError, LoadOutcome, column_list, copy_decoded, ident, merge_stage};
+use crate::db::{
+    Copied, DbError, LoadOutcome, column_list, copy_decoded, ident, lock_batch, merge_stage,
+};
 use crate::records::{Decoder, MAX_RECORD_BYTES, RecordError};
 use crate::store::{ByteStream, Store, StoreError};
 
@@ -167,21 +169,8 @@ pub async fn begin(
     ranges: &[(u64, u64)],
 ) -> Result<Begin, DbError> {
     let tx = client.transaction().await?;
-    let status: Option<String> = tx
-        .query_opt(
-            "SELECT status FROM pipeline.batches WHERE batch_id = $1 FOR UPDATE",
-            &[&batch_id],
-        )
-        .await?
-        .map(|r| r.get(0));
-    match status.as_deref() {
-        None => return Err(DbError::NoBatch(batch_id)),
-        Some("loaded" | "failed") => {
-            return Ok(Begin::Done {
-                status: status.unwrap_or_default(),
-            });
-        }
-        _ => {}
+    if let Some(status) = lock_batch(&tx, batch_id).await? {
+        return Ok(Begin::Done { status });
     }
     let planned: i64 = tx
         .query_one(
@@ -347,14 +336,7 @@ where
         return Ok(None);
     }
     let tx = client.transaction().await?;
-    let status: Option<String> = tx
-        .query_opt(
-            "SELECT status FROM pipeline.batches WHERE batch_id = $1 FOR UPDATE",
-            &[&batch_id],
-        )
-        .await?
-        .map(|r| r.get(0));
-    if !matches!(status.as_deref(), Some("received" | "loading")) {
+    if lock_batch(&tx, batch_id).await?.is_some() {
         return Ok(None);
     }
     let failed = tx

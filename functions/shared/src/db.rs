@@ -591,21 +591,8 @@ where
         )
         .await?;
     let tx = client.transaction().await?;
-    let status: Option<String> = tx
-        .query_opt(
-            "SELECT status FROM pipeline.batches WHERE batch_id = $1 FOR UPDATE",
-            &[&batch_id],
-        )
-        .await?
-        .map(|r| r.get(0));
-    match status.as_deref() {
-        None => return Err(DbError::NoBatch(batch_id)),
-        Some("loaded" | "failed") => {
-            return Ok(LoadOutcome::AlreadyDone {
-                status: status.unwrap_or_default(),
-            });
-        }
-        _ => {}
+    if let Some(status) = lock_batch(&tx, batch_id).await? {
+        return Ok(LoadOutcome::AlreadyDone { status });
     }
     tx.batch_execute("SAVEPOINT direct").await?;
     let (records, inserted) = match copy_object(&tx, &table(name), dataset, open().await?).await? {
@@ -643,6 +630,26 @@ where
         inserted,
         duplicates: records - inserted,
     })
+}
+
+/// Locks the batch's row for the rest of the transaction. Returns its status
+/// when the batch is already loaded or failed, `None` while it is open.
+pub(crate) async fn lock_batch(
+    tx: &Transaction<'_>,
+    batch_id: uuid::Uuid,
+) -> Result<Option<String>, DbError> {
+    let status: Option<String> = tx
+        .query_opt(
+            "SELECT status FROM pipeline.batches WHERE batch_id = $1 FOR UPDATE",
+            &[&batch_id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    match status {
+        None => Err(DbError::NoBatch(batch_id)),
+        Some(s) if s == "loaded" || s == "failed" => Ok(Some(s)),
+        Some(_) => Ok(None),
+    }
 }
 
 /// Copies into a staging table and merges with the conflict rule. Returns
