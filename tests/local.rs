@@ -810,3 +810,82 @@ async fn an_idempotent_retry_stores_a_batch_its_first_request_did_not_and_refuse
     assert_eq!(status, 409);
     assert_eq!(refused["error"], "idempotency_conflict");
 }
+
+/// A CSV record whose sensor name holds a line break, so that it spans two lines.
+fn reading(i: u32, value: &str, quality: &str) -> String {
+    format!("\"sensor\n{i}\",2024-01-31T12:00:00Z,{value},{quality},true,2024-01-31\n")
+}
+
+#[tokio::test]
+async fn a_large_csv_batch_loads_in_chunks_following_its_quotes() {
+    let local = Local::start_with("", &["--chunk-size", "8000", "--workers", "3"]).await;
+    let mut body = String::from("sensor_id,read_at,value,quality,valid,day\n");
+    body.extend((1..=2000).map(|i| reading(i, &format!("{i}.5"), "1")));
+    body.push_str(&reading(7, "700.5", "9"));
+    let (status, accepted) = local
+        .post("/v1/datasets/readings/batches", "text/csv", body)
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let batch_id = accepted["batch_id"].as_str().expect("id").to_string();
+    let batch = local.settled(&batch_id).await;
+    assert_eq!(
+        (
+            batch["status"].clone(),
+            batch["records"].clone(),
+            batch["inserted"].clone(),
+            batch["duplicates"].clone()
+        ),
+        (json!("loaded"), json!(2001), json!(2000), json!(1))
+    );
+    let db = local.db().await;
+    let chunks = count(
+        &db,
+        &format!("SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = '{batch_id}'"),
+    )
+    .await;
+    assert!(chunks > 5, "{chunks} chunks");
+    let (value, quality): (f64, i32) = {
+        let row = db
+            .query_one(
+                "SELECT value, quality FROM public.readings WHERE sensor_id = $1",
+                &[&"sensor\n7"],
+            )
+            .await
+            .expect("row");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        (value, quality),
+        (700.5, 9),
+        "the last occurrence wins under on_conflict: update"
+    );
+
+    // An invalid record deep in the batch: its line counts the quoted line breaks.
+    let mut body = String::from("sensor_id,read_at,value,quality,valid,day\n");
+    body.extend((1..=2000).map(|i| reading(i, "1.5", if i == 1500 { "x" } else { "1" })));
+    // Inline, the batch is refused whole; uploaded, the loader finds the record.
+    let upload = json!({"size_bytes": body.len(), "content_type": "text/csv"});
+    let (_, accepted) = local
+        .post(
+            "/v1/datasets/readings/uploads",
+            "application/json",
+            serde_json::to_vec(&upload).expect("json"),
+        )
+        .await;
+    let put = local
+        .http
+        .put(accepted["url"].as_str().expect("url"))
+        .body(body)
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(put.status().as_u16(), 200);
+    let batch = local
+        .settled(accepted["batch_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(batch["status"], "failed");
+    assert_eq!(
+        batch["error"],
+        json!({"line": 3000, "column": "quality", "reason": "expected an integer from -2147483648 to 2147483647, found `x`"})
+    );
+}

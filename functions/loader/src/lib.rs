@@ -122,8 +122,7 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         .get()
         .await
         .map_err(|e| MessageError::Pool(e.to_string()))?;
-    let chunked = ctx.chunk_bytes > 0 && dataset.format == Format::Ndjson;
-    if let Some(queue) = ctx.chunk_queue.as_ref().filter(|_| chunked) {
+    if let Some(queue) = ctx.chunk_queue.as_ref().filter(|_| ctx.chunk_bytes > 0) {
         let size = ctx
             .store
             .head(key)
@@ -131,10 +130,21 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
             .map_err(DbError::from)?
             .map_or(0, |i| i.size);
         if size > ctx.chunk_bytes {
-            let ranges = chunks::plan(&ctx.store, key, size, ctx.chunk_bytes)
-                .await
-                .map_err(DbError::from)?;
-            return match chunks::begin(&mut client, name, batch_id, key, &ranges).await {
+            let (ranges, header) = match dataset.format {
+                Format::Ndjson => (
+                    chunks::plan(&ctx.store, key, size, ctx.chunk_bytes).await,
+                    None,
+                ),
+                Format::Csv => match chunks::plan_csv(&ctx.store, key, size, ctx.chunk_bytes).await
+                {
+                    Ok((ranges, header)) => (Ok(ranges), Some(header)),
+                    Err(e) => (Err(e), None),
+                },
+            };
+            let ranges = ranges.map_err(DbError::from)?;
+            let begun =
+                chunks::begin(&mut client, name, batch_id, key, &ranges, header.as_deref()).await;
+            return match begun {
                 Ok(Begin::Done { status }) => Ok(Handled::Loaded {
                     key: key.to_string(),
                     outcome: LoadOutcome::AlreadyDone { status },

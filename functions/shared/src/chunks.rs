@@ -1,7 +1,7 @@
 //! Large batches, loaded in parallel chunks.
 //!
-//! An NDJSON object above a threshold is cut into byte ranges that start on
-//! record boundaries. Each range is its own message (SQS in AWS, the local
+//! An object above a threshold is cut into byte ranges that start on record
+//! boundaries (for CSV, found by following the quotes from the start). Each range is its own message (SQS in AWS, the local
 //! queue on this machine), loaded by whichever loader gets it into the
 //! batch's staging table, in its own transaction; the chunk's row in
 //! `pipeline.batch_chunks` makes a redelivered chunk a no-op. When the last
@@ -33,6 +33,9 @@ pub struct ChunkMessage {
     pub chunk: u32,
     pub start: u64,
     pub end: u64,
+    /// The CSV header line, for the chunks after the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
 }
 
 /// Where chunk messages go: the loader's own queue.
@@ -149,6 +152,62 @@ pub async fn plan(
     Ok(ranges)
 }
 
+/// Cuts a CSV object into ranges of about `chunk_bytes` that start on record
+/// boundaries, and returns its header line. A quoted field may hold a line
+/// break, so the object is read once from the start, following the quotes.
+pub async fn plan_csv(
+    store: &Store,
+    key: &str,
+    size: u64,
+    chunk_bytes: u64,
+) -> Result<(Vec<(u64, u64)>, String), StoreError> {
+    let mut stream = store.get(key).await?;
+    let mut starts = vec![0u64];
+    let mut header: Option<Vec<u8>> = None;
+    let mut header_bytes = Vec::new();
+    let mut in_quotes = false;
+    let mut offset = 0u64;
+    let mut target = chunk_bytes;
+    while let Some(piece) = stream.next().await {
+        let piece = piece?;
+        if header.is_none() {
+            let keep = (MAX_RECORD_BYTES + 1)
+                .saturating_sub(header_bytes.len())
+                .min(piece.len());
+            header_bytes.extend_from_slice(&piece[..keep]);
+        }
+        for pos in memchr::memchr2_iter(b'"', b'\n', &piece) {
+            if piece[pos] == b'"' {
+                in_quotes = !in_quotes;
+                continue;
+            }
+            if in_quotes {
+                continue;
+            }
+            let next = offset + pos as u64 + 1;
+            if header.is_none() {
+                let len = (next as usize).min(header_bytes.len());
+                header = Some(header_bytes[..len].to_vec());
+                header_bytes = Vec::new();
+            }
+            if next >= target && next < size {
+                starts.push(next);
+                target = next + chunk_bytes;
+            }
+        }
+        offset += piece.len() as u64;
+    }
+    let header = header.unwrap_or(header_bytes);
+    let header = String::from_utf8_lossy(&header)
+        .trim_end_matches(['\n', '\r'])
+        .to_string();
+    let mut ranges = Vec::with_capacity(starts.len());
+    for (i, start) in starts.iter().enumerate() {
+        ranges.push((*start, starts.get(i + 1).copied().unwrap_or(size)));
+    }
+    Ok((ranges, header))
+}
+
 /// What starting a chunked load found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Begin {
@@ -167,6 +226,7 @@ pub async fn begin(
     batch_id: uuid::Uuid,
     key: &str,
     ranges: &[(u64, u64)],
+    header: Option<&str>,
 ) -> Result<Begin, DbError> {
     let tx = client.transaction().await?;
     if let Some(status) = lock_batch(&tx, batch_id).await? {
@@ -216,6 +276,9 @@ pub async fn begin(
                 chunk: r.get::<_, i32>(0) as u32,
                 start: r.get::<_, i64>(1) as u64,
                 end: r.get::<_, i64>(2) as u64,
+                header: header
+                    .filter(|_| r.get::<_, i32>(0) > 0)
+                    .map(str::to_string),
             })
             .collect(),
     ))
@@ -279,7 +342,15 @@ where
         column_list(dataset)
     );
     let decoder = Decoder::new(dataset).for_chunk(message.chunk);
-    let error = match copy_decoded(&tx, &sql, decoder, open().await?).await? {
+    let mut stream = open().await?;
+    if let Some(header) = &message.header {
+        // The header line, then the chunk's records: local line 1 is the header.
+        let line = bytes::Bytes::from(format!("{header}\n"));
+        stream = futures_util::stream::once(async move { Ok(line) })
+            .chain(stream)
+            .boxed();
+    }
+    let error = match copy_decoded(&tx, &sql, decoder, stream).await? {
         Copied::Rows(records) => {
             let n = records as i64;
             tx.execute(
@@ -298,8 +369,13 @@ where
             reason: "unexpected key conflict in the staging table".into(),
         },
     };
-    // The COPY was aborted: roll back, then record the chunk's error.
+    // The COPY was aborted: roll back, then record the chunk's error, with
+    // its line counted in the chunk's own bytes (without a repeated header).
     tx.rollback().await?;
+    let mut error = error;
+    if message.header.is_some() {
+        error.line = error.line.saturating_sub(1).max(1);
+    }
     let line = error.line as i64;
     client
         .execute(
