@@ -195,6 +195,7 @@ async fn chunk_messages_go_to_sqs_in_batches_of_ten() {
             chunk,
             start: u64::from(chunk) * 100,
             end: u64::from(chunk) * 100 + 100,
+            header: (chunk > 0).then(|| "a,b".to_string()),
         })
         .collect();
     SqsChunkQueue::new(client.clone(), &url)
