@@ -663,6 +663,8 @@ pub struct AppContext {
     pub read_targets: usize,
     pub batch_size: u32,
     pub max_concurrency: Option<u32>,
+    /// The ingest function's inline limit, in bytes.
+    pub max_inline_bytes: u64,
     pub access_log_format: String,
     pub proxy: bool,
     pub db_name: String,
@@ -872,6 +874,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
         deployment_id,
         read_targets: usize::from(spec.database.read_replicas).max(1),
         batch_size: spec.queue.batch_size,
+        max_inline_bytes: u64::from(spec.api.max_inline_batch_kib) * 1024,
         max_concurrency: spec.queue.max_concurrency,
         access_log_format: ACCESS_LOG_FORMAT.to_string(),
         proxy: spec.database.proxy,
