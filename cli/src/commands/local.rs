@@ -98,11 +98,23 @@ impl std::fmt::Display for Listening {
     }
 }
 
-/// An error of local mode, with what to do about it.
+/// An error of local mode: what failed, and why.
 fn local_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Local {
         message: format!("{what}: {e}"),
     }
+}
+
+/// An error and its causes on one line, as "error: cause: cause".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
@@ -143,7 +155,7 @@ async fn database(url: &str, env: &str) -> Result<(deadpool_postgres::Pool, Stri
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
         local_error(
             &format!("cannot connect to Postgres at {url} (set DATABASE_URL)"),
-            e,
+            with_causes(&e),
         )
     })?;
     let task = tokio::spawn(connection);

@@ -22,7 +22,7 @@ const COPY_PIECE: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -32,6 +32,16 @@ pub enum DbError {
     Foreign(String),
     #[error("no batch {0}")]
     NoBatch(uuid::Uuid),
+}
+
+/// A Postgres error with its cause: tokio-postgres shows only "db error"
+/// for errors the server sends.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
 }
 
 impl DbError {
