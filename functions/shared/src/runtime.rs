@@ -46,24 +46,80 @@ pub fn datasets() -> Result<BTreeMap<String, Dataset>, ConfigError> {
         .map_err(|e| invalid(format!("{} is not a datasets file", path.display()), &e))
 }
 
-/// A connection pool from `DATABASE_URL`.
+/// A connection pool from `DATABASE_URL`. With `sslmode=require` in the URL
+/// the connections use TLS and check the server's certificate and name
+/// against the CA certificates in the PEM file `PGSSLROOTCERT` (for RDS, the
+/// RDS CA bundle shipped with the function); there is no unverified TLS.
 pub fn pool(url: &str, size: usize) -> Result<deadpool_postgres::Pool, ConfigError> {
-    let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid {
-        what: "DATABASE_URL".into(),
+    pool_with_roots(
+        url,
+        size,
+        std::env::var_os("PGSSLROOTCERT").map(PathBuf::from),
+    )
+}
+
+/// [`pool`], with the CA file given rather than read from the environment.
+pub fn pool_with_roots(
+    url: &str,
+    size: usize,
+    roots: Option<PathBuf>,
+) -> Result<deadpool_postgres::Pool, ConfigError> {
+    let invalid = |what: &str, e: &dyn std::fmt::Display| ConfigError::Invalid {
+        what: what.into(),
         detail: e.to_string(),
     };
-    let config: tokio_postgres::Config = url.parse().map_err(|e| invalid(&e))?;
-    let manager = deadpool_postgres::Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
+    let config: tokio_postgres::Config = url.parse().map_err(|e| invalid("DATABASE_URL", &e))?;
+    let manager_config = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    };
+    let manager = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => {
+            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+        }
+        _ => {
+            let tls = tls(roots)?;
+            deadpool_postgres::Manager::from_config(config, tls, manager_config)
+        }
+    };
     deadpool_postgres::Pool::builder(manager)
         .max_size(size)
         .build()
-        .map_err(|e| invalid(&e))
+        .map_err(|e| invalid("DATABASE_URL", &e))
+}
+
+/// TLS that trusts only the CA certificates of a PEM file.
+pub fn tls(
+    root_file: Option<PathBuf>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let invalid = |what: String, e: &dyn std::fmt::Display| ConfigError::Invalid {
+        what,
+        detail: e.to_string(),
+    };
+    let path = root_file.ok_or(ConfigError::Missing("PGSSLROOTCERT"))?;
+    let pem =
+        std::fs::read(&path).map_err(|e| invalid(format!("cannot read {}", path.display()), &e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| invalid(format!("{} is not PEM", path.display()), &e))?;
+        roots
+            .add(cert)
+            .map_err(|e| invalid(format!("a certificate of {}", path.display()), &e))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(
+            format!("{}", path.display()),
+            &"holds no certificate",
+        ));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS".into(), &e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// The context of a function process: `PIPELINE_ENV`, the datasets,

@@ -434,3 +434,66 @@ async fn records_page_by_key_with_filters() {
             .is_err()
     );
 }
+
+/// The server's certificate file, which Debian's Postgres serves TLS with
+/// (a self-signed certificate for `localhost`).
+async fn server_certificate() -> std::path::PathBuf {
+    let admin = connect(ADMIN).await;
+    let path: String = admin
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .expect("ssl_cert_file")
+        .get(0);
+    std::path::PathBuf::from(path)
+}
+
+#[tokio::test]
+async fn tls_connections_check_the_server_certificate_and_name() {
+    use pipeline_shared::runtime::pool_with_roots;
+    let cert = server_certificate().await;
+    // Trusted CA, matching name: TLS.
+    let pool = pool_with_roots(
+        "postgres://postgres@localhost:5432/postgres?sslmode=require",
+        1,
+        Some(cert.clone()),
+    )
+    .expect("pool");
+    let client = pool.get().await.expect("a TLS connection to localhost");
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(ssl);
+    // The certificate names localhost, not 127.0.0.1: refused.
+    let pool = pool_with_roots(
+        "postgres://postgres@127.0.0.1:5432/postgres?sslmode=require",
+        1,
+        Some(cert),
+    )
+    .expect("pool");
+    assert!(pool.get().await.is_err());
+    // A CA that did not sign the server's certificate: refused.
+    let other = tempfile::NamedTempFile::new().expect("temp file");
+    let unrelated = include_str!("fixtures/unrelated-ca.pem");
+    std::fs::write(other.path(), unrelated).expect("write");
+    let pool = pool_with_roots(
+        "postgres://postgres@localhost:5432/postgres?sslmode=require",
+        1,
+        Some(other.path().to_path_buf()),
+    )
+    .expect("pool");
+    assert!(pool.get().await.is_err());
+    // No CA file: a configuration error, never unverified TLS.
+    assert!(
+        pool_with_roots(
+            "postgres://postgres@localhost/postgres?sslmode=require",
+            1,
+            None
+        )
+        .is_err()
+    );
+}
