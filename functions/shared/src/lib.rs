@@ -7,6 +7,7 @@ pub mod api;
 pub mod chunks;
 pub mod dataset;
 pub mod db;
+pub mod iam;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod records;

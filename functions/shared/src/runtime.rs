@@ -87,6 +87,81 @@ pub fn pool_with_roots(
         .map_err(|e| invalid("DATABASE_URL", &e))
 }
 
+/// A pool of IAM-authenticated TLS connections: each new connection signs a
+/// fresh token with `credentials` as its password.
+pub fn iam_pool(
+    host: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+    connect: crate::iam::IamConnect,
+    size: usize,
+) -> Result<deadpool_postgres::Pool, ConfigError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .dbname(dbname)
+        .user(user)
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let manager = deadpool_postgres::Manager::from_connect(
+        config,
+        connect,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| ConfigError::Invalid {
+            what: "the database pool".into(),
+            detail: e.to_string(),
+        })
+}
+
+/// The pool the templates configure: `DB_HOSTS` (one is chosen per process
+/// when there are several replicas), `DB_PORT`, `DB_NAME`, `DB_USER`, IAM
+/// authentication with the function's credentials, and TLS checked against
+/// `PGSSLROOTCERT` (default: `rds-ca.pem` beside the executable).
+async fn aws_pool(config: &aws_config::SdkConfig) -> Result<deadpool_postgres::Pool, ConfigError> {
+    let hosts = var("DB_HOSTS")?;
+    let hosts: Vec<&str> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    let host = hosts
+        .get(std::process::id() as usize % hosts.len().max(1))
+        .ok_or(ConfigError::Missing("DB_HOSTS"))?;
+    let port = var("DB_PORT")?
+        .parse()
+        .map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
+            what: "DB_PORT".into(),
+            detail: e.to_string(),
+        })?;
+    let roots = std::env::var_os("PGSSLROOTCERT")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join("rds-ca.pem")))
+        });
+    let credentials = config
+        .credentials_provider()
+        .ok_or(ConfigError::Missing("AWS credentials"))?;
+    let region = config
+        .region()
+        .map(|r| r.to_string())
+        .ok_or(ConfigError::Missing("AWS_REGION"))?;
+    let connect = crate::iam::IamConnect {
+        credentials,
+        region,
+        tls: tls(roots)?,
+    };
+    iam_pool(host, port, &var("DB_NAME")?, &var("DB_USER")?, connect, 4)
+}
+
 /// TLS that trusts only the CA certificates of a PEM file.
 pub fn tls(
     root_file: Option<PathBuf>,
@@ -122,19 +197,24 @@ pub fn tls(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
-/// The context of a function process: `PIPELINE_ENV`, the datasets,
-/// `DATABASE_URL`, and the objects in the S3 bucket `RAW_BUCKET` (with the
+/// The context of a function process: `PIPELINE_ENV`, the datasets, the
+/// database, and the objects in the S3 bucket `RAW_BUCKET` (with the
 /// standard AWS configuration: region, credentials, `AWS_ENDPOINT_URL`) or,
 /// outside AWS, in the directory `PIPELINE_OBJECTS_DIR`. In AWS, objects
 /// above `CHUNK_BYTES` (default 64 MiB) are loaded in chunks sent to the
-/// queue `QUEUE_URL`. IAM database authentication over TLS is not wired yet.
+/// queue `QUEUE_URL`, and without `DATABASE_URL` the database is reached
+/// with IAM authentication over TLS (see [`aws_pool`]).
 pub async fn context_from_env() -> Result<Context, ConfigError> {
     let env = var("PIPELINE_ENV")?;
     let datasets = datasets()?;
-    let pool = pool(&var("DATABASE_URL")?, 4)?;
     let aws = match std::env::var("RAW_BUCKET") {
         Ok(_) => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
         Err(_) => None,
+    };
+    let pool = match (std::env::var("DATABASE_URL"), &aws) {
+        (Ok(url), _) => pool(&url, 4)?,
+        (Err(_), Some(config)) => aws_pool(config).await?,
+        (Err(_), None) => return Err(ConfigError::Missing("DATABASE_URL")),
     };
     let store = match (&aws, std::env::var("RAW_BUCKET")) {
         (Some(config), Ok(bucket)) => {

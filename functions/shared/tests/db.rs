@@ -497,3 +497,31 @@ async fn tls_connections_check_the_server_certificate_and_name() {
         .is_err()
     );
 }
+
+/// The IAM connector: every new connection signs a token as its password and
+/// uses verified TLS. The local server trusts any password, so this checks the
+/// wiring and the TLS, not AWS's acceptance of the token.
+#[tokio::test]
+async fn iam_connections_sign_a_token_and_use_tls() {
+    use pipeline_shared::iam::IamConnect;
+    use pipeline_shared::runtime::{iam_pool, tls};
+    let cert = server_certificate().await;
+    let credentials =
+        aws_credential_types::Credentials::new("AKIDEXAMPLE", "secret", None, None, "test");
+    let connect = IamConnect {
+        credentials: aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+        region: "eu-west-1".into(),
+        tls: tls(Some(cert)).expect("tls"),
+    };
+    let pool = iam_pool("localhost", 5432, "postgres", "postgres", connect, 1).expect("pool");
+    let client = pool.get().await.expect("an IAM/TLS connection");
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(ssl);
+}
