@@ -72,14 +72,14 @@ pub fn pool_with_roots(
     let manager_config = deadpool_postgres::ManagerConfig {
         recycling_method: deadpool_postgres::RecyclingMethod::Fast,
     };
+    // `require` means verified TLS here; without it (`disable`, or the
+    // default `prefer`), plain connections, as to a local server.
     let manager = match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => {
-            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config)
-        }
-        _ => {
+        tokio_postgres::config::SslMode::Require => {
             let tls = tls(roots)?;
             deadpool_postgres::Manager::from_config(config, tls, manager_config)
         }
+        _ => deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config),
     };
     deadpool_postgres::Pool::builder(manager)
         .max_size(size)
