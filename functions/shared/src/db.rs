@@ -265,6 +265,41 @@ fn diff(name: &str, old: &Dataset, new: &Dataset) -> (Vec<String>, Vec<String>) 
     (statements, destructive)
 }
 
+/// The functions' database users: each may do what its function does and no
+/// more. In RDS they log in with IAM tokens (the `rds_iam` role); the
+/// statements are safe to run again.
+fn grants(datasets: &BTreeMap<String, Dataset>) -> String {
+    const USERS: [&str; 3] = ["pipeline_ingest", "pipeline_loader", "pipeline_query"];
+    let mut sql = String::from("DO $$ BEGIN\n");
+    for user in USERS {
+        sql.push_str(&format!(
+            "  BEGIN CREATE ROLE {user} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END;\n"
+        ));
+    }
+    sql.push_str(&format!(
+        "  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam') THEN GRANT rds_iam TO {}; END IF;\nEND $$;\n",
+        USERS.join(", ")
+    ));
+    sql.push_str(&format!(
+        "GRANT USAGE ON SCHEMA pipeline, public TO {};\n",
+        USERS.join(", ")
+    ));
+    sql.push_str(
+        "GRANT SELECT, INSERT, DELETE ON pipeline.batches TO pipeline_ingest;
+         GRANT SELECT, UPDATE ON pipeline.batches TO pipeline_loader;
+         GRANT SELECT, INSERT, UPDATE ON pipeline.batch_chunks TO pipeline_loader;
+         GRANT CREATE ON SCHEMA pipeline TO pipeline_loader;
+         GRANT SELECT ON pipeline.batches TO pipeline_query;\n",
+    );
+    for name in datasets.keys() {
+        let t = table(name);
+        sql.push_str(&format!(
+            "GRANT SELECT, INSERT, UPDATE ON {t} TO pipeline_loader;\nGRANT SELECT ON {t} TO pipeline_query;\n"
+        ));
+    }
+    sql
+}
+
 /// Brings the database in line with the datasets, in one transaction under
 /// an advisory lock so that concurrent migrations wait for each other.
 /// Additive changes apply; changes that can lose data are refused unless the
@@ -337,6 +372,7 @@ pub async fn migrate(
         .await?;
         report.statements.extend(statements);
     }
+    tx.batch_execute(&grants(datasets)).await?;
     tx.commit().await?;
     Ok(report)
 }

@@ -206,6 +206,21 @@ async fn migrations_add_and_refuse_destructive_changes() {
         report.statements,
         vec!["ALTER TABLE public.\"events\" DROP COLUMN \"amount\""]
     );
+    // The functions' users may do what their function does, and no more.
+    for (user, privilege, table, expected) in [
+        ("pipeline_loader", "INSERT", "public.events", true),
+        ("pipeline_loader", "UPDATE", "public.events", true),
+        ("pipeline_loader", "DELETE", "public.events", false),
+        ("pipeline_query", "SELECT", "public.events", true),
+        ("pipeline_query", "INSERT", "public.events", false),
+        ("pipeline_ingest", "INSERT", "pipeline.batches", true),
+        ("pipeline_ingest", "SELECT", "public.events", false),
+        ("pipeline_query", "UPDATE", "pipeline.batches", false),
+    ] {
+        let sql = format!("SELECT has_table_privilege('{user}', '{table}', '{privilege}')");
+        let allowed: bool = client.query_one(&sql, &[]).await.expect("privilege").get(0);
+        assert_eq!(allowed, expected, "{user} {privilege} {table}");
+    }
 }
 
 #[tokio::test]
