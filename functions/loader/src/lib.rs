@@ -235,12 +235,17 @@ enum Action {
     Migrate,
 }
 
+/// Whether a payload is an action (from the deploy) rather than an SQS event.
+pub fn is_action(payload: &serde_json::Value) -> bool {
+    payload.get("action").is_some()
+}
+
 /// Handles any invocation: an SQS event (the queue), or an action (the deploy).
 pub async fn invoke(
     ctx: &Context,
     payload: serde_json::Value,
 ) -> Result<serde_json::Value, MessageError> {
-    if payload.get("action").is_some() {
+    if is_action(&payload) {
         let action: Action =
             serde_json::from_value(payload).map_err(|e| MessageError::NotS3(e.to_string()))?;
         return match action {

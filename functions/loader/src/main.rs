@@ -13,6 +13,13 @@ async fn main() -> Result<(), Error> {
     let ctx = runtime::context_from_env().await?;
     let ctx = &ctx;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        if loader::is_action(&event.payload) {
+            // Migrations run as the database's administrator.
+            let admin = runtime::admin_context(ctx).await?;
+            return loader::invoke(&admin, event.payload)
+                .await
+                .map_err(Error::from);
+        }
         loader::invoke(ctx, event.payload)
             .await
             .map_err(Error::from)

@@ -140,13 +140,7 @@ async fn aws_pool(config: &aws_config::SdkConfig) -> Result<deadpool_postgres::P
             what: "DB_PORT".into(),
             detail: e.to_string(),
         })?;
-    let roots = std::env::var_os("PGSSLROOTCERT")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(|d| d.join("rds-ca.pem")))
-        });
+    let roots = root_file();
     let credentials = config
         .credentials_provider()
         .ok_or(ConfigError::Missing("AWS credentials"))?;
@@ -160,6 +154,111 @@ async fn aws_pool(config: &aws_config::SdkConfig) -> Result<deadpool_postgres::P
         tls: tls(roots)?,
     };
     iam_pool(host, port, &var("DB_NAME")?, &var("DB_USER")?, connect, 4)
+}
+
+/// The administrator's credentials, as the database's secret holds them
+/// (RDS adds the primary's `host` and `port` to it).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct AdminSecret {
+    pub username: String,
+    pub password: String,
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+/// Shows everything but the password, so that no log can leak it.
+impl std::fmt::Debug for AdminSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSecret")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+/// Reads the administrator's credentials from Secrets Manager.
+pub async fn admin_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+) -> Result<AdminSecret, ConfigError> {
+    let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid {
+        what: format!("the database secret {secret_id}"),
+        detail: e.to_string(),
+    };
+    let out = client
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| invalid(&aws_sdk_secretsmanager::error::DisplayErrorContext(e)))?;
+    let text = out
+        .secret_string()
+        .ok_or_else(|| invalid(&"holds no string"))?;
+    serde_json::from_str(text).map_err(|e| invalid(&e))
+}
+
+/// A pool connected as the administrator (for migrations), with the
+/// credentials of `DB_SECRET_ARN`, over the same verified TLS.
+pub async fn admin_pool(
+    config: &aws_config::SdkConfig,
+) -> Result<deadpool_postgres::Pool, ConfigError> {
+    let secret = admin_secret(
+        &aws_sdk_secretsmanager::Client::new(config),
+        &var("DB_SECRET_ARN")?,
+    )
+    .await?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&secret.host)
+        .port(secret.port)
+        .user(&secret.username)
+        .password(&secret.password)
+        .dbname(&var("DB_NAME")?)
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tls(root_file())?,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(1)
+        .build()
+        .map_err(|e| ConfigError::Invalid {
+            what: "the administrator's pool".into(),
+            detail: e.to_string(),
+        })
+}
+
+/// The context for the `migrate` action: connected as the administrator when
+/// `DB_SECRET_ARN` names the database's secret, else the function's own.
+pub async fn admin_context(ctx: &Context) -> Result<Context, ConfigError> {
+    if std::env::var_os("DB_SECRET_ARN").is_none() {
+        return Ok(ctx.clone());
+    }
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    Ok(Context {
+        pool: admin_pool(&config).await?,
+        ..ctx.clone()
+    })
+}
+
+/// `PGSSLROOTCERT`, or `rds-ca.pem` beside the executable.
+fn root_file() -> Option<PathBuf> {
+    std::env::var_os("PGSSLROOTCERT")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join("rds-ca.pem")))
+        })
 }
 
 /// TLS that trusts only the CA certificates of a PEM file.

@@ -232,3 +232,45 @@ async fn chunk_messages_go_to_sqs_in_batches_of_ten() {
     received.sort_by_key(|m| m.chunk);
     assert_eq!(received, messages);
 }
+
+#[tokio::test]
+async fn the_administrators_secret_is_read_from_secrets_manager() {
+    use pipeline_shared::runtime::{AdminSecret, admin_secret};
+    let moto = start_moto();
+    let credentials =
+        aws_sdk_secretsmanager::config::Credentials::new("testing", "testing", None, None, "tests");
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new("eu-west-1"))
+        .endpoint_url(&moto.url)
+        .credentials_provider(credentials)
+        .build();
+    let client = aws_sdk_secretsmanager::Client::from_conf(config);
+    // As RDS leaves it once the secret is attached to the instance.
+    let value = r#"{"username":"pipeline_admin","password":"p@ss","engine":"postgres","host":"db.example.internal","port":5432,"dbInstanceIdentifier":"db"}"#;
+    let arn = client
+        .create_secret()
+        .name("pipeline-dev-db")
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create secret")
+        .arn()
+        .unwrap_or("")
+        .to_string();
+    let secret = admin_secret(&client, &arn).await.expect("secret");
+    assert_eq!(
+        secret,
+        AdminSecret {
+            username: "pipeline_admin".into(),
+            password: "p@ss".into(),
+            host: "db.example.internal".into(),
+            port: 5432,
+        }
+    );
+    assert!(
+        !format!("{secret:?}").contains("p@ss"),
+        "the password must not show in logs"
+    );
+    assert!(admin_secret(&client, "no-such-secret").await.is_err());
+}
