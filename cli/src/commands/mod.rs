@@ -9,7 +9,6 @@ pub mod schema;
 pub mod synth;
 pub mod validate;
 
-use serde::Serialize;
 
 use crate::error::Error;
 use crate::output::Ui;
@@ -134,7 +133,3 @@ pub fn load_error(error: LoadError, loader: &Loader) -> Error {
         },
     }
 }
-
-/// Environment list entries for JSON output.
-#[derive(Debug, Serialize)]
-pub struct Files<'a>(pub &'a [String]);
