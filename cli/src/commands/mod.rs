@@ -9,7 +9,6 @@ pub mod schema;
 pub mod synth;
 pub mod validate;
 
-
 use crate::error::Error;
 use crate::output::Ui;
 use crate::spec::diag::ProblemRecord;
