@@ -64,27 +64,53 @@ pub fn pool_with_roots(
     size: usize,
     roots: Option<PathBuf>,
 ) -> Result<deadpool_postgres::Pool, ConfigError> {
-    let invalid = |what: &str, e: &dyn std::fmt::Display| ConfigError::Invalid {
-        what: what.into(),
-        detail: e.to_string(),
-    };
-    let config: tokio_postgres::Config = url.parse().map_err(|e| invalid("DATABASE_URL", &e))?;
-    let manager_config = deadpool_postgres::ManagerConfig {
+    let config: tokio_postgres::Config =
+        url.parse()
+            .map_err(|e: tokio_postgres::Error| ConfigError::Invalid {
+                what: "DATABASE_URL".into(),
+                detail: e.to_string(),
+            })?;
+    config_pool(config, size, roots, "DATABASE_URL")
+}
+
+fn manager_config() -> deadpool_postgres::ManagerConfig {
+    deadpool_postgres::ManagerConfig {
         recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-    };
-    // `require` means verified TLS here; without it (`disable`, or the
-    // default `prefer`), plain connections, as to a local server.
+    }
+}
+
+/// A pool for a connection configuration: `sslmode=require` means verified
+/// TLS here; without it (`disable`, or the default `prefer`), plain
+/// connections, as to a local server.
+fn config_pool(
+    config: tokio_postgres::Config,
+    size: usize,
+    roots: Option<PathBuf>,
+    what: &str,
+) -> Result<deadpool_postgres::Pool, ConfigError> {
     let manager = match config.get_ssl_mode() {
         tokio_postgres::config::SslMode::Require => {
-            let tls = tls(roots)?;
-            deadpool_postgres::Manager::from_config(config, tls, manager_config)
+            deadpool_postgres::Manager::from_config(config, tls(roots)?, manager_config())
         }
-        _ => deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+        _ => {
+            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config())
+        }
     };
+    build(manager, size, what)
+}
+
+fn build(
+    manager: deadpool_postgres::Manager,
+    size: usize,
+    what: &str,
+) -> Result<deadpool_postgres::Pool, ConfigError> {
     deadpool_postgres::Pool::builder(manager)
         .max_size(size)
         .build()
-        .map_err(|e| invalid("DATABASE_URL", &e))
+        .map_err(|e| ConfigError::Invalid {
+            what: what.into(),
+            detail: e.to_string(),
+        })
 }
 
 /// A pool of IAM-authenticated TLS connections: each new connection signs a
@@ -104,20 +130,8 @@ pub fn iam_pool(
         .dbname(dbname)
         .user(user)
         .ssl_mode(tokio_postgres::config::SslMode::Require);
-    let manager = deadpool_postgres::Manager::from_connect(
-        config,
-        connect,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
-    deadpool_postgres::Pool::builder(manager)
-        .max_size(size)
-        .build()
-        .map_err(|e| ConfigError::Invalid {
-            what: "the database pool".into(),
-            detail: e.to_string(),
-        })
+    let manager = deadpool_postgres::Manager::from_connect(config, connect, manager_config());
+    build(manager, size, "the database pool")
 }
 
 /// The pool the templates configure: `DB_HOSTS` (one is chosen per process
@@ -221,20 +235,7 @@ pub async fn admin_pool(
         .password(&secret.password)
         .dbname(&var("DB_NAME")?)
         .ssl_mode(tokio_postgres::config::SslMode::Require);
-    let manager = deadpool_postgres::Manager::from_config(
-        pg,
-        tls(root_file())?,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
-    deadpool_postgres::Pool::builder(manager)
-        .max_size(1)
-        .build()
-        .map_err(|e| ConfigError::Invalid {
-            what: "the administrator's pool".into(),
-            detail: e.to_string(),
-        })
+    config_pool(pg, 1, root_file(), "the administrator's pool")
 }
 
 /// The context for the `migrate` action: connected as the administrator when

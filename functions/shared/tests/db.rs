@@ -450,6 +450,18 @@ async fn records_page_by_key_with_filters() {
     );
 }
 
+/// Whether the connection is encrypted, as the server sees it.
+async fn uses_tls(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0)
+}
+
 /// The server's certificate file, which Debian's Postgres serves TLS with
 /// (a self-signed certificate for `localhost`).
 async fn server_certificate() -> std::path::PathBuf {
@@ -474,15 +486,7 @@ async fn tls_connections_check_the_server_certificate_and_name() {
     )
     .expect("pool");
     let client = pool.get().await.expect("a TLS connection to localhost");
-    let ssl: bool = client
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .expect("pg_stat_ssl")
-        .get(0);
-    assert!(ssl);
+    assert!(uses_tls(&client).await);
     // The certificate names localhost, not 127.0.0.1: refused.
     let pool = pool_with_roots(
         "postgres://postgres@127.0.0.1:5432/postgres?sslmode=require",
@@ -530,13 +534,5 @@ async fn iam_connections_sign_a_token_and_use_tls() {
     };
     let pool = iam_pool("localhost", 5432, "postgres", "postgres", connect, 1).expect("pool");
     let client = pool.get().await.expect("an IAM/TLS connection");
-    let ssl: bool = client
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .expect("pg_stat_ssl")
-        .get(0);
-    assert!(ssl);
+    assert!(uses_tls(&client).await);
 }
