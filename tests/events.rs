@@ -53,6 +53,7 @@ async fn api_gateway_and_sqs_events_drive_the_handlers() {
         pool,
         max_inline_bytes: 1 << 20,
         chunk_bytes: 0,
+        upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
         chunk_queue: None,
     };
     loader::migrate(&ctx).await.expect("migrate");

@@ -644,6 +644,126 @@ async fn push_goes_through_an_upload_when_large_and_query_reads_back() {
 }
 
 #[tokio::test]
+async fn a_batch_above_the_part_size_goes_up_in_parts_and_loads_once() {
+    let local = Local::start_with(
+        "api:\n  max_inline_batch_kib: 1\n",
+        &["--upload-part-size", "1000"],
+    )
+    .await;
+    let body: String = (1..=100).map(|i| event(i, "multi")).collect();
+    assert!(body.len() > 5000);
+    std::fs::write(local.dir.path().join("batch.ndjson"), &body).expect("write batch");
+    let out = client(
+        &local,
+        &[
+            "--output",
+            "json",
+            "push",
+            "-d",
+            "events",
+            "batch.ndjson",
+            "--wait",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(pushed["via"], "upload");
+    assert_eq!(pushed["batch"]["inserted"], 100);
+    let db = local.db().await;
+    let rows = count(
+        &db,
+        "SELECT count(*) FROM public.events WHERE kind = 'multi'",
+    )
+    .await;
+    assert_eq!(rows, 100);
+    // The joined object is the file, byte for byte, and no part is left over.
+    let batch_id = pushed["batch_id"].as_str().expect("batch id");
+    let objects = local.dir.path().join("data").join("objects");
+    let stored = walk(&objects);
+    let object = stored
+        .iter()
+        .find(|p| p.to_string_lossy().contains(batch_id) && !p.to_string_lossy().contains(".meta"))
+        .expect("object stored");
+    assert!(std::fs::read_to_string(object).expect("read") == body);
+    assert!(
+        stored
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".multipart")),
+        "{stored:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_multipart_completion_with_a_missing_part_is_refused() {
+    let local = Local::start_with("", &["--upload-part-size", "100"]).await;
+    let body: String = (1..=5).map(|i| event(i, "gap")).collect();
+    let upload = json!({"size_bytes": body.len(), "content_type": "application/x-ndjson"});
+    let (status, started) = local
+        .post(
+            "/v1/datasets/events/uploads",
+            "application/json",
+            serde_json::to_vec(&upload).expect("json"),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    assert!(started.get("url").is_none(), "{started}");
+    let parts = started["parts"].as_array().expect("parts");
+    assert_eq!(parts.len(), body.len().div_ceil(100));
+    let http = reqwest::Client::new();
+    let first = &parts[0];
+    let response = http
+        .put(first["url"].as_str().expect("url"))
+        .body(body[..100].to_string())
+        .send()
+        .await
+        .expect("PUT part");
+    assert_eq!(response.status(), 200);
+    let etag = response.headers()["etag"]
+        .to_str()
+        .expect("etag")
+        .to_string();
+    let batch_id = started["batch_id"].as_str().expect("batch id");
+    let complete = json!({
+        "upload_id": started["upload_id"],
+        "parts": [{"part_number": 1, "etag": etag}, {"part_number": 2, "etag": "\"x\""}],
+    });
+    let (status, answer) = local
+        .post(
+            &format!("/v1/batches/{batch_id}/complete"),
+            "application/json",
+            serde_json::to_vec(&complete).expect("json"),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"], "invalid_upload");
+    assert_eq!(answer["message"], "part 2 was not uploaded");
+    let (status, batch) = local.get(&format!("/v1/batches/{batch_id}")).await;
+    assert_eq!((status, batch["status"].as_str()), (200, Some("received")));
+}
+
+/// Every file under a directory.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
 async fn an_invalid_upload_fails_its_batch_with_the_first_error() {
     let local = Local::start("api:\n  max_inline_batch_kib: 1\n").await;
     let mut body: String = (1..=10).map(|i| event(i, "x")).collect();

@@ -19,7 +19,9 @@ use futures_util::future::BoxFuture;
 use pipeline_shared::api::Context;
 use pipeline_shared::chunks::{ChunkBody, ChunkMessage, ChunkQueue};
 use pipeline_shared::runtime::DEFAULT_CHUNK_BYTES;
-use pipeline_shared::store::{LocalStore, Notify, Signer, Store};
+use pipeline_shared::store::{
+    DEFAULT_UPLOAD_PART_BYTES, LocalStore, Notify, Signer, Store, UploadTarget, hex,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -64,6 +66,11 @@ pub struct Args {
     /// about this size (0: never).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_BYTES)]
     pub chunk_size: u64,
+    /// Uploads larger than this many bytes are multipart uploads, in parts of
+    /// this size.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_UPLOAD_PART_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_part_size: u64,
 }
 
 /// Printed once the server listens.
@@ -472,8 +479,10 @@ async fn dispatch(
     respond(response)
 }
 
-/// `PUT /local-uploads/<key>?expires=..&signature=..`: what a presigned S3
-/// PUT does, streamed to a file and then stored whole.
+/// `PUT /local-uploads/<key>?[uploadId=..&partNumber=..&]expires=..&signature=..`:
+/// what a presigned S3 PUT of an object or of a part does, streamed to a
+/// file; an object is then stored whole, a part kept until its upload
+/// completes. The answer's `ETag` is the SHA-256 of the body.
 async fn upload(
     server: &Server,
     key: &str,
@@ -494,17 +503,31 @@ async fn upload(
     }
     let mut expires = 0i64;
     let mut signature = String::new();
+    let mut upload_id = None;
+    let mut part_number = 0u32;
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "expires" => expires = v.parse().unwrap_or(0),
             "signature" => signature = v.into_owned(),
+            "uploadId" => upload_id = Some(v.into_owned()),
+            "partNumber" => part_number = v.parse().unwrap_or(0),
             _ => {}
         }
     }
-    if !server
-        .objects
-        .verify_upload(key, expires, &signature, chrono::Utc::now().timestamp())
-    {
+    let target = match &upload_id {
+        Some(upload_id) => UploadTarget::Part {
+            upload_id,
+            part_number,
+        },
+        None => UploadTarget::Whole,
+    };
+    if !server.objects.verify_upload(
+        key,
+        target,
+        expires,
+        &signature,
+        chrono::Utc::now().timestamp(),
+    ) {
         return error(
             http::StatusCode::FORBIDDEN,
             "forbidden",
@@ -548,15 +571,36 @@ async fn upload(
         return pipeline_shared::api::unavailable("local storage", &e);
     }
     drop(file);
-    let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    let metadata = std::collections::BTreeMap::from([
-        ("batch-id".to_string(), batch_id.to_string()),
-        ("dataset".to_string(), dataset.to_string()),
-        ("sha256".to_string(), sha256.clone()),
-    ]);
-    if let Err(e) = server.objects.put_file(key, &tmp, &metadata).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return pipeline_shared::api::unavailable("local storage", &e);
+    let sha256 = hex(&hash.finalize());
+    let stored = match target {
+        UploadTarget::Part {
+            upload_id,
+            part_number,
+        } => {
+            server
+                .objects
+                .put_part(key, upload_id, part_number, &tmp)
+                .await
+        }
+        UploadTarget::Whole => {
+            let metadata = std::collections::BTreeMap::from([
+                ("batch-id".to_string(), batch_id.to_string()),
+                ("dataset".to_string(), dataset.to_string()),
+                ("sha256".to_string(), sha256.clone()),
+            ]);
+            server.objects.put_file(key, &tmp, &metadata).await
+        }
+    };
+    match stored {
+        Ok(()) => {}
+        Err(pipeline_shared::store::StoreError::InvalidUpload(reason)) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return error(http::StatusCode::NOT_FOUND, "no_such_upload", reason);
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return pipeline_shared::api::unavailable("local storage", &e);
+        }
     }
     http::Response::builder()
         .header(http::header::ETAG, format!("\"{sha256}\""))
@@ -605,6 +649,7 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
         pool: pool.clone(),
         max_inline_bytes: spec.api.max_inline_batch_kib as usize * 1024,
         chunk_bytes: args.chunk_size,
+        upload_part_bytes: args.upload_part_size,
         chunk_queue: Some(queue),
     };
     let report = loader::migrate(&ctx)

@@ -213,44 +213,146 @@ async fn upload(
         return Err(api_error(status, &body));
     }
     let batch_id = body["batch_id"].as_str().unwrap_or("").to_string();
-    let url = body["url"]
-        .as_str()
-        .ok_or_else(|| client_error("the upload answer has no single-part URL"))?
-        .to_string();
-    let file = tokio::fs::File::open(&args.file)
-        .await
-        .map_err(|source| Error::Read {
-            path: args.file.display().to_string(),
-            source,
-        })?;
     let progress = progress_bar(bytes, ui);
-    let bar = progress.clone();
+    match (body["url"].as_str(), body["parts"].as_array()) {
+        (Some(url), _) => {
+            let part = Part {
+                part_number: 0,
+                offset: 0,
+                size: bytes,
+                url: url.to_string(),
+            };
+            put_part(api, &args.file, &part, progress.as_ref()).await?;
+        }
+        (None, Some(parts)) => {
+            let parts: Vec<Part> =
+                serde_json::from_value(Value::Array(parts.clone())).map_err(|e| {
+                    client_error(format!("the upload answer's parts are not valid: {e}"))
+                })?;
+            let upload_id = body["upload_id"].as_str().unwrap_or("");
+            multipart(api, args, &batch_id, upload_id, &parts, progress.as_ref()).await?;
+        }
+        (None, None) => return Err(client_error("the upload answer has no URL and no parts")),
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    ui.info(format_args!("uploaded {bytes} bytes"));
+    Ok(batch_id)
+}
+
+/// One PUT of an upload: the whole batch, or one part of it.
+#[derive(Debug, serde::Deserialize)]
+struct Part {
+    part_number: u32,
+    offset: u64,
+    size: u64,
+    url: String,
+}
+
+/// Parts uploaded at once.
+const PARALLEL_PARTS: usize = 4;
+/// Tries of a part before the push gives up.
+const PART_TRIES: u32 = 3;
+
+/// Uploads the parts, a few at a time, each retried alone, then asks the
+/// API to join them.
+async fn multipart(
+    api: &Api,
+    args: &Args,
+    batch_id: &str,
+    upload_id: &str,
+    parts: &[Part],
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<(), Error> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let mut etags: Vec<(u32, String)> = futures_util::stream::iter(parts)
+        .map(|part| async move {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match put_part(api, &args.file, part, progress).await {
+                    Ok(etag) => return Ok((part.part_number, etag)),
+                    Err(e) if tries >= PART_TRIES => return Err(e),
+                    Err(_) => {
+                        if let Some(bar) = progress {
+                            bar.set_position(bar.position().saturating_sub(part.size));
+                        }
+                    }
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL_PARTS)
+        .try_collect()
+        .await?;
+    etags.sort();
+    let completed: Vec<Value> = etags
+        .into_iter()
+        .map(|(part_number, etag)| serde_json::json!({"part_number": part_number, "etag": etag}))
+        .collect();
+    let request = api
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/batches/{batch_id}/complete"),
+        )
+        .json(&serde_json::json!({"upload_id": upload_id, "parts": completed}));
+    let (status, body) = api.send(request).await?;
+    if status != 202 {
+        return Err(api_error(status, &body));
+    }
+    Ok(())
+}
+
+/// PUTs bytes `offset..offset + size` of the file to the part's URL; the
+/// answer's ETag.
+async fn put_part(
+    api: &Api,
+    path: &std::path::Path,
+    part: &Part,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<String, Error> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let read_error = |source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    file.seek(std::io::SeekFrom::Start(part.offset))
+        .await
+        .map_err(read_error)?;
+    let bar = progress.cloned();
     let stream = futures_util::StreamExt::inspect(
-        tokio_util::io::ReaderStream::with_capacity(file, 1 << 20),
+        tokio_util::io::ReaderStream::with_capacity(file.take(part.size), 1 << 20),
         move |chunk| {
             if let (Ok(chunk), Some(bar)) = (chunk, &bar) {
                 bar.inc(chunk.len() as u64);
             }
         },
     );
+    let what = if part.part_number == 0 {
+        "the upload".to_string()
+    } else {
+        format!("the upload of part {}", part.part_number)
+    };
     let response = api
         .http
-        .put(&url)
-        .header("content-length", bytes)
+        .put(&part.url)
+        .header("content-length", part.size)
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await
-        .map_err(|e| client_error(format!("the upload failed: {e}")))?;
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
+        .map_err(|e| client_error(format!("{what} failed: {e}")))?;
     if !response.status().is_success() {
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         return Err(api_error(status, &body));
     }
-    ui.info(format_args!("uploaded {bytes} bytes"));
-    Ok(batch_id)
+    Ok(response
+        .headers()
+        .get(reqwest::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string())
 }
 
 /// A progress bar on a terminal; nothing otherwise.

@@ -244,6 +244,21 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         }))}),
     );
     paths.insert(
+        "/v1/batches/{batch_id}/complete".into(),
+        json!({"post": op(Target::Ingest, json!({
+            "operationId": "completeUpload",
+            "summary": "Finish a multipart upload: join its parts into the batch, which then loads.",
+            "parameters": [{"name": "batch_id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("UploadComplete")}}},
+            "responses": {
+                "202": json_response("The batch is stored; loading follows. Completing again answers the same.", schema_ref("UploadCompleted")),
+                "400": error_response("A part is missing, out of order, or its ETag does not match; the upload can be completed again once fixed."),
+                "404": error_response("No such batch."),
+                "429": error_response("Too many requests."),
+            }
+        }))}),
+    );
+    paths.insert(
         "/v1/batches/{batch_id}".into(),
         json!({"get": op(Target::Query, json!({
             "operationId": "getBatch",
@@ -355,15 +370,57 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
     }));
     schemas.insert("Upload".into(), json!({
         "type": "object",
+        "description": "Either `url`, for a batch that fits in one part, or `upload_id`, `parts` and `complete_url`: PUT each part's bytes to its URL (in any order, in parallel), keep the `ETag` header of each answer, then POST them to `complete_url`.",
         "properties": {
             "batch_id": {"type": "string", "format": "uuid"},
             "expires_at": {"type": "string", "format": "date-time"},
             "method": {"type": "string", "enum": ["PUT"]},
-            "url": {"type": "string", "description": "Presigned URL that takes one PUT of the whole batch (up to 5 GB), with no other credentials."},
+            "url": {"type": "string", "description": "Presigned URL that takes one PUT of the whole batch, with no other credentials."},
+            "upload_id": {"type": "string"},
+            "parts": {"type": "array", "maxItems": 10000, "items": schema_ref("UploadPart")},
+            "complete_url": {"type": "string"},
             "status_url": {"type": "string"},
         },
-        "required": ["batch_id", "expires_at", "method", "url", "status_url"],
+        "required": ["batch_id", "expires_at", "method", "status_url"],
     }));
+    schemas.insert("UploadPart".into(), json!({
+        "type": "object",
+        "properties": {
+            "part_number": {"type": "integer", "minimum": 1, "maximum": 10000},
+            "offset": {"type": "integer", "minimum": 0, "description": "First byte of the batch in this part."},
+            "size": {"type": "integer", "minimum": 1, "description": "Bytes in this part."},
+            "url": {"type": "string", "description": "Presigned URL that takes one PUT of the part."},
+        },
+        "required": ["part_number", "offset", "size", "url"],
+    }));
+    schemas.insert("UploadComplete".into(), json!({
+        "type": "object",
+        "properties": {
+            "upload_id": {"type": "string"},
+            "parts": {"type": "array", "minItems": 1, "maxItems": 10000, "description": "Every part, in ascending order of part number.", "items": {
+                "type": "object",
+                "properties": {
+                    "part_number": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    "etag": {"type": "string", "description": "The ETag header of the part's PUT answer."},
+                },
+                "required": ["part_number", "etag"],
+                "additionalProperties": false,
+            }},
+        },
+        "required": ["upload_id", "parts"],
+        "additionalProperties": false,
+    }));
+    schemas.insert(
+        "UploadCompleted".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "batch_id": {"type": "string", "format": "uuid"},
+                "status_url": {"type": "string"},
+            },
+            "required": ["batch_id", "status_url"],
+        }),
+    );
     schemas.insert("Health".into(), json!({
         "type": "object",
         "properties": {"status": {"type": "string", "enum": ["ok"]}, "environment": {"type": "string"}},

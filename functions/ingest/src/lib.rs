@@ -13,6 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use pipeline_shared::api::{self, Context};
 use pipeline_shared::db::{self, NewBatch};
 use pipeline_shared::records::{Decoder, MAX_ERRORS, RecordError};
+use pipeline_shared::store::{CompletedPart, MAX_OBJECT_BYTES, PartUrl, StoreError, hex};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -50,6 +51,9 @@ pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {
         }
         (&Method::POST, ["v1", "datasets", dataset, "uploads"]) => {
             create_upload(ctx, &prefix, dataset, &request).await
+        }
+        (&Method::POST, ["v1", "batches", batch_id, "complete"]) => {
+            complete_upload(ctx, &prefix, batch_id, &request).await
         }
         _ => api::no_route(request.method(), &path),
     }
@@ -235,12 +239,23 @@ struct Upload {
     batch_id: uuid::Uuid,
     expires_at: String,
     method: &'static str,
-    url: String,
+    /// One URL for the whole batch, when it fits in one part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// Otherwise a multipart upload: the parts' URLs, and where to send
+    /// their ETags once all are uploaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upload_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<Vec<PartUrl>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    complete_url: Option<String>,
     status_url: String,
 }
 
 /// `POST /v1/datasets/{dataset}/uploads`: a batch too large for the API is
-/// sent straight to storage through a presigned URL; the loader checks it.
+/// sent straight to storage through a presigned URL (one per part above the
+/// part size); the loader checks it.
 async fn create_upload(
     ctx: &Context,
     prefix: &str,
@@ -271,11 +286,11 @@ async fn create_upload(
             ),
         );
     }
-    if upload.size_bytes == 0 {
+    if upload.size_bytes == 0 || upload.size_bytes > MAX_OBJECT_BYTES {
         return api::error(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "`size_bytes` must be at least 1",
+            format!("`size_bytes` must be from 1 to {MAX_OBJECT_BYTES} (5 TiB)"),
         );
     }
     let idempotency_key = upload
@@ -307,23 +322,128 @@ async fn create_upload(
         Err(e) => return api::unavailable("the database", &e),
     };
     let expires = chrono::Utc::now().timestamp() + UPLOAD_EXPIRY_SECONDS;
-    let url = match ctx.store.presign_put(&batch.object_key, expires).await {
-        Ok(u) => u,
-        Err(e) => return api::unavailable("storage", &e),
-    };
     let expires_at = chrono::DateTime::from_timestamp(expires, 0)
         .map(|t| t.to_rfc3339())
         .unwrap_or_default();
-    api::json(
-        StatusCode::CREATED,
-        &Upload {
-            batch_id: batch.batch_id,
-            expires_at,
-            method: "PUT",
-            url,
-            status_url: format!("{prefix}/v1/batches/{}", batch.batch_id),
+    let mut answer = Upload {
+        batch_id: batch.batch_id,
+        expires_at,
+        method: "PUT",
+        url: None,
+        upload_id: None,
+        parts: None,
+        complete_url: None,
+        status_url: format!("{prefix}/v1/batches/{}", batch.batch_id),
+    };
+    if upload.size_bytes <= ctx.upload_part_bytes {
+        match ctx.store.presign_put(&batch.object_key, expires).await {
+            Ok(u) => answer.url = Some(u),
+            Err(e) => return api::unavailable("storage", &e),
+        }
+    } else {
+        let started = ctx
+            .store
+            .start_multipart(
+                &batch.object_key,
+                upload.size_bytes,
+                ctx.upload_part_bytes,
+                expires,
+            )
+            .await;
+        match started {
+            Ok(m) => {
+                answer.upload_id = Some(m.upload_id);
+                answer.parts = Some(m.parts);
+                answer.complete_url =
+                    Some(format!("{prefix}/v1/batches/{}/complete", batch.batch_id));
+            }
+            Err(e) => return api::unavailable("storage", &e),
+        }
+    }
+    api::json(StatusCode::CREATED, &answer)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteRequest {
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+}
+
+#[derive(Debug, Serialize)]
+struct Completed {
+    batch_id: uuid::Uuid,
+    status_url: String,
+}
+
+/// `POST /v1/batches/{batch_id}/complete`: the client has uploaded every
+/// part of a multipart upload and sends their ETags; the parts are joined
+/// into the batch's object, which the loader then loads. Completing again
+/// once the object is there answers the same.
+async fn complete_upload(
+    ctx: &Context,
+    prefix: &str,
+    batch_id: &str,
+    request: &Request<Bytes>,
+) -> Response<Bytes> {
+    let not_found = || {
+        api::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("there is no batch `{batch_id}`"),
+        )
+    };
+    let Ok(id) = batch_id.parse::<uuid::Uuid>() else {
+        return not_found();
+    };
+    let complete: CompleteRequest = match serde_json::from_slice(request.body()) {
+        Ok(c) => c,
+        Err(e) => {
+            return api::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "the body must be a JSON object with `upload_id` and `parts` (each with `part_number` and `etag`): {e}"
+                ),
+            );
+        }
+    };
+    let batch = match ctx.pool.get().await {
+        Ok(client) => match db::batch(&**client, id).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return not_found(),
+            Err(e) => return api::unavailable("the database", &e),
         },
-    )
+        Err(e) => return api::unavailable("the database", &e),
+    };
+    let metadata = BTreeMap::from([
+        ("batch-id".to_string(), batch.batch_id.to_string()),
+        ("dataset".to_string(), batch.dataset.clone()),
+    ]);
+    let done = Completed {
+        batch_id: batch.batch_id,
+        status_url: format!("{prefix}/v1/batches/{}", batch.batch_id),
+    };
+    match ctx
+        .store
+        .complete_multipart(
+            &batch.object_key,
+            &complete.upload_id,
+            &complete.parts,
+            &metadata,
+        )
+        .await
+    {
+        Ok(()) => api::json(StatusCode::ACCEPTED, &done),
+        Err(StoreError::InvalidUpload(reason)) => {
+            // A retried completion whose first try went through.
+            if let Ok(Some(_)) = ctx.store.head(&batch.object_key).await {
+                return api::json(StatusCode::ACCEPTED, &done);
+            }
+            api::error(StatusCode::BAD_REQUEST, "invalid_upload", reason)
+        }
+        Err(e) => api::unavailable("storage", &e),
+    }
 }
 
 /// The metadata a stored batch carries, as S3 user metadata.
@@ -339,8 +459,4 @@ fn object_metadata(
         ("records".to_string(), records.to_string()),
         ("sha256".to_string(), sha256.to_string()),
     ])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

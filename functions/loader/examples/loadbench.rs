@@ -179,6 +179,7 @@ fn main() {
             pool: pool.clone(),
             max_inline_bytes: 0,
             chunk_bytes: 0,
+            upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
             chunk_queue: None,
         };
         loader::migrate(&ctx).await.expect("migrate");

@@ -22,6 +22,8 @@ pub struct Context {
     /// Objects larger than this are loaded in parallel chunks of about this
     /// size, through `chunk_queue`.
     pub chunk_bytes: u64,
+    /// Uploads larger than this are multipart uploads in parts of this size.
+    pub upload_part_bytes: u64,
     /// Where chunk messages go; without one, every object loads as a whole.
     pub chunk_queue: Option<std::sync::Arc<dyn crate::chunks::ChunkQueue>>,
 }

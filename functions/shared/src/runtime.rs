@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::api::Context;
 use crate::chunks::{ChunkQueue, SqsChunkQueue};
 use crate::dataset::Dataset;
-use crate::store::{LocalStore, S3Store, Store};
+use crate::store::{DEFAULT_UPLOAD_PART_BYTES, LocalStore, S3Store, Store};
 
 /// Size of the chunks large batches are cut into: 64 MiB.
 pub const DEFAULT_CHUNK_BYTES: u64 = 64 * 1024 * 1024;
@@ -335,6 +335,11 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_CHUNK_BYTES);
+    // S3 takes parts of 5 MiB to 5 GiB.
+    let upload_part_bytes = std::env::var("UPLOAD_PART_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_UPLOAD_PART_BYTES, |b| b.clamp(5 << 20, 5 << 30));
     let max_inline_bytes = std::env::var("MAX_INLINE_BATCH_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -346,6 +351,7 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         pool,
         max_inline_bytes,
         chunk_bytes,
+        upload_part_bytes,
         chunk_queue,
     })
 }

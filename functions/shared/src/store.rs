@@ -23,6 +23,55 @@ pub enum StoreError {
     },
     #[error("object key `{0}` is not allowed")]
     BadKey(String),
+    /// A multipart upload that cannot be completed as asked: unknown or
+    /// finished, a part missing, or a part's ETag that does not match.
+    #[error("{0}")]
+    InvalidUpload(String),
+}
+
+/// Uploads larger than this go in parts of this size: a single S3 PUT takes
+/// at most 5 GiB, and parts upload in parallel and are retried alone.
+pub const DEFAULT_UPLOAD_PART_BYTES: u64 = 64 * 1024 * 1024;
+/// S3 takes at most 10,000 parts in one upload.
+pub const MAX_PARTS: u64 = 10_000;
+/// The largest object S3 stores: 5 TiB.
+pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+
+/// One part of a multipart upload: bytes `offset..offset + size` of the
+/// batch go to `url` in one PUT, whose answer's `ETag` header the client
+/// keeps for the completion.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartUrl {
+    pub part_number: u32,
+    pub offset: u64,
+    pub size: u64,
+    pub url: String,
+}
+
+/// A started multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartUpload {
+    pub upload_id: String,
+    pub parts: Vec<PartUrl>,
+}
+
+/// A part as uploaded: its number and the ETag its PUT answered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct CompletedPart {
+    pub part_number: u32,
+    pub etag: String,
+}
+
+/// Cuts `size` bytes into parts of `part_bytes` (larger when that would make
+/// more than [`MAX_PARTS`]): `(part number, offset, size)`, numbered from 1.
+pub fn plan_parts(size: u64, part_bytes: u64) -> Vec<(u32, u64, u64)> {
+    let part = part_bytes.max(1).max(size.div_ceil(MAX_PARTS));
+    (0..size.div_ceil(part))
+        .map(|i| {
+            let offset = i * part;
+            (i as u32 + 1, offset, part.min(size - offset))
+        })
+        .collect()
 }
 
 /// What is known of a stored object.
@@ -59,19 +108,33 @@ pub struct Signer {
     pub secret: Vec<u8>,
 }
 
+/// What an upload URL lets its holder PUT: a whole object, or one part of a
+/// multipart upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadTarget<'a> {
+    Whole,
+    Part {
+        upload_id: &'a str,
+        part_number: u32,
+    },
+}
+
 impl Signer {
-    fn signature(&self, key: &str, expires: i64) -> String {
+    fn signature(&self, key: &str, expires: i64, target: UploadTarget<'_>) -> String {
         use hmac::Mac;
         let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secret) {
             Ok(m) => m,
             Err(_) => return String::new(),
         };
         mac.update(format!("PUT\n{key}\n{expires}").as_bytes());
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        if let UploadTarget::Part {
+            upload_id,
+            part_number,
+        } = target
+        {
+            mac.update(format!("\n{upload_id}\n{part_number}").as_bytes());
+        }
+        hex(&mac.finalize().into_bytes())
     }
 }
 
@@ -98,30 +161,189 @@ impl LocalStore {
         self
     }
 
-    /// A URL that accepts one PUT of the object until `expires` (Unix seconds).
-    pub fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
+    /// A URL that accepts one PUT of the object, or of one part of it,
+    /// until `expires` (Unix seconds).
+    pub fn presign_put(
+        &self,
+        key: &str,
+        expires: i64,
+        target: UploadTarget<'_>,
+    ) -> Result<String, StoreError> {
         self.path(key)?;
         let signer = self.signer.as_ref().ok_or_else(|| StoreError::Io {
             key: key.to_string(),
             source: std::io::Error::other("this store takes no uploads"),
         })?;
+        let part = match target {
+            UploadTarget::Whole => String::new(),
+            UploadTarget::Part {
+                upload_id,
+                part_number,
+            } => format!("uploadId={upload_id}&partNumber={part_number}&"),
+        };
         Ok(format!(
-            "{}/local-uploads/{key}?expires={expires}&signature={}",
+            "{}/local-uploads/{key}?{part}expires={expires}&signature={}",
             signer.base_url,
-            signer.signature(key, expires)
+            signer.signature(key, expires, target)
         ))
     }
 
     /// Whether an upload URL's signature is right and not expired.
-    pub fn verify_upload(&self, key: &str, expires: i64, signature: &str, now: i64) -> bool {
+    pub fn verify_upload(
+        &self,
+        key: &str,
+        target: UploadTarget<'_>,
+        expires: i64,
+        signature: &str,
+        now: i64,
+    ) -> bool {
         let Some(signer) = &self.signer else {
             return false;
         };
         now <= expires
             && constant_time_eq(
-                signer.signature(key, expires).as_bytes(),
+                signer.signature(key, expires, target).as_bytes(),
                 signature.as_bytes(),
             )
+    }
+
+    /// Where the parts of a multipart upload wait for its completion.
+    fn upload_dir(&self, upload_id: &str) -> Result<PathBuf, StoreError> {
+        let valid = !upload_id.is_empty()
+            && upload_id.len() <= 64
+            && upload_id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !valid {
+            return Err(StoreError::InvalidUpload(format!(
+                "`{upload_id}` is not an upload id"
+            )));
+        }
+        Ok(self.root.join(".multipart").join(upload_id))
+    }
+
+    /// The upload's directory, checked to belong to `key`.
+    async fn open_upload(&self, key: &str, upload_id: &str) -> Result<PathBuf, StoreError> {
+        self.path(key)?;
+        let dir = self.upload_dir(upload_id)?;
+        match tokio::fs::read_to_string(dir.join("key")).await {
+            Ok(k) if k == key => Ok(dir),
+            _ => Err(StoreError::InvalidUpload(format!(
+                "there is no upload `{upload_id}` of `{key}` in progress"
+            ))),
+        }
+    }
+
+    /// Starts a multipart upload of `size` bytes: its parts' URLs.
+    pub async fn start_multipart(
+        &self,
+        key: &str,
+        size: u64,
+        part_bytes: u64,
+        expires: i64,
+    ) -> Result<MultipartUpload, StoreError> {
+        self.path(key)?;
+        let upload_id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = self.upload_dir(&upload_id)?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(Self::io(key))?;
+        write_atomically(&dir.join("key"), key.as_bytes())
+            .await
+            .map_err(Self::io(key))?;
+        let parts = plan_parts(size, part_bytes)
+            .into_iter()
+            .map(|(part_number, offset, size)| {
+                let target = UploadTarget::Part {
+                    upload_id: &upload_id,
+                    part_number,
+                };
+                Ok(PartUrl {
+                    part_number,
+                    offset,
+                    size,
+                    url: self.presign_put(key, expires, target)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(MultipartUpload { upload_id, parts })
+    }
+
+    /// Keeps an uploaded part (a file on the same file system) until the
+    /// upload completes; a part uploaded again replaces the earlier one.
+    pub async fn put_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        file: &Path,
+    ) -> Result<(), StoreError> {
+        let dir = self.open_upload(key, upload_id).await?;
+        tokio::fs::rename(file, dir.join(part_number.to_string()))
+            .await
+            .map_err(Self::io(key))
+    }
+
+    /// Joins the parts, in the order given, into the object, as S3's
+    /// CompleteMultipartUpload does: each part must be there and match its
+    /// ETag (here the SHA-256 of the part). The object's metadata gets the
+    /// SHA-256 of the whole; then it is announced.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let dir = self.open_upload(key, upload_id).await?;
+        if parts.is_empty() {
+            return Err(StoreError::InvalidUpload(
+                "a completion lists at least one part".into(),
+            ));
+        }
+        if parts
+            .windows(2)
+            .any(|w| w[0].part_number >= w[1].part_number)
+        {
+            return Err(StoreError::InvalidUpload(
+                "parts must be listed in ascending order of part number".into(),
+            ));
+        }
+        let joined = dir.join("object");
+        let mut out = tokio::fs::File::create(&joined)
+            .await
+            .map_err(Self::io(key))?;
+        let mut whole = sha2::Sha256::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        for part in parts {
+            let mut file = tokio::fs::File::open(dir.join(part.part_number.to_string()))
+                .await
+                .map_err(|_| {
+                    StoreError::InvalidUpload(format!("part {} was not uploaded", part.part_number))
+                })?;
+            let mut hash = sha2::Sha256::new();
+            loop {
+                let n = file.read(&mut buf).await.map_err(Self::io(key))?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                whole.update(&buf[..n]);
+                out.write_all(&buf[..n]).await.map_err(Self::io(key))?;
+            }
+            if hex(&hash.finalize()) != part.etag.trim_matches('"') {
+                return Err(StoreError::InvalidUpload(format!(
+                    "part {}'s ETag does not match the part uploaded",
+                    part.part_number
+                )));
+            }
+        }
+        out.sync_all().await.map_err(Self::io(key))?;
+        drop(out);
+        let mut metadata = metadata.clone();
+        metadata.insert("sha256".into(), hex(&whole.finalize()));
+        self.put_file(key, &joined, &metadata).await?;
+        tokio::fs::remove_dir_all(&dir).await.map_err(Self::io(key))
     }
 
     async fn announce(&self, key: &str, size: u64) -> Result<(), StoreError> {
@@ -144,7 +366,7 @@ impl LocalStore {
             && key
                 .split('/')
                 .all(|part| !part.is_empty() && part != "." && part != "..")
-            && !key.starts_with(".meta");
+            && !key.starts_with('.');
         if !valid {
             return Err(StoreError::BadKey(key.to_string()));
         }
@@ -307,7 +529,7 @@ impl LocalStore {
                     continue;
                 };
                 let rel = rel.to_string_lossy().replace('\\', "/");
-                if rel.starts_with(".meta") || rel.contains(".tmp-") {
+                if rel.starts_with('.') || rel.contains(".tmp-") {
                     continue;
                 }
                 if entry.file_type().await.map_err(Self::io(prefix))?.is_dir() {
@@ -444,11 +666,7 @@ impl S3Store {
 
     /// A presigned PUT URL of the object, valid until `expires` (Unix seconds).
     pub async fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
-        let seconds = (expires - chrono::Utc::now().timestamp()).max(1) as u64;
-        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(
-            std::time::Duration::from_secs(seconds),
-        )
-        .map_err(|e| s3_error(key, e))?;
+        let config = presigning(key, expires)?;
         let request = self
             .client
             .put_object()
@@ -459,6 +677,109 @@ impl S3Store {
             .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
         Ok(request.uri().to_string())
     }
+
+    /// Starts a multipart upload and presigns a PUT URL for each part.
+    pub async fn start_multipart(
+        &self,
+        key: &str,
+        size: u64,
+        part_bytes: u64,
+        expires: i64,
+    ) -> Result<MultipartUpload, StoreError> {
+        let started = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        let upload_id = started
+            .upload_id()
+            .ok_or_else(|| s3_error(key, "S3 answered no upload id"))?
+            .to_string();
+        let config = presigning(key, expires)?;
+        let mut parts = Vec::new();
+        for (part_number, offset, size) in plan_parts(size, part_bytes) {
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .part_number(part_number as i32)
+                .presigned(config.clone())
+                .await
+                .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            parts.push(PartUrl {
+                part_number,
+                offset,
+                size,
+                url: request.uri().to_string(),
+            });
+        }
+        Ok(MultipartUpload { upload_id, parts })
+    }
+
+    /// Completes a multipart upload; S3 then announces the object.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
+        let parts = parts
+            .iter()
+            .map(|p| {
+                S3Part::builder()
+                    .part_number(p.part_number as i32)
+                    .e_tag(&p.etag)
+                    .build()
+            })
+            .collect();
+        let result = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let code = e.as_service_error().and_then(|s| {
+                    aws_sdk_s3::error::ProvideErrorMetadata::code(s).map(str::to_string)
+                });
+                match code.as_deref() {
+                    Some(
+                        "NoSuchUpload" | "InvalidPart" | "InvalidPartOrder" | "EntityTooSmall"
+                        | "MalformedXML",
+                    ) => Err(StoreError::InvalidUpload(format!(
+                        "S3 refused the completion: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    ))),
+                    _ => Err(s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))),
+                }
+            }
+        }
+    }
+}
+
+/// Presigning that lasts until `expires` (Unix seconds).
+fn presigning(
+    key: &str,
+    expires: i64,
+) -> Result<aws_sdk_s3::presigning::PresigningConfig, StoreError> {
+    let seconds = (expires - chrono::Utc::now().timestamp()).max(1) as u64;
+    aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(seconds))
+        .map_err(|e| s3_error(key, e))
 }
 
 /// The store a function uses.
@@ -507,10 +828,49 @@ impl Store {
     /// A URL that takes one PUT of the object until `expires` (Unix seconds).
     pub async fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
         match self {
-            Store::Local(store) => store.presign_put(key, expires),
+            Store::Local(store) => store.presign_put(key, expires, UploadTarget::Whole),
             Store::S3(store) => store.presign_put(key, expires).await,
         }
     }
+
+    /// Starts a multipart upload of `size` bytes in parts of about
+    /// `part_bytes`, whose URLs last until `expires`.
+    pub async fn start_multipart(
+        &self,
+        key: &str,
+        size: u64,
+        part_bytes: u64,
+        expires: i64,
+    ) -> Result<MultipartUpload, StoreError> {
+        match self {
+            Store::Local(store) => store.start_multipart(key, size, part_bytes, expires).await,
+            Store::S3(store) => store.start_multipart(key, size, part_bytes, expires).await,
+        }
+    }
+
+    /// Completes a multipart upload with its parts, in order; the object is
+    /// then stored and announced.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Local(store) => {
+                store
+                    .complete_multipart(key, upload_id, parts, metadata)
+                    .await
+            }
+            Store::S3(store) => store.complete_multipart(key, upload_id, parts).await,
+        }
+    }
+}
+
+/// Lower-case hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -582,16 +942,140 @@ mod upload_tests {
             base_url: "http://127.0.0.1:1".into(),
             secret: b"secret".to_vec(),
         });
-        let url = store.presign_put("raw/a/b.ndjson", 100).expect("url");
+        let url = store
+            .presign_put("raw/a/b.ndjson", 100, UploadTarget::Whole)
+            .expect("url");
         let signature = url.rsplit_once("signature=").map(|(_, s)| s).unwrap_or("");
         assert!(
             url.starts_with(
                 "http://127.0.0.1:1/local-uploads/raw/a/b.ndjson?expires=100&signature="
             )
         );
-        assert!(store.verify_upload("raw/a/b.ndjson", 100, signature, 99));
-        assert!(!store.verify_upload("raw/a/b.ndjson", 100, signature, 101));
-        assert!(!store.verify_upload("raw/a/c.ndjson", 100, signature, 99));
-        assert!(!store.verify_upload("raw/a/b.ndjson", 101, signature, 99));
+        let whole = UploadTarget::Whole;
+        assert!(store.verify_upload("raw/a/b.ndjson", whole, 100, signature, 99));
+        assert!(!store.verify_upload("raw/a/b.ndjson", whole, 100, signature, 101));
+        assert!(!store.verify_upload("raw/a/c.ndjson", whole, 100, signature, 99));
+        assert!(!store.verify_upload("raw/a/b.ndjson", whole, 101, signature, 99));
+        let part = UploadTarget::Part {
+            upload_id: "u1",
+            part_number: 1,
+        };
+        assert!(!store.verify_upload("raw/a/b.ndjson", part, 100, signature, 99));
+    }
+
+    #[test]
+    fn parts_cover_the_object_and_stay_under_the_part_limit() {
+        assert_eq!(plan_parts(10, 4), vec![(1, 0, 4), (2, 4, 4), (3, 8, 2)]);
+        assert_eq!(plan_parts(8, 4), vec![(1, 0, 4), (2, 4, 4)]);
+        assert_eq!(plan_parts(3, 4), vec![(1, 0, 3)]);
+        let parts = plan_parts(MAX_OBJECT_BYTES, DEFAULT_UPLOAD_PART_BYTES);
+        assert!(parts.len() as u64 <= MAX_PARTS);
+        let last = parts.last().expect("parts");
+        assert_eq!(last.1 + last.2, MAX_OBJECT_BYTES);
+    }
+
+    struct Announced(std::sync::Mutex<Vec<(String, u64)>>);
+
+    impl Notify for Announced {
+        fn stored(
+            &self,
+            key: &str,
+            size: u64,
+        ) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push((key.to_string(), size));
+            }
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn multipart_uploads_join_their_parts_in_order() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let announced = std::sync::Arc::new(Announced(Default::default()));
+        let store = LocalStore::new(dir.path().join("objects"))
+            .with_notify(announced.clone())
+            .with_signer(Signer {
+                base_url: "http://127.0.0.1:1".into(),
+                secret: b"secret".to_vec(),
+            });
+        let key = "raw/a/b.ndjson";
+        let upload = store.start_multipart(key, 10, 4, 100).await.expect("start");
+        assert_eq!(upload.parts.len(), 3);
+        assert!(upload.parts[1].url.contains(&format!(
+            "/local-uploads/{key}?uploadId={}&partNumber=2&expires=100&signature=",
+            upload.upload_id
+        )));
+        let body = b"0123456789";
+        let mut completed = Vec::new();
+        // Parts may arrive in any order.
+        for part in upload.parts.iter().rev() {
+            let bytes = &body[part.offset as usize..(part.offset + part.size) as usize];
+            let file = dir.path().join(format!("part-{}", part.part_number));
+            std::fs::write(&file, bytes).expect("write part");
+            store
+                .put_part(key, &upload.upload_id, part.part_number, &file)
+                .await
+                .expect("part");
+            completed.insert(
+                0,
+                CompletedPart {
+                    part_number: part.part_number,
+                    etag: format!("\"{}\"", hex(&sha2::Sha256::digest(bytes))),
+                },
+            );
+        }
+        let meta = BTreeMap::from([("batch-id".to_string(), "b".to_string())]);
+
+        let mut wrong = completed.clone();
+        wrong[1].etag = "\"00\"".into();
+        let refused = store
+            .complete_multipart(key, &upload.upload_id, &wrong, &meta)
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::InvalidUpload(m)) if m == "part 2's ETag does not match the part uploaded"),
+            "{refused:?}"
+        );
+        let reversed: Vec<_> = completed.iter().rev().cloned().collect();
+        assert!(matches!(
+            store
+                .complete_multipart(key, &upload.upload_id, &reversed, &meta)
+                .await,
+            Err(StoreError::InvalidUpload(_))
+        ));
+        assert!(store.head(key).await.expect("head").is_none());
+
+        store
+            .complete_multipart(key, &upload.upload_id, &completed, &meta)
+            .await
+            .expect("complete");
+        let info = store.head(key).await.expect("head").expect("object");
+        assert_eq!(info.size, 10);
+        assert_eq!(
+            info.metadata.get("sha256"),
+            Some(&hex(&sha2::Sha256::digest(body)))
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("objects").join(key)).expect("read"),
+            body
+        );
+        assert_eq!(
+            *announced.0.lock().expect("lock"),
+            vec![(key.to_string(), 10)]
+        );
+        assert_eq!(store.list("").await.expect("list"), vec![key.to_string()]);
+        // The upload is gone once complete.
+        let again = store
+            .complete_multipart(key, &upload.upload_id, &completed, &meta)
+            .await;
+        assert!(
+            matches!(&again, Err(StoreError::InvalidUpload(m)) if m.starts_with("there is no upload")),
+            "{again:?}"
+        );
+        assert!(matches!(
+            store.put_part(key, "../x", 1, dir.path()).await,
+            Err(StoreError::InvalidUpload(_))
+        ));
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use pipeline_shared::store::{ByteStream, ObjectInfo, S3Store, Store, StoreError};
+use pipeline_shared::store::{ByteStream, CompletedPart, ObjectInfo, S3Store, Store, StoreError};
 
 /// A moto server, stopped when dropped.
 struct Moto {
@@ -170,6 +170,74 @@ async fn s3_store_puts_reads_ranges_and_presigns() {
         .await,
         b"uploaded\n"
     );
+}
+
+#[tokio::test]
+async fn s3_multipart_uploads_go_through_presigned_part_urls() {
+    let moto = start_moto();
+    let s3 = client(&moto.url).await;
+    s3.create_bucket()
+        .bucket("raw")
+        .create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create bucket");
+    let store = Store::S3(S3Store::new(s3.clone(), "raw"));
+    let key = "raw/events/2024-01-01/big.ndjson";
+    // S3 takes parts of at least 5 MiB but the last.
+    let part_bytes = 5 << 20;
+    let body: Vec<u8> = (0..(11 << 20)).map(|i| b'a' + (i % 26) as u8).collect();
+    let expires = chrono::Utc::now().timestamp() + 600;
+    let upload = store
+        .start_multipart(key, body.len() as u64, part_bytes, expires)
+        .await
+        .expect("start");
+    let sizes: Vec<u64> = upload.parts.iter().map(|p| p.size).collect();
+    assert_eq!(sizes, vec![5 << 20, 5 << 20, 1 << 20]);
+    let http = reqwest::Client::new();
+    let mut completed = Vec::new();
+    for part in &upload.parts {
+        assert!(part.url.contains("X-Amz-Signature="), "{}", part.url);
+        assert!(
+            part.url
+                .contains(&format!("partNumber={}", part.part_number))
+        );
+        let bytes = body[part.offset as usize..(part.offset + part.size) as usize].to_vec();
+        let response = http
+            .put(&part.url)
+            .body(bytes)
+            .send()
+            .await
+            .expect("PUT part");
+        assert!(response.status().is_success(), "{}", response.status());
+        let etag = response.headers()["etag"]
+            .to_str()
+            .expect("etag")
+            .to_string();
+        completed.push(CompletedPart {
+            part_number: part.part_number,
+            etag,
+        });
+    }
+    // A wrong ETag is refused as an invalid upload, not a storage failure.
+    let mut wrong = completed.clone();
+    wrong[0].etag = "\"0123\"".into();
+    let refused = store
+        .complete_multipart(key, &upload.upload_id, &wrong, &BTreeMap::new())
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidUpload(_))),
+        "{refused:?}"
+    );
+    store
+        .complete_multipart(key, &upload.upload_id, &completed, &BTreeMap::new())
+        .await
+        .expect("complete");
+    assert_eq!(collect(store.get(key).await.expect("get")).await, body);
 }
 
 #[tokio::test]
