@@ -57,9 +57,68 @@ pub enum Error {
     #[error("{message}")]
     Rejected { message: String },
 
+    /// An AWS call failed.
+    #[error("{message}")]
+    Aws { message: String },
+
+    #[error(
+        "the AWS credentials are for account {actual}, but the environment belongs to account {expected}"
+    )]
+    #[diagnostic(help(
+        "use the profile of account {expected} (`--profile`, AWS_PROFILE), or fix `account` in the spec; nothing was changed"
+    ))]
+    WrongAccount { expected: String, actual: String },
+
+    #[error("environment `{env}` is not bootstrapped: there is no stack {stack}")]
+    #[diagnostic(help("run `pipeline bootstrap --env {env}` once, then deploy again"))]
+    NotBootstrapped { env: String, stack: String },
+
+    /// Building or packaging the functions failed.
+    #[error("{message}")]
+    Build {
+        message: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    /// A stack failed to deploy, roll back or delete.
+    #[error("{message}")]
+    Deploy {
+        message: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    /// Refused before anything was changed: a busy stack, a stateful
+    /// replacement, no confirmation.
+    #[error("{message}")]
+    Refused {
+        message: String,
+        #[help]
+        help: Option<String>,
+    },
+
     #[error("rendering {what} failed: {message}")]
     #[diagnostic(help("this is a bug in pipeline's templates; please report it"))]
     Render { what: String, message: String },
+}
+
+impl From<crate::deploy::engine::EngineError> for Error {
+    fn from(e: crate::deploy::engine::EngineError) -> Error {
+        use crate::deploy::engine::EngineError as E;
+        let help = e.help();
+        let message = e.to_string();
+        match e {
+            E::InProgress { .. }
+            | E::NeedsRecover { .. }
+            | E::Stateful { .. }
+            | E::NeedsYes { .. }
+            | E::Declined { .. } => Error::Refused { message, help },
+            E::Broken { .. } | E::ChangeSetFailed { .. } | E::Failed { .. } | E::Cfn { .. } => {
+                Error::Deploy { message, help }
+            }
+        }
+    }
 }
 
 impl Error {
@@ -76,6 +135,12 @@ impl Error {
             Error::Local { .. } => "local",
             Error::Client { .. } => "client",
             Error::Rejected { .. } => "rejected",
+            Error::Aws { .. } => "aws",
+            Error::WrongAccount { .. } => "wrong_account",
+            Error::NotBootstrapped { .. } => "not_bootstrapped",
+            Error::Build { .. } => "build",
+            Error::Deploy { .. } => "deploy_failed",
+            Error::Refused { .. } => "refused",
         }
     }
 
@@ -85,12 +150,18 @@ impl Error {
             | Error::UnknownEnvironment { .. }
             | Error::BadEnvironmentName { .. }
             | Error::NoEnvironment
-            | Error::Rejected { .. } => EXIT_INVALID,
+            | Error::Rejected { .. }
+            | Error::WrongAccount { .. }
+            | Error::NotBootstrapped { .. }
+            | Error::Refused { .. } => EXIT_INVALID,
             Error::Read { .. }
             | Error::Write { .. }
             | Error::Render { .. }
             | Error::Local { .. }
-            | Error::Client { .. } => EXIT_FAILURE,
+            | Error::Client { .. }
+            | Error::Aws { .. }
+            | Error::Build { .. }
+            | Error::Deploy { .. } => EXIT_FAILURE,
         }
     }
 }

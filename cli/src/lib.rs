@@ -1,7 +1,9 @@
 //! `pipeline`: generates, validates and deploys the ingestion pipeline's
 //! CloudFormation stacks from per-environment YAML specs.
 
+pub mod aws;
 pub mod commands;
+pub mod deploy;
 pub mod error;
 pub mod output;
 pub mod spec;
@@ -48,6 +50,24 @@ pub enum Command {
     Push(commands::push::Args),
     /// Read records of a dataset, with filters.
     Query(commands::query::Args),
+    /// Build the function packages for Lambda (deterministic zips).
+    Build(commands::build::Args),
+    /// Create or update the stack that holds an environment's deploy assets.
+    Bootstrap(commands::bootstrap::Args),
+    /// Deploy an environment: build, upload, then each stack through a change set.
+    Deploy(commands::deploy::Args),
+    /// Show what a deploy would change, without changing anything.
+    Diff(commands::diff::Args),
+    /// Show the stacks, function versions and outputs of an environment.
+    Status(commands::status::Args),
+    /// Print the stacks' outputs (API URL, function names, ...).
+    Outputs(commands::outputs::Args),
+    /// Delete an environment's stacks.
+    Destroy(commands::destroy::Args),
+    /// Print (and follow) a function's logs.
+    Logs(commands::logs::Args),
+    /// Finish the rollback of stacks stuck in UPDATE_ROLLBACK_FAILED.
+    Recover(commands::recover::Args),
 }
 
 /// Parses the command line, runs the command and maps the result to an exit code.
@@ -63,6 +83,24 @@ pub fn main() -> ExitCode {
         Command::Local(args) => commands::local::run(&cli, args, &ui),
         Command::Push(args) => commands::push::run(&cli, args, &ui),
         Command::Query(args) => commands::query::run(&cli, args, &ui),
+        Command::Build(args) => commands::build::run(&cli, args, &ui),
+        Command::Bootstrap(args) => commands::bootstrap::run(&cli, args, &ui),
+        Command::Deploy(args) => commands::deploy::run(&cli, args, &ui),
+        Command::Diff(args) => match commands::diff::run(&cli, args, &ui) {
+            Ok(Some(code)) => return ExitCode::from(code),
+            Ok(None) => Ok(()),
+            // `--exit-code` keeps 2 for changes: every error is 1.
+            Err(error) if args.exit_code => {
+                ui.error(&error);
+                return ExitCode::from(error::EXIT_FAILURE);
+            }
+            Err(error) => Err(error),
+        },
+        Command::Status(args) => commands::status::run(&cli, args, &ui),
+        Command::Outputs(args) => commands::outputs::run(&cli, args, &ui),
+        Command::Destroy(args) => commands::destroy::run(&cli, args, &ui),
+        Command::Logs(args) => commands::logs::run(&cli, args, &ui),
+        Command::Recover(args) => commands::recover::run(&cli, args, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

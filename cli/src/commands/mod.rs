@@ -1,11 +1,20 @@
 //! One module per subcommand, plus what they share: choosing and loading environments.
 
+pub mod bootstrap;
+pub mod build;
 pub mod client;
+pub mod deploy;
+pub mod destroy;
+pub mod diff;
 pub mod envs;
 pub mod local;
+pub mod logs;
+pub mod outputs;
 pub mod push;
 pub mod query;
+pub mod recover;
 pub mod schema;
+pub mod status;
 pub mod synth;
 pub mod validate;
 

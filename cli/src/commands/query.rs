@@ -44,10 +44,10 @@ impl fmt::Display for Page {
 /// `col>=v` -> (`col.gte`, v); `col<v` -> (`col.lt`, v); `col=v` -> (`col`, v).
 fn parse_filter(filter: &str) -> Option<(String, String)> {
     for (op, suffix) in [(">=", ".gte"), ("<", ".lt"), ("=", "")] {
-        if let Some((column, value)) = filter.split_once(op) {
-            if !column.is_empty() {
-                return Some((format!("{}{suffix}", column.trim()), value.to_string()));
-            }
+        if let Some((column, value)) = filter.split_once(op)
+            && !column.is_empty()
+        {
+            return Some((format!("{}{suffix}", column.trim()), value.to_string()));
         }
     }
     None

@@ -202,16 +202,16 @@ impl<'s> Checker<'s> {
             Value::Int(_) | Value::Float(_) => self.check_number(schema, node, path, help),
             Value::Str(s) => self.check_string(schema, s, node, path, help),
             Value::Seq(items) => {
-                if let Some(min) = schema.get("minItems").and_then(Json::as_u64) {
-                    if (items.len() as u64) < min {
-                        let noun = if min == 1 { "item" } else { "items" };
-                        self.push(
-                            node.span,
-                            format!("{} must list at least {min} {noun}", subject(path)),
-                            "too few items",
-                            help.clone(),
-                        );
-                    }
+                if let Some(min) = schema.get("minItems").and_then(Json::as_u64)
+                    && (items.len() as u64) < min
+                {
+                    let noun = if min == 1 { "item" } else { "items" };
+                    self.push(
+                        node.span,
+                        format!("{} must list at least {min} {noun}", subject(path)),
+                        "too few items",
+                        help.clone(),
+                    );
                 }
                 if let Some(item_schema) = schema.get("items") {
                     for (i, item) in items.iter().enumerate() {
@@ -318,26 +318,26 @@ impl<'s> Checker<'s> {
             _ => return,
         };
         let shown = node_text(node);
-        if let Some(min) = schema.get("minimum").and_then(Json::as_f64) {
-            if value < min {
-                self.push(
-                    node.span,
-                    format!("{} must be at least {min}, found {shown}", subject(path)),
-                    "too small",
-                    help.clone(),
-                );
-                return;
-            }
+        if let Some(min) = schema.get("minimum").and_then(Json::as_f64)
+            && value < min
+        {
+            self.push(
+                node.span,
+                format!("{} must be at least {min}, found {shown}", subject(path)),
+                "too small",
+                help.clone(),
+            );
+            return;
         }
-        if let Some(max) = schema.get("maximum").and_then(Json::as_f64) {
-            if value > max {
-                self.push(
-                    node.span,
-                    format!("{} must be at most {max}, found {shown}", subject(path)),
-                    "too large",
-                    help,
-                );
-            }
+        if let Some(max) = schema.get("maximum").and_then(Json::as_f64)
+            && value > max
+        {
+            self.push(
+                node.span,
+                format!("{} must be at most {max}, found {shown}", subject(path)),
+                "too large",
+                help,
+            );
         }
     }
 
@@ -349,26 +349,26 @@ impl<'s> Checker<'s> {
         path: &Path,
         help: Option<String>,
     ) {
-        if let Some(min) = schema.get("minLength").and_then(Json::as_u64) {
-            if (s.chars().count() as u64) < min {
-                self.push(
-                    node.span,
-                    format!("{} must be at least {min} characters long", subject(path)),
-                    "too short",
-                    help.clone(),
-                );
-                return;
-            }
+        if let Some(min) = schema.get("minLength").and_then(Json::as_u64)
+            && (s.chars().count() as u64) < min
+        {
+            self.push(
+                node.span,
+                format!("{} must be at least {min} characters long", subject(path)),
+                "too short",
+                help.clone(),
+            );
+            return;
         }
-        if let Some(pattern) = schema.get("pattern").and_then(Json::as_str) {
-            if !pattern_matches(pattern, s) {
-                self.push(
-                    node.span,
-                    format!("{} has an invalid value `{s}`", subject(path)),
-                    "not in the expected form",
-                    help,
-                );
-            }
+        if let Some(pattern) = schema.get("pattern").and_then(Json::as_str)
+            && !pattern_matches(pattern, s)
+        {
+            self.push(
+                node.span,
+                format!("{} has an invalid value `{s}`", subject(path)),
+                "not in the expected form",
+                help,
+            );
         }
     }
 
@@ -624,11 +624,11 @@ impl<'s> Repairer<'s> {
                     .flatten()
                     .filter_map(Json::as_str)
                 {
-                    if !map.contains_key(key) {
-                        if let Some(p) = props.and_then(|p| p.get(key)) {
-                            map.insert(key.to_string(), self.placeholder(p));
-                            changed.push(join(path, key));
-                        }
+                    if !map.contains_key(key)
+                        && let Some(p) = props.and_then(|p| p.get(key))
+                    {
+                        map.insert(key.to_string(), self.placeholder(p));
+                        changed.push(join(path, key));
                     }
                 }
             }

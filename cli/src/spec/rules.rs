@@ -334,15 +334,18 @@ fn database(r: &mut Rules, spec: &Spec) {
             "use a major version from 13 to 17, such as `17`",
         );
     }
-    if let Some(max) = db.max_storage_gb {
-        if max <= db.storage_gb {
-            r.at(
-                &["database", "max_storage_gb"],
-                format!("`database.max_storage_gb` must be above `database.storage_gb` ({}), found {max}", db.storage_gb),
-                "not above the allocated storage",
-                "raise it, or set it to null to turn storage autoscaling off",
-            );
-        }
+    if let Some(max) = db.max_storage_gb
+        && max <= db.storage_gb
+    {
+        r.at(
+            &["database", "max_storage_gb"],
+            format!(
+                "`database.max_storage_gb` must be above `database.storage_gb` ({}), found {max}",
+                db.storage_gb
+            ),
+            "not above the allocated storage",
+            "raise it, or set it to null to turn storage autoscaling off",
+        );
     }
     if !MONITORING_INTERVALS.contains(&db.enhanced_monitoring_seconds) {
         r.at(

@@ -341,10 +341,8 @@ fn resolve(text: &str, style: ScalarStyle) -> Value {
         .bytes()
         .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
         && text.bytes().any(|b| b.is_ascii_digit());
-    if looks_numeric {
-        if let Ok(f) = text.parse::<f64>() {
-            return Value::Float(f);
-        }
+    if looks_numeric && let Ok(f) = text.parse::<f64>() {
+        return Value::Float(f);
     }
     Value::Str(text.to_string())
 }

@@ -95,6 +95,40 @@ impl Common {
     }
 }
 
+// -------------------------------------------------------------- bootstrap
+
+#[derive(Debug, Serialize)]
+pub struct BootstrapContext {
+    pub common: Common,
+    pub bucket_skips: Vec<Skip>,
+    /// ECR lifecycle rules, as the JSON text ECR takes.
+    pub lifecycle_policy: String,
+}
+
+/// The bootstrap stack: where the deploy puts function packages (and
+/// templates too large to pass inline) and function images.
+pub fn bootstrap(env: &str, spec: &Spec) -> BootstrapContext {
+    let lifecycle = serde_json::json!({"rules": [{
+        "rulePriority": 1,
+        "description": "Keep the 50 newest untagged images",
+        "selection": {"tagStatus": "untagged", "countType": "imageCountMoreThan", "countNumber": 50},
+        "action": {"type": "expire"}
+    }]});
+    BootstrapContext {
+        common: Common::new(
+            env,
+            spec,
+            "bootstrap",
+            "assets bucket and image repository of the deploy",
+        ),
+        bucket_skips: vec![skip(
+            "CKV_AWS_18",
+            "holds only build outputs named by their SHA-256, written by the deploy; CloudTrail records who wrote them",
+        )],
+        lifecycle_policy: lifecycle.to_string(),
+    }
+}
+
 // ---------------------------------------------------------------- network
 
 #[derive(Debug, Serialize)]

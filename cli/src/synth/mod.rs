@@ -78,6 +78,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "app.json.tera",
         include_str!("../../../templates/app.json.tera"),
     ),
+    (
+        "bootstrap.json.tera",
+        include_str!("../../../templates/bootstrap.json.tera"),
+    ),
 ];
 
 fn tera() -> Result<&'static tera::Tera, Error> {
@@ -172,6 +176,15 @@ pub struct Asset {
     pub architecture: &'static str,
 }
 
+/// The stack `pipeline bootstrap` deploys once, before the others.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootstrapStack {
+    /// CloudFormation stack name: `<project>-<env>-bootstrap`.
+    pub name: String,
+    pub template: String,
+    pub outputs: Vec<String>,
+}
+
 /// What the deploy engine needs to know: stacks in order, their parameters and outputs, the assets.
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
@@ -183,6 +196,7 @@ pub struct Manifest {
     pub account: Option<String>,
     /// Tags given to every stack (and so to every resource that takes tags).
     pub tags: BTreeMap<String, String>,
+    pub bootstrap: BootstrapStack,
     pub stacks: Vec<ManifestStack>,
     pub assets: Vec<Asset>,
 }
@@ -192,6 +206,14 @@ pub struct Manifest {
 pub struct Synthesis {
     pub manifest: Manifest,
     pub files: Vec<(String, String)>,
+}
+
+fn outputs_of(template: &serde_json::Value) -> Vec<String> {
+    template
+        .get("Outputs")
+        .and_then(|v| v.as_object())
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Renders every stack of an environment.
@@ -232,11 +254,7 @@ pub fn synthesize(env: &Environment) -> Result<Synthesis, Error> {
                 .and_then(|v| v.as_object())
                 .map(|o| o.len())
         };
-        let outputs = template
-            .get("Outputs")
-            .and_then(|v| v.as_object())
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
+        let outputs = outputs_of(&template);
         let file = format!("{}.template.json", kind.id());
         stacks.push(ManifestStack {
             id: kind.id(),
@@ -250,6 +268,13 @@ pub fn synthesize(env: &Environment) -> Result<Synthesis, Error> {
         });
         files.push((file, pretty(&template)?));
     }
+    let bootstrap = render("bootstrap.json.tera", &context::bootstrap(name, spec))?;
+    let bootstrap_stack = BootstrapStack {
+        name: format!("{prefix}-bootstrap"),
+        template: "bootstrap.template.json".into(),
+        outputs: outputs_of(&bootstrap),
+    };
+    files.push((bootstrap_stack.template.clone(), pretty(&bootstrap)?));
     files.push((
         "openapi.json".into(),
         pretty(&openapi::document(name, spec, false))?,
@@ -265,6 +290,7 @@ pub fn synthesize(env: &Environment) -> Result<Synthesis, Error> {
         region: spec.region.clone(),
         account: spec.account.clone(),
         tags,
+        bootstrap: bootstrap_stack,
         stacks,
         assets: spec
             .functions

@@ -23,10 +23,11 @@ enum Target {
 }
 
 impl Target {
-    fn alias_ref(self) -> &'static str {
+    /// The function whose `live` alias serves the route.
+    fn function(self) -> &'static str {
         match self {
-            Target::Ingest => "IngestAlias",
-            Target::Query => "QueryAlias",
+            Target::Ingest => "IngestFunction",
+            Target::Query => "QueryFunction",
         }
     }
 }
@@ -138,7 +139,9 @@ fn filter_parameters(spec: &Spec) -> Vec<Value> {
 }
 
 /// Builds the document. With `aws`, API Gateway's integrations, validators
-/// and key source are added, and `Fn::Sub` objects stand for the alias ARNs.
+/// and key source are added, and `Fn::Sub` objects stand for the alias ARNs
+/// (built from the function's ARN: a `Ref` to an alias would also do in AWS,
+/// but not in emulators).
 pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
     let names: Vec<&String> = spec.datasets.keys().collect();
     let dataset_param = json!({
@@ -154,19 +157,17 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             "httpMethod": "POST",
             "passthroughBehavior": "when_no_match",
             "uri": {"Fn::Sub": format!(
-                "arn:${{AWS::Partition}}:apigateway:${{AWS::Region}}:lambda:path/2015-03-31/functions/${{{}}}/invocations",
-                target.alias_ref()
+                "arn:${{AWS::Partition}}:apigateway:${{AWS::Region}}:lambda:path/2015-03-31/functions/${{{}.Arn}}:live/invocations",
+                target.function()
             )},
         })
     };
     let op = |target: Target, mut operation: Value| {
-        if aws {
-            if let Value::Object(map) = &mut operation {
-                map.insert(
-                    "x-amazon-apigateway-integration".into(),
-                    integration(target),
-                );
-            }
+        if aws && let Value::Object(map) = &mut operation {
+            map.insert(
+                "x-amazon-apigateway-integration".into(),
+                integration(target),
+            );
         }
         operation
     };

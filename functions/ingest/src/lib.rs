@@ -107,14 +107,14 @@ async fn post_batch(
         );
     }
     let idempotency_key = header(request, "idempotency-key");
-    if let Some(key) = idempotency_key {
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-            return api::error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("the Idempotency-Key header takes 1 to {MAX_IDEMPOTENCY_KEY} characters"),
-            );
-        }
+    if let Some(key) = idempotency_key
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
+    {
+        return api::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the Idempotency-Key header takes 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+        );
     }
 
     // Check every record before storing anything.

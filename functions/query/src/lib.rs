@@ -201,7 +201,7 @@ fn encode_cursor(key: &[serde_json::Value]) -> String {
 }
 
 fn decode_cursor(text: &str) -> Option<Vec<String>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..text.len())

@@ -598,10 +598,10 @@ pub(crate) async fn copy_decoded(
     if let Some(first) = summary.errors.first() {
         return Ok(Copied::Invalid(first.clone()));
     }
-    if !out.is_empty() {
-        if let Err(e) = sink.send(Bytes::from(out)).await {
-            return conflict(e);
-        }
+    if !out.is_empty()
+        && let Err(e) = sink.send(Bytes::from(out)).await
+    {
+        return conflict(e);
     }
     match sink.finish().await {
         Ok(_) => Ok(Copied::Rows(summary.records)),

@@ -1,0 +1,59 @@
+//! `pipeline bootstrap`: the stack that holds what deploys upload (function
+//! packages, large templates, images). Running it again changes nothing.
+
+use std::fmt;
+
+use crate::aws::{AwsArgs, runtime};
+use crate::deploy::engine::{StackPlan, deploy_stack};
+use crate::deploy::progress::CliReporter;
+use crate::deploy::{Bootstrap, Session, load, options, resources};
+use crate::{Cli, Error, output::Ui};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Environment to bootstrap.
+    #[arg(short, long = "env", value_name = "ENV")]
+    pub env: String,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+impl fmt::Display for Bootstrap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} is ready", self.stack)?;
+        writeln!(f, "  assets bucket  {}", self.assets_bucket)?;
+        writeln!(f, "  repository     {}", self.repository_uri)
+    }
+}
+
+pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
+    let (env, synthesis) = load(cli, &args.env, ui)?;
+    runtime()?.block_on(async {
+        let session = Session::open(env, synthesis, &args.aws).await;
+        session.check_account().await?;
+        let manifest = &session.synthesis.manifest;
+        let plan = StackPlan {
+            name: manifest.bootstrap.name.clone(),
+            template: session
+                .template_source(None, &manifest.bootstrap.template)
+                .await?,
+            parameters: Default::default(),
+            tags: manifest.tags.clone(),
+            resources: resources(&session.synthesis, &manifest.bootstrap.template)?,
+        };
+        let reporter = CliReporter::new(ui);
+        // Creating the bootstrap stack needs no confirmation: it only adds
+        // an empty bucket and repository.
+        deploy_stack(
+            &session.cfn,
+            &plan,
+            &options(true, false),
+            &reporter,
+            &reporter,
+        )
+        .await?;
+        reporter.finish();
+        ui.result(&session.bootstrap().await?);
+        Ok(())
+    })
+}

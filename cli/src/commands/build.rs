@@ -1,0 +1,56 @@
+//! `pipeline build`: the function packages, built for Lambda and zipped the
+//! same way on every machine.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::deploy::assets::Package;
+use crate::deploy::{PackageArgs, load, packages};
+use crate::{Cli, Error, output::Ui};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Environment whose functions (architecture, datasets) to build.
+    #[arg(short, long = "env", value_name = "ENV", default_value = "dev")]
+    pub env: String,
+    /// Build only this function.
+    #[arg(long, value_name = "FUNCTION", value_parser = ["ingest", "loader", "query"])]
+    pub function: Option<String>,
+    #[command(flatten)]
+    pub packages: PackageArgs,
+}
+
+/// The packages built.
+#[derive(Debug, Serialize)]
+pub struct Built {
+    pub environment: String,
+    pub packages: Vec<Package>,
+}
+
+impl fmt::Display for Built {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.packages {
+            writeln!(
+                f,
+                "{:<7} {:<7} {:>10} bytes  sha256 {}  {}",
+                p.function,
+                p.architecture,
+                p.bytes,
+                p.sha256,
+                p.path.display()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
+    let (env, _) = load(cli, &args.env, ui)?;
+    let packages = packages(&env, &args.packages, args.function.as_deref(), ui)?;
+    ui.result(&Built {
+        environment: env.name,
+        packages,
+    });
+    Ok(())
+}

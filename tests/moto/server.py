@@ -1,0 +1,218 @@
+"""moto_server (moto 5.2.5) with the fixes our templates need to deploy through change sets.
+
+Same CLI as moto_server: python tests/moto/server.py -H 127.0.0.1 -p PORT
+Each patch closes one gap between moto and CloudFormation; nothing else is changed.
+"""
+
+import base64
+import contextlib
+import hashlib
+import json
+import secrets
+import string
+import sys
+
+from moto.apigateway.models import RestAPI, apigateway_backends
+from moto.awslambda.exceptions import UnknownFunctionException
+from moto.awslambda.models import lambda_backends
+from moto.cloudformation.models import CloudFormationBackend
+from moto.core.common_models import CloudFormationModel
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.route_tables import RouteTable
+from moto.ec2.models.vpcs import VPCEndPoint
+from moto.rds.models import DBInstance, DBParameterGroup, rds_backends
+from moto.secretsmanager.models import secretsmanager_backends
+from moto.server import main
+
+
+def wrap(cls, name):
+    """Decorator: replace cls.name by the function, which is given the original first."""
+
+    def install(fn):
+        orig = getattr(cls, name)
+        setattr(cls, name, lambda *args, **kwargs: fn(orig, *args, **kwargs))
+        return fn
+
+    return install
+
+
+# 1. A CREATE change set's stack is made from an empty template, and execute_change_set never
+# rebuilds it: describe_stacks has no Outputs, and the stack keeps stale template and
+# parameters. CloudFormation shows the executed change set's template, parameters and outputs.
+@wrap(CloudFormationBackend, "execute_change_set")
+def execute_change_set(orig, self, change_set_name, stack_name=None):
+    orig(self, change_set_name, stack_name)
+    change_set = self.describe_change_set(change_set_name)
+    stack = self.stacks[change_set.stack_id]
+    stack.template_dict = change_set.template_dict
+    stack.parameters = change_set.parameters
+    stack.output_map = stack._create_output_map()
+
+
+# 2. DBParameterGroup has no physical id, so {"Ref": "DbParameterGroup"} yields the object and
+# DBInstance fails on it (500, no attribute 'startswith'). CloudFormation's Ref gives the name.
+DBParameterGroup.physical_resource_id = property(lambda self: self.name)
+
+
+# 3. Every DBInstance (replicas are copies of their primary) has the same DbiResourceId, and
+# GetAtt knows only Endpoint.*: a GetAtt of DbiResourceId in Outputs makes every
+# describe_stacks fail (500). RDS gives each instance its own id, "db-" and 26 upper-case
+# alphanumerics, and CloudFormation can read it. Here it is derived from the instance's ARN
+# (base32 is A-Z2-7); moto's assignments of its constant are ignored.
+DBInstance.dbi_resource_id = property(
+    lambda self: "db-" + base64.b32encode(hashlib.sha256(self.arn.encode()).digest()).decode()[:26],
+    lambda self, value: None,
+)
+
+
+@wrap(DBInstance, "get_cfn_attribute")
+def db_instance_attribute(orig, self, attribute_name):
+    return self.dbi_resource_id if attribute_name == "DbiResourceId" else orig(self, attribute_name)
+
+
+DBInstance.has_cfn_attr = classmethod(lambda cls, attr: attr in ("Endpoint.Address", "Endpoint.Port", "DbiResourceId"))
+
+
+# 4. Moto deletes a stack's resources in any order, retrying those that raise; a primary
+# deleted before its read replicas makes their deletion fail (DBInstanceNotFound) and the
+# stack's deletion with it. CloudFormation deletes the replicas (which Ref the primary) first.
+@wrap(DBInstance, "delete")
+def delete_db_instance(orig, self, account_id, region_name):
+    if self.replicas:
+        raise RuntimeError(f"{self.db_instance_identifier} still has read replicas")
+    orig(self, account_id, region_name)
+
+
+# 5. A RestApi's Body is ignored, so the API has no methods and its AWS::ApiGateway::Deployment
+# fails ("The REST API doesn't contain any methods"). CloudFormation imports the Body, an
+# OpenAPI document, as PutRestApi does; moto's put_rest_api reads x-amazon-apigateway-integration.
+@wrap(RestAPI, "create_from_cloudformation_json")
+def rest_api_from_template(orig, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    api = orig(resource_name, cloudformation_json, account_id, region_name, **kwargs)
+    if body := cloudformation_json["Properties"].get("Body"):
+        apigateway_backends[account_id][region_name].put_rest_api(api.id, body, fail_on_warnings=False, mode="overwrite")
+    return api
+
+
+# 6. RestAPI has no update_from_cloudformation_json, so an UPDATE that changes the RestApi
+# (e.g. its Body) replaces it in the stack by None: Ref Api and the ApiId output vanish.
+# CloudFormation updates the API in place, re-importing the Body.
+def update_rest_api_from_template(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+    props = cloudformation_json["Properties"]
+    original_resource.name, original_resource.description = props["Name"], props.get("Description", "")
+    if body := props.get("Body"):
+        apigateway_backends[account_id][region_name].put_rest_api(original_resource.id, body, fail_on_warnings=False, mode="overwrite")
+    return original_resource
+
+
+RestAPI.update_from_cloudformation_json = classmethod(update_rest_api_from_template)
+
+
+# 7. VPCEndPoint, RouteTable and RestAPI cannot be deleted by CloudFormation (no delete
+# method), so a deleted stack leaves them (and the interface endpoints' network interfaces)
+# behind, and the VPC's deletion fails with DependencyViolation. CloudFormation deletes them.
+# Moto deletes a stack's resources in any order, and a gateway endpoint removes its routes from
+# its route tables: skip route tables that are already gone.
+def delete_vpc_endpoint(self, account_id, region_name):
+    backend = ec2_backends[account_id][region_name]
+    self.route_table_ids = [rt for rt in self.route_table_ids or [] if rt in backend.route_tables]
+    backend.delete_vpc_endpoints([self.id])
+    backend.vpc_end_points.pop(self.id, None)
+
+
+VPCEndPoint.delete = delete_vpc_endpoint
+RouteTable.delete = lambda self, account_id, region_name: ec2_backends[account_id][region_name].delete_route_table(self.id)
+RestAPI.delete = lambda self, account_id, region_name: apigateway_backends[account_id][region_name].delete_rest_api(self.id)
+
+
+def resource_type(cfn_type, name_property, create, delete, ref, attributes=None):
+    """Teach moto's CloudFormation a type it skips. create(properties, name, backend) returns
+    the backend's object; delete(obj, backend); ref(obj) is what Ref returns; attributes maps
+    GetAtt names to functions of obj. An update replaces the resource (delete, then create).
+    Moto finds types among CloudFormationModel's direct subclasses."""
+    attributes, service = attributes or {}, cfn_type.split("::")[1].lower()
+    backends = {"secretsmanager": secretsmanager_backends, "lambda": lambda_backends, "rds": rds_backends}[service]
+
+    def from_template(cls, name, cloudformation_json, account_id, region_name, **kwargs):
+        model = cls()
+        model.backend = backends[account_id][region_name]
+        model.obj = create(cloudformation_json["Properties"], name, model.backend)
+        return model
+
+    def update(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+        original_resource.delete(account_id, region_name)
+        return from_template(cls, new_resource_name, cloudformation_json, account_id, region_name)
+
+    namespace = {
+        "__module__": f"moto.{service}.cfn",  # moto files each model under its service
+        "cloudformation_type": staticmethod(lambda: cfn_type),
+        "cloudformation_name_type": staticmethod(lambda: name_property),
+        "create_from_cloudformation_json": classmethod(from_template),
+        "update_from_cloudformation_json": classmethod(update),
+        "physical_resource_id": property(lambda self: ref(self.obj)),
+        "has_cfn_attr": classmethod(lambda cls, attr: attr in attributes),
+        "get_cfn_attribute": lambda self, attr: attributes[attr](self.obj),
+        "delete": lambda self, account_id, region_name: delete(self.obj, self.backend),
+    }
+    type(cfn_type.replace("::", ""), (CloudFormationModel,), namespace)
+
+
+# 8. AWS::SecretsManager::Secret is skipped: Ref of it is empty and outputs made from it vanish
+# (the data stack's DbSecretArn). CloudFormation creates the secret, GenerateSecretString
+# putting a random password under GenerateStringKey; Ref gives its ARN.
+def create_secret(props, name, backend):
+    value = props.get("SecretString")
+    if generate := props.get("GenerateSecretString"):
+        excluded = generate.get("ExcludeCharacters", "")
+        alphabet = [c for c in string.ascii_letters + string.digits + string.punctuation if c not in excluded]
+        value = "".join(secrets.choice(alphabet) for _ in range(int(generate.get("PasswordLength", 32))))
+        if template := generate.get("SecretStringTemplate"):
+            value = json.dumps({**json.loads(template), generate["GenerateStringKey"]: value})
+    created = backend.create_secret(
+        name=name, secret_string=value, secret_binary=None, description=props.get("Description"),
+        tags=props.get("Tags"), kms_key_id=props.get("KmsKeyId"), client_request_token=None,
+        replica_regions=[], force_overwrite=False,
+    )
+    return json.loads(created)["ARN"]
+
+
+resource_type(
+    "AWS::SecretsManager::Secret", "Name", create_secret, ref=lambda arn: arn,
+    delete=lambda arn, backend: backend.delete_secret(arn, recovery_window_in_days=None, force_delete_without_recovery=True),
+)
+
+# 9. AWS::Lambda::Alias is skipped, so a permission or event source mapping on the alias ARN
+# ("<function ARN>:live") fails with "Function not found" (500). CloudFormation creates the
+# alias; Ref gives its ARN. Deleting a function deletes its aliases, and moto may delete the
+# function first.
+def delete_alias(alias, backend):
+    with contextlib.suppress(UnknownFunctionException):
+        backend.delete_alias(alias.name, alias.arn.rsplit(":", 1)[0])
+
+
+resource_type(
+    "AWS::Lambda::Alias", "",
+    lambda props, name, backend: backend.create_alias(
+        props["Name"], props["FunctionName"], props["FunctionVersion"], props.get("Description", ""), props.get("RoutingConfig")
+    ),
+    delete=delete_alias,
+    ref=lambda alias: alias.arn,
+)
+
+# 10. AWS::RDS::DBProxy is skipped, and a GetAtt of it in Outputs (prod's DbWriteEndpoint) then
+# makes every describe_stacks fail (500). CloudFormation creates the proxy; Ref gives its name.
+# (AWS::RDS::DBProxyTargetGroup stays skipped: nothing reads it.)
+resource_type(
+    "AWS::RDS::DBProxy", "DBProxyName",
+    lambda props, name, backend: backend.create_db_proxy(
+        name, props["EngineFamily"], props["Auth"], props["RoleArn"], props["VpcSubnetIds"],
+        props.get("VpcSecurityGroupIds"), props.get("RequireTLS"), props.get("IdleClientTimeout"),
+        props.get("DebugLogging"), props.get("Tags"),
+    ),
+    delete=lambda proxy, backend: backend.delete_db_proxy(proxy.db_proxy_name),
+    ref=lambda proxy: proxy.db_proxy_name,
+    attributes={"Endpoint": lambda proxy: proxy.endpoint, "DBProxyArn": lambda proxy: proxy.arn},
+)
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
