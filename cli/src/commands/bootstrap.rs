@@ -53,7 +53,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
         )
         .await?;
         reporter.finish();
-        ui.result(&session.bootstrap().await?);
+        ui.event(&session.bootstrap().await?);
         Ok(())
     })
 }

@@ -129,13 +129,12 @@ pub fn check_tools(architectures: &[&str]) -> Result<(), Error> {
 /// not depend on where the workspace or the cargo home is.
 pub fn cargo_lambda(
     workspace: &Path,
-    target_dir: &Path,
     architecture: &str,
     functions: &[&str],
     quiet: bool,
 ) -> Result<PathBuf, Error> {
     let (_, triple) = target(architecture);
-    let lambda_dir = target_dir.join("lambda").join(architecture);
+    let lambda_dir = workspace.join("target").join("lambda").join(architecture);
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -157,8 +156,9 @@ pub fn cargo_lambda(
             "--target",
             triple,
         ])
-        .arg("--target-dir")
-        .arg(target_dir)
+        // cargo-lambda 1.9 hands a target directory on to `cargo metadata`,
+        // which refuses it: the workspace's own `target/` is used.
+        .env_remove("CARGO_TARGET_DIR")
         .arg("--lambda-dir")
         .arg(&lambda_dir)
         .env("RUSTFLAGS", flags.trim())

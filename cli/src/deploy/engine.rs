@@ -302,17 +302,23 @@ async fn make_change_set(
     opts: &Options,
 ) -> Result<Option<Vec<Change>>, EngineError> {
     let name = plan.name.as_str();
-    cfn.create_change_set(&ChangeSetRequest {
-        stack: plan.name.clone(),
-        name: opts.change_set.clone(),
-        kind,
-        template: plan.template.clone(),
-        parameters: plan.parameters.clone(),
-        tags: plan.tags.clone(),
-        description: "made by pipeline".into(),
-    })
-    .await
-    .map_err(cfn_err(name))?;
+    let created = cfn
+        .create_change_set(&ChangeSetRequest {
+            stack: plan.name.clone(),
+            name: opts.change_set.clone(),
+            kind,
+            template: plan.template.clone(),
+            parameters: plan.parameters.clone(),
+            tags: plan.tags.clone(),
+            description: "made by pipeline".into(),
+        })
+        .await;
+    match created {
+        Ok(()) => {}
+        // Some implementations refuse an empty change set outright.
+        Err(e) if is_empty_change_set(&e.message) => return Ok(None),
+        Err(e) => return Err(cfn_err(name)(e)),
+    }
     loop {
         let set = cfn
             .change_set(name, &opts.change_set)

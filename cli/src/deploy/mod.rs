@@ -87,9 +87,6 @@ pub fn packages(
     architectures.sort();
     architectures.dedup();
     assets::check_tools(&architectures)?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
     let datasets = serde_json::to_vec(&env.spec.datasets).map_err(|e| Error::Render {
         what: "the datasets".into(),
         message: e.to_string(),
@@ -103,7 +100,7 @@ pub fn packages(
             .map(|(n, _)| *n)
             .collect();
         ui.info(format_args!("building {} for {arch}", names.join(", ")));
-        let built = assets::cargo_lambda(&workspace, &target_dir, arch, &names, ui.verbose == 0)?;
+        let built = assets::cargo_lambda(&workspace, arch, &names, ui.verbose == 0)?;
         for name in names {
             packages.push(assets::package(
                 name,

@@ -1,0 +1,628 @@
+//! The deploy commands (the real binary) against moto: bootstrap, deploy
+//! from nothing, an unchanged redeploy, one changed function, diff exit
+//! codes, status, outputs, logs, the deploy lock, the account guard and
+//! destroy. moto runs through `tests/moto/server.py`, which closes the gaps
+//! between moto's CloudFormation and AWS's that our templates meet (see its
+//! comments). What moto cannot show (failures, rollbacks, events per
+//! resource, recover) is tested against a scripted CloudFormation in
+//! `cli/src/deploy/tests.rs`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// moto, patched for our templates, stopped when dropped.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python of the pinned moto's venv (`.ci/tools.sh` sets MOTO_SERVER).
+fn moto_python() -> PathBuf {
+    let server = std::env::var_os("MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            std::env::var_os("XDG_CACHE_HOME")
+                .map_or_else(|| home.join(".cache"), PathBuf::from)
+                .join("pipeline-tools/moto/bin/moto_server")
+        });
+    let python = server.with_file_name("python");
+    assert!(
+        python.exists(),
+        "moto is not installed: run `source .ci/tools.sh` (or set MOTO_SERVER)"
+    );
+    python
+}
+
+fn start_moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let child = Command::new(moto_python())
+        .arg(common::repo().join("tests/moto/server.py"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Moto {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// A scratch project: environments, prebuilt packages, and moto.
+struct Project {
+    dir: tempfile::TempDir,
+    moto: Moto,
+}
+
+const FUNCTIONS: [&str; 3] = ["ingest", "loader", "query"];
+
+impl Project {
+    fn new(extra: &[(&str, &str)]) -> Project {
+        let dir = common::workspace(extra);
+        let project = Project {
+            dir,
+            moto: start_moto(),
+        };
+        for f in FUNCTIONS {
+            project.package(f, "v1");
+        }
+        project
+    }
+
+    /// Writes a function's package; another `version` is other code.
+    fn package(&self, function: &str, version: &str) {
+        let dir = self.dir.path().join("artifacts");
+        std::fs::create_dir_all(&dir).expect("artifacts dir");
+        let file = std::fs::File::create(dir.join(format!("{function}.zip"))).expect("zip");
+        let mut zip = zip::ZipWriter::new(file);
+        zip.start_file("bootstrap", zip::write::SimpleFileOptions::default())
+            .expect("entry");
+        std::io::Write::write_all(&mut zip, format!("{function} {version}").as_bytes())
+            .expect("write");
+        zip.finish().expect("finish");
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = common::command(self.dir.path(), args);
+        cmd.env("AWS_ENDPOINT_URL", &self.moto.url)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("PIPELINE_ARTIFACTS", self.dir.path().join("artifacts"))
+            .env("PIPELINE_POLL_MS", "20")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run pipeline")
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "pipeline {args:?}\nstdout:\n{}\nstderr:\n{}",
+            common::stdout(&out),
+            common::stderr(&out)
+        );
+        common::stdout(&out)
+    }
+
+    /// The result of a `--output json` run: the document, or the last of
+    /// its JSON lines (the events come first).
+    fn json(&self, args: &[&str]) -> Value {
+        let stdout = self.ok(args);
+        serde_json::from_str(&stdout).unwrap_or_else(|_| {
+            let last = stdout.lines().last().unwrap_or_default();
+            serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+        })
+    }
+
+    /// Runs a command that must fail with `--output json`: its exit code
+    /// and its error's message and help, word for word.
+    fn fails(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        failure(&self.run(&all))
+    }
+
+    async fn sdk(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .endpoint_url(&self.moto.url)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await
+    }
+
+    async fn s3(&self) -> aws_sdk_s3::Client {
+        aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.sdk().await)
+                .force_path_style(true)
+                .build(),
+        )
+    }
+
+    async fn objects(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let out = self
+            .s3()
+            .await
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .expect("list objects");
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+/// The exit code and the JSON error (message, help) of a failed run.
+fn failure(out: &Output) -> (Option<i32>, String, String) {
+    let err = common::stderr(out);
+    let line = err.lines().last().unwrap_or_default();
+    let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {err}"));
+    (
+        out.status.code(),
+        value["error"]["message"].as_str().unwrap_or("").to_string(),
+        value["error"]["help"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn stack_statuses(status: &Value) -> Vec<(String, String)> {
+    status["stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or("").to_string(),
+                s["status"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
+    let p = Project::new(&[]);
+    let rt = runtime();
+
+    // Nothing can be deployed before the bootstrap stack exists.
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(2),
+            "environment `dev` is not bootstrapped: there is no stack pipeline-dev-bootstrap"
+                .into(),
+            "run `pipeline bootstrap --env dev` once, then deploy again".into()
+        )
+    );
+
+    let boot = p.json(&["--output", "json", "bootstrap", "--env", "dev"]);
+    let bucket = boot["assets_bucket"].as_str().expect("bucket").to_string();
+    assert_eq!(bucket, "pipeline-dev-assets-123456789012-eu-west-1");
+    assert!(
+        boot["repository_uri"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/pipeline-dev-functions"))
+    );
+    // Bootstrapping again changes nothing.
+    let again = p.ok(&["bootstrap", "--env", "dev"]);
+    assert!(
+        again.starts_with("pipeline-dev-bootstrap: no changes\n"),
+        "{again}"
+    );
+
+    // Every stack is new.
+    let out = p.run(&["diff", "--env", "dev", "--exit-code"]);
+    assert_eq!(code(&out), Some(2), "{}", common::stderr(&out));
+    let diff = common::stdout(&out);
+    for stack in ["network", "data", "monitoring", "app"] {
+        assert!(
+            diff.contains(&format!("pipeline-dev-{stack}: create\n")),
+            "{diff}"
+        );
+    }
+    assert!(diff.contains("  + Database "), "{diff}");
+
+    // Without a terminal, changes need --yes; no stack is left behind (the
+    // packages are uploaded: they are named by their content).
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev"]),
+        (
+            Some(2),
+            "stack pipeline-dev-network has changes, and there is no terminal to confirm them"
+                .into(),
+            "review the changes with `pipeline diff`, then deploy with `--yes`".into()
+        )
+    );
+    assert_eq!(rt.block_on(p.objects(&bucket, "assets/")).len(), 3);
+    let status = p.json(&["--output", "json", "status", "--env", "dev"]);
+    assert!(
+        stack_statuses(&status)[1..]
+            .iter()
+            .all(|(_, s)| s == "NOT_DEPLOYED"),
+        "{status}"
+    );
+
+    // From nothing: every stack created (the packages are there already).
+    let deployed = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
+    assert_eq!(deployed["event"], "deployed");
+    assert_eq!(
+        (&deployed["packages"], &deployed["uploaded"]),
+        (&3.into(), &0.into())
+    );
+    let changed: Vec<bool> = deployed["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .map(|s| s["changed"] == true)
+        .collect();
+    assert_eq!(changed, [true; 4]);
+    let api_url = deployed["outputs"]["ApiUrl"].as_str().expect("ApiUrl");
+    assert!(
+        api_url.starts_with("https://")
+            && api_url.ends_with(".execute-api.eu-west-1.amazonaws.com/live"),
+        "{api_url}"
+    );
+    let written: Value = serde_json::from_slice(
+        &std::fs::read(p.dir.path().join("out/dev/outputs.json")).expect("outputs.json"),
+    )
+    .expect("json");
+    assert_eq!(written["pipeline-dev-app"]["ApiUrl"], api_url);
+    assert!(
+        written["pipeline-dev-data"]["DbSecretArn"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("arn:aws:secretsmanager:"))
+    );
+    let mut assets = rt.block_on(p.objects(&bucket, "assets/"));
+    assets.sort();
+    assert_eq!(assets.len(), 3, "{assets:?}");
+
+    // Unchanged: nothing uploaded, nothing executed.
+    let text = p.ok(&["deploy", "--env", "dev", "--yes"]);
+    assert!(
+        text.contains(
+            "dev is up to date: no changes in 4 stacks\npackages: 0 uploaded, 3 already there\n"
+        ),
+        "{text}"
+    );
+    for stack in ["network", "data", "monitoring", "app"] {
+        assert!(
+            text.contains(&format!("pipeline-dev-{stack}: no changes\n")),
+            "{text}"
+        );
+    }
+    let out = p.run(&["diff", "--env", "dev", "--exit-code"]);
+    assert_eq!(
+        code(&out),
+        Some(0),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    assert!(common::stdout(&out).ends_with("dev is up to date\n"));
+
+    // One function changes: only its package goes up, only the app stack moves.
+    p.package("ingest", "v2");
+    let out = p.run(&["diff", "--env", "dev", "--exit-code"]);
+    assert_eq!(code(&out), Some(2), "{}", common::stderr(&out));
+    let diff = common::stdout(&out);
+    assert!(
+        diff.contains("pipeline-dev-network: no changes\n")
+            && diff.contains("pipeline-dev-app: update\n"),
+        "{diff}"
+    );
+    let deployed = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
+    assert_eq!(deployed["uploaded"], 1);
+    let changed: Vec<bool> = deployed["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .map(|s| s["changed"] == true)
+        .collect();
+    assert_eq!(changed, [false, false, false, true]);
+    assert_eq!(rt.block_on(p.objects(&bucket, "assets/")).len(), 4);
+    // The function runs the new package.
+    let ingest = deployed["outputs"]["IngestFunctionName"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let new_zip = std::fs::read(p.dir.path().join("artifacts/ingest.zip")).expect("zip");
+    let sha = rt.block_on(async {
+        let lambda = aws_sdk_lambda::Client::new(&p.sdk().await);
+        let f = lambda
+            .get_function()
+            .function_name(&ingest)
+            .send()
+            .await
+            .expect("function");
+        f.configuration()
+            .and_then(|c| c.code_sha256().map(str::to_string))
+    });
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let expected = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&new_zip));
+    assert_eq!(sha.as_deref(), Some(expected.as_str()));
+
+    // Status and outputs.
+    let status = p.json(&["--output", "json", "status", "--env", "dev"]);
+    let statuses = stack_statuses(&status);
+    assert_eq!(
+        statuses[0],
+        ("pipeline-dev-bootstrap".into(), "CREATE_COMPLETE".into())
+    );
+    assert_eq!(
+        statuses[4],
+        ("pipeline-dev-app".into(), "UPDATE_COMPLETE".into())
+    );
+    let functions: Vec<(&str, &str)> = status["functions"]
+        .as_array()
+        .expect("functions")
+        .iter()
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap_or(""),
+                f["live_version"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        functions,
+        [
+            ("ingest", "$LATEST"),
+            ("loader", "$LATEST"),
+            ("query", "$LATEST")
+        ]
+    );
+    let outputs = p.json(&["--output", "json", "outputs", "--env", "dev"]);
+    assert_eq!(outputs["pipeline-dev-app"]["ApiUrl"], api_url);
+    let text = p.ok(&["outputs", "--env", "dev"]);
+    assert!(
+        text.contains(&format!("  ApiUrl                       {api_url}\n")),
+        "{text}"
+    );
+
+    // Logs of a function, filtered.
+    rt.block_on(async {
+        let logs = aws_sdk_cloudwatchlogs::Client::new(&p.sdk().await);
+        let group = written["pipeline-dev-monitoring"]["IngestLogGroupName"]
+            .as_str()
+            .expect("log group")
+            .to_string();
+        logs.create_log_stream()
+            .log_group_name(&group)
+            .log_stream_name("s1")
+            .send()
+            .await
+            .expect("stream");
+        let now = chrono::Utc::now().timestamp_millis();
+        let event = |t: i64, m: &str| {
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(t)
+                .message(m)
+                .build()
+                .expect("event")
+        };
+        logs.put_log_events()
+            .log_group_name(&group)
+            .log_stream_name("s1")
+            .log_events(event(now - 3_600_000, "an old ERROR"))
+            .log_events(event(now - 1000, "batch stored"))
+            .log_events(event(now - 500, "ERROR cannot reach the database"))
+            .send()
+            .await
+            .expect("put events");
+    });
+    let text = p.ok(&[
+        "logs",
+        "--env",
+        "dev",
+        "--function",
+        "ingest",
+        "--since",
+        "10m",
+        "--filter",
+        "ERROR",
+    ]);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with(" ERROR cannot reach the database"),
+        "{text}"
+    );
+    let text = p.ok(&[
+        "logs",
+        "--env",
+        "dev",
+        "--function",
+        "ingest",
+        "--since",
+        "2h",
+    ]);
+    assert_eq!(text.lines().count(), 3, "{text}");
+
+    // Destroy: refused without a terminal unless --yes; says what is kept.
+    assert_eq!(
+        p.fails(&["destroy", "--env", "dev"]),
+        (
+            Some(2),
+            "destroying `dev` needs a confirmation".into(),
+            "pass --yes to destroy without a terminal".into()
+        )
+    );
+    let text = p.ok(&["destroy", "--env", "dev", "--yes"]);
+    assert!(
+        text.ends_with("destroyed dev: 4 stacks deleted\n"),
+        "{text}"
+    );
+    let order: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(": DELETE_COMPLETE after "))
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "pipeline-dev-app",
+            "pipeline-dev-monitoring",
+            "pipeline-dev-data",
+            "pipeline-dev-network"
+        ]
+    );
+    let status = p.json(&["--output", "json", "status", "--env", "dev"]);
+    let statuses = stack_statuses(&status);
+    assert_eq!(
+        statuses[0].1, "CREATE_COMPLETE",
+        "the bootstrap stack stays"
+    );
+    assert!(
+        statuses[1..].iter().all(|(_, s)| s == "NOT_DEPLOYED"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
+    let p = Project::new(&[]);
+    let boot = p.json(&["--output", "json", "bootstrap", "--env", "dev"]);
+    let bucket = boot["assets_bucket"].as_str().expect("bucket").to_string();
+    runtime().block_on(async {
+        p.s3()
+            .await
+            .put_object()
+            .bucket(&bucket)
+            .key("locks/dev.json")
+            .body(
+                br#"{"started_at":"2026-11-27T10:00:00+00:00","by":"ci","pid":41}"#
+                    .to_vec()
+                    .into(),
+            )
+            .send()
+            .await
+            .expect("lock");
+    });
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(2),
+            "another deploy of `dev` is in progress (started 2026-11-27T10:00:00+00:00 by ci, pid 41)".into(),
+            "wait for it to finish; if it died, deploy again with --force-unlock".into()
+        )
+    );
+    let status = p.json(&["--output", "json", "status", "--env", "dev"]);
+    assert_eq!(stack_statuses(&status)[1].1, "NOT_DEPLOYED");
+
+    let deployed = p.json(&[
+        "--output",
+        "json",
+        "deploy",
+        "--env",
+        "dev",
+        "--yes",
+        "--force-unlock",
+    ]);
+    assert_eq!(deployed["event"], "deployed");
+    // The lock is gone once the deploy is done.
+    assert!(runtime().block_on(p.objects(&bucket, "locks/")).is_empty());
+}
+
+#[test]
+fn credentials_of_another_account_change_nothing() {
+    let p = Project::new(&[("acct.yaml", "extends: dev\naccount: \"111111111111\"\n")]);
+    assert_eq!(
+        p.fails(&["bootstrap", "--env", "acct"]),
+        (
+            Some(2),
+            "the AWS credentials are for account 123456789012, but the environment belongs to account 111111111111".into(),
+            "use the profile of account 111111111111 (`--profile`, AWS_PROFILE), or fix `account` in the spec; nothing was changed".into()
+        )
+    );
+    let status = p.json(&["--output", "json", "status", "--env", "acct"]);
+    assert!(
+        stack_statuses(&status)
+            .iter()
+            .all(|(_, s)| s == "NOT_DEPLOYED")
+    );
+}
+
+#[test]
+fn spec_errors_stop_a_deploy_before_any_aws_call() {
+    let dir = common::workspace(&[("bad.yaml", "extends: dev\ndatabase:\n  read_replicas: 9\n")]);
+    // An endpoint nobody listens on: a call would fail differently.
+    let out = common::command(dir.path(), &["deploy", "--env", "bad", "--yes"])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("PIPELINE_ARTIFACTS", dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(code(&out), Some(2));
+    let err = common::stderr(&out);
+    assert!(err.contains("bad.yaml:3:"), "{err}");
+    assert!(err.contains("nothing was sent to AWS"), "{err}");
+}
+
+#[test]
+fn a_missing_package_says_how_to_make_it() {
+    let p = Project::new(&[]);
+    std::fs::remove_file(p.dir.path().join("artifacts/query.zip")).expect("rm");
+    let (code, message, help) = p.fails(&["deploy", "--env", "dev", "--yes"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        message,
+        format!(
+            "there is no query.zip in {}",
+            p.dir.path().join("artifacts").display()
+        )
+    );
+    assert_eq!(
+        help,
+        "`pipeline build --env <env>` writes the packages to out/<env>/"
+    );
+}
