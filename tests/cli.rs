@@ -387,6 +387,15 @@ fn every_command_has_help() {
         vec!["local", "--help"],
         vec!["push", "--help"],
         vec!["query", "--help"],
+        vec!["build", "--help"],
+        vec!["bootstrap", "--help"],
+        vec!["deploy", "--help"],
+        vec!["diff", "--help"],
+        vec!["status", "--help"],
+        vec!["outputs", "--help"],
+        vec!["destroy", "--help"],
+        vec!["logs", "--help"],
+        vec!["recover", "--help"],
     ] {
         let out = pipeline(&repo(), &args);
         assert_eq!(out.status.code(), Some(0), "{args:?}");
@@ -422,4 +431,80 @@ fn validate_and_synth_open_no_network_socket() {
     let network: Vec<&str> = trace.lines().filter(|l| l.contains("AF_INET")).collect();
     assert!(network.is_empty(), "network calls: {network:?}");
     assert!(ws.path().join("build/dev/app.template.json").exists());
+}
+
+/// The error of a `--output json` run: exit code, message and help.
+fn json_error(out: &std::process::Output) -> (Option<i32>, String, String) {
+    let err = stderr(out);
+    let value: serde_json::Value = serde_json::from_str(err.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {err}"));
+    (
+        out.status.code(),
+        value["error"]["message"].as_str().unwrap_or("").to_string(),
+        value["error"]["help"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[test]
+fn a_prod_like_environment_is_destroyed_only_with_force() {
+    let uat = std::fs::read_to_string(repo().join("environments/uat.yaml")).expect("uat");
+    let ws = workspace(&[("live.yaml", &uat)]);
+    // No AWS endpoint is reachable: the refusal comes before any call.
+    let out = common::command(
+        ws.path(),
+        &["--output", "json", "destroy", "--env", "live", "--yes"],
+    )
+    .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    .output()
+    .expect("run");
+    assert_eq!(
+        json_error(&out),
+        (
+            Some(2),
+            "`live` is prod-like (deletion protection or gradual rollouts); nothing was deleted"
+                .into(),
+            "pass --force to destroy it anyway".into()
+        )
+    );
+}
+
+#[test]
+fn building_without_cargo_lambda_says_how_to_install_it() {
+    let ws = workspace(&[]);
+    let out = common::command(&repo(), &["--output", "json", "--environments"])
+        .arg(ws.path().join("environments"))
+        .args(["build", "--env", "dev", "--rds-ca-bundle", "Cargo.toml"])
+        // A PATH with cargo but without cargo-lambda.
+        .env(
+            "PATH",
+            std::path::Path::new(env!("CARGO"))
+                .parent()
+                .expect("cargo dir"),
+        )
+        .output()
+        .expect("run");
+    assert_eq!(
+        json_error(&out),
+        (
+            Some(1),
+            "cargo-lambda is not installed".into(),
+            "install it with `pip install cargo-lambda ziglang` (seconds) or `cargo install cargo-lambda`, or pass prebuilt zips with `--artifacts DIR`".into()
+        )
+    );
+}
+
+#[test]
+fn building_outside_the_workspace_points_to_artifacts() {
+    let ws = workspace(&[]);
+    let out = pipeline(ws.path(), &["--output", "json", "build", "--env", "dev"]);
+    let (code, message, help) = json_error(&out);
+    assert_eq!(code, Some(1));
+    assert!(
+        message.ends_with(" is not in the pipeline's workspace"),
+        "{message}"
+    );
+    assert_eq!(
+        help,
+        "run the command in the folder with Cargo.toml and functions/, or pass prebuilt packages with --artifacts DIR"
+    );
 }
