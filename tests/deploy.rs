@@ -9,67 +9,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+
+use common::moto::{Moto, start as start_moto};
 
 use serde_json::Value;
-
-/// moto, patched for our templates, stopped when dropped.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The Python of the pinned moto's venv (`.ci/tools.sh` sets MOTO_SERVER).
-fn moto_python() -> PathBuf {
-    let server = std::env::var_os("MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            std::env::var_os("XDG_CACHE_HOME")
-                .map_or_else(|| home.join(".cache"), PathBuf::from)
-                .join("pipeline-tools/moto/bin/moto_server")
-        });
-    let python = server.with_file_name("python");
-    assert!(
-        python.exists(),
-        "moto is not installed: run `source .ci/tools.sh` (or set MOTO_SERVER)"
-    );
-    python
-}
-
-fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let child = Command::new(moto_python())
-        .arg(common::repo().join("tests/moto/server.py"))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Moto {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
-}
 
 /// A scratch project: environments, prebuilt packages, and moto.
 struct Project {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a scratch workspace and the real binary.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -171,6 +171,8 @@ pub fn cargo_lambda(
     if quiet {
         command.arg("--quiet");
     }
+    // Cargo's messages go to stderr, so that stdout keeps only results.
+    command.stdout(std::process::Stdio::from(std::io::stderr()));
     let status = command.status().map_err(|e| Error::Build {
         message: format!("cannot run cargo lambda: {e}"),
         help: None,

@@ -414,12 +414,7 @@ pub async fn deploy_stack(
         return Err(e);
     }
 
-    let last_event = cfn
-        .events(name, None)
-        .await
-        .map_err(cfn_err(name))?
-        .first()
-        .map(|e| e.id.clone());
+    let last_event = newest_event(cfn, name).await?;
     let started = Instant::now();
     cfn.execute_change_set(name, &opts.change_set)
         .await
@@ -496,6 +491,20 @@ fn confirm(
             stack: stack.to_string(),
         })
     }
+}
+
+/// The id of the stack's newest event: where the events of the operation
+/// about to start begin.
+async fn newest_event(
+    cfn: &impl CloudFormation,
+    name: &str,
+) -> Result<Option<String>, EngineError> {
+    Ok(cfn
+        .events(name, None)
+        .await
+        .map_err(cfn_err(name))?
+        .first()
+        .map(|e| e.id.clone()))
 }
 
 /// Polls of a settled stack, without the stack's own event of that status,
@@ -605,12 +614,7 @@ pub async fn delete_and_wait(
             status: stack.status,
         });
     }
-    let last = cfn
-        .events(name, None)
-        .await
-        .map_err(cfn_err(name))?
-        .first()
-        .map(|e| e.id.clone());
+    let last = newest_event(cfn, name).await?;
     let started = Instant::now();
     cfn.delete_stack(name).await.map_err(cfn_err(name))?;
     let (stack, events) = wait(cfn, name, last, opts, reporter).await?;
@@ -646,12 +650,7 @@ pub async fn recover_stack(
     if stack.status != "UPDATE_ROLLBACK_FAILED" {
         return Ok(None);
     }
-    let last = cfn
-        .events(name, None)
-        .await
-        .map_err(cfn_err(name))?
-        .first()
-        .map(|e| e.id.clone());
+    let last = newest_event(cfn, name).await?;
     let started = Instant::now();
     cfn.continue_update_rollback(name, skip)
         .await

@@ -1,67 +1,18 @@
 //! The AWS implementations (S3 object store, SQS chunk queue) against moto,
 //! started on a free loopback port.
-//! The pinned moto comes from `.ci/tools.sh` (`MOTO_SERVER` names it).
+//! The pinned moto comes from `.ci/tools.sh`; `tests/common/moto.rs` starts it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pipeline_shared::store::{ByteStream, CompletedPart, ObjectInfo, S3Store, Store, StoreError};
 
-/// A moto server, stopped when dropped.
-struct Moto {
-    child: Child,
-    url: String,
-}
+#[path = "../../../tests/common/moto.rs"]
+mod moto;
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_path() -> PathBuf {
-    if let Some(path) = std::env::var_os("MOTO_SERVER") {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cache =
-        std::env::var_os("XDG_CACHE_HOME").map_or_else(|| home.join(".cache"), PathBuf::from);
-    let path = cache.join("pipeline-tools/moto/bin/moto_server");
-    assert!(
-        path.exists(),
-        "moto is not installed: run `source .ci/tools.sh` (or set MOTO_SERVER)"
-    );
-    path
-}
-
-fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let child = Command::new(moto_path())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Moto {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
-}
+use moto::start as start_moto;
 
 async fn sqs(endpoint: &str) -> aws_sdk_sqs::Client {
     let credentials =
