@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the pinned Python tools the tests use, each in its own venv.
-# Usage: source .ci/tools.sh   (exports CFN_LINT, CHECKOV, MOTO_SERVER)
+# Usage: source .ci/tools.sh   (exports CFN_LINT, CHECKOV, MOTO_SERVER, CARGO_LAMBDA_PATH)
 set -euo pipefail
 
 CFN_LINT_VERSION=1.58.0
 CHECKOV_VERSION=3.3.30
 MOTO_VERSION=5.2.5
+CARGO_LAMBDA_VERSION=1.9.2
+ZIGLANG_VERSION=0.14.1
 
 TOOLS_DIR=${PIPELINE_TOOLS_DIR:-"${XDG_CACHE_HOME:-$HOME/.cache}/pipeline-tools"}
 mkdir -p "$TOOLS_DIR"
@@ -27,7 +29,15 @@ venv() {
 venv cfn-lint "cfn-lint==$CFN_LINT_VERSION"
 venv checkov "checkov==$CHECKOV_VERSION"
 venv moto "moto[server]==$MOTO_VERSION"
+venv cargo-lambda "cargo-lambda==$CARGO_LAMBDA_VERSION" "ziglang==$ZIGLANG_VERSION"
+
+# arm64 is the functions' default architecture.
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+  rustup target add aarch64-unknown-linux-gnu >&2
+fi
 
 export CFN_LINT="$TOOLS_DIR/cfn-lint/bin/cfn-lint"
 export CHECKOV="$TOOLS_DIR/checkov/bin/checkov"
 export MOTO_SERVER="$TOOLS_DIR/moto/bin/moto_server"
+# The folder with cargo-lambda (and the Python that runs zig), for PATH.
+export CARGO_LAMBDA_PATH="$TOOLS_DIR/cargo-lambda/bin"

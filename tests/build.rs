@@ -1,0 +1,119 @@
+//! `pipeline build` for real: two clean clones of the repository, in two
+//! different folders, build the functions for Lambda with cargo-lambda and
+//! get byte-identical zips, whose `bootstrap` is an arm64 Linux executable
+//! that needs no glibc newer than `provided.al2023` has (2.34).
+//!
+//! Building for Lambda takes minutes, so the test is ignored by a plain
+//! `cargo test`; `scripts/test` (and so CI) runs it. It needs what
+//! `.ci/tools.sh` installs: cargo-lambda and zig (`CARGO_LAMBDA_PATH`) and
+//! the aarch64 Rust target.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A clean clone of the committed tree.
+fn clone(to: &Path) {
+    let status = Command::new("git")
+        .args(["clone", "--quiet", "--no-hardlinks"])
+        .arg(common::repo())
+        .arg(to)
+        .status()
+        .expect("git clone");
+    assert!(status.success(), "git clone failed");
+}
+
+/// Builds the packages of dev in a clone; the zips' paths.
+fn build(clone: &Path) -> Vec<PathBuf> {
+    let tools = std::env::var_os("CARGO_LAMBDA_PATH")
+        .expect("CARGO_LAMBDA_PATH names cargo-lambda's folder: run `source .ci/tools.sh`");
+    let mut path = vec![PathBuf::from(tools)];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let out = common::command(clone, &["--output", "json", "build", "--env", "dev"])
+        .arg("--rds-ca-bundle")
+        .arg(common::repo().join("functions/shared/tests/fixtures/unrelated-ca.pem"))
+        .env("PATH", std::env::join_paths(path).expect("PATH"))
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("run pipeline build");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "build failed:\n{}",
+        common::stderr(&out)
+    );
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    built["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| clone.join(p["path"].as_str().expect("path")))
+        .collect()
+}
+
+/// The newest `GLIBC_2.N` version an executable asks for.
+fn newest_glibc(binary: &[u8]) -> u32 {
+    let needle = b"GLIBC_2.";
+    binary
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .filter_map(|(i, _)| {
+            let rest = &binary[i + needle.len()..];
+            let digits: Vec<u8> = rest
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .copied()
+                .collect();
+            std::str::from_utf8(&digits).ok()?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "builds the functions for Lambda twice (minutes); scripts/test runs it"]
+fn two_clean_clones_build_byte_identical_packages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, b) = (dir.path().join("one"), dir.path().join("elsewhere/two"));
+    clone(&a);
+    clone(&b);
+    // The second clone reuses the first one's compiled dependencies (as a
+    // CI cache would); its own crates build again from its own folder.
+    std::fs::create_dir_all(a.join("target")).expect("target");
+    std::os::unix::fs::symlink(a.join("target"), b.join("target")).expect("symlink");
+    let first = build(&a);
+    let second = build(&b);
+    assert_eq!(first.len(), 3);
+    for (x, y) in first.iter().zip(&second) {
+        assert_eq!(x.file_name(), y.file_name());
+        let (bx, by) = (
+            std::fs::read(x).expect("zip"),
+            std::fs::read(y).expect("zip"),
+        );
+        assert!(bx == by, "{} differs between the clones", x.display());
+
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bx)).expect("zip archive");
+        let names: Vec<&str> = archive.file_names().collect();
+        assert_eq!(names, ["bootstrap", "datasets.json", "rds-ca.pem"]);
+        let mut bootstrap = Vec::new();
+        std::io::Read::read_to_end(
+            &mut archive.by_name("bootstrap").expect("bootstrap"),
+            &mut bootstrap,
+        )
+        .expect("read bootstrap");
+        // ELF, 64-bit, machine AArch64 (183).
+        assert_eq!(&bootstrap[..5], b"\x7fELF\x02");
+        assert_eq!(u16::from_le_bytes([bootstrap[18], bootstrap[19]]), 183);
+        let glibc = newest_glibc(&bootstrap);
+        assert!(
+            (17..=34).contains(&glibc),
+            "{} needs GLIBC_2.{glibc}",
+            x.display()
+        );
+    }
+}
