@@ -10,6 +10,7 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use common::moto::{Moto, start as start_moto};
 
@@ -132,6 +133,32 @@ impl Project {
             .filter_map(|o| o.key().map(str::to_string))
             .collect()
     }
+}
+
+/// Writes log events to a new stream, `(milliseconds from now, message)`.
+async fn put_events(p: &Project, group: &str, stream: &str, events: &[(i64, &str)]) {
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&p.sdk().await);
+    logs.create_log_stream()
+        .log_group_name(group)
+        .log_stream_name(stream)
+        .send()
+        .await
+        .expect("stream");
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut put = logs
+        .put_log_events()
+        .log_group_name(group)
+        .log_stream_name(stream);
+    for (offset, message) in events {
+        put = put.log_events(
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(now + offset)
+                .message(*message)
+                .build()
+                .expect("event"),
+        );
+    }
+    put.send().await.expect("put events");
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -373,36 +400,20 @@ fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
     );
 
     // Logs of a function, filtered.
-    rt.block_on(async {
-        let logs = aws_sdk_cloudwatchlogs::Client::new(&p.sdk().await);
-        let group = written["pipeline-dev-monitoring"]["IngestLogGroupName"]
-            .as_str()
-            .expect("log group")
-            .to_string();
-        logs.create_log_stream()
-            .log_group_name(&group)
-            .log_stream_name("s1")
-            .send()
-            .await
-            .expect("stream");
-        let now = chrono::Utc::now().timestamp_millis();
-        let event = |t: i64, m: &str| {
-            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
-                .timestamp(t)
-                .message(m)
-                .build()
-                .expect("event")
-        };
-        logs.put_log_events()
-            .log_group_name(&group)
-            .log_stream_name("s1")
-            .log_events(event(now - 3_600_000, "an old ERROR"))
-            .log_events(event(now - 1000, "batch stored"))
-            .log_events(event(now - 500, "ERROR cannot reach the database"))
-            .send()
-            .await
-            .expect("put events");
-    });
+    let group = written["pipeline-dev-monitoring"]["IngestLogGroupName"]
+        .as_str()
+        .expect("log group")
+        .to_string();
+    rt.block_on(put_events(
+        &p,
+        &group,
+        "s1",
+        &[
+            (-3_600_000, "an old ERROR"),
+            (-1000, "batch stored"),
+            (-500, "ERROR cannot reach the database"),
+        ],
+    ));
     let text = p.ok(&[
         "logs",
         "--env",
@@ -430,6 +441,45 @@ fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
         "2h",
     ]);
     assert_eq!(text.lines().count(), 3, "{text}");
+
+    // --follow prints what arrives later, until Ctrl-C, which exits 0.
+    let mut child = p
+        .command(&[
+            "logs",
+            "--env",
+            "dev",
+            "--function",
+            "ingest",
+            "--since",
+            "1m",
+            "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("logs --follow");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("a log line")
+    };
+    assert!(next().ends_with(" batch stored"));
+    assert!(next().ends_with(" ERROR cannot reach the database"));
+    rt.block_on(put_events(&p, &group, "s2", &[(0, "a later line")]));
+    assert!(next().ends_with(" a later line"));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
 
     // Destroy: refused without a terminal unless --yes; says what is kept.
     assert_eq!(

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod deploy;
 pub mod error;
 pub mod output;
+pub mod rollout;
 pub mod spec;
 pub mod synth;
 
