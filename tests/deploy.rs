@@ -299,7 +299,7 @@ fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
     let text = p.ok(&["deploy", "--env", "dev", "--yes"]);
     assert!(
         text.contains(
-            "dev is up to date: no changes in 4 stacks\npackages: 0 uploaded, 3 already there\n"
+            "dev is up to date: no changes in 4 stacks\npackages: 0 uploaded, 3 already there; versions published: 0\n"
         ),
         "{text}"
     );
@@ -331,6 +331,7 @@ fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
     );
     let deployed = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
     assert_eq!(deployed["uploaded"], 1);
+    assert_eq!(deployed["versions_published"], 1);
     let changed: Vec<bool> = deployed["stacks"]
         .as_array()
         .expect("stacks")
@@ -385,11 +386,7 @@ fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
         .collect();
     assert_eq!(
         functions,
-        [
-            ("ingest", "$LATEST"),
-            ("loader", "$LATEST"),
-            ("query", "$LATEST")
-        ]
+        [("ingest", "2"), ("loader", "1"), ("query", "1")]
     );
     let outputs = p.json(&["--output", "json", "outputs", "--env", "dev"]);
     assert_eq!(outputs["pipeline-dev-app"]["ApiUrl"], api_url);

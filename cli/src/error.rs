@@ -7,6 +7,8 @@ use thiserror::Error;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code of invalid input: a spec with problems, an unknown environment, bad arguments.
 pub const EXIT_INVALID: u8 = 2;
+/// Exit code of a rollout that an alarm sent back to the previous versions.
+pub const EXIT_ROLLED_BACK: u8 = 3;
 
 #[derive(Debug, Error, Diagnostic)]
 pub enum Error {
@@ -98,6 +100,11 @@ pub enum Error {
         help: Option<String>,
     },
 
+    /// A gate alarm fired during a rollout; traffic is back on the previous versions.
+    #[error("{message}")]
+    #[diagnostic(help("all traffic is on the previous versions; fix the cause and deploy again"))]
+    RolledBack { message: String },
+
     #[error("rendering {what} failed: {message}")]
     #[diagnostic(help("this is a bug in pipeline's templates; please report it"))]
     Render { what: String, message: String },
@@ -141,11 +148,13 @@ impl Error {
             Error::Build { .. } => "build",
             Error::Deploy { .. } => "deploy_failed",
             Error::Refused { .. } => "refused",
+            Error::RolledBack { .. } => "rolled_back",
         }
     }
 
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::RolledBack { .. } => EXIT_ROLLED_BACK,
             Error::InvalidSpec { .. }
             | Error::UnknownEnvironment { .. }
             | Error::BadEnvironmentName { .. }

@@ -69,6 +69,8 @@ pub enum Command {
     Logs(commands::logs::Args),
     /// Finish the rollback of stacks stuck in UPDATE_ROLLBACK_FAILED.
     Recover(commands::recover::Args),
+    /// Show, promote or abort the rollout of new function versions.
+    Rollout(commands::rollout::Args),
 }
 
 /// Parses the command line, runs the command and maps the result to an exit code.
@@ -102,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Destroy(args) => commands::destroy::run(&cli, args, &ui),
         Command::Logs(args) => commands::logs::run(&cli, args, &ui),
         Command::Recover(args) => commands::recover::run(&cli, args, &ui),
+        Command::Rollout(args) => commands::rollout::run(&cli, args, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

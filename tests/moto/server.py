@@ -14,7 +14,8 @@ import sys
 
 from moto.apigateway.models import RestAPI, apigateway_backends
 from moto.awslambda.exceptions import UnknownFunctionException
-from moto.awslambda.models import lambda_backends
+from moto.awslambda.models import LambdaBackend, lambda_backends
+from moto.awslambda_simple.models import lambda_simple_backends
 from moto.cloudformation.models import CloudFormationBackend
 from moto.core.common_models import CloudFormationModel
 from moto.ec2.models import ec2_backends
@@ -213,6 +214,23 @@ resource_type(
     ref=lambda proxy: proxy.db_proxy_name,
     attributes={"Endpoint": lambda proxy: proxy.endpoint, "DBProxyArn": lambda proxy: proxy.arn},
 )
+
+
+# 11. Without Docker, moto invokes only functions of its "simple" Lambda backend, while
+# CloudFormation creates functions in the Docker one. Lambda runs the function; here an
+# invocation answers the next result queued through /moto-api/static/lambda-simple/response
+# (or echoes its payload), and a queued result that is an error object
+# ({"errorType": ...}) comes back as the function's error, as Lambda reports one.
+@wrap(LambdaBackend, "invoke")
+def invoke(orig, self, function_name, qualifier, body, headers, response_headers):
+    self.get_function(function_name, qualifier)
+    queue = lambda_simple_backends[self.account_id][self.region_name].lambda_simple_results_queue
+    result = queue.pop(0) if queue else (body or "{}")
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        if "errorType" in json.loads(result):
+            response_headers["x-amz-function-error"] = "Unhandled"
+    return result.encode() if isinstance(result, str) else result
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -8,9 +8,17 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::aws::{AwsArgs, aws_error, runtime};
+use crate::deploy::assets::Package;
+use crate::deploy::cfn::Stack;
 use crate::deploy::engine::{check_ready, deploy_stack};
 use crate::deploy::progress::CliReporter;
+use crate::deploy::progress::CliReporter as Progress;
 use crate::deploy::{PackageArgs, Session, load, options, packages, write_json};
+use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
+use crate::rollout::{
+    CallError, Outcome, Phase, Rollouts, State, Store, SystemClock, Target, gate_alarms, steps,
+};
+use crate::synth::ManifestStack;
 use crate::{Cli, Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
@@ -28,6 +36,9 @@ pub struct Args {
     /// Remove the lock a deploy that died left behind, then deploy.
     #[arg(long)]
     pub force_unlock: bool,
+    /// How new function versions take traffic [default: the spec's `rollout.strategy`].
+    #[arg(long, value_name = "STRATEGY", value_parser = crate::rollout::parse_strategy)]
+    pub strategy: Option<crate::spec::model::Strategy>,
     #[command(flatten)]
     pub packages: PackageArgs,
     #[command(flatten)]
@@ -50,6 +61,11 @@ pub struct Deployed {
     pub stacks: Vec<StackResult>,
     pub packages: usize,
     pub uploaded: usize,
+    /// Lambda versions published by this deploy.
+    pub versions_published: usize,
+    /// How the new versions took traffic, when some did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
     pub outputs: BTreeMap<String, String>,
     pub outputs_file: String,
     pub seconds: f64,
@@ -76,10 +92,14 @@ impl fmt::Display for Deployed {
         }
         writeln!(
             f,
-            "packages: {} uploaded, {} already there",
+            "packages: {} uploaded, {} already there; versions published: {}",
             self.uploaded,
-            self.packages - self.uploaded
+            self.packages - self.uploaded,
+            self.versions_published
         )?;
+        if let Some(r) = &self.rollout {
+            writeln!(f, "rollout: {r}")?;
+        }
         for (k, v) in &self.outputs {
             writeln!(f, "  {k:<24} {v}")?;
         }
@@ -119,6 +139,27 @@ async fn deploy(
     for (m, current) in &stacks {
         check_ready(current.as_ref(), &m.name)?;
     }
+    let store = S3Store {
+        client: session.clients.s3.clone(),
+        bucket: bucket.to_string(),
+    };
+    if let Some(state) = store.load(&session.env.name).await.map_err(call)? {
+        if state.phase == Phase::InProgress {
+            return Err(Error::Refused {
+                message: format!(
+                    "a rollout of `{}` is in flight: step {}/{}, {}% on the new versions",
+                    session.env.name,
+                    state.step + 1,
+                    state.steps.len(),
+                    state.percent()
+                ),
+                help: Some(format!(
+                    "finish it first: `pipeline rollout promote --env {0}` or `pipeline rollout abort --env {0}`",
+                    session.env.name
+                )),
+            });
+        }
+    }
     let uploaded = session.upload_packages(bucket, packages, ui).await?;
     let reporter = CliReporter::new(ui);
     let opts = options(args.yes, args.allow_replacement);
@@ -136,6 +177,17 @@ async fn deploy(
         });
         outputs.insert(m.id.to_string(), deployed.stack.outputs);
     }
+    let (versions_published, rollout) = roll_out(
+        session,
+        args,
+        &stacks,
+        &mut outputs,
+        packages,
+        bucket,
+        &store,
+        &reporter,
+    )
+    .await?;
     reporter.finish();
     let by_name: BTreeMap<&str, &BTreeMap<String, String>> = stacks
         .iter()
@@ -149,10 +201,159 @@ async fn deploy(
         stacks: results,
         packages: packages.len(),
         uploaded,
+        versions_published,
+        rollout,
         outputs: outputs.remove("app").unwrap_or_default(),
         outputs_file: file.display().to_string(),
         seconds: 0.0,
     })
+}
+
+fn call(e: CallError) -> Error {
+    Error::Aws { message: e.0 }
+}
+
+/// Publishes a version of each function whose code or configuration
+/// changed, checks the new versions (migrations, then a smoke invocation of
+/// each) and moves the `live` aliases to them as the strategy says, gated by
+/// the alarms. At the end the app stack's parameters are set to the versions
+/// serving, so that CloudFormation's view of the aliases matches theirs.
+#[allow(clippy::too_many_arguments)]
+async fn roll_out(
+    session: &Session,
+    args: &Args,
+    stacks: &[(ManifestStack, Option<Stack>)],
+    outputs: &mut BTreeMap<String, BTreeMap<String, String>>,
+    packages: &[Package],
+    bucket: &str,
+    store: &S3Store,
+    progress: &Progress,
+) -> Result<(usize, Option<String>), Error> {
+    let spec = &session.env.spec;
+    let lambda = Lambda {
+        client: session.clients.lambda.clone(),
+    };
+    let app = outputs.get("app").cloned().unwrap_or_default();
+    let mut targets = Vec::new();
+    let mut published = 0;
+    for (id, _) in spec.functions.all() {
+        let key = format!("{}{}FunctionName", id[..1].to_uppercase(), &id[1..]);
+        let Some(name) = app.get(&key) else {
+            continue;
+        };
+        let from = lambda.serving(name).await.map_err(call)?;
+        let (to, new) = lambda.version(name).await.map_err(call)?;
+        published += usize::from(new);
+        if to != from {
+            targets.push(Target {
+                function: id.to_string(),
+                name: name.clone(),
+                from,
+                to,
+            });
+        }
+    }
+    if targets.is_empty() {
+        return Ok((published, None));
+    }
+    // Pre-traffic: any failure here leaves all traffic where it is.
+    if let Some(loader) = targets.iter().find(|t| t.function == "loader") {
+        let migrate = serde_json::json!({"action": "migrate"});
+        if let Some(e) = lambda
+            .invoke(&loader.name, &loader.to, &migrate)
+            .await
+            .map_err(call)?
+        {
+            return Err(Error::Deploy {
+                message: format!("the migrations of loader version {} failed: {e}", loader.to),
+                help: Some("no traffic moved; the previous versions still serve".into()),
+            });
+        }
+    }
+    for t in &targets {
+        let event = crate::rollout::smoke_event(&t.function);
+        if let Some(e) = lambda.invoke(&t.name, &t.to, &event).await.map_err(call)? {
+            return Err(Error::Deploy {
+                message: format!(
+                    "the smoke invocation of {} version {} failed: {e}",
+                    t.function, t.to
+                ),
+                help: Some("no traffic moved; the previous versions still serve".into()),
+            });
+        }
+    }
+    // Weights need a published version on both sides: the first rollout
+    // (from `$LATEST`) moves all at once.
+    let strategy = args.strategy.unwrap_or(spec.rollout.strategy);
+    let strategy = if targets.iter().any(|t| t.from == "$LATEST") {
+        crate::spec::model::Strategy::AllAtOnce
+    } else {
+        strategy
+    };
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut state = State {
+        environment: session.env.name.clone(),
+        strategy,
+        steps: steps(strategy, &spec.rollout),
+        step: 0,
+        phase: Phase::InProgress,
+        started_at: now.clone(),
+        updated_at: now,
+        targets,
+        alarms: Vec::new(),
+    };
+    let rollouts = Rollouts {
+        aliases: &lambda,
+        gates: &CloudWatch::new(&session.clients.config),
+        store,
+        clock: &SystemClock,
+        reporter: progress,
+        alarms: gate_alarms(&spec.project, &session.env.name, &spec.rollout),
+        poll: std::time::Duration::from_secs(u64::from(spec.rollout.poll_seconds)),
+    };
+    match rollouts.run(&mut state).await.map_err(call)? {
+        Outcome::RolledBack(firing) => {
+            return Err(Error::RolledBack {
+                message: format!(
+                    "the rollout was rolled back: {}",
+                    firing
+                        .iter()
+                        .map(|a| format!("{} is in ALARM ({})", a.name, a.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
+        Outcome::Promoted => {}
+    }
+    // No drift: the app stack's live versions become the ones serving.
+    let app = stacks.iter().map(|(m, _)| m).find(|m| m.id == "app");
+    if let Some((m, Some(mut current))) = match app {
+        Some(m) => Some((m, session.stack(&m.name).await?)),
+        None => None,
+    } {
+        for t in &state.targets {
+            let param = format!(
+                "{}{}LiveVersion",
+                t.function[..1].to_uppercase(),
+                &t.function[1..]
+            );
+            current.parameters.insert(param, t.to.clone());
+        }
+        let plan = session
+            .plan(m, outputs, packages, Some(bucket), Some(&current))
+            .await?;
+        let done = deploy_stack(
+            &session.cfn,
+            &plan,
+            &options(true, false),
+            progress,
+            progress,
+        )
+        .await?;
+        outputs.insert(m.id.to_string(), done.stack.outputs);
+    }
+    Ok((published, Some(format!("{} promoted", strategy.as_str()))))
 }
 
 /// One deploy at a time per environment: an object in the assets bucket,

@@ -13,6 +13,7 @@ pub mod outputs;
 pub mod push;
 pub mod query;
 pub mod recover;
+pub mod rollout;
 pub mod schema;
 pub mod status;
 pub mod synth;

@@ -189,11 +189,7 @@ impl Session {
     /// The bootstrap stack's outputs, or an error saying to bootstrap.
     pub async fn bootstrap(&self) -> Result<Bootstrap, Error> {
         let name = &self.synthesis.manifest.bootstrap.name;
-        let stack = self
-            .cfn
-            .stack(name)
-            .await
-            .map_err(|e| aws_error(&format!("cannot read stack {name}"), e))?;
+        let stack = self.stack(name).await?;
         let not_bootstrapped = || Error::NotBootstrapped {
             env: self.env.name.clone(),
             stack: name.clone(),
@@ -297,16 +293,19 @@ impl Session {
         )))
     }
 
+    /// A stack as it is now.
+    pub async fn stack(&self, name: &str) -> Result<Option<Stack>, Error> {
+        self.cfn
+            .stack(name)
+            .await
+            .map_err(|e| aws_error(&format!("cannot read stack {name}"), e))
+    }
+
     /// The current state of every stack of the environment, in deploy order.
     pub async fn stacks(&self) -> Result<Vec<(ManifestStack, Option<Stack>)>, Error> {
         let mut out = Vec::new();
         for s in &self.synthesis.manifest.stacks {
-            let stack = self
-                .cfn
-                .stack(&s.name)
-                .await
-                .map_err(|e| aws_error(&format!("cannot read stack {}", s.name), e))?;
-            out.push((s.clone(), stack));
+            out.push((s.clone(), self.stack(&s.name).await?));
         }
         Ok(out)
     }

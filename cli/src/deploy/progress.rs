@@ -68,6 +68,12 @@ impl Reporter for CliReporter {
     }
 }
 
+impl crate::rollout::Reporter for CliReporter {
+    fn report(&self, event: &crate::rollout::Event) {
+        self.line(event);
+    }
+}
+
 /// Asks on the terminal; anything but `y` or `yes` is a no.
 impl Prompt for CliReporter {
     fn confirm(&self, question: &str) -> bool {

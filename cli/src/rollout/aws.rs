@@ -124,7 +124,8 @@ impl Lambda {
         Ok((version.to_string(), true))
     }
 
-    /// Invokes a version directly; the error it reported, if any.
+    /// Invokes a version directly; what went wrong, if anything: an error
+    /// the function reported, or an HTTP answer of status 500 or more.
     pub async fn invoke(
         &self,
         function: &str,

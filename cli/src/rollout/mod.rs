@@ -370,3 +370,49 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
 
 #[cfg(test)]
 mod tests;
+
+/// The CloudWatch names of the gate alarms: the pipeline's own
+/// (`<project>-<env>-<key>`) and the spec's external ones.
+pub fn gate_alarms(project: &str, env: &str, spec: &Rollout) -> Vec<String> {
+    spec.alarms
+        .iter()
+        .filter_map(|a| serde_json::to_value(a).ok())
+        .filter_map(|v| v.as_str().map(|key| format!("{project}-{env}-{key}")))
+        .chain(spec.external_alarms.iter().cloned())
+        .collect()
+}
+
+/// A strategy by its spec name (`--strategy`).
+pub fn parse_strategy(text: &str) -> Result<Strategy, String> {
+    serde_json::from_value(serde_json::Value::String(text.into()))
+        .map_err(|_| format!("`{text}` is not a strategy: all-at-once, canary or linear"))
+}
+
+/// The API Gateway event a smoke invocation of an API function sends:
+/// `GET /v1/health`.
+pub fn smoke_event(function: &str) -> serde_json::Value {
+    if function == "loader" {
+        return serde_json::json!({"Records": []});
+    }
+    serde_json::json!({
+        "resource": "/v1/health",
+        "path": "/v1/health",
+        "httpMethod": "GET",
+        "headers": {"User-Agent": "pipeline-smoke"},
+        "multiValueHeaders": {"User-Agent": ["pipeline-smoke"]},
+        "queryStringParameters": null,
+        "multiValueQueryStringParameters": null,
+        "pathParameters": null,
+        "stageVariables": null,
+        "requestContext": {
+            "resourcePath": "/v1/health",
+            "httpMethod": "GET",
+            "path": "/live/v1/health",
+            "stage": "live",
+            "requestId": "pipeline-smoke",
+            "identity": {"sourceIp": "127.0.0.1"}
+        },
+        "body": null,
+        "isBase64Encoded": false
+    })
+}
