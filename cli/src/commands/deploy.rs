@@ -143,22 +143,22 @@ async fn deploy(
         client: session.clients.s3.clone(),
         bucket: bucket.to_string(),
     };
-    if let Some(state) = store.load(&session.env.name).await.map_err(call)? {
-        if state.phase == Phase::InProgress {
-            return Err(Error::Refused {
-                message: format!(
-                    "a rollout of `{}` is in flight: step {}/{}, {}% on the new versions",
-                    session.env.name,
-                    state.step + 1,
-                    state.steps.len(),
-                    state.percent()
-                ),
-                help: Some(format!(
-                    "finish it first: `pipeline rollout promote --env {0}` or `pipeline rollout abort --env {0}`",
-                    session.env.name
-                )),
-            });
-        }
+    if let Some(state) = store.load(&session.env.name).await.map_err(call)?
+        && state.phase == Phase::InProgress
+    {
+        return Err(Error::Refused {
+            message: format!(
+                "a rollout of `{}` is in flight: step {}/{}, {}% on the new versions",
+                session.env.name,
+                state.step + 1,
+                state.steps.len(),
+                state.percent()
+            ),
+            help: Some(format!(
+                "finish it first: `pipeline rollout promote --env {0}` or `pipeline rollout abort --env {0}`",
+                session.env.name
+            )),
+        });
     }
     let uploaded = session.upload_packages(bucket, packages, ui).await?;
     let reporter = CliReporter::new(ui);
