@@ -617,3 +617,266 @@ fn a_missing_package_says_how_to_make_it() {
         "`pipeline build --env <env>` writes the packages to out/<env>/"
     );
 }
+
+const LIVE: &str = "extends: dev
+database:
+  multi_az: true
+rollout:
+  strategy: canary
+  percent: 10
+  bake_minutes: 1
+  poll_seconds: 5
+  alarms: [ingest-errors]
+";
+
+impl Project {
+    /// Where the function's `live` alias points, and its other versions' weights.
+    fn alias(&self, function: &str) -> (String, Vec<(String, f64)>) {
+        runtime().block_on(async {
+            let lambda = aws_sdk_lambda::Client::new(&self.sdk().await);
+            let a = lambda
+                .get_alias()
+                .function_name(function)
+                .name("live")
+                .send()
+                .await
+                .expect("alias");
+            let mut weights: Vec<(String, f64)> = a
+                .routing_config()
+                .and_then(|r| r.additional_version_weights())
+                .map(|w| w.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default();
+            weights.sort_by(|x, y| x.0.cmp(&y.0));
+            (a.function_version().unwrap_or("").to_string(), weights)
+        })
+    }
+
+    /// A CloudWatch query API call to moto (which serves alarms that way).
+    fn cloudwatch(&self, form: &[(&str, &str)]) {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let status = runtime().block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/", self.moto.url))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header(
+                    "authorization",
+                    "AWS4-HMAC-SHA256 Credential=testing/20260101/eu-west-1/monitoring/aws4_request, SignedHeaders=host, Signature=0",
+                )
+                .body(body)
+                .send()
+                .await
+                .expect("cloudwatch")
+                .status()
+        });
+        assert!(status.is_success(), "{status}");
+    }
+
+    fn set_alarm(&self, name: &str, state: &str, reason: &str) {
+        self.cloudwatch(&[
+            ("Action", "SetAlarmState"),
+            ("Version", "2010-08-01"),
+            ("AlarmName", name),
+            ("StateValue", state),
+            ("StateReason", reason),
+        ]);
+    }
+
+    /// Queues what the next Lambda invocations answer (moto's scripted results).
+    fn lambda_results(&self, results: &[&str]) {
+        let status = runtime().block_on(async {
+            reqwest::Client::new()
+                .post(format!(
+                    "{}/moto-api/static/lambda-simple/response",
+                    self.moto.url
+                ))
+                .json(&serde_json::json!({"results": results, "region": "eu-west-1"}))
+                .send()
+                .await
+                .expect("moto api")
+                .status()
+        });
+        assert!(status.is_success(), "{status}");
+    }
+
+    /// Starts a command and waits for the JSON event line that `until`
+    /// accepts; the running process, and the lines still to come.
+    fn start_until(
+        &self,
+        args: &[&str],
+        until: impl Fn(&Value) -> bool,
+    ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pipeline");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                if tx.send(line.unwrap_or_default()).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(120))
+                .expect("the event awaited");
+            if serde_json::from_str::<Value>(&line).is_ok_and(|v| until(&v)) {
+                return (child, rx);
+            }
+        }
+    }
+}
+
+fn shifted_to(percent: u64) -> impl Fn(&Value) -> bool {
+    move |v| v["event"] == "shifted" && v["percent"] == percent
+}
+
+#[test]
+fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
+    let p = Project::new(&[("live.yaml", LIVE)]);
+    p.ok(&["bootstrap", "--env", "live"]);
+    // The first versions take all the traffic at once: the aliases served
+    // `$LATEST`, which takes no weights.
+    let first = p.json(&["--output", "json", "deploy", "--env", "live", "--yes"]);
+    assert_eq!(first["rollout"], "all-at-once promoted");
+    let ingest = first["outputs"]["IngestFunctionName"]
+        .as_str()
+        .expect("ingest")
+        .to_string();
+    assert_eq!(p.alias(&ingest), ("1".into(), vec![]));
+    // moto's CloudFormation skips alarms: the gate alarm is made here.
+    let alarm = "pipeline-live-ingest-errors";
+    p.cloudwatch(&[
+        ("Action", "PutMetricAlarm"),
+        ("Version", "2010-08-01"),
+        ("AlarmName", alarm),
+        ("Namespace", "AWS/Lambda"),
+        ("MetricName", "Errors"),
+        ("Statistic", "Sum"),
+        ("Period", "60"),
+        ("EvaluationPeriods", "1"),
+        ("Threshold", "1"),
+        ("ComparisonOperator", "GreaterThanThreshold"),
+    ]);
+
+    // New ingest code: 10% for the bake, until the alarm fires.
+    p.package("ingest", "v2");
+    let deploy = ["--output", "json", "deploy", "--env", "live", "--yes"];
+    let (child, _lines) = p.start_until(&deploy, shifted_to(10));
+    assert_eq!(p.alias(&ingest), ("1".into(), vec![("2".into(), 0.1)]));
+    p.set_alarm(alarm, "ALARM", "Threshold Crossed: 1 datapoint [4.0] > 1.0");
+    let out = child.wait_with_output().expect("deploy");
+    assert_eq!(
+        failure(&out),
+        (
+            Some(3),
+            format!(
+                "the rollout was rolled back: {alarm} is in ALARM (Threshold Crossed: 1 datapoint [4.0] > 1.0)"
+            ),
+            "all traffic is on the previous versions; fix the cause and deploy again".into()
+        )
+    );
+    assert_eq!(p.alias(&ingest), ("1".into(), vec![]));
+    p.set_alarm(alarm, "OK", "fixed");
+
+    // A deploy killed mid-bake leaves the rollout visible; promote ends it.
+    let (mut child, _lines) = p.start_until(&deploy, shifted_to(10));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert_eq!(
+        p.fails(&["deploy", "--env", "live", "--yes", "--force-unlock"]),
+        (
+            Some(2),
+            "a rollout of `live` is in flight: step 1/2, 10% on the new versions".into(),
+            "finish it first: `pipeline rollout promote --env live` or `pipeline rollout abort --env live`".into()
+        )
+    );
+    let state = p.json(&["--output", "json", "rollout", "status", "--env", "live"]);
+    assert_eq!(
+        (&state["phase"], &state["step"]),
+        (&"in_progress".into(), &0.into())
+    );
+    let text = p.ok(&["rollout", "status", "--env", "live"]);
+    assert!(
+        text.starts_with("canary rollout of live: in progress, step 1/2, new versions take 10%\n"),
+        "{text}"
+    );
+    p.ok(&["rollout", "promote", "--env", "live"]);
+    assert_eq!(p.alias(&ingest), ("2".into(), vec![]));
+
+    // Killed again with newer code: abort sends the traffic back.
+    p.package("ingest", "v3");
+    let unlock = [
+        "--output",
+        "json",
+        "deploy",
+        "--env",
+        "live",
+        "--yes",
+        "--force-unlock",
+    ];
+    let (mut child, _lines) = p.start_until(&unlock, shifted_to(10));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert_eq!(p.alias(&ingest), ("2".into(), vec![("3".into(), 0.1)]));
+    let text = p.ok(&["rollout", "abort", "--env", "live"]);
+    assert!(
+        text.starts_with("rollout aborted: all traffic is on the previous versions (ingest 2→3)"),
+        "{text}"
+    );
+    assert_eq!(p.alias(&ingest), ("2".into(), vec![]));
+    let state = p.json(&["--output", "json", "rollout", "status", "--env", "live"]);
+    assert_eq!(state["phase"], "aborted");
+}
+
+#[test]
+fn failed_migrations_or_smoke_invocations_move_no_traffic() {
+    let p = Project::new(&[]);
+    p.ok(&["bootstrap", "--env", "dev"]);
+    let first = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
+    let loader = first["outputs"]["LoaderFunctionName"]
+        .as_str()
+        .expect("loader")
+        .to_string();
+    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
+
+    p.package("loader", "v2");
+    let refused = r#"{"errorType":"MigrationRefused","errorMessage":"dropping column kind needs allow_destructive_changes"}"#;
+    p.lambda_results(&[refused]);
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(1),
+            format!("the migrations of loader version 2 failed: Unhandled: {refused}"),
+            "no traffic moved; the previous versions still serve".into()
+        )
+    );
+    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
+
+    // Migrations pass, the smoke invocation crashes.
+    let crashed = r#"{"errorType":"Runtime.ExitError","errorMessage":"RequestId: 1 Error: Runtime exited with error: signal: aborted"}"#;
+    p.lambda_results(&["{}", crashed]);
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(1),
+            format!("the smoke invocation of loader version 2 failed: Unhandled: {crashed}"),
+            "no traffic moved; the previous versions still serve".into()
+        )
+    );
+    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
+
+    // Both pass: the new version serves.
+    let deployed = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
+    assert_eq!(
+        deployed["versions_published"], 0,
+        "version 2 was published by the first try"
+    );
+    assert_eq!(p.alias(&loader), ("2".into(), vec![]));
+}

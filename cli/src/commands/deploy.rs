@@ -134,7 +134,8 @@ async fn deploy(
     bucket: &str,
     ui: &Ui,
 ) -> Result<Deployed, Error> {
-    let stacks = session.stacks().await?;
+    let mut stacks = session.stacks().await?;
+    serving_versions(session, &mut stacks).await?;
     // Busy or broken stacks stop the deploy before anything moves.
     for (m, current) in &stacks {
         check_ready(current.as_ref(), &m.name)?;
@@ -211,6 +212,39 @@ async fn deploy(
 
 fn call(e: CallError) -> Error {
     Error::Aws { message: e.0 }
+}
+
+/// The parameter of the version a function's alias serves: `IngestLiveVersion`...
+fn live_parameter(function: &str) -> String {
+    format!(
+        "{}{}LiveVersion",
+        function[..1].to_uppercase(),
+        &function[1..]
+    )
+}
+
+/// Sets the app stack's live-version parameters to the versions the aliases
+/// serve, so that a deploy never moves traffic: a rollout (or a `rollout
+/// promote` or `abort`) may have moved the aliases since the stack's last
+/// update.
+async fn serving_versions(
+    session: &Session,
+    stacks: &mut [(ManifestStack, Option<Stack>)],
+) -> Result<(), Error> {
+    let Some((_, Some(app))) = stacks.iter_mut().find(|(m, _)| m.id == "app") else {
+        return Ok(());
+    };
+    let lambda = Lambda {
+        client: session.clients.lambda.clone(),
+    };
+    for (id, _) in session.env.spec.functions.all() {
+        let key = format!("{}{}FunctionName", id[..1].to_uppercase(), &id[1..]);
+        if let Some(name) = app.outputs.get(&key) {
+            let version = lambda.serving(name).await.map_err(call)?;
+            app.parameters.insert(live_parameter(id), version);
+        }
+    }
+    Ok(())
 }
 
 /// Publishes a version of each function whose code or configuration
