@@ -723,11 +723,16 @@ impl Project {
             }
         });
         loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(120))
-                .expect("the event awaited");
-            if serde_json::from_str::<Value>(&line).is_ok_and(|v| until(&v)) {
-                return (child, rx);
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) if serde_json::from_str::<Value>(&line).is_ok_and(|v| until(&v)) => {
+                    return (child, rx);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().expect("wait");
+                    panic!("the event awaited did not come: {}", common::stderr(&out));
+                }
             }
         }
     }
