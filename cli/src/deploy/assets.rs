@@ -125,8 +125,8 @@ pub fn check_tools(architectures: &[&str]) -> Result<(), Error> {
 }
 
 /// Builds the functions' `bootstrap` executables for one architecture with
-/// cargo-lambda, in release mode, with paths remapped so that the bytes do
-/// not depend on where the workspace or the cargo home is.
+/// cargo-lambda, in release mode, with the cargo home's path remapped so
+/// that the bytes do not depend on the machine.
 pub fn cargo_lambda(
     workspace: &Path,
     architecture: &str,
@@ -135,15 +135,16 @@ pub fn cargo_lambda(
 ) -> Result<PathBuf, Error> {
     let (_, triple) = target(architecture);
     let lambda_dir = workspace.join("target").join("lambda").join(architecture);
+    // Cargo names the workspace's files by paths relative to it; only the
+    // dependencies' sources have absolute paths, under the cargo home, which
+    // differs between machines.
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_default();
     let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
-    for (from, to) in [(workspace, "/build"), (cargo_home.as_path(), "/cargo")] {
-        if !from.as_os_str().is_empty() {
-            flags.push_str(&format!(" --remap-path-prefix={}={to}", from.display()));
-        }
+    if !cargo_home.as_os_str().is_empty() {
+        flags.push_str(&format!(" --remap-path-prefix={}=/cargo", cargo_home.display()));
     }
     let mut command = Command::new("cargo");
     command
