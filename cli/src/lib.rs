@@ -71,6 +71,8 @@ pub enum Command {
     Recover(commands::recover::Args),
     /// Show, promote or abort the rollout of new function versions.
     Rollout(commands::rollout::Args),
+    /// Check an API end to end: health, a read, a write to the smoke dataset.
+    Smoke(commands::smoke::Args),
 }
 
 /// Parses the command line, runs the command and maps the result to an exit code.
@@ -105,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Logs(args) => commands::logs::run(&cli, args, &ui),
         Command::Recover(args) => commands::recover::run(&cli, args, &ui),
         Command::Rollout(args) => commands::rollout::run(&cli, args, &ui),
+        Command::Smoke(args) => commands::smoke::run(&cli, args, &ui),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

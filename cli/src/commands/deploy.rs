@@ -360,6 +360,18 @@ async fn roll_out(
         }
         Outcome::Promoted => {}
     }
+    // Post-traffic: the API end to end; a failure sends the traffic back.
+    let smoke = post_traffic_smoke(session, &app).await?;
+    progress.line(&smoke);
+    if !smoke.passed {
+        rollouts.abort(&mut state).await.map_err(call)?;
+        return Err(Error::RolledBack {
+            message: format!(
+                "the rollout was rolled back: the smoke checks of {} failed",
+                smoke.url
+            ),
+        });
+    }
     // No drift: the app stack's live versions become the ones serving.
     let app = stacks.iter().map(|(m, _)| m).find(|m| m.id == "app");
     if let Some((m, Some(mut current))) = match app {
@@ -388,6 +400,47 @@ async fn roll_out(
         outputs.insert(m.id.to_string(), done.stack.outputs);
     }
     Ok((published, Some(format!("{} promoted", strategy.as_str()))))
+}
+
+/// `pipeline smoke` against the deployed API, with the key in
+/// `PIPELINE_API_KEY` when the API takes keys; skipped (and said so) when
+/// there is no key, or the API wants SigV4.
+async fn post_traffic_smoke(
+    session: &Session,
+    app: &BTreeMap<String, String>,
+) -> Result<super::smoke::Smoke, Error> {
+    use crate::spec::model::AuthMode;
+    let url = app.get("ApiUrl").cloned().unwrap_or_default();
+    let key = std::env::var("PIPELINE_API_KEY").ok();
+    let skipped = |why: &str| super::smoke::Smoke {
+        url: url.clone(),
+        passed: true,
+        checks: vec![super::smoke::Check {
+            check: "api",
+            result: "skipped",
+            detail: why.to_string(),
+            millis: 0,
+        }],
+    };
+    match (session.env.spec.api.auth, &key) {
+        (AuthMode::Iam, _) => {
+            return Ok(skipped(
+                "the API takes SigV4 requests, which the smoke checks do not sign",
+            ));
+        }
+        (AuthMode::ApiKey, None) => {
+            return Ok(skipped(
+                "set PIPELINE_API_KEY to the API's key (`aws apigateway get-api-key --api-key <ApiKeyId> --include-value`) to check the API after each rollout",
+            ));
+        }
+        _ => {}
+    }
+    let api = super::client::Api::new(&super::client::Target {
+        env: session.env.name.clone(),
+        url: Some(url),
+        api_key: key,
+    })?;
+    Ok(super::smoke::check(&api, &session.env.spec.datasets, 120).await)
 }
 
 /// One deploy at a time per environment: an object in the assets bucket,

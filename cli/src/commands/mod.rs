@@ -15,6 +15,7 @@ pub mod query;
 pub mod recover;
 pub mod rollout;
 pub mod schema;
+pub mod smoke;
 pub mod status;
 pub mod synth;
 pub mod validate;

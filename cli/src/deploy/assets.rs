@@ -144,7 +144,10 @@ pub fn cargo_lambda(
         .unwrap_or_default();
     let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
     if !cargo_home.as_os_str().is_empty() {
-        flags.push_str(&format!(" --remap-path-prefix={}=/cargo", cargo_home.display()));
+        flags.push_str(&format!(
+            " --remap-path-prefix={}=/cargo",
+            cargo_home.display()
+        ));
     }
     let mut command = Command::new("cargo");
     command
