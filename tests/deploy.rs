@@ -631,7 +631,7 @@ rollout:
 
 impl Project {
     /// Where the function's `live` alias points, and its other versions' weights.
-    fn alias(&self, function: &str) -> (String, Vec<(String, f64)>) {
+    fn alias(&self, function: &str) -> Route {
         runtime().block_on(async {
             let lambda = aws_sdk_lambda::Client::new(&self.sdk().await);
             let a = lambda
@@ -884,4 +884,220 @@ fn failed_migrations_or_smoke_invocations_move_no_traffic() {
         "version 2 was published by the first try"
     );
     assert_eq!(p.alias(&loader), ("2".into(), vec![]));
+}
+
+/// Where an alias points, and its other versions' weights.
+type Route = (String, Vec<(String, f64)>);
+
+/// Routes through Lambda (moto), then records where the alias points.
+struct Observed<'a> {
+    lambda: pipeline_cli::rollout::aws::Lambda,
+    seen: &'a std::cell::RefCell<Vec<Route>>,
+}
+
+impl pipeline_cli::rollout::Aliases for Observed<'_> {
+    async fn route(
+        &self,
+        function: &str,
+        version: &str,
+        canary: Option<(&str, f64)>,
+    ) -> Result<(), pipeline_cli::rollout::CallError> {
+        self.lambda.route(function, version, canary).await?;
+        let a = self
+            .lambda
+            .client
+            .get_alias()
+            .function_name(function)
+            .name("live")
+            .send()
+            .await
+            .expect("alias");
+        let weights = a
+            .routing_config()
+            .and_then(|r| r.additional_version_weights())
+            .map(|w| w.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        self.seen
+            .borrow_mut()
+            .push((a.function_version().unwrap_or("").to_string(), weights));
+        Ok(())
+    }
+}
+
+struct Quiet;
+
+impl pipeline_cli::rollout::Gates for Quiet {
+    async fn firing(
+        &self,
+        _: &[String],
+    ) -> Result<Vec<pipeline_cli::rollout::Firing>, pipeline_cli::rollout::CallError> {
+        Ok(vec![])
+    }
+}
+
+struct Memory(std::cell::RefCell<Option<pipeline_cli::rollout::State>>);
+
+impl pipeline_cli::rollout::Store for Memory {
+    async fn load(
+        &self,
+        _: &str,
+    ) -> Result<Option<pipeline_cli::rollout::State>, pipeline_cli::rollout::CallError> {
+        Ok(self.0.borrow().clone())
+    }
+    async fn save(
+        &self,
+        state: &pipeline_cli::rollout::State,
+    ) -> Result<(), pipeline_cli::rollout::CallError> {
+        *self.0.borrow_mut() = Some(state.clone());
+        Ok(())
+    }
+}
+
+/// Time that passes only when the rollout sleeps.
+struct Instantly(std::cell::Cell<chrono::DateTime<chrono::Utc>>);
+
+impl pipeline_cli::rollout::Clock for Instantly {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.get()
+    }
+    async fn sleep(&self, d: Duration) {
+        self.0
+            .set(self.0.get() + chrono::Duration::from_std(d).unwrap_or_default());
+    }
+}
+
+struct NoReport;
+
+impl pipeline_cli::rollout::Reporter for NoReport {
+    fn report(&self, _: &pipeline_cli::rollout::Event) {}
+}
+
+#[test]
+fn a_linear_rollout_moves_moto_aliases_step_by_step_to_the_new_version() {
+    use pipeline_cli::rollout::{Phase, Rollouts, State, Target, steps};
+    use pipeline_cli::spec::model::Strategy;
+    let p = Project::new(&[]);
+    p.ok(&["bootstrap", "--env", "dev"]);
+    let first = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
+    let query = first["outputs"]["QueryFunctionName"]
+        .as_str()
+        .expect("query")
+        .to_string();
+    let rt = runtime();
+    let lambda = rt.block_on(async { aws_sdk_lambda::Client::new(&p.sdk().await) });
+    // A second version of new code, as a deploy publishes it.
+    let version = rt.block_on(async {
+        let zip = std::fs::read(p.dir.path().join("artifacts/ingest.zip")).expect("zip");
+        lambda
+            .update_function_code()
+            .function_name(&query)
+            .zip_file(aws_sdk_lambda::primitives::Blob::new(zip))
+            .send()
+            .await
+            .expect("update code");
+        let (version, published) = pipeline_cli::rollout::aws::Lambda {
+            client: lambda.clone(),
+        }
+        .version(&query)
+        .await
+        .expect("version");
+        assert!(published);
+        version
+    });
+    assert_eq!(version, "2");
+    let seen = std::cell::RefCell::new(Vec::new());
+    let mut spec = pipeline_cli::spec::Loader::new(Some(p.dir.path().join("environments")))
+        .load("dev")
+        .expect("dev")
+        .spec
+        .rollout;
+    spec.percent = Some(30);
+    spec.interval_minutes = Some(2);
+    let mut state = State {
+        environment: "dev".into(),
+        strategy: Strategy::Linear,
+        steps: steps(Strategy::Linear, &spec),
+        step: 0,
+        phase: Phase::InProgress,
+        started_at: String::new(),
+        updated_at: String::new(),
+        targets: vec![Target {
+            function: "query".into(),
+            name: query.clone(),
+            from: "1".into(),
+            to: "2".into(),
+        }],
+        alarms: vec![],
+    };
+    let observed = Observed {
+        lambda: pipeline_cli::rollout::aws::Lambda {
+            client: lambda.clone(),
+        },
+        seen: &seen,
+    };
+    let (store, clock) = (
+        Memory(Default::default()),
+        Instantly(std::cell::Cell::new(chrono::Utc::now())),
+    );
+    let rollouts = Rollouts {
+        aliases: &observed,
+        gates: &Quiet,
+        store: &store,
+        clock: &clock,
+        reporter: &NoReport,
+        alarms: vec!["pipeline-dev-query-errors".into()],
+        poll: Duration::from_secs(15),
+    };
+    let outcome = rt.block_on(rollouts.run(&mut state));
+    assert_eq!(outcome, Ok(pipeline_cli::rollout::Outcome::Promoted));
+    let weights = |w: f64| vec![("2".to_string(), w)];
+    assert_eq!(
+        *seen.borrow(),
+        [
+            ("1".to_string(), weights(0.3)),
+            ("1".to_string(), weights(0.6)),
+            ("1".to_string(), weights(0.9)),
+            ("2".to_string(), vec![]),
+        ]
+    );
+    assert_eq!(p.alias(&query), ("2".into(), vec![]));
+
+    // Then a canary to a third version: 30% for the bake, then all.
+    seen.borrow_mut().clear();
+    rt.block_on(async {
+        lambda
+            .update_function_configuration()
+            .function_name(&query)
+            .memory_size(1536)
+            .send()
+            .await
+            .expect("update configuration");
+    });
+    let (version, _) = rt
+        .block_on(observed.lambda.version(&query))
+        .expect("version");
+    assert_eq!(version, "3", "a configuration change makes a version too");
+    let mut state = State {
+        strategy: Strategy::Canary,
+        steps: steps(Strategy::Canary, &spec),
+        step: 0,
+        phase: Phase::InProgress,
+        targets: vec![Target {
+            function: "query".into(),
+            name: query.clone(),
+            from: "2".into(),
+            to: "3".into(),
+        }],
+        ..state
+    };
+    let outcome = rt.block_on(rollouts.run(&mut state));
+    assert_eq!(outcome, Ok(pipeline_cli::rollout::Outcome::Promoted));
+    assert_eq!(
+        *seen.borrow(),
+        [
+            ("2".to_string(), vec![("3".to_string(), 0.3)]),
+            ("3".to_string(), vec![])
+        ]
+    );
+    assert_eq!(p.alias(&query), ("3".into(), vec![]));
 }
