@@ -440,37 +440,32 @@ fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
     assert_eq!(text.lines().count(), 3, "{text}");
 
     // --follow prints what arrives later, until Ctrl-C, which exits 0.
-    let mut child = p
-        .command(&[
-            "logs",
-            "--env",
-            "dev",
-            "--function",
-            "ingest",
-            "--since",
-            "1m",
-            "--follow",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("logs --follow");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    let next = || {
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("a log line")
+    let follow = [
+        "--output",
+        "json",
+        "logs",
+        "--env",
+        "dev",
+        "--function",
+        "ingest",
+        "--since",
+        "1m",
+        "--follow",
+    ];
+    let (mut child, rx) = p.start_until(&follow, |v| v["message"] == "batch stored");
+    let next = || -> Value {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a log line");
+        serde_json::from_str(&line).expect("json")
     };
-    assert!(next().ends_with(" batch stored"));
-    assert!(next().ends_with(" ERROR cannot reach the database"));
+    assert_eq!(next()["message"], "ERROR cannot reach the database");
     rt.block_on(put_events(&p, &group, "s2", &[(0, "a later line")]));
-    assert!(next().ends_with(" a later line"));
+    let later = next();
+    assert_eq!(
+        (&later["message"], &later["stream"]),
+        (&"a later line".into(), &"s2".into())
+    );
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

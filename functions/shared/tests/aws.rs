@@ -39,15 +39,9 @@ async fn client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
-async fn collect(stream: ByteStream) -> Vec<u8> {
-    let parts: Vec<Bytes> = stream.map(|r| r.expect("chunk")).collect().await;
-    parts.concat()
-}
-
-#[tokio::test]
-async fn s3_store_puts_reads_ranges_and_presigns() {
-    let moto = start_moto();
-    let s3 = client(&moto.url).await;
+/// The store of a new bucket `raw`.
+async fn raw_bucket(endpoint: &str) -> Store {
+    let s3 = client(endpoint).await;
     s3.create_bucket()
         .bucket("raw")
         .create_bucket_configuration(
@@ -58,7 +52,18 @@ async fn s3_store_puts_reads_ranges_and_presigns() {
         .send()
         .await
         .expect("create bucket");
-    let store = Store::S3(S3Store::new(s3.clone(), "raw"));
+    Store::S3(S3Store::new(s3, "raw"))
+}
+
+async fn collect(stream: ByteStream) -> Vec<u8> {
+    let parts: Vec<Bytes> = stream.map(|r| r.expect("chunk")).collect().await;
+    parts.concat()
+}
+
+#[tokio::test]
+async fn s3_store_puts_reads_ranges_and_presigns() {
+    let moto = start_moto();
+    let store = raw_bucket(&moto.url).await;
     let meta = BTreeMap::from([
         ("records".to_string(), "2".to_string()),
         ("sha256".to_string(), "ab".to_string()),
@@ -126,18 +131,7 @@ async fn s3_store_puts_reads_ranges_and_presigns() {
 #[tokio::test]
 async fn s3_multipart_uploads_go_through_presigned_part_urls() {
     let moto = start_moto();
-    let s3 = client(&moto.url).await;
-    s3.create_bucket()
-        .bucket("raw")
-        .create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest1)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("create bucket");
-    let store = Store::S3(S3Store::new(s3.clone(), "raw"));
+    let store = raw_bucket(&moto.url).await;
     let key = "raw/events/2024-01-01/big.ndjson";
     // S3 takes parts of at least 5 MiB but the last.
     let part_bytes = 5 << 20;
