@@ -825,7 +825,7 @@ fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
     child.kill().expect("kill");
     child.wait().expect("wait");
     assert_eq!(p.alias(&ingest), ("2".into(), vec![("3".into(), 0.1)]));
-    let text = p.ok(&["rollout", "abort", "--env", "live"]);
+    let text = p.ok(&["rollout", "abort", "--env", "live", "--function", "ingest"]);
     assert!(
         text.starts_with("rollout aborted: all traffic is on the previous versions (ingest 2→3)"),
         "{text}"

@@ -364,7 +364,7 @@ async fn roll_out(
     let smoke = post_traffic_smoke(session, &app).await?;
     progress.line(&smoke);
     if !smoke.passed {
-        rollouts.abort(&mut state).await.map_err(call)?;
+        rollouts.abort(&mut state, None).await.map_err(call)?;
         return Err(Error::RolledBack {
             message: format!(
                 "the rollout was rolled back: the smoke checks of {} failed",

@@ -31,6 +31,9 @@ pub struct Target {
     /// Environment of the rollout.
     #[arg(short, long = "env", value_name = "ENV")]
     pub env: String,
+    /// Only this function (the others' rollout goes on).
+    #[arg(short, long, value_parser = ["ingest", "loader", "query"])]
+    pub function: Option<String>,
     #[command(flatten)]
     pub aws: AwsArgs,
 }
@@ -86,6 +89,9 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             });
         };
         if matches!(args.action, Action::Status(_)) {
+            if let Some(f) = &target.function {
+                state.targets.retain(|t| &t.function == f);
+            }
             ui.result(&state);
             return Ok(());
         }
@@ -108,10 +114,22 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             alarms: Vec::new(),
             poll: std::time::Duration::from_secs(1),
         };
-        match args.action {
-            Action::Promote(_) => rollouts.promote(&mut state).await.map_err(failed)?,
-            _ => rollouts.abort(&mut state).await.map_err(failed)?,
+        let function = target.function.as_deref();
+        if let Some(f) = function
+            && !state.targets.iter().any(|t| t.function == f)
+        {
+            return Err(Error::Rejected {
+                message: format!(
+                    "`{f}` takes no part in the rollout of `{}`",
+                    state.environment
+                ),
+            });
         }
+        match args.action {
+            Action::Promote(_) => rollouts.promote(&mut state, function).await,
+            _ => rollouts.abort(&mut state, function).await,
+        }
+        .map_err(failed)?;
         Ok(())
     })
 }

@@ -344,25 +344,58 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
         Ok(Outcome::Promoted)
     }
 
-    /// Finishes a rollout at once: all traffic to the new versions.
-    pub async fn promote(&self, state: &mut State) -> Result<(), CallError> {
-        self.shift(&state.targets, 100).await?;
-        state.step = state.steps.len().saturating_sub(1);
-        state.phase = Phase::Promoted;
-        self.save(state).await?;
-        self.reporter.report(&Event::Promoted {
-            targets: state.targets.clone(),
-        });
-        Ok(())
+    /// Finishes a rollout at once: all traffic to the new versions (of one
+    /// function only, with `function`: the others' rollout goes on).
+    pub async fn promote(
+        &self,
+        state: &mut State,
+        function: Option<&str>,
+    ) -> Result<(), CallError> {
+        self.finish(state, function, 100).await
     }
 
-    /// Ends a rollout at once: all traffic back to the previous versions.
-    pub async fn abort(&self, state: &mut State) -> Result<(), CallError> {
-        self.shift(&state.targets, 0).await?;
-        state.phase = Phase::Aborted;
+    /// Ends a rollout at once: all traffic back to the previous versions (of
+    /// one function only, with `function`).
+    pub async fn abort(&self, state: &mut State, function: Option<&str>) -> Result<(), CallError> {
+        self.finish(state, function, 0).await
+    }
+
+    async fn finish(
+        &self,
+        state: &mut State,
+        function: Option<&str>,
+        percent: u8,
+    ) -> Result<(), CallError> {
+        let (chosen, rest): (Vec<Target>, Vec<Target>) = state
+            .targets
+            .iter()
+            .cloned()
+            .partition(|t| function.is_none_or(|f| t.function == f));
+        if chosen.is_empty() {
+            let taking_part: Vec<&str> =
+                state.targets.iter().map(|t| t.function.as_str()).collect();
+            return Err(CallError(format!(
+                "`{}` takes no part in the rollout; its functions are: {}",
+                function.unwrap_or(""),
+                taking_part.join(", ")
+            )));
+        }
+        self.shift(&chosen, percent).await?;
+        if rest.is_empty() {
+            state.phase = if percent == 100 {
+                state.step = state.steps.len().saturating_sub(1);
+                Phase::Promoted
+            } else {
+                Phase::Aborted
+            };
+        } else {
+            state.targets = rest;
+        }
         self.save(state).await?;
-        self.reporter.report(&Event::Aborted {
-            targets: state.targets.clone(),
+        self.reporter.report(&if percent == 100 {
+            Event::Promoted { targets: chosen }
+        } else {
+            Event::Aborted { targets: chosen }
         });
         Ok(())
     }

@@ -300,14 +300,14 @@ fn a_rollout_left_mid_bake_is_promoted_or_aborted() {
         state.step = 1;
         let rollouts = world.rollouts();
         if promote {
-            run(rollouts.promote(&mut state)).expect("promote");
+            run(rollouts.promote(&mut state, None)).expect("promote");
             assert_eq!(
                 *world.aliases.history.borrow(),
                 ["pipeline-uat-ingest: 4", "pipeline-uat-query: 8"]
             );
             assert_eq!((state.phase, state.percent()), (Phase::Promoted, 100));
         } else {
-            run(rollouts.abort(&mut state)).expect("abort");
+            run(rollouts.abort(&mut state, None)).expect("abort");
             assert_eq!(
                 *world.aliases.history.borrow(),
                 ["pipeline-uat-ingest: 3", "pipeline-uat-query: 7"]
@@ -333,5 +333,28 @@ fn a_resumed_rollout_goes_on_from_its_step() {
             "pipeline-uat-ingest: 4",
             "pipeline-uat-query: 8"
         ]
+    );
+}
+
+#[test]
+fn one_function_can_be_promoted_or_aborted_alone() {
+    let world = World::new(None);
+    let mut state = state(Strategy::Canary);
+    let rollouts = world.rollouts();
+    run(rollouts.abort(&mut state, Some("query"))).expect("abort query");
+    assert_eq!(*world.aliases.history.borrow(), ["pipeline-uat-query: 7"]);
+    // The other function's rollout goes on.
+    assert_eq!(state.phase, Phase::InProgress);
+    assert_eq!(state.targets.len(), 1);
+    let error = run(rollouts.promote(&mut state, Some("query"))).expect_err("gone");
+    assert_eq!(
+        error.0,
+        "`query` takes no part in the rollout; its functions are: ingest"
+    );
+    run(rollouts.promote(&mut state, Some("ingest"))).expect("promote ingest");
+    assert_eq!(state.phase, Phase::Promoted);
+    assert_eq!(
+        *world.aliases.history.borrow(),
+        ["pipeline-uat-query: 7", "pipeline-uat-ingest: 4"]
     );
 }
