@@ -625,6 +625,12 @@ rollout:
 ";
 
 impl Project {
+    /// Bootstraps and deploys an environment; the deploy's result.
+    fn bootstrap_and_deploy(&self, env: &str) -> Value {
+        self.ok(&["bootstrap", "--env", env]);
+        self.json(&["--output", "json", "deploy", "--env", env, "--yes"])
+    }
+
     /// Where the function's `live` alias points, and its other versions' weights.
     fn alias(&self, function: &str) -> Route {
         runtime().block_on(async {
@@ -740,10 +746,9 @@ fn shifted_to(percent: u64) -> impl Fn(&Value) -> bool {
 #[test]
 fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
     let p = Project::new(&[("live.yaml", LIVE)]);
-    p.ok(&["bootstrap", "--env", "live"]);
     // The first versions take all the traffic at once: the aliases served
     // `$LATEST`, which takes no weights.
-    let first = p.json(&["--output", "json", "deploy", "--env", "live", "--yes"]);
+    let first = p.bootstrap_and_deploy("live");
     assert_eq!(first["rollout"], "all-at-once promoted");
     let ingest = first["outputs"]["IngestFunctionName"]
         .as_str()
@@ -838,11 +843,10 @@ fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
 #[test]
 fn failed_migrations_or_smoke_invocations_move_no_traffic() {
     let p = Project::new(&[]);
-    p.ok(&["bootstrap", "--env", "dev"]);
-    let first = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
+    let first = p.bootstrap_and_deploy("dev");
     let loader = first["outputs"]["LoaderFunctionName"]
         .as_str()
-        .expect("loader")
+        .expect("LoaderFunctionName")
         .to_string();
     assert_eq!(p.alias(&loader), ("1".into(), vec![]));
 
@@ -972,11 +976,10 @@ fn a_linear_rollout_moves_moto_aliases_step_by_step_to_the_new_version() {
     use pipeline_cli::rollout::{Phase, Rollouts, State, Target, steps};
     use pipeline_cli::spec::model::Strategy;
     let p = Project::new(&[]);
-    p.ok(&["bootstrap", "--env", "dev"]);
-    let first = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
+    let first = p.bootstrap_and_deploy("dev");
     let query = first["outputs"]["QueryFunctionName"]
         .as_str()
-        .expect("query")
+        .expect("QueryFunctionName")
         .to_string();
     let rt = runtime();
     let lambda = rt.block_on(async { aws_sdk_lambda::Client::new(&p.sdk().await) });
