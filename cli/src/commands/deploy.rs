@@ -13,7 +13,7 @@ use crate::deploy::cfn::Stack;
 use crate::deploy::engine::{check_ready, deploy_stack};
 use crate::deploy::progress::CliReporter;
 use crate::deploy::progress::CliReporter as Progress;
-use crate::deploy::{PackageArgs, Session, load, options, packages, write_json};
+use crate::deploy::{PackageArgs, Session, function_key, load, options, packages, write_json};
 use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
 use crate::rollout::{
     CallError, Outcome, Phase, Rollouts, State, Store, SystemClock, Target, gate_alarms, steps,
@@ -214,15 +214,6 @@ fn call(e: CallError) -> Error {
     Error::Aws { message: e.0 }
 }
 
-/// The parameter of the version a function's alias serves: `IngestLiveVersion`...
-fn live_parameter(function: &str) -> String {
-    format!(
-        "{}{}LiveVersion",
-        function[..1].to_uppercase(),
-        &function[1..]
-    )
-}
-
 /// Sets the app stack's live-version parameters to the versions the aliases
 /// serve, so that a deploy never moves traffic: a rollout (or a `rollout
 /// promote` or `abort`) may have moved the aliases since the stack's last
@@ -238,10 +229,11 @@ async fn serving_versions(
         client: session.clients.lambda.clone(),
     };
     for (id, _) in session.env.spec.functions.all() {
-        let key = format!("{}{}FunctionName", id[..1].to_uppercase(), &id[1..]);
+        let key = function_key(id, "FunctionName");
         if let Some(name) = app.outputs.get(&key) {
             let version = lambda.serving(name).await.map_err(call)?;
-            app.parameters.insert(live_parameter(id), version);
+            app.parameters
+                .insert(function_key(id, "LiveVersion"), version);
         }
     }
     Ok(())
@@ -271,7 +263,7 @@ async fn roll_out(
     let mut targets = Vec::new();
     let mut published = 0;
     for (id, _) in spec.functions.all() {
-        let key = format!("{}{}FunctionName", id[..1].to_uppercase(), &id[1..]);
+        let key = function_key(id, "FunctionName");
         let Some(name) = app.get(&key) else {
             continue;
         };
@@ -379,12 +371,9 @@ async fn roll_out(
         None => None,
     } {
         for t in &state.targets {
-            let param = format!(
-                "{}{}LiveVersion",
-                t.function[..1].to_uppercase(),
-                &t.function[1..]
-            );
-            current.parameters.insert(param, t.to.clone());
+            current
+                .parameters
+                .insert(function_key(&t.function, "LiveVersion"), t.to.clone());
         }
         let plan = session
             .plan(m, outputs, packages, Some(bucket), Some(&current))

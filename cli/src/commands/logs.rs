@@ -75,11 +75,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             .into_iter()
             .find(|(m, _)| m.id == "monitoring")
             .and_then(|(_, s)| s);
-        let key = format!(
-            "{}{}LogGroupName",
-            args.function[..1].to_uppercase(),
-            &args.function[1..]
-        );
+        let key = crate::deploy::function_key(&args.function, "LogGroupName");
         let group = monitoring
             .and_then(|s| s.outputs.get(&key).cloned())
             .ok_or_else(|| Error::Rejected {

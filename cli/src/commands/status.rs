@@ -132,7 +132,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
         }
         let mut functions = Vec::new();
         for (id, _) in session.env.spec.functions.all() {
-            let key = format!("{}{}FunctionName", id[..1].to_uppercase(), &id[1..]);
+            let key = crate::deploy::function_key(id, "FunctionName");
             let Some(name) = outputs.get(&key).cloned() else {
                 continue;
             };

@@ -133,6 +133,18 @@ fn workspace() -> Result<PathBuf, Error> {
         })
 }
 
+/// The name the templates give a function's output or parameter:
+/// `function_key("ingest", "FunctionName")` is `IngestFunctionName`.
+pub fn function_key(function: &str, suffix: &str) -> String {
+    let mut chars = function.chars();
+    let first = chars.next().map(|c| c.to_ascii_uppercase());
+    first
+        .into_iter()
+        .chain(chars)
+        .chain(suffix.chars())
+        .collect()
+}
+
 /// Loads an environment, printing its spec problems (with file, line and
 /// column) and stopping before any AWS call when it has any, then renders it.
 pub fn load(cli: &Cli, name: &str, ui: &Ui) -> Result<(Environment, Synthesis), Error> {
