@@ -105,6 +105,11 @@ pub enum Error {
     #[diagnostic(help("all traffic is on the previous versions; fix the cause and deploy again"))]
     RolledBack { message: String },
 
+    /// Building, pulling or pushing a container image failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Image(#[from] crate::image::ImageError),
+
     #[error("rendering {what} failed: {message}")]
     #[diagnostic(help("this is a bug in pipeline's templates; please report it"))]
     Render { what: String, message: String },
@@ -149,12 +154,15 @@ impl Error {
             Error::Deploy { .. } => "deploy_failed",
             Error::Refused { .. } => "refused",
             Error::RolledBack { .. } => "rolled_back",
+            Error::Image(_) => "image",
         }
     }
 
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::RolledBack { .. } => EXIT_ROLLED_BACK,
+            Error::Image(crate::image::ImageError::BadReference { .. }) => EXIT_INVALID,
+            Error::Image(_) => EXIT_FAILURE,
             Error::InvalidSpec { .. }
             | Error::UnknownEnvironment { .. }
             | Error::BadEnvironmentName { .. }

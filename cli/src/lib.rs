@@ -5,6 +5,7 @@ pub mod aws;
 pub mod commands;
 pub mod deploy;
 pub mod error;
+pub mod image;
 pub mod output;
 pub mod rollout;
 pub mod spec;

@@ -13,7 +13,9 @@ use crate::deploy::cfn::Stack;
 use crate::deploy::engine::{check_ready, deploy_stack};
 use crate::deploy::progress::CliReporter;
 use crate::deploy::progress::CliReporter as Progress;
-use crate::deploy::{PackageArgs, Session, function_key, load, options, packages, write_json};
+use crate::deploy::{
+    Bootstrap, PackageArgs, Session, function_key, load, options, packages, write_json,
+};
 use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
 use crate::rollout::{
     CallError, Outcome, Phase, Rollouts, State, Store, SystemClock, Target, gate_alarms, steps,
@@ -61,6 +63,8 @@ pub struct Deployed {
     pub stacks: Vec<StackResult>,
     pub packages: usize,
     pub uploaded: usize,
+    /// Image blobs (layers and configs) uploaded to the registry.
+    pub image_blobs_uploaded: usize,
     /// Lambda versions published by this deploy.
     pub versions_published: usize,
     /// How the new versions took traffic, when some did.
@@ -97,6 +101,9 @@ impl fmt::Display for Deployed {
             self.packages - self.uploaded,
             self.versions_published
         )?;
+        if self.image_blobs_uploaded > 0 {
+            writeln!(f, "image blobs uploaded: {}", self.image_blobs_uploaded)?;
+        }
         if let Some(r) = &self.rollout {
             writeln!(f, "rollout: {r}")?;
         }
@@ -118,7 +125,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
         let bootstrap = session.bootstrap().await?;
         let bucket = bootstrap.assets_bucket.as_str();
         let lock = Lock::acquire(&session, bucket, args.force_unlock).await?;
-        let result = deploy(&session, args, &packages, bucket, ui).await;
+        let result = deploy(&session, args, &packages, &bootstrap, ui).await;
         lock.release(&session).await;
         let mut deployed = result?;
         deployed.seconds = started.elapsed().as_secs_f64();
@@ -131,9 +138,10 @@ async fn deploy(
     session: &Session,
     args: &Args,
     packages: &[crate::deploy::assets::Package],
-    bucket: &str,
+    bootstrap: &Bootstrap,
     ui: &Ui,
 ) -> Result<Deployed, Error> {
+    let bucket = bootstrap.assets_bucket.as_str();
     let mut stacks = session.stacks().await?;
     serving_versions(session, &mut stacks).await?;
     // Busy or broken stacks stop the deploy before anything moves.
@@ -161,14 +169,18 @@ async fn deploy(
             )),
         });
     }
-    let uploaded = session.upload_packages(bucket, packages, ui).await?;
+    let zips = session.upload_packages(bucket, packages, ui).await?;
+    let (images, image_blobs_uploaded) = session
+        .push_images(&bootstrap.repository_uri, packages, ui)
+        .await?;
+    let uploaded = zips + images;
     let reporter = CliReporter::new(ui);
     let opts = options(args.yes, args.allow_replacement);
     let mut outputs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut results = Vec::new();
     for (m, current) in &stacks {
         let plan = session
-            .plan(m, &outputs, packages, Some(bucket), current.as_ref())
+            .plan(m, &outputs, packages, Some(bootstrap), current.as_ref())
             .await?;
         let deployed = deploy_stack(&session.cfn, &plan, &opts, &reporter, &reporter).await?;
         results.push(StackResult {
@@ -184,7 +196,7 @@ async fn deploy(
         &stacks,
         &mut outputs,
         packages,
-        bucket,
+        bootstrap,
         &store,
         &reporter,
     )
@@ -202,6 +214,7 @@ async fn deploy(
         stacks: results,
         packages: packages.len(),
         uploaded,
+        image_blobs_uploaded,
         versions_published,
         rollout,
         outputs: outputs.remove("app").unwrap_or_default(),
@@ -251,7 +264,7 @@ async fn roll_out(
     stacks: &[(ManifestStack, Option<Stack>)],
     outputs: &mut BTreeMap<String, BTreeMap<String, String>>,
     packages: &[Package],
-    bucket: &str,
+    bootstrap: &Bootstrap,
     store: &S3Store,
     progress: &Progress,
 ) -> Result<(usize, Option<String>), Error> {
@@ -376,7 +389,7 @@ async fn roll_out(
                 .insert(function_key(&t.function, "LiveVersion"), t.to.clone());
         }
         let plan = session
-            .plan(m, outputs, packages, Some(bucket), Some(&current))
+            .plan(m, outputs, packages, Some(bootstrap), Some(&current))
             .await?;
         let done = deploy_stack(
             &session.cfn,

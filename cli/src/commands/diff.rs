@@ -70,7 +70,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<Option<u8>, Error> {
     let diff = runtime()?.block_on(async {
         let session = Session::open(env, synthesis, &args.aws).await;
         // Without a bootstrap stack nothing was deployed: every stack is new.
-        let bucket = session.bootstrap().await.ok().map(|b| b.assets_bucket);
+        let bootstrap = session.bootstrap().await.ok();
         let opts = options(true, true);
         let mut outputs = std::collections::BTreeMap::new();
         let mut stacks = Vec::new();
@@ -90,7 +90,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<Option<u8>, Error> {
                 ),
                 Some(stack) => {
                     let plan = session
-                        .plan(&m, &outputs, &packages, bucket.as_deref(), Some(stack))
+                        .plan(&m, &outputs, &packages, bootstrap.as_ref(), Some(stack))
                         .await?;
                     match preview_stack(&session.cfn, &plan, &opts).await? {
                         Some(changes) => ("update", changes),

@@ -19,6 +19,10 @@ pub struct Package {
     pub path: PathBuf,
     pub sha256: String,
     pub bytes: u64,
+    /// The container image, for functions packaged as images: then `path`
+    /// is its OCI image layout and `sha256` its digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::image::Image>,
 }
 
 impl Package {
@@ -39,6 +43,20 @@ impl Package {
             path: path.to_path_buf(),
             sha256: crate::synth::sha256_hex(&bytes),
             bytes: bytes.len() as u64,
+            image: None,
+        })
+    }
+
+    /// Reads a prebuilt image: an OCI image layout.
+    pub fn from_layout(function: &str, architecture: &str, path: &Path) -> Result<Package, Error> {
+        let image = crate::image::read_layout(path)?;
+        Ok(Package {
+            function: function.to_string(),
+            architecture: architecture.to_string(),
+            path: path.to_path_buf(),
+            sha256: image.digest.trim_start_matches("sha256:").to_string(),
+            bytes: image.bytes,
+            image: Some(image),
         })
     }
 }

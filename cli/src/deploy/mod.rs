@@ -6,6 +6,7 @@
 pub mod assets;
 pub mod cfn;
 pub mod engine;
+pub mod images;
 pub mod progress;
 #[cfg(test)]
 mod tests;
@@ -58,10 +59,14 @@ pub fn packages(
         .map(|(name, f)| (*name, f.architecture.as_str()))
         .collect();
     if let Some(dir) = &args.artifacts {
-        return functions
+        let packages = functions
             .iter()
             .map(|(name, arch)| {
                 let path = dir.join(format!("{name}.zip"));
+                let layout = dir.join(format!("{name}.image"));
+                if !path.is_file() && layout.is_dir() {
+                    return Package::from_layout(name, arch, &layout);
+                }
                 if !path.is_file() {
                     return Err(Error::Build {
                         message: format!("there is no {name}.zip in {}", dir.display()),
@@ -72,7 +77,8 @@ pub fn packages(
                 }
                 Package::from_zip(name, arch, &path)
             })
-            .collect();
+            .collect::<Result<Vec<_>, Error>>()?;
+        return images::images(env, packages, Some(dir), ui);
     }
     let workspace = workspace()?;
     let ca_path = args
@@ -113,7 +119,7 @@ pub fn packages(
         }
     }
     packages.sort_by(|a, b| a.function.cmp(&b.function));
-    Ok(packages)
+    images::images(env, packages, None, ui)
 }
 
 /// The pipeline's Cargo workspace: this folder or the nearest one above it
@@ -256,7 +262,7 @@ impl Session {
         ui: &Ui,
     ) -> Result<usize, Error> {
         let mut uploaded = 0;
-        for p in packages {
+        for p in packages.iter().filter(|p| p.image.is_none()) {
             let body = async || {
                 aws_sdk_s3::primitives::ByteStream::from_path(&p.path)
                     .await
@@ -330,9 +336,10 @@ impl Session {
         stack: &ManifestStack,
         outputs: &BTreeMap<String, BTreeMap<String, String>>,
         packages: &[Package],
-        bucket: Option<&str>,
+        bootstrap: Option<&Bootstrap>,
         current: Option<&Stack>,
     ) -> Result<StackPlan, Error> {
+        let bucket = bootstrap.map(|b| b.assets_bucket.as_str());
         let mut parameters = BTreeMap::new();
         for p in &stack.parameters {
             let value = match &p.source {
@@ -347,14 +354,22 @@ impl Session {
                         ),
                         help: Some(format!("deploy the {from} stack first (`pipeline deploy` deploys every stack in order)")),
                     })?,
-                Source::Asset { asset } => packages
-                    .iter()
-                    .find(|pk| pk.function == *asset)
-                    .map(Package::key)
-                    .ok_or_else(|| Error::Build {
-                        message: format!("there is no package of the {asset} function"),
-                        help: None,
-                    })?,
+                Source::Asset { asset } => {
+                    let package = packages
+                        .iter()
+                        .find(|pk| pk.function == *asset)
+                        .ok_or_else(|| Error::Build {
+                            message: format!("there is no package of the {asset} function"),
+                            help: None,
+                        })?;
+                    match &package.image {
+                        Some(image) => images::image_uri(
+                            bootstrap.map_or("", |b| b.repository_uri.as_str()),
+                            &image.digest,
+                        ),
+                        None => package.key(),
+                    }
+                }
                 Source::Deploy {
                     value: "assets_bucket",
                 } => bucket.unwrap_or_default().to_string(),

@@ -167,6 +167,24 @@ pub struct Function {
     pub architecture: Architecture,
     /// Least severe log level written: `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: LogLevel,
+    /// How the function's code ships: `zip` (a package in the assets bucket)
+    /// or `image` (a container image in the environment's ECR repository).
+    #[serde(default)]
+    pub package: Packaging,
+    /// Base image of a `package: image` function, by tag or digest (default:
+    /// `public.ecr.aws/lambda/provided:al2023`); it must be published for
+    /// the function's architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image: Option<String>,
+}
+
+/// How a function's code is shipped to Lambda.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Packaging {
+    #[default]
+    Zip,
+    Image,
 }
 
 /// Processor architecture of a function.

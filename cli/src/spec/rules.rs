@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::diag::{Problem, Span};
-use super::model::{AuthMode, Endpoint, GateAlarm, Spec, Strategy, WaivedRule};
+use super::model::{AuthMode, Endpoint, GateAlarm, Packaging, Spec, Strategy, WaivedRule};
 use super::yaml::{Node, Value};
 
 /// Retention periods CloudWatch Logs accepts, in days.
@@ -305,6 +305,32 @@ fn functions(r: &mut Rules, spec: &Spec) {
                 ),
                 "longer than API Gateway waits",
                 format!("API Gateway ends a request after {API_GATEWAY_TIMEOUT_SECONDS} seconds, so `{name}` cannot usefully run longer"),
+            );
+        }
+    }
+    for (name, f) in spec.functions.all() {
+        let Some(base) = &f.base_image else { continue };
+        if f.package != Packaging::Image {
+            r.at_key(
+                &["functions", name, "base_image"],
+                format!(
+                    "`functions.{name}.base_image` is set, but the function is packaged as a zip"
+                ),
+                "only images have a base",
+                format!("set `functions.{name}.package: image`, or remove `base_image`"),
+            );
+        } else if let Err(e) = crate::image::Reference::parse(base) {
+            let help = match &e {
+                crate::image::ImageError::BadReference { reason, .. } => format!(
+                    "{reason}; write it as `registry/repository:tag` or `registry/repository@sha256:<digest>`"
+                ),
+                other => other.to_string(),
+            };
+            r.at(
+                &["functions", name, "base_image"],
+                format!("`functions.{name}.base_image` is not an image reference: `{base}`"),
+                "not an image reference",
+                help,
             );
         }
     }

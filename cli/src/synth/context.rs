@@ -4,7 +4,7 @@
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::spec::model::{AuthMode, Endpoint, Spec};
+use crate::spec::model::{AuthMode, Endpoint, Packaging, Spec};
 
 /// A checkov check deliberately skipped on a resource, with the reason.
 #[derive(Debug, Clone, Serialize)]
@@ -29,7 +29,8 @@ pub enum Source {
         stack: &'static str,
         output: &'static str,
     },
-    /// The S3 key of a built asset, uploaded under its SHA-256.
+    /// Where a function's code is: the S3 key of its package (uploaded
+    /// under its SHA-256), or its image's URI with the image's digest.
     Asset { asset: &'static str },
     /// A value the deploy engine provides (the assets bucket of the bootstrap stack, alias versions).
     Deploy { value: &'static str },
@@ -715,6 +716,8 @@ pub struct FunctionContext {
     pub reserved_concurrency: Option<u32>,
     pub architecture: &'static str,
     pub log_level: &'static str,
+    /// Whether the code ships as a container image (else as a zip).
+    pub image: bool,
     pub db_user: String,
     /// Whether it reads the raw bucket / writes it / consumes the queue / reads the replicas / reads the secret.
     pub reads_raw: bool,
@@ -812,7 +815,14 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
             "monitoring",
             "Log group of the API's access logs",
         ),
-        Param {
+    ];
+    let zips = spec
+        .functions
+        .all()
+        .iter()
+        .any(|(_, f)| f.package == Packaging::Zip);
+    if zips {
+        params.push(Param {
             name: "AssetsBucket",
             kind: "String",
             description: "Bucket holding the function packages (from the bootstrap stack)",
@@ -820,20 +830,30 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
             source: Source::Deploy {
                 value: "assets_bucket",
             },
-        },
-    ];
-    for (name, _) in spec.functions.all() {
-        let (key, version): (&'static str, &'static str) = match name {
-            "ingest" => ("IngestCodeKey", "IngestLiveVersion"),
-            "loader" => ("LoaderCodeKey", "LoaderLiveVersion"),
-            _ => ("QueryCodeKey", "QueryLiveVersion"),
+        });
+    }
+    for (name, f) in spec.functions.all() {
+        let (key, image, version): (&'static str, &'static str, &'static str) = match name {
+            "ingest" => ("IngestCodeKey", "IngestImageUri", "IngestLiveVersion"),
+            "loader" => ("LoaderCodeKey", "LoaderImageUri", "LoaderLiveVersion"),
+            _ => ("QueryCodeKey", "QueryImageUri", "QueryLiveVersion"),
         };
-        params.push(Param {
-            name: key,
-            kind: "String",
-            description: "S3 key of the function's package, named by its SHA-256",
-            default: None,
-            source: Source::Asset { asset: name },
+        params.push(if f.package == Packaging::Image {
+            Param {
+                name: image,
+                kind: "String",
+                description: "The function's container image, by digest",
+                default: None,
+                source: Source::Asset { asset: name },
+            }
+        } else {
+            Param {
+                name: key,
+                kind: "String",
+                description: "S3 key of the function's package, named by its SHA-256",
+                default: None,
+                source: Source::Asset { asset: name },
+            }
         });
         params.push(Param {
             name: version,
@@ -852,7 +872,11 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
         .map(|(name, f)| {
             let behind_api = *name != "loader";
             let mut skips = vec![
-                skip("CKV_AWS_272", "packages are built from source by `pipeline build` and addressed by their SHA-256; no AWS Signer profile is used"),
+                if f.package == Packaging::Image {
+                    skip("CKV_AWS_272", "the image is built from source by `pipeline build` and named by its digest; Lambda has no code signing for container images")
+                } else {
+                    skip("CKV_AWS_272", "packages are built from source by `pipeline build` and addressed by their SHA-256; no AWS Signer profile is used")
+                },
                 if behind_api {
                     skip("CKV_AWS_116", "invoked synchronously by API Gateway, which returns errors to the caller; there are no asynchronous events to dead-letter")
                 } else {
@@ -874,6 +898,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
                 reserved_concurrency: f.reserved_concurrency,
                 architecture: f.architecture.as_str(),
                 log_level: f.log_level.as_str(),
+                image: f.package == Packaging::Image,
                 db_user: format!("pipeline_{name}"),
                 reads_raw: *name == "loader",
                 writes_raw: *name == "ingest",

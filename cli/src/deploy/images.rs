@@ -1,0 +1,239 @@
+//! Functions packaged as container images: each image is assembled from the
+//! files of the function's zip on its base image, and pushed to the
+//! environment's ECR repository before the stacks are deployed.
+
+use std::io::Read;
+use std::path::Path;
+
+use super::Session;
+use super::assets::Package;
+use crate::Error;
+use crate::aws::aws_error;
+use crate::image::{self, Cache, Credentials, Registry, layer};
+use crate::output::Ui;
+use crate::spec::Environment;
+use crate::spec::model::Packaging;
+
+/// Pushes images to this registry (`host[:port]`) instead of the ECR
+/// repository's, under the same repository name: a local registry in tests,
+/// or a mirror.
+pub const REGISTRY_OVERRIDE: &str = "PIPELINE_IMAGE_REGISTRY";
+
+/// Turns the packages of `package: image` functions into images: a prebuilt
+/// OCI image layout `<function>.image/` from `artifacts`, else an image
+/// assembled from the function's zip on its base image, written to
+/// `out/<env>/<function>.image/`.
+pub fn images(
+    env: &Environment,
+    packages: Vec<Package>,
+    artifacts: Option<&Path>,
+    ui: &Ui,
+) -> Result<Vec<Package>, Error> {
+    let wanted = |p: &Package| {
+        env.spec
+            .functions
+            .all()
+            .iter()
+            .find(|(name, _)| *name == p.function)
+            .filter(|(_, f)| f.package == Packaging::Image)
+            .map(|(_, f)| {
+                f.base_image
+                    .clone()
+                    .unwrap_or_else(|| image::DEFAULT_BASE.to_string())
+            })
+    };
+    if !packages.iter().any(|p| wanted(p).is_some()) {
+        return Ok(packages);
+    }
+    let http = http_client()?;
+    let cache = Cache::default_dir();
+    let out = Path::new("out").join(&env.name);
+    crate::aws::runtime()?.block_on(async {
+        let mut result = Vec::new();
+        for p in packages {
+            let Some(base) = wanted(&p) else {
+                result.push(p);
+                continue;
+            };
+            let prebuilt = artifacts.map(|dir| dir.join(format!("{}.image", p.function)));
+            let layout = match prebuilt.filter(|d| d.is_dir()) {
+                Some(dir) => dir,
+                None => {
+                    ui.info(format_args!(
+                        "assembling the {} image on {base}",
+                        p.function
+                    ));
+                    let pulled = image::pull_base(&http, &base, &p.architecture, &cache).await?;
+                    let files = zip_files(&p.path)?;
+                    let entries: Vec<layer::File<'_>> = files
+                        .iter()
+                        .map(|(path, bytes, mode)| layer::File {
+                            path,
+                            bytes,
+                            mode: *mode,
+                        })
+                        .collect();
+                    let dir = out.join(format!("{}.image", p.function));
+                    image::assemble(&pulled, &cache, &entries, &p.architecture, &dir)?;
+                    dir
+                }
+            };
+            let built = image::read_layout(&layout)?;
+            result.push(Package {
+                sha256: built.digest.trim_start_matches("sha256:").to_string(),
+                bytes: built.bytes,
+                path: layout,
+                image: Some(built),
+                ..p
+            });
+        }
+        Ok(result)
+    })
+}
+
+/// The files of a zip package, as they go into the image's task root.
+fn zip_files(zip: &Path) -> Result<Vec<(String, Vec<u8>, u32)>, Error> {
+    let bad = |e: &dyn std::fmt::Display| Error::Build {
+        message: format!("cannot read the package {}: {e}", zip.display()),
+        help: Some("build it again with `pipeline build`".into()),
+    };
+    let file = std::fs::File::open(zip).map_err(|e| bad(&e))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(&e))?;
+    let mut files = Vec::new();
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(|e| bad(&e))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let name = entry
+            .enclosed_name()
+            .ok_or_else(|| bad(&format!("an entry outside the package: {}", entry.name())))?;
+        let mode = entry.unix_mode().map_or(0o644, |m| m & 0o777);
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).map_err(|e| bad(&e))?;
+        files.push((
+            format!("{}/{}", image::TASK_ROOT, name.display()),
+            bytes,
+            mode,
+        ));
+    }
+    Ok(files)
+}
+
+fn http_client() -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .user_agent(concat!("pipeline/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| Error::Build {
+            message: format!("cannot make an HTTP client: {e}"),
+            help: None,
+        })
+}
+
+/// `host[/repository]` of the images: the ECR repository, or the same
+/// repository name on the registry `PIPELINE_IMAGE_REGISTRY` names.
+pub fn repository(repository_uri: &str) -> (String, String) {
+    let (host, name) = repository_uri
+        .split_once('/')
+        .unwrap_or((repository_uri, ""));
+    match std::env::var(REGISTRY_OVERRIDE) {
+        Ok(r) if !r.is_empty() => (r, name.to_string()),
+        _ => (host.to_string(), name.to_string()),
+    }
+}
+
+/// The URI a function's `ImageUri` names: the repository and the digest.
+pub fn image_uri(repository_uri: &str, digest: &str) -> String {
+    let (host, name) = repository(repository_uri);
+    format!("{host}/{name}@{digest}")
+}
+
+impl Session {
+    /// Pushes the images the registry does not have yet; how many images
+    /// were new to it, and how many blobs were uploaded.
+    pub async fn push_images(
+        &self,
+        repository_uri: &str,
+        packages: &[Package],
+        ui: &Ui,
+    ) -> Result<(usize, usize), Error> {
+        let images: Vec<(&Package, &image::Image)> = packages
+            .iter()
+            .filter_map(|p| Some((p, p.image.as_ref()?)))
+            .collect();
+        if images.is_empty() {
+            return Ok((0, 0));
+        }
+        if repository_uri.is_empty() {
+            return Err(Error::Deploy {
+                message: "the bootstrap stack has no ECR repository for the images".into(),
+                help: Some(format!(
+                    "run `pipeline bootstrap --env {}` again to add it",
+                    self.env.name
+                )),
+            });
+        }
+        let (host, name) = repository(repository_uri);
+        let credentials = match image::keychain(&host) {
+            Some(c) => Some(c),
+            None => Some(self.ecr_credentials().await?),
+        };
+        let http = http_client()?;
+        let registry = Registry::new(http, &host, &name, credentials, true);
+        let (mut pushed_images, mut blobs) = (0, 0);
+        for (p, built) in images {
+            let tag = format!(
+                "{}-{}",
+                p.function,
+                &built.digest.trim_start_matches("sha256:")[..12]
+            );
+            let pushed = image::push(&registry, &p.path, &tag).await?;
+            if pushed.manifest {
+                pushed_images += 1;
+                ui.info(format_args!(
+                    "pushed the {} image {host}/{name}:{tag} ({} blobs uploaded, {} already there)",
+                    p.function,
+                    pushed.uploaded.len(),
+                    pushed.skipped
+                ));
+            } else {
+                ui.info(format_args!(
+                    "the {} image is already in {host}/{name} ({})",
+                    p.function, built.digest
+                ));
+            }
+            blobs += pushed.uploaded.len();
+        }
+        Ok((pushed_images, blobs))
+    }
+
+    /// Registry credentials from ECR's GetAuthorizationToken.
+    async fn ecr_credentials(&self) -> Result<Credentials, Error> {
+        use base64::Engine;
+        let answer = self
+            .clients
+            .ecr
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| aws_error("cannot get an ECR authorization token", e))?;
+        let token = answer
+            .authorization_data()
+            .first()
+            .and_then(|d| d.authorization_token())
+            .unwrap_or_default();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let (username, password) = decoded.split_once(':').ok_or_else(|| Error::Aws {
+            message: "ECR answered an authorization token that is not `user:password`".into(),
+        })?;
+        Ok(Credentials {
+            username: username.to_string(),
+            password: password.to_string(),
+        })
+    }
+}
