@@ -139,3 +139,51 @@ fn prod_keeps_its_data_and_dev_does_not() {
     assert_eq!(dev["Resources"]["Database"]["Properties"]["MultiAZ"], false);
     assert!(dev["Resources"]["Replica1"].is_null());
 }
+
+#[test]
+fn image_functions_name_their_image_and_zip_functions_their_package() {
+    let specs = common::workspace(&[(
+        "pr-7.yaml",
+        "extends: dev\nfunctions:\n  ingest: {package: image}\n  query: {package: image, base_image: 'registry.example.com/base@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef'}\n",
+    )]);
+    let mut loader = Loader::new(Some(specs.path().join("environments")));
+    let env = loader.load("pr-7").expect("pr-7 loads");
+    let synthesis = synthesize(&env).expect("synth");
+    let (_, text) = synthesis
+        .files
+        .iter()
+        .find(|(name, _)| name == "app.template.json")
+        .expect("app template");
+    let template: serde_json::Value = serde_json::from_str(text).expect("json");
+    let resources = &template["Resources"];
+    for (id, image) in [("Ingest", true), ("Loader", false), ("Query", true)] {
+        let props = &resources[format!("{id}Function")]["Properties"];
+        if image {
+            assert_eq!(props["PackageType"], "Image", "{id}");
+            assert_eq!(
+                props["Code"],
+                serde_json::json!({"ImageUri": {"Ref": format!("{id}ImageUri")}})
+            );
+            assert!(props.get("Runtime").is_none() && props.get("Handler").is_none());
+        } else {
+            assert!(props.get("PackageType").is_none(), "{id}");
+            assert_eq!(props["Code"]["S3Key"]["Ref"], format!("{id}CodeKey"));
+            assert_eq!(props["Runtime"], "provided.al2023");
+        }
+    }
+    let params = template["Parameters"].as_object().expect("parameters");
+    assert!(params.contains_key("IngestImageUri") && !params.contains_key("IngestCodeKey"));
+    assert!(params.contains_key("LoaderCodeKey") && params.contains_key("AssetsBucket"));
+    let app = synthesis
+        .manifest
+        .stacks
+        .iter()
+        .find(|s| s.id == "app")
+        .expect("app stack");
+    let source = app
+        .parameters
+        .iter()
+        .find(|p| p.name == "QueryImageUri")
+        .map(|p| p.source.clone());
+    assert_eq!(source, Some(Source::Asset { asset: "query" }));
+}

@@ -14,7 +14,7 @@ import sys
 
 from moto.apigateway.models import RestAPI, apigateway_backends
 from moto.awslambda.exceptions import UnknownFunctionException
-from moto.awslambda.models import LambdaBackend, lambda_backends
+from moto.awslambda.models import LambdaBackend, LambdaFunction, lambda_backends
 from moto.awslambda_simple.models import lambda_simple_backends
 from moto.cloudformation.models import CloudFormationBackend
 from moto.core.common_models import CloudFormationModel
@@ -230,6 +230,16 @@ def invoke(orig, self, function_name, qualifier, body, headers, response_headers
         if "errorType" in json.loads(result):
             response_headers["x-amz-function-error"] = "Unhandled"
     return result.encode() if isinstance(result, str) else result
+
+
+# 12. AWS::Lambda::Function's PackageType is ignored, so a function made from a container image
+# reports "Zip". CloudFormation creates it with the template's PackageType. (moto does not pull
+# the ImageUri: by default it stubs ECR, and the image tests push to a real registry.)
+@wrap(LambdaFunction, "create_from_cloudformation_json")
+def function_from_template(orig, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    fn = orig(resource_name, cloudformation_json, account_id, region_name, **kwargs)
+    fn.package_type = cloudformation_json["Properties"].get("PackageType", "Zip")
+    return fn
 
 
 if __name__ == "__main__":

@@ -103,12 +103,18 @@ impl Registry {
     }
 
     async fn denied(&self, response: Response) -> ImageError {
-        let status = response.status().as_u16();
+        let status = response.status();
+        // Answers to HEAD requests carry no body to explain them.
+        let text = match error_text(response).await {
+            t if !t.is_empty() => t,
+            _ if status == StatusCode::UNAUTHORIZED => "the credentials were not accepted".into(),
+            _ => "access denied".into(),
+        };
         ImageError::Denied {
             registry: self.registry.clone(),
             repository: self.repository.clone(),
             action: self.action(),
-            detail: format!("HTTP {status}: {}", error_text(response).await),
+            detail: format!("HTTP {}: {text}", status.as_u16()),
             with_credentials: self.credentials.is_some(),
         }
     }
@@ -183,7 +189,13 @@ impl Registry {
         self.protocol(format!(
             "{what}: HTTP {}: {}",
             status.as_u16(),
-            error_text(response).await
+            match error_text(response).await {
+                t if t.is_empty() => status
+                    .canonical_reason()
+                    .unwrap_or("no details")
+                    .to_string(),
+                t => t,
+            }
         ))
     }
 
@@ -452,7 +464,7 @@ async fn error_text(response: Response) -> String {
         });
     match parsed {
         Some(messages) if !messages.is_empty() => messages.join("; "),
-        _ if text.trim().is_empty() => "(no details)".into(),
+        _ if text.trim().is_empty() => String::new(),
         _ => text.trim().chars().take(300).collect(),
     }
 }
