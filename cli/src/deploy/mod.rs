@@ -32,7 +32,8 @@ pub const MAX_TEMPLATE_BODY: usize = 51_200;
 /// Where the function packages come from.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PackageArgs {
-    /// Take prebuilt packages from DIR (`<function>.zip` each) instead of building.
+    /// Take prebuilt packages from DIR instead of building: `<function>.zip`
+    /// each, or `<function>.image/` (an OCI image layout) for image functions.
     #[arg(long, value_name = "DIR", env = "PIPELINE_ARTIFACTS")]
     pub artifacts: Option<PathBuf>,
     /// CA bundle the functions check RDS certificates against, shipped in
