@@ -39,15 +39,7 @@ impl Project {
 
     /// Writes a function's package; another `version` is other code.
     fn package(&self, function: &str, version: &str) {
-        let dir = self.dir.path().join("artifacts");
-        std::fs::create_dir_all(&dir).expect("artifacts dir");
-        let file = std::fs::File::create(dir.join(format!("{function}.zip"))).expect("zip");
-        let mut zip = zip::ZipWriter::new(file);
-        zip.start_file("bootstrap", zip::write::SimpleFileOptions::default())
-            .expect("entry");
-        std::io::Write::write_all(&mut zip, format!("{function} {version}").as_bytes())
-            .expect("write");
-        zip.finish().expect("finish");
+        common::package(self.dir.path(), function, version);
     }
 
     fn command(&self, args: &[&str]) -> Command {

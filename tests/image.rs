@@ -149,18 +149,7 @@ impl Project {
 
     /// Writes a function's package; another `version` is other code.
     fn package(&self, function: &str, version: &str) {
-        let dir = self.dir.path().join("artifacts");
-        std::fs::create_dir_all(&dir).expect("artifacts dir");
-        let file = std::fs::File::create(dir.join(format!("{function}.zip"))).expect("zip");
-        let mut zip = zip::ZipWriter::new(file);
-        let exec = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
-        zip.start_file("bootstrap", exec).expect("entry");
-        std::io::Write::write_all(&mut zip, format!("{function} {version}").as_bytes())
-            .expect("write");
-        zip.start_file("datasets.json", zip::write::SimpleFileOptions::default())
-            .expect("entry");
-        std::io::Write::write_all(&mut zip, b"{}").expect("write");
-        zip.finish().expect("finish");
+        common::package(self.dir.path(), function, version);
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -315,6 +304,15 @@ fn images_build_reproducibly_on_the_base_and_push_only_missing_blobs() {
     // Two projects in different folders, each with an empty cache: the same digest.
     let a = Project::new(&base, &registry.host);
     let built = a.build();
+    // Unchanged inputs: the image is not assembled again.
+    let again = a.run(&["-v", "build", "--env", "img"]);
+    assert_eq!(again.status.code(), Some(0), "{}", common::stderr(&again));
+    assert!(
+        common::stderr(&again).contains("the ingest image is up to date"),
+        "{}",
+        common::stderr(&again)
+    );
+    assert!(common::stdout(&again).contains(built["image"]["digest"].as_str().expect("digest")));
     let b = Project::new(&base, &registry.host);
     assert_eq!(b.build()["image"], built["image"]);
     let image = &built["image"];

@@ -49,3 +49,21 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Writes a function's prebuilt package, `<dir>/artifacts/<function>.zip`:
+/// a `bootstrap` (mode 0755) whose bytes say `version`, and `datasets.json`.
+pub fn package(dir: &Path, function: &str, version: &str) {
+    use std::io::Write;
+    let dir = dir.join("artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    let file = std::fs::File::create(dir.join(format!("{function}.zip"))).expect("zip");
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file("bootstrap", options.unix_permissions(0o755))
+        .expect("entry");
+    zip.write_all(format!("{function} {version}").as_bytes())
+        .expect("write");
+    zip.start_file("datasets.json", options).expect("entry");
+    zip.write_all(b"{}").expect("write");
+    zip.finish().expect("finish");
+}

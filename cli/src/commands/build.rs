@@ -31,13 +31,16 @@ pub struct Built {
 impl fmt::Display for Built {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for p in &self.packages {
+            let what = match &p.image {
+                Some(image) => format!("image {}", image.digest),
+                None => format!("sha256 {}", p.sha256),
+            };
             writeln!(
                 f,
-                "{:<7} {:<7} {:>10} bytes  sha256 {}  {}",
+                "{:<7} {:<7} {:>10} bytes  {what}  {}",
                 p.function,
                 p.architecture,
                 p.bytes,
-                p.sha256,
                 p.path.display()
             )?;
         }

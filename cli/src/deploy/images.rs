@@ -3,7 +3,7 @@
 //! environment's ECR repository before the stacks are deployed.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::Session;
 use super::assets::Package;
@@ -48,47 +48,101 @@ pub fn images(
     let http = http_client()?;
     let cache = Cache::default_dir();
     let out = Path::new("out").join(&env.name);
-    crate::aws::runtime()?.block_on(async {
-        let mut result = Vec::new();
-        for p in packages {
-            let Some(base) = wanted(&p) else {
-                result.push(p);
-                continue;
-            };
-            let prebuilt = artifacts.map(|dir| dir.join(format!("{}.image", p.function)));
-            let layout = match prebuilt.filter(|d| d.is_dir()) {
-                Some(dir) => dir,
-                None => {
-                    ui.info(format_args!(
-                        "assembling the {} image on {base}",
-                        p.function
-                    ));
-                    let pulled = image::pull_base(&http, &base, &p.architecture, &cache).await?;
-                    let files = zip_files(&p.path)?;
-                    let entries: Vec<layer::File<'_>> = files
-                        .iter()
-                        .map(|(path, bytes, mode)| layer::File {
-                            path,
-                            bytes,
-                            mode: *mode,
-                        })
-                        .collect();
-                    let dir = out.join(format!("{}.image", p.function));
-                    image::assemble(&pulled, &cache, &entries, &p.architecture, &dir)?;
-                    dir
-                }
-            };
+    let runtime = crate::aws::runtime()?;
+    let mut planned: Vec<(Package, Option<PathBuf>)> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    for p in packages {
+        let Some(base) = wanted(&p) else {
+            planned.push((p, None));
+            continue;
+        };
+        let prebuilt = artifacts.map(|dir| dir.join(format!("{}.image", p.function)));
+        if let Some(dir) = prebuilt.filter(|d| d.is_dir()) {
+            planned.push((p, Some(dir)));
+            continue;
+        }
+        let pulled = runtime.block_on(image::pull_base(&http, &base, &p.architecture, &cache))?;
+        let dir = out.join(format!("{}.image", p.function));
+        let source = format!("sha256:{} on {}", p.sha256, pulled.reference);
+        if image::layout_source(&dir).as_deref() == Some(source.as_str()) {
+            ui.info(format_args!("the {} image is up to date", p.function));
+        } else {
+            ui.info(format_args!(
+                "assembling the {} image on {base}",
+                p.function
+            ));
+            jobs.push(Job {
+                zip: p.path.clone(),
+                architecture: p.architecture.clone(),
+                base: pulled,
+                source,
+                dir: dir.clone(),
+            });
+        }
+        planned.push((p, Some(dir)));
+    }
+    // Compressing a function's layer keeps a core busy: one thread each.
+    std::thread::scope(|scope| {
+        let running: Vec<_> = jobs
+            .iter()
+            .map(|job| scope.spawn(|| job.run(&cache)))
+            .collect();
+        running.into_iter().try_for_each(|t| {
+            t.join().unwrap_or_else(|_| {
+                Err(Error::Build {
+                    message: "assembling an image failed unexpectedly".into(),
+                    help: None,
+                })
+            })
+        })
+    })?;
+    planned
+        .into_iter()
+        .map(|(p, layout)| {
+            let Some(layout) = layout else { return Ok(p) };
             let built = image::read_layout(&layout)?;
-            result.push(Package {
+            Ok(Package {
                 sha256: built.digest.trim_start_matches("sha256:").to_string(),
                 bytes: built.bytes,
                 path: layout,
                 image: Some(built),
                 ..p
-            });
-        }
-        Ok(result)
-    })
+            })
+        })
+        .collect()
+}
+
+/// An image to assemble from a function's zip.
+struct Job {
+    zip: PathBuf,
+    architecture: String,
+    base: image::Base,
+    /// What it is made from: the zip's and the base's digests.
+    source: String,
+    dir: PathBuf,
+}
+
+impl Job {
+    fn run(&self, cache: &Cache) -> Result<(), Error> {
+        let files = zip_files(&self.zip)?;
+        let entries: Vec<layer::File<'_>> = files
+            .iter()
+            .map(|(path, bytes, mode)| layer::File {
+                path,
+                bytes,
+                mode: *mode,
+            })
+            .collect();
+        image::assemble(
+            &self.base,
+            cache,
+            &entries,
+            &self.architecture,
+            &self.source,
+            &self.dir,
+        )?;
+        Ok(())
+    }
 }
 
 /// The files of a zip package, as they go into the image's task root.

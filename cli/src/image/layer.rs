@@ -65,7 +65,8 @@ pub fn build(files: &[File<'_>]) -> Result<Layer, ImageError> {
     let diff_id = super::digest_of(&tar);
     let mut gz = flate2::GzBuilder::new()
         .mtime(0)
-        .write(Vec::new(), flate2::Compression::new(9));
+        // gzip's default level: a third of level 9's time for 1% more bytes.
+        .write(Vec::new(), flate2::Compression::new(6));
     gz.write_all(&tar).map_err(io)?;
     let bytes = gz.finish().map_err(io)?;
     Ok(Layer {

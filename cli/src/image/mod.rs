@@ -213,6 +213,12 @@ impl Cache {
         write_file(&self.path(digest), bytes)
     }
 
+    /// Whether a blob is cached (downloads are renamed into place only
+    /// once their digest was checked).
+    fn has(&self, digest: &str) -> bool {
+        self.path(digest).is_file()
+    }
+
     fn prepare(&self) -> Result<(), ImageError> {
         let dir = self.dir.join("blobs").join("sha256");
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, &e))
@@ -330,7 +336,7 @@ pub async fn pull_base(
         let digest = layer["digest"]
             .as_str()
             .ok_or_else(|| registry_protocol(&registry, "a layer without a digest"))?;
-        if cache.read_len(digest).is_none() {
+        if !cache.has(digest) {
             registry.download_blob(digest, &cache.path(digest)).await?;
         }
         let media_type = match layer["mediaType"].as_str().unwrap_or_default() {
@@ -352,13 +358,6 @@ pub async fn pull_base(
         config,
         layers,
     })
-}
-
-impl Cache {
-    /// The size of a cached blob whose file is complete.
-    fn read_len(&self, digest: &str) -> Option<u64> {
-        std::fs::metadata(self.path(digest)).ok().map(|m| m.len())
-    }
 }
 
 fn is_index(media_type: &str, json: &Value) -> bool {
@@ -423,8 +422,9 @@ async fn fetch_blob(
 pub struct Image {
     /// Digest of the image's manifest: what the function's `ImageUri` names.
     pub digest: String,
-    /// The base image, by digest.
-    pub base: String,
+    /// The base image, by digest (as the manifest's annotations name it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     pub config: String,
     pub layers: Vec<String>,
     /// Bytes of the config and layers together (compressed).
@@ -439,6 +439,7 @@ pub fn assemble(
     cache: &Cache,
     files: &[layer::File<'_>],
     architecture: &str,
+    source: &str,
     out: &Path,
 ) -> Result<Image, ImageError> {
     let added = layer::build(files)?;
@@ -527,10 +528,23 @@ pub fn assemble(
             "digest": manifest.digest,
             "size": manifest.bytes.len(),
             "platform": {"architecture": platform(architecture), "os": "linux"},
+            "annotations": {SOURCE_ANNOTATION: source},
         }]
     });
     write_file(&out.join("index.json"), index.to_string().as_bytes())?;
     read_layout(out)
+}
+
+/// The annotation of an image layout's index that names what the image was
+/// assembled from, so that an unchanged source is not assembled again.
+const SOURCE_ANNOTATION: &str = "pipeline.source";
+
+/// What the image in a layout was assembled from (`assemble`'s `source`).
+pub fn layout_source(dir: &Path) -> Option<String> {
+    let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).ok()?).ok()?;
+    let source = index["manifests"][0]["annotations"][SOURCE_ANNOTATION].as_str()?;
+    // A layout whose blobs are gone is assembled again.
+    read_layout(dir).ok().map(|_| source.to_string())
 }
 
 /// The image an OCI image layout holds (its first manifest).
@@ -558,15 +572,13 @@ pub fn read_layout(dir: &Path) -> Result<Image, ImageError> {
     let annotations = &manifest.json["annotations"];
     Ok(Image {
         digest: manifest.digest,
-        base: format!(
-            "{}@{}",
-            annotations["org.opencontainers.image.base.name"]
-                .as_str()
-                .unwrap_or("?"),
-            annotations["org.opencontainers.image.base.digest"]
-                .as_str()
-                .unwrap_or("?")
-        ),
+        base: match (
+            annotations["org.opencontainers.image.base.name"].as_str(),
+            annotations["org.opencontainers.image.base.digest"].as_str(),
+        ) {
+            (Some(name), Some(digest)) => Some(format!("{name}@{digest}")),
+            _ => None,
+        },
         config,
         layers,
         bytes,
