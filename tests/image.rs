@@ -37,6 +37,16 @@ fn put_blob(dir: &Path, bytes: &[u8]) -> Value {
 /// with an index; pushed with skopeo to `<host>/base:<tag>`. The layer
 /// digests by platform.
 fn push_base(host: &str, tag: &str, platforms: &[&str]) -> Vec<(String, String)> {
+    push_base_as(host, tag, platforms, &["--all"])
+}
+
+/// `push_base`, with skopeo's `copy` options (such as a manifest format).
+fn push_base_as(
+    host: &str,
+    tag: &str,
+    platforms: &[&str],
+    options: &[&str],
+) -> Vec<(String, String)> {
     let dir = tempfile::tempdir().expect("layout dir");
     let mut manifests = Vec::new();
     let mut layers = Vec::new();
@@ -93,10 +103,12 @@ fn push_base(host: &str, tag: &str, platforms: &[&str]) -> Vec<(String, String)>
     let out = Command::new("skopeo")
         .args([
             "--insecure-policy",
+            "--override-arch",
+            "amd64",
             "copy",
-            "--all",
             "--dest-tls-verify=false",
         ])
+        .args(options)
         .args(["--dest-creds", &format!("{}:{}", TESTER.0, TESTER.1)])
         .args([&source, &target])
         .output()
@@ -562,6 +574,54 @@ fn a_base_image_on_a_zip_function_or_a_bad_reference_is_a_spec_error() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+}
+
+/// A base in Docker's manifest format (schema 2, as many public images
+/// still are) becomes an OCI image: the layers keep their bytes and digests
+/// under OCI media types.
+#[test]
+fn docker_format_bases_become_oci_images() {
+    let registry = registry::start();
+    let layers = push_base_as(&registry.host, "docker", &["amd64"], &["--format", "v2s2"]);
+    let base = format!("{}/{BASE}:docker", registry.host);
+    let raw: Value =
+        serde_json::from_str(&skopeo(&["inspect", "--raw", &format!("docker://{base}")]))
+            .expect("json");
+    assert_eq!(
+        raw["mediaType"],
+        oci::media::DOCKER_MANIFEST,
+        "the base is in Docker's format"
+    );
+    let p = Project::new(&base, &registry.host);
+    std::fs::write(
+        p.dir.path().join("environments/img.yaml"),
+        spec(&base) + "    architecture: x86_64\n",
+    )
+    .expect("spec");
+    let built = p.build();
+    let layout = format!("oci:{}", p.layout().display());
+    let manifest: Value =
+        serde_json::from_str(&skopeo(&["inspect", "--raw", &layout])).expect("json");
+    assert_eq!(manifest["mediaType"], oci::media::OCI_MANIFEST);
+    assert_eq!(manifest["config"]["mediaType"], oci::media::OCI_CONFIG);
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter_map(|l| l["mediaType"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [oci::media::OCI_LAYER_GZIP, oci::media::OCI_LAYER_GZIP]
+    );
+    assert_eq!(strings(&built["image"]["layers"])[0], layers[0].1);
+    let config: Value =
+        serde_json::from_str(&skopeo(&["inspect", "--config", &layout])).expect("json");
+    assert_eq!(config["architecture"], "amd64");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        json!(["/var/task/bootstrap"])
+    );
 }
 
 /// The deploy path: the image assembled on a base from one registry, pushed

@@ -477,6 +477,77 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// A registry that wants bearer tokens from its token service, as
+    /// public.ecr.aws and Docker Hub do (the loopback docker-registry of the
+    /// integration tests has only Basic authentication without a JWT issuer,
+    /// so this flow is tested against this small fake of both).
+    #[tokio::test]
+    async fn bearer_challenges_are_answered_with_a_token_for_the_repository() {
+        use axum::http::{HeaderMap, StatusCode as Status, header};
+        use axum::routing::get;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let realm = format!("http://{address}/token");
+        let manifest = r#"{"schemaVersion":2}"#;
+        let app = axum::Router::new()
+            .route(
+                "/token",
+                get(
+                    |q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+                        let wanted = q.get("scope").map(String::as_str)
+                            == Some("repository:lambda/provided:pull")
+                            && q.get("service").map(String::as_str) == Some("fake.example");
+                        if wanted {
+                            (Status::OK, r#"{"token":"t0ken"}"#)
+                        } else {
+                            (Status::BAD_REQUEST, "{}")
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/v2/lambda/provided/manifests/al2023",
+                get(move |headers: HeaderMap| async move {
+                    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                    if auth == Some("Bearer t0ken") {
+                        (
+                            Status::OK,
+                            [(header::CONTENT_TYPE, media::OCI_MANIFEST.to_string())],
+                            manifest,
+                        )
+                    } else {
+                        let challenge = format!(
+                            r#"Bearer realm="{realm}",service="fake.example",scope="repository:lambda/provided:pull""#
+                        );
+                        (Status::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)], "")
+                    }
+                }),
+            );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let registry = Registry::new(
+            reqwest::Client::new(),
+            &address.to_string(),
+            "lambda/provided",
+            None,
+            false,
+        );
+        let got = registry
+            .manifest("al2023")
+            .await
+            .expect("manifest")
+            .expect("found");
+        assert_eq!(got.bytes, manifest.as_bytes());
+        assert_eq!(got.media_type, media::OCI_MANIFEST);
+        assert_eq!(got.digest, crate::image::digest_of(manifest.as_bytes()));
+        // The token is kept for the next request.
+        assert_eq!(registry.auth.lock().await.as_deref(), Some("Bearer t0ken"));
+        let missing = registry.manifest("nope").await.expect("an answer");
+        assert!(missing.is_none(), "404 is no manifest");
+        server.abort();
+    }
+
     #[test]
     fn challenges_parse_with_quoted_commas() {
         let (scheme, params) = parse_challenge(
