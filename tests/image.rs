@@ -532,12 +532,9 @@ fn registry_problems_are_errors_a_user_can_act_on() {
     // A push with the wrong password.
     let base = format!("{}/{BASE}:amd64-only", registry.host);
     let p = Project::new(&base, &registry.host);
-    std::fs::write(
-        p.dir.path().join("environments/img.yaml"),
-        spec(&base) + "    architecture: x86_64\n",
-    )
-    .expect("spec");
-    p.build();
+    let amd64 = spec(&base) + "    architecture: x86_64\n";
+    std::fs::write(p.dir.path().join("environments/img.yaml"), &amd64).expect("spec");
+    let built = p.build();
     let target = pusher(
         &registry.host,
         "pipeline-img-functions",
@@ -552,6 +549,27 @@ fn registry_problems_are_errors_a_user_can_act_on() {
             "the registry {} refused to let us push pipeline-img-functions: HTTP 401: the credentials were not accepted",
             registry.host
         )
+    );
+
+    // A prebuilt image layout in the artifacts is taken as it is, if it is
+    // for the function's platform.
+    let artifacts = p.dir.path().join("artifacts");
+    std::fs::remove_file(artifacts.join("ingest.zip")).expect("rm zip");
+    std::fs::rename(p.layout(), artifacts.join("ingest.image")).expect("move layout");
+    assert_eq!(p.build()["image"], built["image"]);
+    std::fs::write(p.dir.path().join("environments/img.yaml"), spec(&base)).expect("spec");
+    let (code, message, help) = failure(&p.run(&["--output", "json", "build", "--env", "img"]));
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        message,
+        format!(
+            "the image {} is for linux/amd64, but the ingest function runs on linux/arm64",
+            artifacts.join("ingest.image").display()
+        )
+    );
+    assert_eq!(
+        help,
+        "build the image for arm64 (`pipeline build --env img`), or change the function's `architecture`"
     );
 }
 

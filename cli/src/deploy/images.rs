@@ -101,6 +101,21 @@ pub fn images(
         .map(|(p, layout)| {
             let Some(layout) = layout else { return Ok(p) };
             let built = image::read_layout(&layout)?;
+            let platform = format!("linux/{}", image::platform(&p.architecture));
+            if built.platform != platform {
+                return Err(Error::Build {
+                    message: format!(
+                        "the image {} is for {}, but the {} function runs on {platform}",
+                        layout.display(),
+                        built.platform,
+                        p.function
+                    ),
+                    help: Some(format!(
+                        "build the image for {} (`pipeline build --env {}`), or change the function's `architecture`",
+                        p.architecture, env.name
+                    )),
+                });
+            }
             Ok(Package {
                 sha256: built.digest.trim_start_matches("sha256:").to_string(),
                 bytes: built.bytes,

@@ -65,7 +65,11 @@ pub fn packages(
             .map(|(name, arch)| {
                 let path = dir.join(format!("{name}.zip"));
                 let layout = dir.join(format!("{name}.image"));
-                if !path.is_file() && layout.is_dir() {
+                let image =
+                    env.spec.functions.all().iter().any(|(n, f)| {
+                        n == name && f.package == crate::spec::model::Packaging::Image
+                    });
+                if image && !path.is_file() && layout.is_dir() {
                     return Package::from_layout(name, arch, &layout);
                 }
                 if !path.is_file() {

@@ -247,7 +247,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 
 /// A base image resolved for one platform, its blobs in the cache.
 pub struct Base {
-    /// The reference as written, with the digest it resolved to.
+    /// `registry/repository@digest`: the base as resolved when pulled.
     pub reference: String,
     /// Digest of the manifest (or index) the reference named.
     pub digest: String,
@@ -429,6 +429,8 @@ pub struct Image {
     pub layers: Vec<String>,
     /// Bytes of the config and layers together (compressed).
     pub bytes: u64,
+    /// `os/architecture` of the image's config, such as `linux/arm64`.
+    pub platform: String,
 }
 
 /// Assembles the image of a function: the base's layers, one layer with
@@ -569,8 +571,18 @@ pub fn read_layout(dir: &Path) -> Result<Image, ImageError> {
             .len();
         bytes += len;
     }
+    let config_json: Value = std::fs::read(blob_path(dir, &config))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| layout_error(format!("config {config} is not JSON")))?;
+    let platform = format!(
+        "{}/{}",
+        config_json["os"].as_str().unwrap_or("?"),
+        config_json["architecture"].as_str().unwrap_or("?")
+    );
     let annotations = &manifest.json["annotations"];
     Ok(Image {
+        platform,
         digest: manifest.digest,
         base: match (
             annotations["org.opencontainers.image.base.name"].as_str(),
