@@ -596,7 +596,8 @@ fn a_base_image_on_a_zip_function_or_a_bad_reference_is_a_spec_error() {
 
 /// A base in Docker's manifest format (schema 2, as many public images
 /// still are) becomes an OCI image: the layers keep their bytes and digests
-/// under OCI media types.
+/// under OCI media types. The registry's credentials come from a Docker
+/// credential helper.
 #[test]
 fn docker_format_bases_become_oci_images() {
     let registry = registry::start();
@@ -616,7 +617,39 @@ fn docker_format_bases_become_oci_images() {
         spec(&base) + "    architecture: x86_64\n",
     )
     .expect("spec");
-    let built = p.build();
+    // The registry's credentials come from a credential helper this time,
+    // as `docker-credential-<name> get` hands them out.
+    let bin = p.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let helper = bin.join("docker-credential-pipeline-test");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\n[ \"$server\" = \"{host}\" ] || exit 1\necho '{{\"ServerURL\":\"{host}\",\"Username\":\"{}\",\"Secret\":\"{}\"}}'\n",
+            TESTER.0,
+            TESTER.1,
+            host = registry.host
+        ),
+    )
+    .expect("helper");
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(
+        p.dir.path().join("docker/config.json"),
+        json!({"credHelpers": {registry.host.as_str(): "pipeline-test"}}).to_string(),
+    )
+    .expect("config.json");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let args = ["--output", "json", "build", "--env", "img"];
+    let out = p.command(&args).env("PATH", path).output().expect("run");
+    let built = json_result(&out, &args)["packages"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["function"] == "ingest").cloned())
+        .expect("ingest package");
     let layout = format!("oci:{}", p.layout().display());
     let manifest: Value =
         serde_json::from_str(&skopeo(&["inspect", "--raw", &layout])).expect("json");
