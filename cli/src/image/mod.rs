@@ -10,6 +10,7 @@ pub mod registry;
 
 use std::path::{Path, PathBuf};
 
+use futures_util::{StreamExt, TryStreamExt};
 use miette::Diagnostic;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -688,6 +689,9 @@ fn layout_manifest(dir: &Path) -> Result<(LayoutManifest, String), ImageError> {
     ))
 }
 
+/// Blobs uploaded at once by a push.
+const PARALLEL_UPLOADS: usize = 4;
+
 /// What a push did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Pushed {
@@ -718,21 +722,25 @@ pub async fn push(registry: &Registry, dir: &Path, tag: &str) -> Result<Pushed, 
             manifest: false,
         });
     }
-    let mut uploaded = Vec::new();
-    let mut skipped = 0;
-    for d in descriptors {
-        let digest = d["digest"].as_str().unwrap_or_default();
-        if registry.has_blob(digest).await? {
-            skipped += 1;
-            continue;
-        }
-        let path = blob_path(dir, digest);
-        let size = std::fs::metadata(&path)
-            .map_err(|e| io_error(&path, &e))?
-            .len();
-        registry.upload_blob(digest, &path, size).await?;
-        uploaded.push(digest.to_string());
-    }
+    // Blobs go up a few at a time; the manifest only after all of them.
+    let results: Vec<Option<String>> =
+        futures_util::stream::iter(descriptors.iter().map(|d| async move {
+            let digest = d["digest"].as_str().unwrap_or_default();
+            if registry.has_blob(digest).await? {
+                return Ok(None);
+            }
+            let path = blob_path(dir, digest);
+            let size = std::fs::metadata(&path)
+                .map_err(|e| io_error(&path, &e))?
+                .len();
+            registry.upload_blob(digest, &path, size).await?;
+            Ok::<_, ImageError>(Some(digest.to_string()))
+        }))
+        .buffered(PARALLEL_UPLOADS)
+        .try_collect()
+        .await?;
+    let skipped = results.iter().filter(|r| r.is_none()).count();
+    let uploaded: Vec<String> = results.into_iter().flatten().collect();
     registry
         .put_manifest(tag, &media_type, &manifest.bytes)
         .await?;
