@@ -50,14 +50,26 @@ impl Package {
     /// Reads a prebuilt image: an OCI image layout.
     pub fn from_layout(function: &str, architecture: &str, path: &Path) -> Result<Package, Error> {
         let image = crate::image::read_layout(path)?;
-        Ok(Package {
+        let package = Package {
             function: function.to_string(),
             architecture: architecture.to_string(),
-            path: path.to_path_buf(),
+            path: PathBuf::new(),
+            sha256: String::new(),
+            bytes: 0,
+            image: None,
+        };
+        Ok(package.imaged(path.to_path_buf(), image))
+    }
+
+    /// The function's package as the image in the layout at `path`.
+    pub fn imaged(self, path: PathBuf, image: crate::image::Image) -> Package {
+        Package {
             sha256: image.digest.trim_start_matches("sha256:").to_string(),
             bytes: image.bytes,
+            path,
             image: Some(image),
-        })
+            ..self
+        }
     }
 }
 

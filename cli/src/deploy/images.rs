@@ -19,112 +19,129 @@ use crate::spec::model::Packaging;
 /// or a mirror.
 pub const REGISTRY_OVERRIDE: &str = "PIPELINE_IMAGE_REGISTRY";
 
-/// Turns the packages of `package: image` functions into images: a prebuilt
-/// OCI image layout `<function>.image/` from `artifacts`, else an image
-/// assembled from the function's zip on its base image, written to
-/// `out/<env>/<function>.image/`.
-pub fn images(
-    env: &Environment,
-    packages: Vec<Package>,
-    artifacts: Option<&Path>,
-    ui: &Ui,
-) -> Result<Vec<Package>, Error> {
-    let wanted = |p: &Package| {
+/// Turns the zips of `package: image` functions into images, assembled
+/// on their base images and written to `out/<env>/<function>.image/`
+/// (prebuilt images, from `--artifacts`, are only checked).
+pub fn images(env: &Environment, packages: Vec<Package>, ui: &Ui) -> Result<Vec<Package>, Error> {
+    let base_of = |p: &Package| {
         env.spec
             .functions
-            .all()
-            .iter()
-            .find(|(name, _)| *name == p.function)
-            .filter(|(_, f)| f.package == Packaging::Image)
-            .map(|(_, f)| {
+            .get(&p.function)
+            .filter(|f| f.package == Packaging::Image)
+            .map(|f| {
                 f.base_image
                     .clone()
                     .unwrap_or_else(|| image::DEFAULT_BASE.to_string())
             })
     };
-    if !packages.iter().any(|p| wanted(p).is_some()) {
-        return Ok(packages);
+    let to_assemble = |p: &Package| p.image.is_none() && base_of(p).is_some();
+    if !packages.iter().any(to_assemble) {
+        return packages.into_iter().map(|p| checked(p, env)).collect();
     }
     let http = http_client()?;
     let cache = Cache::default_dir();
     let out = Path::new("out").join(&env.name);
     let runtime = crate::aws::runtime()?;
-    let mut planned: Vec<(Package, Option<PathBuf>)> = Vec::new();
+    let mut planned: Vec<(Package, Planned)> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
+    let mut bases: std::collections::HashMap<(String, String), image::Base> =
+        std::collections::HashMap::new();
     for p in packages {
-        let Some(base) = wanted(&p) else {
-            planned.push((p, None));
+        let Some(base) = base_of(&p).filter(|_| p.image.is_none()) else {
+            planned.push((p, Planned::AsIs));
             continue;
         };
-        let prebuilt = artifacts.map(|dir| dir.join(format!("{}.image", p.function)));
-        if let Some(dir) = prebuilt.filter(|d| d.is_dir()) {
-            planned.push((p, Some(dir)));
-            continue;
-        }
-        let pulled = runtime.block_on(image::pull_base(&http, &base, &p.architecture, &cache))?;
+        // Functions on the same base and architecture share one pull.
+        let key = (base.clone(), p.architecture.clone());
+        let pulled = match bases.get(&key) {
+            Some(pulled) => pulled.clone(),
+            None => {
+                let pulled =
+                    runtime.block_on(image::pull_base(&http, &base, &p.architecture, &cache))?;
+                bases.insert(key, pulled.clone());
+                pulled
+            }
+        };
         let dir = out.join(format!("{}.image", p.function));
         let source = format!("sha256:{} on {}", p.sha256, pulled.reference);
-        if image::layout_source(&dir).as_deref() == Some(source.as_str()) {
+        if let Some(ready) = image::reusable(&dir, &source) {
             ui.info(format_args!("the {} image is up to date", p.function));
-        } else {
-            ui.info(format_args!(
-                "assembling the {} image on {base}",
-                p.function
-            ));
-            jobs.push(Job {
-                zip: p.path.clone(),
-                architecture: p.architecture.clone(),
-                base: pulled,
-                source,
-                dir: dir.clone(),
-            });
+            planned.push((p, Planned::Ready(dir, ready)));
+            continue;
         }
-        planned.push((p, Some(dir)));
+        ui.info(format_args!(
+            "assembling the {} image on {base}",
+            p.function
+        ));
+        jobs.push(Job {
+            zip: p.path.clone(),
+            architecture: p.architecture.clone(),
+            base: pulled,
+            source,
+            dir,
+        });
+        planned.push((p, Planned::Job(jobs.len() - 1)));
     }
     // Compressing a function's layer keeps a core busy: one thread each.
-    std::thread::scope(|scope| {
+    let built: Vec<image::Image> = std::thread::scope(|scope| {
         let running: Vec<_> = jobs
             .iter()
             .map(|job| scope.spawn(|| job.run(&cache)))
             .collect();
-        running.into_iter().try_for_each(|t| {
-            t.join().unwrap_or_else(|_| {
-                Err(Error::Build {
-                    message: "assembling an image failed unexpectedly".into(),
-                    help: None,
+        running
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(Error::Build {
+                        message: "assembling an image failed unexpectedly".into(),
+                        help: None,
+                    })
                 })
             })
-        })
+            .collect::<Result<_, Error>>()
     })?;
     planned
         .into_iter()
-        .map(|(p, layout)| {
-            let Some(layout) = layout else { return Ok(p) };
-            let built = image::read_layout(&layout)?;
-            let platform = format!("linux/{}", image::platform(&p.architecture));
-            if built.platform != platform {
-                return Err(Error::Build {
-                    message: format!(
-                        "the image {} is for {}, but the {} function runs on {platform}",
-                        layout.display(),
-                        built.platform,
-                        p.function
-                    ),
-                    help: Some(format!(
-                        "build the image for {} (`pipeline build --env {}`), or change the function's `architecture`",
-                        p.architecture, env.name
-                    )),
-                });
-            }
-            Ok(Package {
-                sha256: built.digest.trim_start_matches("sha256:").to_string(),
-                bytes: built.bytes,
-                path: layout,
-                image: Some(built),
-                ..p
-            })
+        .map(|(p, plan)| {
+            let p = match plan {
+                Planned::AsIs => p,
+                Planned::Ready(dir, ready) => p.imaged(dir, ready),
+                Planned::Job(i) => p.imaged(jobs[i].dir.clone(), built[i].clone()),
+            };
+            checked(p, env)
         })
         .collect()
+}
+
+/// What becomes of a package.
+enum Planned {
+    /// A zip, or an image already: kept.
+    AsIs,
+    /// An image assembled before from the same zip and base.
+    Ready(PathBuf, image::Image),
+    /// The image the job of this index assembles.
+    Job(usize),
+}
+
+/// A package whose image is not for the function's platform is refused.
+fn checked(p: Package, env: &Environment) -> Result<Package, Error> {
+    let Some(built) = &p.image else { return Ok(p) };
+    let platform = format!("linux/{}", image::platform(&p.architecture));
+    if built.platform == platform {
+        return Ok(p);
+    }
+    Err(Error::Build {
+        message: format!(
+            "the image {} is for {}, but the {} function runs on {platform}",
+            p.path.display(),
+            built.platform,
+            p.function
+        ),
+        help: Some(format!(
+            "build the image for {} (`pipeline build --env {}`), or change the function's `architecture`",
+            p.architecture, env.name
+        )),
+    })
 }
 
 /// An image to assemble from a function's zip.
@@ -138,7 +155,7 @@ struct Job {
 }
 
 impl Job {
-    fn run(&self, cache: &Cache) -> Result<(), Error> {
+    fn run(&self, cache: &Cache) -> Result<image::Image, Error> {
         let files = zip_files(&self.zip)?;
         let entries: Vec<layer::File<'_>> = files
             .iter()
@@ -155,8 +172,8 @@ impl Job {
             &self.architecture,
             &self.source,
             &self.dir,
-        )?;
-        Ok(())
+        )
+        .map_err(Error::from)
     }
 }
 
@@ -245,11 +262,11 @@ impl Session {
         }
         let (host, name) = repository(repository_uri);
         let credentials = match image::keychain(&host) {
-            Some(c) => Some(c),
-            None => Some(self.ecr_credentials().await?),
+            Some(c) => c,
+            None => self.ecr_credentials().await?,
         };
         let http = http_client()?;
-        let registry = Registry::new(http, &host, &name, credentials, true);
+        let registry = Registry::new(http, &host, &name, Some(credentials), true);
         let (mut pushed_images, mut blobs) = (0, 0);
         for (p, built) in images {
             let tag = format!(

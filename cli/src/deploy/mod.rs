@@ -65,11 +65,12 @@ pub fn packages(
             .map(|(name, arch)| {
                 let path = dir.join(format!("{name}.zip"));
                 let layout = dir.join(format!("{name}.image"));
-                let image =
-                    env.spec.functions.all().iter().any(|(n, f)| {
-                        n == name && f.package == crate::spec::model::Packaging::Image
-                    });
-                if image && !path.is_file() && layout.is_dir() {
+                let image = env
+                    .spec
+                    .functions
+                    .get(name)
+                    .is_some_and(|f| f.package == crate::spec::model::Packaging::Image);
+                if image && layout.is_dir() {
                     return Package::from_layout(name, arch, &layout);
                 }
                 if !path.is_file() {
@@ -83,7 +84,7 @@ pub fn packages(
                 Package::from_zip(name, arch, &path)
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        return images::images(env, packages, Some(dir), ui);
+        return images::images(env, packages, ui);
     }
     let workspace = workspace()?;
     let ca_path = args
@@ -124,7 +125,7 @@ pub fn packages(
         }
     }
     packages.sort_by(|a, b| a.function.cmp(&b.function));
-    images::images(env, packages, None, ui)
+    images::images(env, packages, ui)
 }
 
 /// The pipeline's Cargo workspace: this folder or the nearest one above it

@@ -295,6 +295,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 }
 
 /// A base image resolved for one platform, its blobs in the cache.
+#[derive(Clone)]
 pub struct Base {
     /// `registry/repository@digest`: the base as resolved when pulled.
     pub reference: String,
@@ -590,17 +591,19 @@ pub fn assemble(
 /// assembled from, so that an unchanged source is not assembled again.
 const SOURCE_ANNOTATION: &str = "pipeline.source";
 
-/// What the image in a layout was assembled from (`assemble`'s `source`).
-pub fn layout_source(dir: &Path) -> Option<String> {
+/// The image in a layout, if it was assembled from `source` (`assemble`'s)
+/// and its blobs are all there: then it need not be assembled again.
+pub fn reusable(dir: &Path, source: &str) -> Option<Image> {
     let index: Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).ok()?).ok()?;
-    let source = index["manifests"][0]["annotations"][SOURCE_ANNOTATION].as_str()?;
-    // A layout whose blobs are gone is assembled again.
-    read_layout(dir).ok().map(|_| source.to_string())
+    if index["manifests"][0]["annotations"][SOURCE_ANNOTATION] != source {
+        return None;
+    }
+    read_layout(dir).ok()
 }
 
 /// The image an OCI image layout holds (its first manifest).
 pub fn read_layout(dir: &Path) -> Result<Image, ImageError> {
-    let (manifest, _) = layout_manifest(dir)?;
+    let manifest = layout_manifest(dir)?;
     let layout_error = |message: String| ImageError::Layout {
         path: dir.display().to_string(),
         message,
@@ -646,13 +649,15 @@ pub fn read_layout(dir: &Path) -> Result<Image, ImageError> {
     })
 }
 
+/// The manifest an image layout's index names first.
 struct LayoutManifest {
     digest: String,
+    media_type: String,
     bytes: Vec<u8>,
     json: Value,
 }
 
-fn layout_manifest(dir: &Path) -> Result<(LayoutManifest, String), ImageError> {
+fn layout_manifest(dir: &Path) -> Result<LayoutManifest, ImageError> {
     let layout_error = |message: String| ImageError::Layout {
         path: dir.display().to_string(),
         message,
@@ -679,14 +684,12 @@ fn layout_manifest(dir: &Path) -> Result<(LayoutManifest, String), ImageError> {
     }
     let json = serde_json::from_slice(&bytes)
         .map_err(|e| layout_error(format!("manifest {digest}: {e}")))?;
-    Ok((
-        LayoutManifest {
-            digest,
-            bytes,
-            json,
-        },
+    Ok(LayoutManifest {
+        digest,
         media_type,
-    ))
+        bytes,
+        json,
+    })
 }
 
 /// Blobs uploaded at once by a push.
@@ -707,7 +710,7 @@ pub struct Pushed {
 /// then the manifest under `tag`. An image the registry has already costs
 /// one request.
 pub async fn push(registry: &Registry, dir: &Path, tag: &str) -> Result<Pushed, ImageError> {
-    let (manifest, media_type) = layout_manifest(dir)?;
+    let manifest = layout_manifest(dir)?;
     let descriptors: Vec<&Value> = manifest.json["layers"]
         .as_array()
         .into_iter()
@@ -742,7 +745,7 @@ pub async fn push(registry: &Registry, dir: &Path, tag: &str) -> Result<Pushed, 
     let skipped = results.iter().filter(|r| r.is_none()).count();
     let uploaded: Vec<String> = results.into_iter().flatten().collect();
     registry
-        .put_manifest(tag, &media_type, &manifest.bytes)
+        .put_manifest(tag, &manifest.media_type, &manifest.bytes)
         .await?;
     Ok(Pushed {
         digest: manifest.digest,

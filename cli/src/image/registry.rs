@@ -301,7 +301,7 @@ impl Registry {
         }
         file.flush().await.map_err(io)?;
         drop(file);
-        let got = format!("sha256:{}", hex(&hash.finalize()));
+        let got = format!("sha256:{}", pipeline_shared::store::hex(&hash.finalize()));
         if got != digest {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(self.protocol(format!("blob {digest} came back as {got}")));
@@ -467,10 +467,6 @@ async fn error_text(response: Response) -> String {
         _ if text.trim().is_empty() => String::new(),
         _ => text.trim().chars().take(300).collect(),
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -147,6 +147,14 @@ impl Functions {
             ("query", &self.query),
         ]
     }
+
+    /// A function's settings by its name.
+    pub fn get(&self, name: &str) -> Option<&Function> {
+        self.all()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f)
+    }
 }
 
 /// Settings of one Lambda function.

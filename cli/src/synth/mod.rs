@@ -118,8 +118,7 @@ pub fn prepare() -> Result<(), Error> {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    pipeline_shared::store::hex(&Sha256::digest(bytes))
 }
 
 /// Renders a template and re-reads the result as JSON, so that a template bug
