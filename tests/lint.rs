@@ -1,35 +1,19 @@
-//! The rendered templates pass cfn-lint (no error, no warning) and checkov
-//! (no failed check) for every shipped environment. The pinned tools are
-//! installed by `.ci/tools.sh`; `CFN_LINT` and `CHECKOV` name them.
+//! Judges nobody here wrote, on everything synth renders for every shipped
+//! environment: cfn-lint with AWS's serverless rules (no error, no warning),
+//! checkov (no failed check), and openapi-spec-validator on the API documents
+//! (the clients' `openapi.json` and the REST API body in the app stack). The
+//! pinned tools are installed by `.ci/tools.sh`; `CFN_LINT`, `CHECKOV` and
+//! `OPENAPI_SPEC_VALIDATOR` name them.
 
 mod common;
 
 use std::path::{Path, PathBuf};
+
+use common::tool;
 use std::process::Command;
 
 use pipeline_cli::spec::Loader;
 use pipeline_cli::synth::synthesize;
-
-fn tool(var: &str, venv: &str, bin: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(var) {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cache =
-        std::env::var_os("XDG_CACHE_HOME").map_or_else(|| home.join(".cache"), PathBuf::from);
-    let path = cache
-        .join("pipeline-tools")
-        .join(venv)
-        .join("bin")
-        .join(bin);
-    assert!(
-        path.exists(),
-        "{bin} is not installed: run `source .ci/tools.sh` (or set {var})"
-    );
-    path
-}
 
 /// An ad-hoc environment whose functions ship as container images.
 const IMAGES: &str = "extends: dev
@@ -98,6 +82,8 @@ fn cfn_lint_finds_nothing() {
     // Five templates (bootstrap and four stacks) for each of five environments.
     assert_eq!(files.len(), 25);
     let out = Command::new(tool("CFN_LINT", "cfn-lint", "cfn-lint"))
+        // AWS's serverless rules (cfn-lint-serverless), on top of the plain run.
+        .args(["--append-rules", "cfn_lint_serverless.rules", "--"])
         .args(&files)
         .output()
         .expect("run cfn-lint");
@@ -157,4 +143,52 @@ fn checkov_fails_no_check() {
         .collect();
     assert!(types.contains(&"cloudformation"), "{types:?}");
     assert!(passed > 400, "only {passed} checks passed");
+}
+
+#[test]
+fn openapi_documents_pass_the_validator() {
+    let dir = synthesised();
+    let mut documents = Vec::new();
+    for env in std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .filter_map(Result::ok)
+    {
+        let env = env.path();
+        documents.push(env.join("openapi.json"));
+        // The body API Gateway imports, with its extensions, as its own file.
+        let app: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(env.join("app.template.json")).expect("app template"),
+        )
+        .expect("app template JSON");
+        let body = &app["Resources"]["Api"]["Properties"]["Body"];
+        assert!(body.is_object(), "no REST API body in {}", env.display());
+        let file = env.join("rest-api-body.json");
+        std::fs::write(&file, serde_json::to_vec(body).expect("body")).expect("write body");
+        documents.push(file);
+    }
+    documents.sort();
+    // Both documents of each of the five environments.
+    assert_eq!(documents.len(), 10);
+    let out = Command::new(tool(
+        "OPENAPI_SPEC_VALIDATOR",
+        "openapi",
+        "openapi-spec-validator",
+    ))
+    .args(&documents)
+    .output()
+    .expect("run openapi-spec-validator");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for doc in &documents {
+        assert!(
+            text.contains(&format!("{}: OK", doc.display())),
+            "{}: {text}",
+            doc.display()
+        );
+    }
 }

@@ -39,6 +39,12 @@ fn python() -> PathBuf {
 }
 
 pub fn start() -> Moto {
+    start_with_env(&[])
+}
+
+/// moto with extra environment variables (the fault injections of
+/// `tests/moto/server.py`, such as `PIPELINE_MOTO_FAIL`).
+pub fn start_with_env(env: &[(&str, &str)]) -> Moto {
     let server = Path::new(env!("CARGO_MANIFEST_DIR"))
         .ancestors()
         .map(|d| d.join("tests/moto/server.py"))
@@ -51,6 +57,7 @@ pub fn start() -> Moto {
     let child = Command::new(python())
         .arg(server)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -8,15 +8,21 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
+import re
 import secrets
 import string
 import sys
 
+import openapi_spec_validator
+import openapi_spec_validator.validation.exceptions
+from moto.apigateway.exceptions import BadRequestException
 from moto.apigateway.models import RestAPI, apigateway_backends
 from moto.awslambda.exceptions import UnknownFunctionException
 from moto.awslambda.models import LambdaBackend, LambdaFunction, lambda_backends
 from moto.awslambda_simple.models import lambda_simple_backends
-from moto.cloudformation.models import CloudFormationBackend
+from moto.cloudformation import parsing as cfn_parsing
+from moto.cloudformation.models import CloudFormationBackend, Event
 from moto.core.common_models import CloudFormationModel
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.route_tables import RouteTable
@@ -40,11 +46,80 @@ def wrap(cls, name):
 # 1. A CREATE change set's stack is made from an empty template, and execute_change_set never
 # rebuilds it: describe_stacks has no Outputs, and the stack keeps stale template and
 # parameters. CloudFormation shows the executed change set's template, parameters and outputs.
+# 1b. A resource that fails (moto raises) makes moto's ExecuteChangeSet answer the error itself,
+# and the stack stays half made. In CloudFormation the call succeeds and the stack fails
+# asynchronously: the resource gets a CREATE_FAILED/UPDATE_FAILED event with its reason, and the
+# stack rolls back (ROLLBACK_COMPLETE after a first create, UPDATE_ROLLBACK_COMPLETE with the
+# previous template otherwise); the change set's ExecutionStatus is EXECUTE_FAILED.
+# Fault injection: PIPELINE_MOTO_FAIL="LogicalId=reason;Other=reason" makes those resources fail
+# so, with that reason, when created or updated.
+class ResourceFailed(Exception):
+    def __init__(self, logical_id, resource_type, reason):
+        super().__init__(reason)
+        self.logical_id, self.resource_type, self.reason = logical_id, resource_type, reason
+
+
+def injected_failures():
+    pairs = (item.split("=", 1) for item in os.environ.get("PIPELINE_MOTO_FAIL", "").split(";") if "=" in item)
+    return {logical_id.strip(): reason for logical_id, reason in pairs}
+
+
+def failing(orig):
+    def run(logical_id, resource_json, *args, **kwargs):
+        resource_type = resource_json.get("Type", "")
+        if reason := injected_failures().get(logical_id):
+            raise ResourceFailed(logical_id, resource_type, reason)
+        try:
+            return orig(logical_id, resource_json, *args, **kwargs)
+        except ResourceFailed:
+            raise
+        except Exception as e:  # what the resource's service refused, as its status reason
+            raise ResourceFailed(logical_id, resource_type, getattr(e, "message", None) or str(e)) from e
+
+    return run
+
+
+cfn_parsing.parse_and_create_resource = failing(cfn_parsing.parse_and_create_resource)
+cfn_parsing.parse_and_update_resource = failing(cfn_parsing.parse_and_update_resource)
+
+
+def resource_event(stack, logical_id, resource_type, status, reason):
+    stack.events.append(Event(
+        stack_id=stack.stack_id, stack_name=stack.name, logical_resource_id=logical_id,
+        physical_resource_id="", resource_type=resource_type, resource_status=status,
+        resource_status_reason=reason, resource_properties=None,
+    ))
+
+
 @wrap(CloudFormationBackend, "execute_change_set")
 def execute_change_set(orig, self, change_set_name, stack_name=None):
-    orig(self, change_set_name, stack_name)
     change_set = self.describe_change_set(change_set_name)
     stack = self.stacks[change_set.stack_id]
+    before = (stack.template, stack.template_dict, stack.parameters)
+    try:
+        orig(self, change_set_name, stack_name)
+    except ResourceFailed as failure:
+        create = change_set.change_set_type == "CREATE"
+        resource_event(stack, failure.logical_id, failure.resource_type,
+                       "CREATE_FAILED" if create else "UPDATE_FAILED", failure.reason)
+        change_set.execution_status = "EXECUTE_FAILED"
+        if create:
+            stack._add_stack_event("ROLLBACK_IN_PROGRESS", resource_status_reason=(
+                f"The following resource(s) failed to create: [{failure.logical_id}]. Rollback requested by user."))
+            with contextlib.suppress(Exception):
+                stack.resource_map.delete()
+            stack._add_stack_event("ROLLBACK_COMPLETE")
+            stack.status = "ROLLBACK_COMPLETE"
+        else:
+            stack._add_stack_event("UPDATE_ROLLBACK_IN_PROGRESS", resource_status_reason=(
+                f"The following resource(s) failed to update: [{failure.logical_id}]."))
+            stack.template, stack.template_dict, stack.parameters = before
+            with contextlib.suppress(Exception):
+                stack.resource_map.update(stack.template_dict, stack.parameters)
+            stack._add_stack_event("UPDATE_ROLLBACK_COMPLETE")
+            stack.status = "UPDATE_ROLLBACK_COMPLETE"
+        stack.output_map = stack._create_output_map()
+        return
     stack.template_dict = change_set.template_dict
     stack.parameters = change_set.parameters
     stack.output_map = stack._create_output_map()
@@ -87,22 +162,56 @@ def delete_db_instance(orig, self, account_id, region_name):
 # 5. A RestApi's Body is ignored, so the API has no methods and its AWS::ApiGateway::Deployment
 # fails ("The REST API doesn't contain any methods"). CloudFormation imports the Body, an
 # OpenAPI document, as PutRestApi does; moto's put_rest_api reads x-amazon-apigateway-integration.
+# The import refuses what API Gateway's import refuses (import_errors below), so the stack
+# fails as it would in AWS, with the reason as the resource's status reason.
+def import_errors(body):
+    """What API Gateway's OpenAPI import refuses ("Amazon API Gateway important notes for REST
+    APIs"; the Model resource: names are alphanumeric): an invalid OpenAPI 2.0/3.0 document
+    (checked with openapi-spec-validator, which moto ships), a version other than those, model
+    names that are not alphanumeric, and path segments API Gateway cannot hold."""
+    version = str(body.get("openapi", body.get("swagger", "")))
+    if not (version == "2.0" or version.startswith("3.0.")):
+        return [f"API Gateway imports OpenAPI 2.0 and 3.0 only, found {version!r}"]
+    errors = []
+    try:
+        openapi_spec_validator.validate(body)
+    except openapi_spec_validator.validation.exceptions.OpenAPIValidationError as e:
+        errors.append(f"Invalid OpenAPI document: {e.message}")
+    models = body.get("definitions", {}) if version == "2.0" else body.get("components", {}).get("schemas", {})
+    errors += [f"Unable to create model for '{name}': Model name must be alphanumeric: {name}"
+               for name in models if not re.fullmatch(r"[A-Za-z0-9]+", name)]
+    for path in body.get("paths", {}):
+        for segment in path.strip("/").split("/"):
+            if segment and not re.fullmatch(r"\{[A-Za-z0-9_.+-]+\}|[A-Za-z0-9_.,:-]+", segment):
+                errors.append(f"Resource path part {segment!r} of {path!r} is not valid")
+    return errors
+
+
+def import_body(api_id, body, account_id, region_name):
+    if errors := import_errors(body):
+        raise BadRequestException("Errors found during import:\n\t" + "\n\t".join(errors))
+    apigateway_backends[account_id][region_name].put_rest_api(api_id, body, fail_on_warnings=False, mode="overwrite")
+
+
 @wrap(RestAPI, "create_from_cloudformation_json")
 def rest_api_from_template(orig, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    body = cloudformation_json["Properties"].get("Body")
+    if body and (errors := import_errors(body)):
+        raise BadRequestException("Errors found during import:\n\t" + "\n\t".join(errors))
     api = orig(resource_name, cloudformation_json, account_id, region_name, **kwargs)
-    if body := cloudformation_json["Properties"].get("Body"):
-        apigateway_backends[account_id][region_name].put_rest_api(api.id, body, fail_on_warnings=False, mode="overwrite")
+    if body:
+        import_body(api.id, body, account_id, region_name)
     return api
 
 
 # 6. RestAPI has no update_from_cloudformation_json, so an UPDATE that changes the RestApi
 # (e.g. its Body) replaces it in the stack by None: Ref Api and the ApiId output vanish.
-# CloudFormation updates the API in place, re-importing the Body.
+# CloudFormation updates the API in place, re-importing the Body (refused as in 5).
 def update_rest_api_from_template(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
     props = cloudformation_json["Properties"]
-    original_resource.name, original_resource.description = props["Name"], props.get("Description", "")
     if body := props.get("Body"):
-        apigateway_backends[account_id][region_name].put_rest_api(original_resource.id, body, fail_on_warnings=False, mode="overwrite")
+        import_body(original_resource.id, body, account_id, region_name)
+    original_resource.name, original_resource.description = props["Name"], props.get("Description", "")
     return original_resource
 
 

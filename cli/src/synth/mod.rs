@@ -1,6 +1,7 @@
 //! Rendering an environment into CloudFormation templates, a manifest and
 //! the API's OpenAPI document. Output is byte-for-byte deterministic.
 
+pub mod apigateway;
 pub mod context;
 pub mod dashboard;
 pub mod openapi;
@@ -223,30 +224,36 @@ pub fn synthesize(env: &Environment) -> Result<Synthesis, Error> {
     let mut files = Vec::new();
     let mut stacks = Vec::new();
     for kind in STACKS {
-        let (template, params) =
-            match kind {
-                StackKind::Network => (
-                    render(kind.template(), &context::network(name, spec))?,
-                    Vec::new(),
-                ),
-                StackKind::Data => {
-                    let ctx = context::data(name, spec);
-                    (render(kind.template(), &ctx)?, ctx.params)
+        let (template, params) = match kind {
+            StackKind::Network => (
+                render(kind.template(), &context::network(name, spec))?,
+                Vec::new(),
+            ),
+            StackKind::Data => {
+                let ctx = context::data(name, spec);
+                (render(kind.template(), &ctx)?, ctx.params)
+            }
+            StackKind::Monitoring => {
+                let ctx = context::monitoring(name, spec);
+                (render(kind.template(), &ctx)?, ctx.params)
+            }
+            StackKind::App => {
+                let document = openapi::document(name, spec, true);
+                let problems = apigateway::import_problems(&document);
+                if !problems.is_empty() {
+                    return Err(Error::Render {
+                        what: "the REST API's OpenAPI body (API Gateway's import rules)".into(),
+                        message: problems.join("; "),
+                    });
                 }
-                StackKind::Monitoring => {
-                    let ctx = context::monitoring(name, spec);
-                    (render(kind.template(), &ctx)?, ctx.params)
-                }
-                StackKind::App => {
-                    let body = serde_json::to_string(&openapi::document(name, spec, true))
-                        .map_err(|e| Error::Render {
-                            what: "the OpenAPI document".into(),
-                            message: e.to_string(),
-                        })?;
-                    let ctx = context::app(name, spec, body);
-                    (render(kind.template(), &ctx)?, ctx.params)
-                }
-            };
+                let body = serde_json::to_string(&document).map_err(|e| Error::Render {
+                    what: "the OpenAPI document".into(),
+                    message: e.to_string(),
+                })?;
+                let ctx = context::app(name, spec, body);
+                (render(kind.template(), &ctx)?, ctx.params)
+            }
+        };
         let count = |key: &str| {
             template
                 .get(key)

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::spec::Spec;
 use crate::spec::model::AuthMode;
+use pipeline_shared::store::MAX_OBJECT_BYTES;
 use pipeline_shared::{ColumnType, Dataset};
 
 /// Largest page of records the records endpoint returns.
@@ -47,20 +48,76 @@ fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
+/// A dataset's name as a model name: API Gateway model names are
+/// alphanumeric (`page_views` becomes `PageViews`).
+pub fn model_name(dataset: &str) -> String {
+    dataset
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect()
+}
+
+/// The answers every operation can give besides its own: a refused key or
+/// signature (403) and throttling (429) from API Gateway, and 503 when the
+/// database or storage does not answer.
+fn common_responses(responses: &mut Value) {
+    if let Value::Object(map) = responses {
+        map.insert(
+            "403".into(),
+            error_response("No valid credentials: the API key or signature is missing or wrong."),
+        );
+        map.insert(
+            "429".into(),
+            error_response("Too many requests: slow down and retry."),
+        );
+        map.insert(
+            "503".into(),
+            error_response("The database or storage does not answer; retry later."),
+        );
+    }
+}
+
+/// The JSON Schema (OpenAPI 3.0 flavour) of a column's values.
+fn column_schema(kind: ColumnType, nullable: bool) -> Map<String, Value> {
+    let mut schema = Map::new();
+    match kind {
+        // Any JSON value.
+        ColumnType::Jsonb => {}
+        // API Gateway models take no `decimal` format: numerics are strings.
+        ColumnType::Numeric => {
+            schema.insert("type".into(), json!("string"));
+            schema.insert(
+                "description".into(),
+                json!("A decimal number, as a string."),
+            );
+        }
+        _ => {
+            let (kind, format) = kind.json_schema();
+            schema.insert("type".into(), json!(kind));
+            if let Some(format) = format {
+                schema.insert("format".into(), json!(format));
+            }
+        }
+    }
+    if nullable {
+        schema.insert("nullable".into(), json!(true));
+    }
+    schema
+}
+
 fn record_schema(name: &str, dataset: &Dataset) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
     for column in &dataset.columns {
-        let (kind, format) = column.kind.json_schema();
-        let mut schema = Map::new();
-        if column.nullable {
-            schema.insert("type".into(), json!([kind, "null"]));
-        } else {
-            schema.insert("type".into(), json!(kind));
+        let mut schema = column_schema(column.kind, column.nullable);
+        if !column.nullable {
             required.push(json!(column.name));
-        }
-        if let Some(format) = format {
-            schema.insert("format".into(), json!(format));
         }
         if let Some(d) = &column.description {
             schema.insert("description".into(), json!(d));
@@ -84,52 +141,26 @@ fn record_schema(name: &str, dataset: &Dataset) -> Value {
     })
 }
 
-/// Query parameters that filter records, across datasets.
-fn filter_parameters(spec: &Spec) -> Vec<Value> {
-    // Column name -> (datasets, types) so that a column shared by datasets is documented once.
-    let mut filters: Vec<(String, Vec<String>, Vec<ColumnType>)> = Vec::new();
-    for (name, dataset) in &spec.datasets {
-        for column in dataset.filterable.iter().filter_map(|c| dataset.column(c)) {
-            match filters.iter_mut().find(|(c, _, _)| *c == column.name) {
-                Some((_, sets, kinds)) => {
-                    sets.push(name.clone());
-                    kinds.push(column.kind);
-                }
-                None => filters.push((column.name.clone(), vec![name.clone()], vec![column.kind])),
-            }
-        }
-    }
+/// The query parameters that filter a dataset's records.
+fn filter_parameters(dataset: &Dataset) -> Vec<Value> {
     let mut params = Vec::new();
-    for (column, sets, kinds) in filters {
-        let datasets = sets
-            .iter()
-            .map(|s| format!("`{s}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let schema = match kinds.as_slice() {
-            [only] => {
-                let (_, format) = only.json_schema();
-                match format {
-                    Some(f) => json!({"type": "string", "format": f}),
-                    None => json!({"type": "string"}),
-                }
-            }
-            _ => json!({"type": "string"}),
-        };
+    for column in dataset.filterable.iter().filter_map(|c| dataset.column(c)) {
+        let schema = Value::Object(column_schema(column.kind, false));
+        let name = &column.name;
         params.push(json!({
-            "name": column,
+            "name": name,
             "in": "query",
             "required": false,
-            "description": format!("Only records whose `{column}` equals this value (datasets {datasets})."),
+            "description": format!("Only records whose `{name}` equals this value."),
             "schema": schema,
         }));
-        if kinds.iter().all(|k| k.is_ordered()) {
+        if column.kind.is_ordered() {
             for (suffix, words) in [("gte", "is at least"), ("lt", "is below")] {
                 params.push(json!({
-                    "name": format!("{column}.{suffix}"),
+                    "name": format!("{name}.{suffix}"),
                     "in": "query",
                     "required": false,
-                    "description": format!("Only records whose `{column}` {words} this value (datasets {datasets})."),
+                    "description": format!("Only records whose `{name}` {words} this value."),
                     "schema": schema,
                 }));
             }
@@ -138,19 +169,18 @@ fn filter_parameters(spec: &Spec) -> Vec<Value> {
     params
 }
 
-/// Builds the document. With `aws`, API Gateway's integrations, validators
-/// and key source are added, and `Fn::Sub` objects stand for the alias ARNs
-/// (built from the function's ARN: a `Ref` to an alias would also do in AWS,
-/// but not in emulators).
+/// Idempotency keys: 1 to 128 visible ASCII characters, the same rule for
+/// the `Idempotency-Key` header and an upload's `idempotency_key`.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,128}$";
+
+/// Builds the document. With `aws`, API Gateway's integrations, validators,
+/// gateway responses and key source are added, and `Fn::Sub` objects stand
+/// for the alias ARNs (built from the function's ARN: a `Ref` to an alias
+/// would also do in AWS, but not in emulators).
+///
+/// Each dataset has its own paths, so that each operation's body, filters
+/// and records are exactly that dataset's.
 pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
-    let names: Vec<&String> = spec.datasets.keys().collect();
-    let dataset_param = json!({
-        "name": "dataset",
-        "in": "path",
-        "required": true,
-        "description": "Name of the dataset.",
-        "schema": {"type": "string", "enum": names},
-    });
     let integration = |target: Target| {
         json!({
             "type": "aws_proxy",
@@ -163,6 +193,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         })
     };
     let op = |target: Target, mut operation: Value| {
+        common_responses(&mut operation["responses"]);
         if aws && let Value::Object(map) = &mut operation {
             map.insert(
                 "x-amazon-apigateway-integration".into(),
@@ -171,21 +202,9 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         }
         operation
     };
-
-    let mut records_params = vec![
-        dataset_param.clone(),
-        json!({"name": "limit", "in": "query", "required": false,
-               "description": "Most records in the page.",
-               "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}}),
-        json!({"name": "cursor", "in": "query", "required": false,
-               "description": "The `next_cursor` of the previous page.",
-               "schema": {"type": "string"}}),
-    ];
-    records_params.extend(filter_parameters(spec));
-    let pages: Vec<Value> = names
-        .iter()
-        .map(|n| schema_ref(&format!("RecordsPage_{n}")))
-        .collect();
+    let batch_id = json!({"name": "batch_id", "in": "path", "required": true,
+                          "description": "The batch's id, as `POST .../batches` or `.../uploads` answered it.",
+                          "schema": {"type": "string", "format": "uuid"}});
 
     let mut paths = Map::new();
     paths.insert(
@@ -195,67 +214,83 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             "summary": "Whether the API and its database answer.",
             "responses": {
                 "200": json_response("Healthy.", schema_ref("Health")),
-                "503": error_response("The database does not answer."),
             }
         }))}),
     );
-    paths.insert(
-        "/v1/datasets/{dataset}/batches".into(),
-        json!({"post": op(Target::Ingest, json!({
-            "operationId": "postBatch",
-            "summary": "Send a batch of records inline.",
-            "description": format!("The body holds the records: NDJSON for datasets of format `ndjson`, CSV with a header line for `csv`. Every record is checked; a batch with any invalid record is rejected whole and nothing is stored. Batches above {} KiB go through an upload.", spec.api.max_inline_batch_kib),
-            "parameters": [
-                dataset_param,
-                {"name": "Idempotency-Key", "in": "header", "required": false,
-                 "description": "A retry with the same key returns the first answer and stores nothing new.",
-                 "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
-            ],
-            "requestBody": {
-                "required": true,
-                "content": {
-                    "application/x-ndjson": {"schema": {"type": "string"}},
-                    "text/csv": {"schema": {"type": "string"}}
+    for (name, dataset) in &spec.datasets {
+        let model = model_name(name);
+        let media_type = dataset.format.media_type();
+        paths.insert(
+            format!("/v1/datasets/{name}/batches"),
+            json!({"post": op(Target::Ingest, json!({
+                "operationId": format!("postBatch{model}"),
+                "summary": format!("Send a batch of `{name}` records inline."),
+                "description": format!("The body holds the records as {media_type}{}. Every record is checked; a batch with any invalid record is rejected whole and nothing is stored. Batches above {} KiB go through an upload.",
+                    if media_type == "text/csv" { ", with a header line" } else { "" },
+                    spec.api.max_inline_batch_kib),
+                "parameters": [
+                    {"name": "Idempotency-Key", "in": "header", "required": false,
+                     "description": "A retry with the same key returns the first answer and stores nothing new.",
+                     "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}}
+                ],
+                "requestBody": {
+                    "required": true,
+                    "content": {media_type: {"schema": {"type": "string", "minLength": 1}}}
+                },
+                "responses": {
+                    "202": json_response("Accepted and stored; loading follows.", schema_ref("BatchAccepted")),
+                    "400": json_response("Invalid records (`invalid_batch`, with each record's line and column) or an invalid Idempotency-Key (`bad_request`); nothing was stored.", schema_ref("BatchRejected")),
+                    "409": error_response("The Idempotency-Key was used for a batch with a different body."),
+                    "413": error_response("The batch is larger than the inline limit; use an upload."),
+                    "415": error_response(&format!("The content type is not `{media_type}`.")),
                 }
-            },
-            "responses": {
-                "202": json_response("Accepted and stored; loading follows.", schema_ref("BatchAccepted")),
-                "400": json_response("Invalid records; nothing was stored.", schema_ref("BatchRejected")),
-                "404": error_response("No such dataset."),
-                "409": error_response("The Idempotency-Key was used for a batch with a different body."),
-                "413": error_response("The batch is larger than the inline limit; use an upload."),
-                "415": error_response("The content type does not match the dataset's format."),
-                "429": error_response("Too many requests."),
-            }
-        }))}),
-    );
-    paths.insert(
-        "/v1/datasets/{dataset}/uploads".into(),
-        json!({"post": op(Target::Ingest, json!({
-            "operationId": "createUpload",
-            "summary": "Start a large batch: get a presigned upload URL.",
-            "parameters": [dataset_param],
-            "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("UploadRequest")}}},
-            "responses": {
-                "201": json_response("Upload URLs, valid until `expires_at`.", schema_ref("Upload")),
-                "400": error_response("Invalid request."),
-                "404": error_response("No such dataset."),
-                "429": error_response("Too many requests."),
-            }
-        }))}),
-    );
+            }))}),
+        );
+        paths.insert(
+            format!("/v1/datasets/{name}/uploads"),
+            json!({"post": op(Target::Ingest, json!({
+                "operationId": format!("createUpload{model}"),
+                "summary": format!("Start a large batch of `{name}` records: get presigned upload URLs."),
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref(&format!("UploadRequest{model}"))}}},
+                "responses": {
+                    "201": json_response("Upload URLs, valid until `expires_at`.", schema_ref("Upload")),
+                    "400": error_response("Invalid request."),
+                }
+            }))}),
+        );
+        let mut params = vec![
+            json!({"name": "limit", "in": "query", "required": false,
+                   "description": "Most records in the page.",
+                   "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}}),
+            json!({"name": "cursor", "in": "query", "required": false,
+                   "description": "The `next_cursor` of the previous page.",
+                   "schema": {"type": "string", "minLength": 1}}),
+        ];
+        params.extend(filter_parameters(dataset));
+        paths.insert(
+            format!("/v1/datasets/{name}/records"),
+            json!({"get": op(Target::Query, json!({
+                "operationId": format!("listRecords{model}"),
+                "summary": format!("Read `{name}` records from a read replica, a page at a time in key order."),
+                "parameters": params,
+                "responses": {
+                    "200": json_response("A page of records.", schema_ref(&format!("RecordsPage{model}"))),
+                    "400": error_response("Invalid filter, limit or cursor."),
+                }
+            }))}),
+        );
+    }
     paths.insert(
         "/v1/batches/{batch_id}/complete".into(),
         json!({"post": op(Target::Ingest, json!({
             "operationId": "completeUpload",
             "summary": "Finish a multipart upload: join its parts into the batch, which then loads.",
-            "parameters": [{"name": "batch_id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+            "parameters": [batch_id],
             "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("UploadComplete")}}},
             "responses": {
                 "202": json_response("The batch is stored; loading follows. Completing again answers the same.", schema_ref("UploadCompleted")),
                 "400": error_response("A part is missing, out of order, or its ETag does not match; the upload can be completed again once fixed."),
                 "404": error_response("No such batch."),
-                "429": error_response("Too many requests."),
             }
         }))}),
     );
@@ -264,23 +299,10 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         json!({"get": op(Target::Query, json!({
             "operationId": "getBatch",
             "summary": "Status of a batch.",
-            "parameters": [{"name": "batch_id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}],
+            "parameters": [batch_id],
             "responses": {
                 "200": json_response("The batch's status.", schema_ref("BatchStatus")),
                 "404": error_response("No such batch."),
-            }
-        }))}),
-    );
-    paths.insert(
-        "/v1/datasets/{dataset}/records".into(),
-        json!({"get": op(Target::Query, json!({
-            "operationId": "listRecords",
-            "summary": "Read records from a read replica, a page at a time in key order.",
-            "parameters": records_params,
-            "responses": {
-                "200": json_response("A page of records.", json!({"oneOf": pages})),
-                "400": error_response("Invalid filter, limit or cursor."),
-                "404": error_response("No such dataset."),
             }
         }))}),
     );
@@ -289,14 +311,12 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             if let Value::Object(ops) = path {
                 ops.insert(
                     "options".into(),
-                    op(
-                        Target::Query,
-                        json!({
-                            "summary": "CORS preflight.",
-                            "security": [],
-                            "responses": {"204": {"description": "Allowed methods and headers."}}
-                        }),
-                    ),
+                    json!({
+                        "summary": "CORS preflight.",
+                        "security": [],
+                        "responses": {"204": {"description": "Allowed methods and headers."}},
+                        "x-amazon-apigateway-integration": integration(Target::Query),
+                    }),
                 );
             }
         }
@@ -305,7 +325,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
     let mut schemas = Map::new();
     schemas.insert("Error".into(), json!({
         "type": "object",
-        "properties": {"error": {"type": "string", "description": "A stable code, such as `not_found`."},
+        "properties": {"error": {"type": "string", "description": "A stable code, such as `not_found`, `bad_request`, `forbidden` or `throttled`."},
                        "message": {"type": "string"}},
         "required": ["error", "message"],
     }));
@@ -321,11 +341,13 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
     schemas.insert("BatchRejected".into(), json!({
         "type": "object",
         "properties": {
-            "error": {"type": "string", "enum": ["invalid_batch"]},
-            "errors": {"type": "array", "maxItems": MAX_ERRORS, "items": schema_ref("ValidationError")},
-            "truncated": {"type": "boolean", "description": format!("True when more than {MAX_ERRORS} errors were found.")},
+            "error": {"type": "string", "enum": ["invalid_batch", "bad_request"]},
+            "message": {"type": "string"},
+            "errors": {"type": "array", "maxItems": MAX_ERRORS, "items": schema_ref("ValidationError"),
+                       "description": "With `invalid_batch`: the invalid records, in order."},
+            "truncated": {"type": "boolean", "description": format!("With `invalid_batch`: true when more than {MAX_ERRORS} records are invalid.")},
         },
-        "required": ["error", "errors", "truncated"],
+        "required": ["error", "message"],
     }));
     schemas.insert(
         "BatchAccepted".into(),
@@ -349,26 +371,29 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
                 "batch_id": {"type": "string", "format": "uuid"},
                 "dataset": {"type": "string"},
                 "status": {"type": "string", "enum": ["received", "loading", "loaded", "failed"]},
-                "records": {"type": ["integer", "null"]},
-                "inserted": {"type": ["integer", "null"]},
-                "duplicates": {"type": ["integer", "null"]},
+                "records": {"type": "integer", "nullable": true},
+                "inserted": {"type": "integer", "nullable": true},
+                "duplicates": {"type": "integer", "nullable": true},
                 "received_at": {"type": "string", "format": "date-time"},
-                "loaded_at": {"type": ["string", "null"], "format": "date-time"},
-                "error": {"oneOf": [{"type": "null"}, schema_ref("ValidationError")]},
+                "loaded_at": {"type": "string", "format": "date-time", "nullable": true},
+                "error": {"allOf": [schema_ref("ValidationError")], "nullable": true,
+                          "description": "Why a failed batch failed."},
             },
             "required": ["batch_id", "dataset", "status", "received_at"],
         }),
     );
-    schemas.insert("UploadRequest".into(), json!({
-        "type": "object",
-        "properties": {
-            "size_bytes": {"type": "integer", "minimum": 1, "description": "Size of the batch to upload."},
-            "content_type": {"type": "string", "enum": ["application/x-ndjson", "text/csv"]},
-            "idempotency_key": {"type": "string", "maxLength": 128},
-        },
-        "required": ["size_bytes", "content_type"],
-        "additionalProperties": false,
-    }));
+    for (name, dataset) in &spec.datasets {
+        schemas.insert(format!("UploadRequest{}", model_name(name)), json!({
+            "type": "object",
+            "properties": {
+                "size_bytes": {"type": "integer", "minimum": 1, "maximum": MAX_OBJECT_BYTES, "description": "Size of the batch to upload."},
+                "content_type": {"type": "string", "enum": [dataset.format.media_type()]},
+                "idempotency_key": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+            },
+            "required": ["size_bytes", "content_type"],
+            "additionalProperties": false,
+        }));
+    }
     schemas.insert("Upload".into(), json!({
         "type": "object",
         "description": "Either `url`, for a batch that fits in one part, or `upload_id`, `parts` and `complete_url`: PUT each part's bytes to its URL (in any order, in parallel), keep the `ETag` header of each answer, then POST them to `complete_url`.",
@@ -397,18 +422,19 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
     schemas.insert("UploadComplete".into(), json!({
         "type": "object",
         "properties": {
-            "upload_id": {"type": "string"},
-            "parts": {"type": "array", "minItems": 1, "maxItems": 10000, "description": "Every part, in ascending order of part number.", "items": {
-                "type": "object",
-                "properties": {
-                    "part_number": {"type": "integer", "minimum": 1, "maximum": 10000},
-                    "etag": {"type": "string", "description": "The ETag header of the part's PUT answer."},
-                },
-                "required": ["part_number", "etag"],
-                "additionalProperties": false,
-            }},
+            "upload_id": {"type": "string", "minLength": 1},
+            "parts": {"type": "array", "minItems": 1, "maxItems": 10000, "description": "Every part, in ascending order of part number.", "items": schema_ref("CompletedPart")},
         },
         "required": ["upload_id", "parts"],
+        "additionalProperties": false,
+    }));
+    schemas.insert("CompletedPart".into(), json!({
+        "type": "object",
+        "properties": {
+            "part_number": {"type": "integer", "minimum": 1, "maximum": 10000},
+            "etag": {"type": "string", "description": "The ETag header of the part's PUT answer."},
+        },
+        "required": ["part_number", "etag"],
         "additionalProperties": false,
     }));
     schemas.insert(
@@ -428,12 +454,13 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         "required": ["status"],
     }));
     for (name, dataset) in &spec.datasets {
-        schemas.insert(format!("Record_{name}"), record_schema(name, dataset));
-        schemas.insert(format!("RecordsPage_{name}"), json!({
+        let model = model_name(name);
+        schemas.insert(format!("Record{model}"), record_schema(name, dataset));
+        schemas.insert(format!("RecordsPage{model}"), json!({
             "type": "object",
             "properties": {
-                "records": {"type": "array", "maxItems": MAX_PAGE, "items": schema_ref(&format!("Record_{name}"))},
-                "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last page."},
+                "records": {"type": "array", "maxItems": MAX_PAGE, "items": schema_ref(&format!("Record{model}"))},
+                "next_cursor": {"type": "string", "nullable": true, "description": "Pass as `cursor` for the next page; null on the last page."},
             },
             "required": ["records", "next_cursor"],
         }));
@@ -481,6 +508,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             "params": {"validateRequestParameters": true, "validateRequestBody": false},
         });
         doc["x-amazon-apigateway-request-validator"] = json!("params");
+        doc["x-amazon-apigateway-gateway-responses"] = gateway_responses();
     } else {
         doc["servers"] = json!([{
             "url": format!("https://{{api_id}}.execute-api.{}.amazonaws.com/{}", spec.region, super::context::STAGE),
@@ -488,4 +516,36 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         }]);
     }
     doc
+}
+
+/// Answers made by API Gateway itself (a refused key, throttling, a body
+/// above its limit, a failed integration) in the API's own error shape, so
+/// that every answer of the API is `{"error", "message"}`. The types are
+/// those of "Gateway response types for API Gateway"; `messageString` is
+/// already a quoted JSON string.
+fn gateway_responses() -> Value {
+    let mut responses = Map::new();
+    for (kind, code) in [
+        ("DEFAULT_4XX", "bad_request"),
+        ("DEFAULT_5XX", "unavailable"),
+        ("RESOURCE_NOT_FOUND", "not_found"),
+        ("WAF_FILTERED", "forbidden"),
+        ("ACCESS_DENIED", "forbidden"),
+        ("INVALID_API_KEY", "forbidden"),
+        ("MISSING_AUTHENTICATION_TOKEN", "forbidden"),
+        ("INVALID_SIGNATURE", "forbidden"),
+        ("EXPIRED_TOKEN", "forbidden"),
+        ("THROTTLED", "throttled"),
+        ("QUOTA_EXCEEDED", "throttled"),
+        ("REQUEST_TOO_LARGE", "too_large"),
+        ("UNSUPPORTED_MEDIA_TYPE", "unsupported_media_type"),
+    ] {
+        responses.insert(
+            kind.into(),
+            json!({"responseTemplates": {"application/json": format!(
+                "{{\"error\":\"{code}\",\"message\":$context.error.messageString}}"
+            )}}),
+        );
+    }
+    Value::Object(responses)
 }

@@ -20,9 +20,6 @@ use sha2::{Digest, Sha256};
 /// The function's name as the spec and the templates know it.
 pub const NAME: &str = "ingest";
 
-/// Longest idempotency key accepted.
-const MAX_IDEMPOTENCY_KEY: usize = 128;
-
 #[derive(Debug, Serialize)]
 struct Accepted<'a> {
     batch_id: uuid::Uuid,
@@ -35,8 +32,29 @@ struct Accepted<'a> {
 #[derive(Debug, Serialize)]
 struct Rejected {
     error: &'static str,
+    message: String,
     errors: Vec<RecordError>,
     truncated: bool,
+}
+
+/// The request's `Idempotency-Key` header: `Ok(None)` without one, `Err`
+/// with the 400 answer for one that is not 1 to 128 visible ASCII characters.
+#[allow(clippy::result_large_err)]
+fn idempotency_header(request: &Request<Bytes>) -> Result<Option<&str>, Response<Bytes>> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if api::valid_idempotency_key(key) => Ok(Some(key)),
+        _ => Err(api::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "the Idempotency-Key header takes 1 to {} visible ASCII characters",
+                api::MAX_IDEMPOTENCY_KEY
+            ),
+        )),
+    }
 }
 
 /// Handles one API request.
@@ -46,6 +64,7 @@ pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {
         return api::no_route(request.method(), &path);
     };
     match (request.method(), parts.as_slice()) {
+        (&Method::GET, ["v1", "health"]) => api::health(ctx).await,
         (&Method::POST, ["v1", "datasets", dataset, "batches"]) => {
             post_batch(ctx, &prefix, dataset, &request).await
         }
@@ -106,16 +125,10 @@ async fn post_batch(
             ),
         );
     }
-    let idempotency_key = header(request, "idempotency-key");
-    if let Some(key) = idempotency_key
-        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
-    {
-        return api::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("the Idempotency-Key header takes 1 to {MAX_IDEMPOTENCY_KEY} characters"),
-        );
-    }
+    let idempotency_key = match idempotency_header(request) {
+        Ok(key) => key,
+        Err(answer) => return answer,
+    };
 
     // Check every record before storing anything.
     let mut decoder = Decoder::new(dataset);
@@ -128,6 +141,11 @@ async fn post_batch(
             StatusCode::BAD_REQUEST,
             &Rejected {
                 error: "invalid_batch",
+                message: format!(
+                    "{} of {} records are invalid; nothing was stored",
+                    summary.invalid,
+                    summary.records + summary.invalid
+                ),
                 truncated: summary.invalid as usize > MAX_ERRORS,
                 errors: summary.errors,
             },
@@ -230,8 +248,13 @@ pub const UPLOAD_EXPIRY_SECONDS: i64 = 3600;
 struct UploadRequest {
     size_bytes: u64,
     content_type: String,
-    #[serde(default)]
+    /// Absent, or a string: `null` is refused as any other wrong type is.
+    #[serde(default, deserialize_with = "some_string")]
     idempotency_key: Option<String>,
+}
+
+fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Serialize)]
@@ -293,10 +316,23 @@ async fn create_upload(
             format!("`size_bytes` must be from 1 to {MAX_OBJECT_BYTES} (5 TiB)"),
         );
     }
-    let idempotency_key = upload
-        .idempotency_key
-        .as_deref()
-        .or_else(|| header(request, "idempotency-key"));
+    let idempotency_key = match upload.idempotency_key.as_deref() {
+        Some(key) if api::valid_idempotency_key(key) => Some(key),
+        Some(_) => {
+            return api::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "`idempotency_key` takes 1 to {} visible ASCII characters",
+                    api::MAX_IDEMPOTENCY_KEY
+                ),
+            );
+        }
+        None => match idempotency_header(request) {
+            Ok(key) => key,
+            Err(answer) => return answer,
+        },
+    };
     let batch_id = uuid::Uuid::now_v7();
     let key = api::object_key(
         name,

@@ -23,34 +23,12 @@ pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {
         return api::no_route(request.method(), &path);
     };
     match (request.method(), parts.as_slice()) {
-        (&Method::GET, ["v1", "health"]) => health(ctx).await,
+        (&Method::GET, ["v1", "health"]) => api::health(ctx).await,
         (&Method::GET, ["v1", "batches", id]) => batch(ctx, id).await,
         (&Method::GET, ["v1", "datasets", dataset, "records"]) => {
             records(ctx, dataset, request.uri().query()).await
         }
         _ => api::no_route(request.method(), &path),
-    }
-}
-
-async fn health(ctx: &Context) -> Response<Bytes> {
-    #[derive(Serialize)]
-    struct Health<'a> {
-        status: &'static str,
-        environment: &'a str,
-    }
-    let client = match ctx.pool.get().await {
-        Ok(c) => c,
-        Err(e) => return api::unavailable("the database", &e),
-    };
-    match db::ping(&**client).await {
-        Ok(()) => api::json(
-            StatusCode::OK,
-            &Health {
-                status: "ok",
-                environment: &ctx.env,
-            },
-        ),
-        Err(e) => api::unavailable("the database", &e),
     }
 }
 

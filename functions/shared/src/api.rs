@@ -88,8 +88,44 @@ pub fn unknown_dataset(ctx: &Context, name: &str) -> Response<Bytes> {
     )
 }
 
-/// 404 for a path or method no function serves.
+/// The API's routes after `/v1/`: the path's segments (`*` stands for
+/// one segment: a dataset or a batch id) and the methods it takes.
+pub const ROUTES: &[(&[&str], &[&str])] = &[
+    (&["v1", "health"], &["GET"]),
+    (&["v1", "datasets", "*", "batches"], &["POST"]),
+    (&["v1", "datasets", "*", "uploads"], &["POST"]),
+    (&["v1", "datasets", "*", "records"], &["GET"]),
+    (&["v1", "batches", "*"], &["GET"]),
+    (&["v1", "batches", "*", "complete"], &["POST"]),
+];
+
+/// The methods a path takes (none for a path that is not the API's).
+pub fn allowed_methods(parts: &[&str]) -> &'static [&'static str] {
+    ROUTES
+        .iter()
+        .find(|(pattern, _)| {
+            pattern.len() == parts.len()
+                && pattern.iter().zip(parts).all(|(p, s)| *p == "*" || p == s)
+        })
+        .map_or(&[], |(_, methods)| *methods)
+}
+
+/// 405 (with `Allow`) for a method a path does not take, 404 for a path
+/// no function serves.
 pub fn no_route(method: &http::Method, path: &str) -> Response<Bytes> {
+    let allowed = route(path).map_or(&[][..], |(_, parts)| allowed_methods(&parts));
+    if !allowed.is_empty() {
+        let allow = allowed.join(", ");
+        let mut answer = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} takes {allow}, not {method}"),
+        );
+        if let Ok(value) = http::HeaderValue::from_str(&allow) {
+            answer.headers_mut().insert(http::header::ALLOW, value);
+        }
+        return answer;
+    }
     error(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -105,6 +141,40 @@ pub fn unavailable(what: &str, detail: &dyn std::fmt::Display) -> Response<Bytes
         "unavailable",
         format!("{what} is unavailable; try again"),
     )
+}
+
+/// Idempotency keys are 1 to 128 visible ASCII characters (the API
+/// document's `IDEMPOTENCY_KEY_PATTERN`), in the header and in uploads.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// `GET /v1/health`: 200 when the database answers, else 503. Both API
+/// functions serve it, so that a new version of either can be checked
+/// before it takes traffic.
+pub async fn health(ctx: &Context) -> Response<Bytes> {
+    #[derive(Serialize)]
+    struct Health<'a> {
+        status: &'static str,
+        environment: &'a str,
+    }
+    let client = match ctx.pool.get().await {
+        Ok(c) => c,
+        Err(e) => return unavailable("the database", &e),
+    };
+    match crate::db::ping(&**client).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &Health {
+                status: "ok",
+                environment: &ctx.env,
+            },
+        ),
+        Err(e) => unavailable("the database", &e),
+    }
 }
 
 /// The object key of a batch: `raw/<dataset>/<date>/<batch id>.<format>`.
@@ -152,6 +222,31 @@ mod tests {
             Some(("/live".to_string(), vec!["v1", "batches", "x"]))
         );
         assert_eq!(route("/other"), None);
+    }
+
+    #[test]
+    fn other_methods_of_a_route_are_405_and_other_paths_404() {
+        let answer = no_route(&http::Method::TRACE, "/v1/datasets/events/batches");
+        assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(answer.headers()[http::header::ALLOW], "POST");
+        let answer = no_route(&http::Method::POST, "/live/v1/health");
+        assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(answer.headers()[http::header::ALLOW], "GET");
+        assert_eq!(
+            no_route(&http::Method::GET, "/v1/nothing").status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        assert!(valid_idempotency_key("retry-1"));
+        assert!(valid_idempotency_key(&"k".repeat(128)));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key(&"k".repeat(129)));
+        assert!(!valid_idempotency_key("a b"));
+        assert!(!valid_idempotency_key("a\u{0}b"));
+        assert!(!valid_idempotency_key("G½"));
     }
 
     #[test]
