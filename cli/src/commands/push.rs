@@ -110,10 +110,22 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
                 source,
             })?
             .len();
-        let (batch_id, via) = if bytes <= inline_limit {
-            (inline(&api, args, content_type).await?, "inline")
+        // The inline limit counts the body as Lambda gets it, escaped in a
+        // JSON string: a file just under the limit may need an upload.
+        let body = if bytes <= inline_limit {
+            let body = tokio::fs::read(&args.file)
+                .await
+                .map_err(|source| Error::Read {
+                    path: args.file.display().to_string(),
+                    source,
+                })?;
+            (pipeline_shared::api::event_body_len(&body) <= inline_limit).then_some(body)
         } else {
-            (upload(&api, args, content_type, bytes, ui).await?, "upload")
+            None
+        };
+        let (batch_id, via) = match body {
+            Some(body) => (inline(&api, args, content_type, body).await?, "inline"),
+            None => (upload(&api, args, content_type, bytes, ui).await?, "upload"),
         };
         let mut pushed = Pushed {
             batch_id,
@@ -139,13 +151,12 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
     Ok(())
 }
 
-async fn inline(api: &Api, args: &Args, content_type: &str) -> Result<String, Error> {
-    let body = tokio::fs::read(&args.file)
-        .await
-        .map_err(|source| Error::Read {
-            path: args.file.display().to_string(),
-            source,
-        })?;
+async fn inline(
+    api: &Api,
+    args: &Args,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Result<String, Error> {
     let mut request = api
         .request(
             reqwest::Method::POST,

@@ -225,7 +225,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             json!({"post": op(Target::Ingest, json!({
                 "operationId": format!("postBatch{model}"),
                 "summary": format!("Send a batch of `{name}` records inline."),
-                "description": format!("The body holds the records as {media_type}{}. Every record is checked; a batch with any invalid record is rejected whole and nothing is stored. Batches above {} KiB go through an upload.",
+                "description": format!("The body holds the records as {media_type}{}. Every record is checked; a batch with any invalid record is rejected whole and nothing is stored. A batch whose body, written as a JSON string (quotes and line breaks escaped, as Lambda receives it), is above {} KiB goes through an upload.",
                     if media_type == "text/csv" { ", with a header line" } else { "" },
                     spec.api.max_inline_batch_kib),
                 "parameters": [

@@ -114,12 +114,13 @@ async fn post_batch(
         );
     }
     let body = request.body();
-    if body.len() > ctx.max_inline_bytes {
+    let event_bytes = api::event_body_len(body);
+    if event_bytes > ctx.max_inline_bytes as u64 {
         return api::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!(
-                "the batch is {} bytes, over the inline limit of {} bytes; send it through an upload: POST {prefix}/v1/datasets/{name}/uploads",
+                "the batch is {} bytes ({event_bytes} as a JSON string in the Lambda event), over the inline limit of {} bytes; send it through an upload: POST {prefix}/v1/datasets/{name}/uploads",
                 body.len(),
                 ctx.max_inline_bytes
             ),

@@ -143,6 +143,24 @@ pub fn unavailable(what: &str, detail: &dyn std::fmt::Display) -> Response<Bytes
     )
 }
 
+/// The bytes a request body takes in the Lambda event API Gateway makes of
+/// it: a JSON string, so quotes, backslashes and line breaks take two bytes
+/// and other control characters six; a body that is not UTF-8 travels in
+/// base64. Lambda's 6 MB request limit ("Lambda quotas") applies to the
+/// event, so the inline limit is measured this way.
+pub fn event_body_len(body: &[u8]) -> u64 {
+    if std::str::from_utf8(body).is_err() {
+        return (body.len() as u64).div_ceil(3) * 4;
+    }
+    body.iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 /// Idempotency keys are 1 to 128 visible ASCII characters (the API
 /// document's `IDEMPOTENCY_KEY_PATTERN`), in the header and in uploads.
 pub fn valid_idempotency_key(key: &str) -> bool {
@@ -236,6 +254,25 @@ mod tests {
             no_route(&http::Method::GET, "/v1/nothing").status(),
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn event_body_len_is_the_length_of_the_body_as_a_json_string() {
+        for body in [
+            "",
+            "plain",
+            "{\"id\": 1, \"kind\": \"a\\\\b\"}\n{\"id\": 2}\r\n",
+            "tab\there \u{8}\u{c}\u{1}\u{1f} é ✓",
+        ] {
+            let quoted = serde_json::to_string(body).unwrap_or_default();
+            assert_eq!(
+                event_body_len(body.as_bytes()),
+                quoted.len() as u64 - 2,
+                "{body:?}"
+            );
+        }
+        // Not UTF-8: base64.
+        assert_eq!(event_body_len(&[0xff, 0xfe, 0x00, 0x01]), 8);
     }
 
     #[test]
