@@ -231,16 +231,17 @@ async fn upload(
                 part_number: 0,
                 offset: 0,
                 size: bytes,
-                url: url.to_string(),
+                url: Some(url.to_string()),
             };
             put_part(api, &args.file, &part, progress.as_ref()).await?;
         }
         (None, Some(parts)) => {
-            let parts: Vec<Part> =
-                serde_json::from_value(Value::Array(parts.clone())).map_err(|e| {
+            let mut parts: Vec<Part> = serde_json::from_value(Value::Array(parts.clone()))
+                .map_err(|e| {
                     client_error(format!("the upload answer's parts are not valid: {e}"))
                 })?;
             let upload_id = body["upload_id"].as_str().unwrap_or("");
+            fill_part_urls(api, &body, upload_id, &mut parts).await?;
             multipart(api, args, &batch_id, upload_id, &parts, progress.as_ref()).await?;
         }
         (None, None) => return Err(client_error("the upload answer has no URL and no parts")),
@@ -258,7 +259,58 @@ struct Part {
     part_number: u32,
     offset: u64,
     size: u64,
-    url: String,
+    /// Missing for parts beyond the first page: see [`fill_part_urls`].
+    #[serde(default)]
+    url: Option<String>,
+}
+
+/// Gets the URLs of the parts the upload's answer listed without one, from
+/// its `parts_url`, a page at a time.
+async fn fill_part_urls(
+    api: &Api,
+    answer: &Value,
+    upload_id: &str,
+    parts: &mut [Part],
+) -> Result<(), Error> {
+    let missing: Vec<u32> = parts
+        .iter()
+        .filter(|p| p.url.is_none())
+        .map(|p| p.part_number)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if answer["parts_url"].as_str().is_none() {
+        return Err(client_error(
+            "the upload answer has parts without a URL and no `parts_url`",
+        ));
+    }
+    let batch_id = answer["batch_id"].as_str().unwrap_or("");
+    let parts_url = format!("/v1/batches/{batch_id}/parts");
+    let mut urls = std::collections::HashMap::new();
+    for page in missing.chunks(pipeline_shared::store::PART_URLS_PER_ANSWER) {
+        let request = api
+            .request(reqwest::Method::POST, &parts_url)
+            .json(&serde_json::json!({"upload_id": upload_id, "part_numbers": page}));
+        let (status, body) = api.send(request).await?;
+        if status != 200 {
+            return Err(client_error(format!(
+                "the API refused the part URLs ({status}): {}",
+                body["message"].as_str().unwrap_or("")
+            )));
+        }
+        for part in body["parts"].as_array().into_iter().flatten() {
+            if let (Some(n), Some(url)) = (part["part_number"].as_u64(), part["url"].as_str()) {
+                urls.insert(n as u32, url.to_string());
+            }
+        }
+    }
+    for part in parts.iter_mut().filter(|p| p.url.is_none()) {
+        part.url = Some(urls.remove(&part.part_number).ok_or_else(|| {
+            client_error(format!("the API gave no URL for part {}", part.part_number))
+        })?);
+    }
+    Ok(())
 }
 
 /// Parts uploaded at once.
@@ -347,7 +399,7 @@ async fn put_part(
     };
     let response = api
         .http
-        .put(&part.url)
+        .put(part.url.as_deref().unwrap_or_default())
         .header("content-length", part.size)
         .body(reqwest::Body::wrap_stream(stream))
         .send()

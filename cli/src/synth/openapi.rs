@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::spec::Spec;
 use crate::spec::model::AuthMode;
-use pipeline_shared::store::MAX_OBJECT_BYTES;
+use pipeline_shared::store::{MAX_OBJECT_BYTES, PART_URLS_PER_ANSWER};
 use pipeline_shared::{ColumnType, Dataset};
 
 /// Largest page of records the records endpoint returns.
@@ -295,6 +295,20 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         }))}),
     );
     paths.insert(
+        "/v1/batches/{batch_id}/parts".into(),
+        json!({"post": op(Target::Ingest, json!({
+            "operationId": "presignParts",
+            "summary": format!("URLs of parts of a multipart upload that its answer listed without one (it holds at most {PART_URLS_PER_ANSWER}), up to {PART_URLS_PER_ANSWER} at a time."),
+            "parameters": [batch_id],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("PartsRequest")}}},
+            "responses": {
+                "200": json_response("The parts' URLs, in the order asked, valid until `expires_at`.", schema_ref("PartUrls")),
+                "400": error_response("Invalid request."),
+                "404": error_response("No such batch."),
+            }
+        }))}),
+    );
+    paths.insert(
         "/v1/batches/{batch_id}".into(),
         json!({"get": op(Target::Query, json!({
             "operationId": "getBatch",
@@ -405,6 +419,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             "upload_id": {"type": "string"},
             "parts": {"type": "array", "maxItems": 10000, "items": schema_ref("UploadPart")},
             "complete_url": {"type": "string"},
+            "parts_url": {"type": "string", "description": "When some parts have no `url`: POST their numbers here to get their URLs."},
             "status_url": {"type": "string"},
         },
         "required": ["batch_id", "expires_at", "method", "status_url"],
@@ -415,10 +430,41 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             "part_number": {"type": "integer", "minimum": 1, "maximum": 10000},
             "offset": {"type": "integer", "minimum": 0, "description": "First byte of the batch in this part."},
             "size": {"type": "integer", "minimum": 1, "description": "Bytes in this part."},
-            "url": {"type": "string", "description": "Presigned URL that takes one PUT of the part."},
+            "url": {"type": "string", "description": format!("Presigned URL that takes one PUT of the part; given for the first {PART_URLS_PER_ANSWER} parts, the others' come from `parts_url`.")},
         },
-        "required": ["part_number", "offset", "size", "url"],
+        "required": ["part_number", "offset", "size"],
     }));
+    schemas.insert(
+        "PartsRequest".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "upload_id": {"type": "string", "minLength": 1},
+                "part_numbers": {"type": "array", "minItems": 1, "maxItems": PART_URLS_PER_ANSWER,
+                                 "items": {"type": "integer", "minimum": 1, "maximum": 10000}},
+            },
+            "required": ["upload_id", "part_numbers"],
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
+        "PartUrls".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "expires_at": {"type": "string", "format": "date-time"},
+                "parts": {"type": "array", "maxItems": PART_URLS_PER_ANSWER, "items": {
+                    "type": "object",
+                    "properties": {
+                        "part_number": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        "url": {"type": "string"},
+                    },
+                    "required": ["part_number", "url"],
+                }},
+            },
+            "required": ["expires_at", "parts"],
+        }),
+    );
     schemas.insert("UploadComplete".into(), json!({
         "type": "object",
         "properties": {

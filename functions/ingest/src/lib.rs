@@ -13,7 +13,9 @@ use http::{Method, Request, Response, StatusCode};
 use pipeline_shared::api::{self, Context};
 use pipeline_shared::db::{self, NewBatch};
 use pipeline_shared::records::{Decoder, MAX_ERRORS, RecordError};
-use pipeline_shared::store::{CompletedPart, MAX_OBJECT_BYTES, PartUrl, StoreError, hex};
+use pipeline_shared::store::{
+    CompletedPart, MAX_OBJECT_BYTES, MAX_PARTS, PART_URLS_PER_ANSWER, PartUrl, StoreError, hex,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -73,6 +75,9 @@ pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {
         }
         (&Method::POST, ["v1", "batches", batch_id, "complete"]) => {
             complete_upload(ctx, &prefix, batch_id, &request).await
+        }
+        (&Method::POST, ["v1", "batches", batch_id, "parts"]) => {
+            part_urls(ctx, batch_id, &request).await
         }
         _ => api::no_route(request.method(), &path),
     }
@@ -274,6 +279,9 @@ struct Upload {
     parts: Option<Vec<PartUrl>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     complete_url: Option<String>,
+    /// Where the URLs of the parts listed without one come from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts_url: Option<String>,
     status_url: String,
 }
 
@@ -370,6 +378,7 @@ async fn create_upload(
         upload_id: None,
         parts: None,
         complete_url: None,
+        parts_url: None,
         status_url: format!("{prefix}/v1/batches/{}", batch.batch_id),
     };
     if upload.size_bytes <= ctx.upload_part_bytes {
@@ -389,6 +398,10 @@ async fn create_upload(
             .await;
         match started {
             Ok(m) => {
+                if m.parts.iter().any(|p| p.url.is_none()) {
+                    answer.parts_url =
+                        Some(format!("{prefix}/v1/batches/{}/parts", batch.batch_id));
+                }
                 answer.upload_id = Some(m.upload_id);
                 answer.parts = Some(m.parts);
                 answer.complete_url =
@@ -398,6 +411,104 @@ async fn create_upload(
         }
     }
     api::json(StatusCode::CREATED, &answer)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartsRequest {
+    upload_id: String,
+    part_numbers: Vec<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct PartUrls {
+    expires_at: String,
+    parts: Vec<PartOnly>,
+}
+
+#[derive(Debug, Serialize)]
+struct PartOnly {
+    part_number: u32,
+    url: String,
+}
+
+/// `POST /v1/batches/{batch_id}/parts`: the URLs of parts an upload's
+/// answer listed without one (it holds at most [`PART_URLS_PER_ANSWER`]),
+/// at most that many at a time.
+async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> Response<Bytes> {
+    let not_found = || {
+        api::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("there is no batch `{batch_id}`"),
+        )
+    };
+    let Ok(id) = batch_id.parse::<uuid::Uuid>() else {
+        return not_found();
+    };
+    let asked: PartsRequest = match serde_json::from_slice(request.body()) {
+        Ok(a) => a,
+        Err(e) => {
+            return api::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body must be a JSON object with `upload_id` and `part_numbers`: {e}"),
+            );
+        }
+    };
+    let max_part = MAX_PARTS as u32;
+    if asked.upload_id.is_empty()
+        || asked.part_numbers.is_empty()
+        || asked.part_numbers.len() > PART_URLS_PER_ANSWER
+        || asked
+            .part_numbers
+            .iter()
+            .any(|n| !(1..=max_part).contains(n))
+    {
+        return api::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "`upload_id` must be given and `part_numbers` must hold 1 to {PART_URLS_PER_ANSWER} part numbers from 1 to {max_part}"
+            ),
+        );
+    }
+    let batch = match ctx.pool.get().await {
+        Ok(client) => match db::batch(&**client, id).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return not_found(),
+            Err(e) => return api::unavailable("the database", &e),
+        },
+        Err(e) => return api::unavailable("the database", &e),
+    };
+    let expires = chrono::Utc::now().timestamp() + UPLOAD_EXPIRY_SECONDS;
+    let urls = match ctx
+        .store
+        .presign_parts(
+            &batch.object_key,
+            &asked.upload_id,
+            &asked.part_numbers,
+            expires,
+        )
+        .await
+    {
+        Ok(urls) => urls,
+        Err(e) => return api::unavailable("storage", &e),
+    };
+    api::json(
+        StatusCode::OK,
+        &PartUrls {
+            expires_at: chrono::DateTime::from_timestamp(expires, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            parts: asked
+                .part_numbers
+                .iter()
+                .zip(urls)
+                .map(|(&part_number, url)| PartOnly { part_number, url })
+                .collect(),
+        },
+    )
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -97,6 +97,7 @@ pub const ROUTES: &[(&[&str], &[&str])] = &[
     (&["v1", "datasets", "*", "records"], &["GET"]),
     (&["v1", "batches", "*"], &["GET"]),
     (&["v1", "batches", "*", "complete"], &["POST"]),
+    (&["v1", "batches", "*", "parts"], &["POST"]),
 ];
 
 /// The methods a path takes (none for a path that is not the API's).

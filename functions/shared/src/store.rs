@@ -45,8 +45,17 @@ pub struct PartUrl {
     pub part_number: u32,
     pub offset: u64,
     pub size: u64,
-    pub url: String,
+    /// The presigned URL, for the first [`PART_URLS_PER_ANSWER`] parts; the
+    /// others' come from [`Store::presign_parts`], a page at a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
+
+/// Presigned part URLs in one answer. Each takes about 1.5 KB with a
+/// session token, and Lambda answers at most 6 MB ("Lambda quotas":
+/// invocation payload, response): 10,000 parts' URLs would not fit, 1,000
+/// take about a quarter of it.
+pub const PART_URLS_PER_ANSWER: usize = 1000;
 
 /// A started multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,22 +258,47 @@ impl LocalStore {
         write_atomically(&dir.join("key"), key.as_bytes())
             .await
             .map_err(Self::io(key))?;
-        let parts = plan_parts(size, part_bytes)
+        let mut parts: Vec<PartUrl> = plan_parts(size, part_bytes)
             .into_iter()
-            .map(|(part_number, offset, size)| {
+            .map(|(part_number, offset, size)| PartUrl {
+                part_number,
+                offset,
+                size,
+                url: None,
+            })
+            .collect();
+        let first: Vec<u32> = parts
+            .iter()
+            .take(PART_URLS_PER_ANSWER)
+            .map(|p| p.part_number)
+            .collect();
+        for (part, url) in parts
+            .iter_mut()
+            .zip(self.presign_parts(key, &upload_id, &first, expires)?)
+        {
+            part.url = Some(url);
+        }
+        Ok(MultipartUpload { upload_id, parts })
+    }
+
+    /// Presigned URLs of some parts of an upload, in the order asked.
+    pub fn presign_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_numbers: &[u32],
+        expires: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        part_numbers
+            .iter()
+            .map(|&part_number| {
                 let target = UploadTarget::Part {
-                    upload_id: &upload_id,
+                    upload_id,
                     part_number,
                 };
-                Ok(PartUrl {
-                    part_number,
-                    offset,
-                    size,
-                    url: self.presign_put(key, expires, target)?,
-                })
+                self.presign_put(key, expires, target)
             })
-            .collect::<Result<_, StoreError>>()?;
-        Ok(MultipartUpload { upload_id, parts })
+            .collect()
     }
 
     /// Keeps an uploaded part (a file on the same file system) until the
@@ -698,27 +732,51 @@ impl S3Store {
             .upload_id()
             .ok_or_else(|| s3_error(key, "S3 answered no upload id"))?
             .to_string();
+        let mut parts: Vec<PartUrl> = plan_parts(size, part_bytes)
+            .into_iter()
+            .map(|(part_number, offset, size)| PartUrl {
+                part_number,
+                offset,
+                size,
+                url: None,
+            })
+            .collect();
+        let first: Vec<u32> = parts
+            .iter()
+            .take(PART_URLS_PER_ANSWER)
+            .map(|p| p.part_number)
+            .collect();
+        let urls = self.presign_parts(key, &upload_id, &first, expires).await?;
+        for (part, url) in parts.iter_mut().zip(urls) {
+            part.url = Some(url);
+        }
+        Ok(MultipartUpload { upload_id, parts })
+    }
+
+    /// Presigned UploadPart URLs of some parts of an upload, in the order asked.
+    pub async fn presign_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_numbers: &[u32],
+        expires: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let config = presigning(key, expires)?;
-        let mut parts = Vec::new();
-        for (part_number, offset, size) in plan_parts(size, part_bytes) {
+        let mut urls = Vec::with_capacity(part_numbers.len());
+        for &part_number in part_numbers {
             let request = self
                 .client
                 .upload_part()
                 .bucket(&self.bucket)
                 .key(key)
-                .upload_id(&upload_id)
+                .upload_id(upload_id)
                 .part_number(part_number as i32)
                 .presigned(config.clone())
                 .await
                 .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
-            parts.push(PartUrl {
-                part_number,
-                offset,
-                size,
-                url: request.uri().to_string(),
-            });
+            urls.push(request.uri().to_string());
         }
-        Ok(MultipartUpload { upload_id, parts })
+        Ok(urls)
     }
 
     /// Completes a multipart upload; S3 then announces the object.
@@ -845,6 +903,24 @@ impl Store {
         match self {
             Store::Local(store) => store.start_multipart(key, size, part_bytes, expires).await,
             Store::S3(store) => store.start_multipart(key, size, part_bytes, expires).await,
+        }
+    }
+
+    /// Presigned URLs of some parts of a started upload, in the order asked.
+    pub async fn presign_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_numbers: &[u32],
+        expires: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Local(store) => store.presign_parts(key, upload_id, part_numbers, expires),
+            Store::S3(store) => {
+                store
+                    .presign_parts(key, upload_id, part_numbers, expires)
+                    .await
+            }
         }
     }
 
@@ -1003,10 +1079,16 @@ mod upload_tests {
         let key = "raw/a/b.ndjson";
         let upload = store.start_multipart(key, 10, 4, 100).await.expect("start");
         assert_eq!(upload.parts.len(), 3);
-        assert!(upload.parts[1].url.contains(&format!(
-            "/local-uploads/{key}?uploadId={}&partNumber=2&expires=100&signature=",
-            upload.upload_id
-        )));
+        assert!(
+            upload.parts[1]
+                .url
+                .as_deref()
+                .unwrap_or("")
+                .contains(&format!(
+                    "/local-uploads/{key}?uploadId={}&partNumber=2&expires=100&signature=",
+                    upload.upload_id
+                ))
+        );
         let body = b"0123456789";
         let mut completed = Vec::new();
         // Parts may arrive in any order.

@@ -145,19 +145,22 @@ async fn s3_multipart_uploads_go_through_presigned_part_urls() {
     assert_eq!(sizes, vec![5 << 20, 5 << 20, 1 << 20]);
     let http = reqwest::Client::new();
     let mut completed = Vec::new();
+    // The last part's URL comes again from presign_parts, as for parts
+    // beyond the first page of an upload's answer.
+    let again = store
+        .presign_parts(key, &upload.upload_id, &[3], expires)
+        .await
+        .expect("presign parts");
     for part in &upload.parts {
-        assert!(part.url.contains("X-Amz-Signature="), "{}", part.url);
-        assert!(
-            part.url
-                .contains(&format!("partNumber={}", part.part_number))
-        );
+        let url = if part.part_number == 3 {
+            again[0].clone()
+        } else {
+            part.url.clone().expect("url")
+        };
+        assert!(url.contains("X-Amz-Signature="), "{url}");
+        assert!(url.contains(&format!("partNumber={}", part.part_number)));
         let bytes = body[part.offset as usize..(part.offset + part.size) as usize].to_vec();
-        let response = http
-            .put(&part.url)
-            .body(bytes)
-            .send()
-            .await
-            .expect("PUT part");
+        let response = http.put(&url).body(bytes).send().await.expect("PUT part");
         assert!(response.status().is_success(), "{}", response.status());
         let etag = response.headers()["etag"]
             .to_str()
