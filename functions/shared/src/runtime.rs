@@ -134,8 +134,23 @@ pub fn iam_pool(
     build(manager, size, "the database pool")
 }
 
-/// The pool the templates configure: `DB_HOSTS` (one is chosen per process
-/// when there are several replicas), `DB_PORT`, `DB_NAME`, `DB_USER`, IAM
+/// The host one process reads from, of the comma-separated `DB_HOSTS`,
+/// chosen at random: Lambda's execution environments all start their
+/// process with the same PID, so a choice by PID sent every read to one
+/// replica. `RandomState` is seeded from the OS's randomness.
+fn choose_host<'a>(hosts: &[&'a str]) -> Option<&'a str> {
+    use std::hash::{BuildHasher, Hasher};
+    if hosts.is_empty() {
+        return None;
+    }
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    hosts.get((random % hosts.len() as u64) as usize).copied()
+}
+
+/// The pool the templates configure: `DB_HOSTS` (one is chosen at random
+/// per process when there are several replicas), `DB_PORT`, `DB_NAME`, `DB_USER`, IAM
 /// authentication with the function's credentials, and TLS checked against
 /// `PGSSLROOTCERT` (default: `rds-ca.pem` beside the executable).
 async fn aws_pool(config: &aws_config::SdkConfig) -> Result<deadpool_postgres::Pool, ConfigError> {
@@ -145,9 +160,7 @@ async fn aws_pool(config: &aws_config::SdkConfig) -> Result<deadpool_postgres::P
         .map(str::trim)
         .filter(|h| !h.is_empty())
         .collect();
-    let host = hosts
-        .get(std::process::id() as usize % hosts.len().max(1))
-        .ok_or(ConfigError::Missing("DB_HOSTS"))?;
+    let host = choose_host(&hosts).ok_or(ConfigError::Missing("DB_HOSTS"))?;
     let port = var("DB_PORT")?
         .parse()
         .map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
@@ -364,4 +377,21 @@ pub fn init_logs() {
         .with_current_span(false)
         .without_time()
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_replica_gets_picked() {
+        let hosts = ["replica-1", "replica-2"];
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            seen.insert(choose_host(&hosts).expect("a host"));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), hosts);
+        assert_eq!(choose_host(&["only"]), Some("only"));
+        assert_eq!(choose_host(&[]), None);
+    }
 }
