@@ -99,7 +99,15 @@ fn two_clean_clones_build_byte_identical_packages() {
 
         let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bx)).expect("zip archive");
         let names: Vec<&str> = archive.file_names().collect();
-        assert_eq!(names, ["bootstrap", "datasets.json", "rds-ca.pem"]);
+        assert_eq!(
+            names,
+            [
+                "amazon-root-ca.pem",
+                "bootstrap",
+                "datasets.json",
+                "rds-ca.pem"
+            ]
+        );
         let mut bootstrap = Vec::new();
         std::io::Read::read_to_end(
             &mut archive.by_name("bootstrap").expect("bootstrap"),

@@ -222,8 +222,12 @@ pub fn cargo_lambda(
     Ok(lambda_dir)
 }
 
+/// Amazon Root CA 1 to 4, the trust roots of RDS Proxy endpoints.
+pub const AMAZON_ROOT_CAS: &[u8] = include_bytes!("../../../certs/amazon-root-ca.pem");
+
 /// Zips a built function: `bootstrap`, the datasets it serves, and the CA
-/// bundle it checks the database's certificate against.
+/// bundles it checks the database's certificates against (the RDS CAs for
+/// instances, the Amazon Root CAs for RDS Proxy).
 pub fn package(
     function: &str,
     architecture: &str,
@@ -252,6 +256,13 @@ pub fn package(
         entries.push(Entry {
             name: "rds-ca.pem",
             bytes: ca,
+            mode: 0o100644,
+        });
+        // RDS Proxy endpoints present ACM certificates, which chain to the
+        // Amazon Root CAs, not to the RDS CAs.
+        entries.push(Entry {
+            name: "amazon-root-ca.pem",
+            bytes: AMAZON_ROOT_CAS,
             mode: 0o100644,
         });
     }

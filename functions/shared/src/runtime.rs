@@ -167,7 +167,7 @@ async fn aws_pool(config: &aws_config::SdkConfig) -> Result<deadpool_postgres::P
             what: "DB_PORT".into(),
             detail: e.to_string(),
         })?;
-    let roots = root_file();
+    let roots = roots_for(host);
     let credentials = config
         .credentials_provider()
         .ok_or(ConfigError::Missing("AWS credentials"))?;
@@ -264,15 +264,38 @@ pub async fn admin_context(ctx: &Context) -> Result<Context, ConfigError> {
     })
 }
 
+/// Whether a host is an RDS Proxy endpoint
+/// (`<proxy>.proxy-<id>.<region>.rds.amazonaws.com`, or a custom endpoint
+/// `<endpoint>.endpoint.proxy-<id>...`).
+pub fn is_proxy_endpoint(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    labels.contains(&"rds") && labels.iter().skip(1).any(|l| l.starts_with("proxy-"))
+}
+
+/// The trust roots of a database host. RDS Proxy presents certificates from
+/// ACM, which chain to the Amazon Root CAs ("Using TLS/SSL with RDS Proxy"):
+/// `PGSSLROOTCERT_PROXY`, or `amazon-root-ca.pem` beside the executable.
+/// DB instances present RDS CA certificates: [`root_file`].
+fn roots_for(host: &str) -> Option<PathBuf> {
+    if !is_proxy_endpoint(host) {
+        return root_file();
+    }
+    std::env::var_os("PGSSLROOTCERT_PROXY")
+        .map(PathBuf::from)
+        .or_else(|| beside_executable("amazon-root-ca.pem"))
+}
+
+fn beside_executable(name: &str) -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(name)))
+}
+
 /// `PGSSLROOTCERT`, or `rds-ca.pem` beside the executable.
 fn root_file() -> Option<PathBuf> {
     std::env::var_os("PGSSLROOTCERT")
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(|d| d.join("rds-ca.pem")))
-        })
+        .or_else(|| beside_executable("rds-ca.pem"))
 }
 
 /// TLS that trusts only the CA certificates of a PEM file.
@@ -381,6 +404,38 @@ pub fn init_logs() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn proxy_endpoints_are_checked_against_the_amazon_root_cas() {
+        use super::{is_proxy_endpoint, roots_for};
+        for proxy in [
+            "pipeline-prod.proxy-c1x2y3z4.eu-west-1.rds.amazonaws.com",
+            "reads.endpoint.proxy-c1x2y3z4.eu-west-1.rds.amazonaws.com",
+        ] {
+            assert!(is_proxy_endpoint(proxy), "{proxy}");
+            let file = roots_for(proxy).unwrap_or_default();
+            assert_eq!(
+                file.file_name().and_then(|f| f.to_str()),
+                Some("amazon-root-ca.pem")
+            );
+        }
+        for instance in [
+            "pipeline-prod.c1x2y3z4.eu-west-1.rds.amazonaws.com",
+            "pipeline-prod-replica-1.c1x2y3z4.eu-west-1.rds.amazonaws.com",
+            "127.0.0.1",
+        ] {
+            assert!(!is_proxy_endpoint(instance), "{instance}");
+            let file = roots_for(instance).unwrap_or_default();
+            assert_eq!(
+                file.file_name().and_then(|f| f.to_str()),
+                Some("rds-ca.pem")
+            );
+        }
+        // The shipped Amazon Root CAs load as trust roots.
+        let shipped =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../certs/amazon-root-ca.pem");
+        assert!(super::tls(Some(shipped)).is_ok());
+    }
+
     use super::*;
 
     #[test]
