@@ -187,3 +187,134 @@ fn image_functions_name_their_image_and_zip_functions_their_package() {
         .map(|p| p.source.clone());
     assert_eq!(source, Some(Source::Asset { asset: "query" }));
 }
+
+/// A rendered template of a shipped environment, as JSON.
+fn template(env: &str, file: &str) -> serde_json::Value {
+    let files = synth(env).files;
+    let text = &files
+        .iter()
+        .find(|(n, _)| n == file)
+        .unwrap_or_else(|| panic!("{env} has no {file}"))
+        .1;
+    serde_json::from_str(text).expect("json")
+}
+
+/// The statements of the inline policy of a function's role.
+fn role_statements(app: &serde_json::Value, role: &str) -> Vec<serde_json::Value> {
+    app["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("{role} has no inline policy"))
+}
+
+/// A statement's actions, whether one string or a list.
+fn actions(statement: &serde_json::Value) -> Vec<String> {
+    match &statement["Action"] {
+        serde_json::Value::String(a) => vec![a.clone()],
+        serde_json::Value::Array(list) => list
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn whoever_sends_to_the_encrypted_queue_may_make_data_keys_with_its_key() {
+    for env in SHIPPED {
+        let app = template(env, "app.template.json");
+        for role in ["IngestRole", "LoaderRole", "QueryRole"] {
+            let statements = role_statements(&app, role);
+            let sends = statements.iter().any(|s| {
+                actions(s)
+                    .iter()
+                    .any(|a| a == "sqs:SendMessage" || a == "s3:PutObject")
+            });
+            let key: Vec<&serde_json::Value> = statements
+                .iter()
+                .filter(|s| actions(s).iter().any(|a| a.starts_with("kms:")))
+                .collect();
+            assert_eq!(key.len(), 1, "{env} {role}");
+            assert_eq!(key[0]["Resource"], serde_json::json!({"Ref": "KeyArn"}));
+            let key_actions = actions(key[0]);
+            assert!(key_actions.contains(&"kms:Decrypt".to_string()));
+            assert_eq!(
+                key_actions.contains(&"kms:GenerateDataKey".to_string()),
+                sends,
+                "{env} {role}: {key_actions:?}"
+            );
+        }
+        // The loader fans chunks out through the queue.
+        let loader = role_statements(&app, "LoaderRole");
+        assert!(
+            loader
+                .iter()
+                .any(|s| actions(s).contains(&"sqs:SendMessage".to_string()))
+        );
+    }
+}
+
+#[test]
+fn the_functions_that_read_raw_batches_may_list_the_raw_prefix() {
+    for env in SHIPPED {
+        let app = template(env, "app.template.json");
+        for (role, lists) in [
+            ("IngestRole", true),
+            ("LoaderRole", true),
+            ("QueryRole", false),
+        ] {
+            let listing: Vec<serde_json::Value> = role_statements(&app, role)
+                .into_iter()
+                .filter(|s| actions(s).iter().any(|a| a.starts_with("s3:List")))
+                .collect();
+            if !lists {
+                assert!(listing.is_empty(), "{env} {role}");
+                continue;
+            }
+            assert_eq!(listing.len(), 1, "{env} {role}");
+            let s = &listing[0];
+            assert_eq!(actions(s), ["s3:ListBucket"], "{env} {role}");
+            assert_eq!(s["Effect"], "Allow");
+            assert_eq!(
+                s["Resource"],
+                serde_json::json!({"Fn::Sub": "arn:${AWS::Partition}:s3:::${RawBucketName}"})
+            );
+            assert_eq!(
+                s["Condition"],
+                serde_json::json!({"StringLike": {"s3:prefix": ["raw/*"]}}),
+                "{env} {role}"
+            );
+        }
+    }
+}
+
+/// The functions log in with IAM and hold no password, so prod's RDS Proxy
+/// authenticates them with IAM end to end: no database secrets for it, and
+/// its role may connect to the primary as the writing functions' users only.
+#[test]
+fn the_rds_proxy_uses_iam_end_to_end() {
+    let data = template("prod", "data.template.json");
+    let proxy = &data["Resources"]["Proxy"]["Properties"];
+    assert_eq!(proxy["DefaultAuthScheme"], "IAM_AUTH");
+    assert!(proxy.get("Auth").is_none(), "{proxy}");
+    assert_eq!(proxy["RequireTLS"], true);
+    let statements = role_statements(&data, "ProxyRole");
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    assert_eq!(actions(&statements[0]), ["rds-db:connect"]);
+    let users: Vec<String> = statements[0]["Resource"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["Fn::Sub"].as_str())
+        .map(|arn| arn.rsplit('/').next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(users, ["pipeline_ingest", "pipeline_loader"]);
+    let resources = data["Resources"].as_object().expect("resources");
+    assert!(
+        !resources.contains_key("IngestDbSecret") && !resources.contains_key("LoaderDbSecret"),
+        "no password secrets for the functions' users"
+    );
+    // The dev-sized environments have no proxy at all.
+    let dev = template("dev", "data.template.json");
+    assert!(dev["Resources"].get("Proxy").is_none());
+}

@@ -736,7 +736,17 @@ pub struct FunctionContext {
     /// Whether it reads the raw bucket / writes it / consumes the queue / reads the replicas / reads the secret.
     pub reads_raw: bool,
     pub writes_raw: bool,
+    /// Whether it looks objects up under `raw/` and so needs `s3:ListBucket`
+    /// there: without it S3 answers HeadObject of a missing key with 403,
+    /// not 404 (Amazon S3 API Reference, HeadObject: Permissions).
+    pub lists_raw: bool,
     pub consumes_queue: bool,
+    /// Whether it sends messages to the KMS-encrypted queue (the loader's chunk fan-out).
+    pub sends_to_queue: bool,
+    /// Whether it needs `kms:GenerateDataKey` on the environment key: writers of
+    /// SSE-KMS objects, and producers of an encrypted queue (Amazon SQS
+    /// Developer Guide, Key management: Configure KMS permissions for producers).
+    pub makes_data_keys: bool,
     pub reads_replicas: bool,
     pub reads_secret: bool,
     pub behind_api: bool,
@@ -903,6 +913,8 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
                     format!("`functions.{name}.reserved_concurrency` is null in the spec: scaled-down accounts keep their concurrency unreserved"),
                 ));
             }
+            let writes_raw = *name == "ingest";
+            let sends_to_queue = *name == "loader";
             FunctionContext {
                 name,
                 id: pascal(name),
@@ -915,8 +927,11 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
                 image: f.package == Packaging::Image,
                 db_user: format!("pipeline_{name}"),
                 reads_raw: *name == "loader",
-                writes_raw: *name == "ingest",
+                writes_raw,
+                lists_raw: matches!(*name, "ingest" | "loader"),
                 consumes_queue: *name == "loader",
+                sends_to_queue,
+                makes_data_keys: writes_raw || sends_to_queue,
                 reads_replicas: *name == "query",
                 reads_secret: *name == "loader",
                 behind_api,
