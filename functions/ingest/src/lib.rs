@@ -432,10 +432,10 @@ struct PartOnly {
     url: String,
 }
 
-/// `POST /v1/batches/{batch_id}/parts`: the URLs of parts an upload's
-/// answer listed without one (it holds at most [`PART_URLS_PER_ANSWER`]),
-/// at most that many at a time.
-async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> Response<Bytes> {
+/// The batch of a path's `{batch_id}`, or the answer: 404 when there is no
+/// such batch, 503 when the database does not answer.
+#[allow(clippy::result_large_err)]
+async fn find_batch(ctx: &Context, batch_id: &str) -> Result<db::Batch, Response<Bytes>> {
     let not_found = || {
         api::error(
             StatusCode::NOT_FOUND,
@@ -443,8 +443,26 @@ async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> R
             format!("there is no batch `{batch_id}`"),
         )
     };
-    let Ok(id) = batch_id.parse::<uuid::Uuid>() else {
-        return not_found();
+    let id = batch_id.parse::<uuid::Uuid>().map_err(|_| not_found())?;
+    let client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| api::unavailable("the database", &e))?;
+    match db::batch(&**client, id).await {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err(not_found()),
+        Err(e) => Err(api::unavailable("the database", &e)),
+    }
+}
+
+/// `POST /v1/batches/{batch_id}/parts`: the URLs of parts an upload's
+/// answer listed without one (it holds at most [`PART_URLS_PER_ANSWER`]),
+/// at most that many at a time.
+async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> Response<Bytes> {
+    let batch = match find_batch(ctx, batch_id).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let asked: PartsRequest = match serde_json::from_slice(request.body()) {
         Ok(a) => a,
@@ -473,14 +491,6 @@ async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> R
             ),
         );
     }
-    let batch = match ctx.pool.get().await {
-        Ok(client) => match db::batch(&**client, id).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return not_found(),
-            Err(e) => return api::unavailable("the database", &e),
-        },
-        Err(e) => return api::unavailable("the database", &e),
-    };
     let expires = chrono::Utc::now().timestamp() + UPLOAD_EXPIRY_SECONDS;
     let urls = match ctx
         .store
@@ -534,15 +544,9 @@ async fn complete_upload(
     batch_id: &str,
     request: &Request<Bytes>,
 ) -> Response<Bytes> {
-    let not_found = || {
-        api::error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("there is no batch `{batch_id}`"),
-        )
-    };
-    let Ok(id) = batch_id.parse::<uuid::Uuid>() else {
-        return not_found();
+    let batch = match find_batch(ctx, batch_id).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let complete: CompleteRequest = match serde_json::from_slice(request.body()) {
         Ok(c) => c,
@@ -555,14 +559,6 @@ async fn complete_upload(
                 ),
             );
         }
-    };
-    let batch = match ctx.pool.get().await {
-        Ok(client) => match db::batch(&**client, id).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return not_found(),
-            Err(e) => return api::unavailable("the database", &e),
-        },
-        Err(e) => return api::unavailable("the database", &e),
     };
     let metadata = BTreeMap::from([
         ("batch-id".to_string(), batch.batch_id.to_string()),

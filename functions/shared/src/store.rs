@@ -83,6 +83,26 @@ pub fn plan_parts(size: u64, part_bytes: u64) -> Vec<(u32, u64, u64)> {
         .collect()
 }
 
+/// The parts of an upload without their URLs, and the numbers of those
+/// whose URLs come with the upload's answer.
+fn unsigned_parts(size: u64, part_bytes: u64) -> (Vec<PartUrl>, Vec<u32>) {
+    let parts: Vec<PartUrl> = plan_parts(size, part_bytes)
+        .into_iter()
+        .map(|(part_number, offset, size)| PartUrl {
+            part_number,
+            offset,
+            size,
+            url: None,
+        })
+        .collect();
+    let first = parts
+        .iter()
+        .take(PART_URLS_PER_ANSWER)
+        .map(|p| p.part_number)
+        .collect();
+    (parts, first)
+}
+
 /// What is known of a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -258,20 +278,7 @@ impl LocalStore {
         write_atomically(&dir.join("key"), key.as_bytes())
             .await
             .map_err(Self::io(key))?;
-        let mut parts: Vec<PartUrl> = plan_parts(size, part_bytes)
-            .into_iter()
-            .map(|(part_number, offset, size)| PartUrl {
-                part_number,
-                offset,
-                size,
-                url: None,
-            })
-            .collect();
-        let first: Vec<u32> = parts
-            .iter()
-            .take(PART_URLS_PER_ANSWER)
-            .map(|p| p.part_number)
-            .collect();
+        let (mut parts, first) = unsigned_parts(size, part_bytes);
         for (part, url) in parts
             .iter_mut()
             .zip(self.presign_parts(key, &upload_id, &first, expires)?)
@@ -732,20 +739,7 @@ impl S3Store {
             .upload_id()
             .ok_or_else(|| s3_error(key, "S3 answered no upload id"))?
             .to_string();
-        let mut parts: Vec<PartUrl> = plan_parts(size, part_bytes)
-            .into_iter()
-            .map(|(part_number, offset, size)| PartUrl {
-                part_number,
-                offset,
-                size,
-                url: None,
-            })
-            .collect();
-        let first: Vec<u32> = parts
-            .iter()
-            .take(PART_URLS_PER_ANSWER)
-            .map(|p| p.part_number)
-            .collect();
+        let (mut parts, first) = unsigned_parts(size, part_bytes);
         let urls = self.presign_parts(key, &upload_id, &first, expires).await?;
         for (part, url) in parts.iter_mut().zip(urls) {
             part.url = Some(url);
