@@ -127,7 +127,14 @@ fn prod_keeps_its_data_and_dev_does_not() {
     };
     let prod = data("prod");
     assert_eq!(prod["Resources"]["Database"]["DeletionPolicy"], "Snapshot");
-    assert_eq!(prod["Resources"]["RawBucket"]["DeletionPolicy"], "Retain");
+    assert_eq!(
+        prod["Resources"]["RawBucket"]["DeletionPolicy"],
+        "RetainExceptOnCreate"
+    );
+    assert_eq!(
+        prod["Resources"]["RawBucket"]["UpdateReplacePolicy"],
+        "Retain"
+    );
     assert_eq!(
         prod["Resources"]["Database"]["Properties"]["DeletionProtection"],
         true
@@ -317,4 +324,37 @@ fn the_rds_proxy_uses_iam_end_to_end() {
     // The dev-sized environments have no proxy at all.
     let dev = template("dev", "data.template.json");
     assert!(dev["Resources"].get("Proxy").is_none());
+}
+
+#[test]
+fn kept_resources_go_when_the_create_that_made_them_rolls_back() {
+    for env in SHIPPED {
+        let synthesis = synth(env);
+        let mut kept = 0;
+        for (name, text) in synthesis
+            .files
+            .iter()
+            .filter(|(n, _)| n.ends_with(".template.json"))
+        {
+            let template: serde_json::Value = serde_json::from_str(text).expect("json");
+            for (id, resource) in template["Resources"].as_object().into_iter().flatten() {
+                let deletion = resource["DeletionPolicy"].as_str().unwrap_or("Delete");
+                let replace = resource["UpdateReplacePolicy"].as_str().unwrap_or("Delete");
+                // A retained resource with a fixed name would make the create
+                // that follows a rolled-back first create fail.
+                assert_ne!(deletion, "Retain", "{env}/{name} {id}");
+                // UpdateReplacePolicy takes Delete, Retain or Snapshot only.
+                assert!(
+                    matches!(replace, "Delete" | "Retain" | "Snapshot"),
+                    "{env}/{name} {id}: {replace}"
+                );
+                if deletion == "RetainExceptOnCreate" {
+                    assert_eq!(replace, "Retain", "{env}/{name} {id}");
+                    kept += 1;
+                }
+            }
+        }
+        // The bootstrap stack's bucket, role and repository at least.
+        assert!(kept >= 3, "{env}: {kept}");
+    }
 }

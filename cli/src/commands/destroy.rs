@@ -36,7 +36,8 @@ pub struct Kept {
     pub stack: String,
     pub resource: String,
     pub resource_type: String,
-    /// `Retain` (kept as it is) or `Snapshot` (a final snapshot is taken).
+    /// `Retain` or `RetainExceptOnCreate` (kept as it is), or `Snapshot` (a
+    /// final snapshot is taken).
     pub policy: String,
 }
 

@@ -78,9 +78,19 @@ pub struct Common {
     pub prefix: String,
     pub description: String,
     pub prod_like: bool,
-    /// Deletion and replace policy of resources that hold data.
-    pub keep_policy: &'static str,
+    /// Deletion policy of resources that hold data. Kept ones are
+    /// `RetainExceptOnCreate`: deleted when the create that made them rolls
+    /// back, so a fixed name is free again for the next create, and kept by
+    /// every other operation (CloudFormation Template Reference:
+    /// DeletionPolicy attribute).
+    pub deletion_policy: &'static str,
+    /// Their UpdateReplacePolicy, which takes Delete, Retain or Snapshot only
+    /// (CloudFormation Template Reference: UpdateReplacePolicy attribute).
+    pub replace_policy: &'static str,
 }
+
+/// The deletion policy of what outlives its stack.
+pub const KEEP: &str = "RetainExceptOnCreate";
 
 impl Common {
     fn new(env: &str, spec: &Spec, stack: &str, what: &str) -> Common {
@@ -91,7 +101,8 @@ impl Common {
             prefix: format!("{}-{env}", spec.project),
             description: format!("{} {env}: {stack} stack ({what})", spec.project),
             prod_like,
-            keep_policy: if prod_like { "Retain" } else { "Delete" },
+            deletion_policy: if prod_like { KEEP } else { "Delete" },
+            replace_policy: if prod_like { "Retain" } else { "Delete" },
         }
     }
 }
@@ -104,6 +115,9 @@ pub struct BootstrapContext {
     pub bucket_skips: Vec<Skip>,
     /// ECR lifecycle rules, as the JSON text ECR takes.
     pub lifecycle_policy: String,
+    /// Deletion policy of the bucket, role and repository, which outlive the
+    /// stack but not a rolled-back first create of it ([`KEEP`]).
+    pub keep: &'static str,
 }
 
 /// Images of each function the ECR repository keeps.
@@ -141,6 +155,7 @@ pub fn bootstrap(env: &str, spec: &Spec) -> BootstrapContext {
             "holds only build outputs named by their SHA-256, written by the deploy; CloudTrail records who wrote them",
         )],
         lifecycle_policy: lifecycle.to_string(),
+        keep: KEEP,
     }
 }
 
