@@ -22,6 +22,8 @@ struct Local {
     dir: tempfile::TempDir,
     http: reqwest::Client,
     args: Vec<String>,
+    /// Environment variables for the next (re)start.
+    vars: Vec<(String, String)>,
 }
 
 impl Local {
@@ -35,8 +37,9 @@ impl Local {
         let env = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let dir = common::workspace(&[(&format!("{env}.yaml"), &format!("extends: dev\n{extra}"))]);
         let mut local = Local {
-            child: spawn(dir.path(), &env, args),
+            child: spawn(dir.path(), &env, args, &[]),
             args: args.iter().map(|a| a.to_string()).collect(),
+            vars: Vec::new(),
             url: String::new(),
             api_key: String::new(),
             env,
@@ -69,7 +72,7 @@ impl Local {
     fn restart(&mut self) {
         self.kill();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.child = spawn(self.dir.path(), &self.env, &args);
+        self.child = spawn(self.dir.path(), &self.env, &args, &self.vars);
         self.read_banner();
     }
 
@@ -165,7 +168,7 @@ impl Drop for Local {
     }
 }
 
-fn spawn(dir: &Path, env: &str, extra: &[&str]) -> Child {
+fn spawn(dir: &Path, env: &str, extra: &[&str], vars: &[(String, String)]) -> Child {
     let data: PathBuf = dir.join("data");
     Command::new(env!("CARGO_BIN_EXE_pipeline"))
         .args([
@@ -182,6 +185,7 @@ fn spawn(dir: &Path, env: &str, extra: &[&str]) -> Child {
         ])
         .arg(&data)
         .args(extra)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .env("NO_COLOR", "1")
         .env(
@@ -837,6 +841,136 @@ async fn a_large_batch_loads_in_parallel_chunks_exactly_once() {
         kind, "chunked",
         "the first occurrence wins under on_conflict: ignore"
     );
+    let staging = count(
+        &db,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'pipeline' AND tablename LIKE 'stage_%'",
+    )
+    .await;
+    assert_eq!(staging, 0);
+}
+
+/// Polls until `sql` (a count) is above zero, or fails after 30 s with `what`.
+async fn wait_for(db: &tokio_postgres::Client, sql: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(db, sql).await == 0 {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until a statement starting with `prefix` of `pipeline local` waits
+/// for a lock the test holds.
+async fn wait_for_lock(db: &tokio_postgres::Client, prefix: &str) {
+    wait_for(
+        db,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE '{prefix}%'"
+        ),
+        &format!("a wait of `{prefix}...` for the test's lock"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunked_load_killed_at_each_step_loads_exactly_once_after_restarts() {
+    let mut local = Local::start_with("", &["--chunk-size", "20000", "--workers", "2"]).await;
+    let db = local.db().await;
+    let blocker = local.db().await;
+    // 3000 records, about 500 kB: some 25 chunks.
+    const RECORDS: i64 = 3000;
+    let body: String = (1..=RECORDS as u32).map(|i| event(i, "crash")).collect();
+
+    // 1. Killed while beginning: its staging table waits for the dataset's table.
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE public.events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let (status, accepted) = local
+        .post("/v1/datasets/events/batches", "application/x-ndjson", body)
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let batch_id = accepted["batch_id"].as_str().expect("id").to_string();
+    let stage = format!("pipeline.\"stage_{}\"", batch_id.replace('-', ""));
+    let chunks_sql =
+        format!("SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = '{batch_id}'");
+    let loaded_sql = format!("{chunks_sql} AND status = 'loaded'");
+    wait_for_lock(&db, "CREATE UNLOGGED TABLE").await;
+    local.kill();
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    assert_eq!(count(&db, &chunks_sql).await, 0);
+
+    // 2. Killed with some chunks loaded and others leased by the dead process.
+    local.vars = vec![(
+        "PIPELINE_LOCAL_TEST_PAUSE_AFTER_CHUNKS".to_string(),
+        "4".to_string(),
+    )];
+    local.restart();
+    wait_for(
+        &db,
+        &format!("SELECT count(*) FROM ({loaded_sql}) n WHERE count = 4"),
+        "the load of the first 4 chunks",
+    )
+    .await;
+    local.kill();
+    let chunks = count(&db, &chunks_sql).await;
+    assert!(chunks > 20, "{chunks} chunks");
+    assert_eq!(count(&db, "SELECT count(*) FROM public.events").await, 0);
+
+    // 3. Killed in the middle of chunks' COPY, which waits for the staging table.
+    local.vars.clear();
+    blocker
+        .batch_execute(&format!("BEGIN; LOCK TABLE {stage} IN SHARE MODE"))
+        .await
+        .expect("lock");
+    local.restart();
+    wait_for_lock(&db, "COPY pipeline.").await;
+    local.kill();
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    assert_eq!(count(&db, &loaded_sql).await, 4);
+
+    // 4. Killed during the final merge, which waits for the dataset's table.
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE public.events IN SHARE MODE")
+        .await
+        .expect("lock");
+    local.restart();
+    wait_for_lock(&db, "INSERT INTO public.\"events\"").await;
+    local.kill();
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    assert_eq!(count(&db, &loaded_sql).await, chunks);
+    assert_eq!(count(&db, "SELECT count(*) FROM public.events").await, 0);
+    let status: String = db
+        .query_one(
+            "SELECT status FROM pipeline.batches WHERE batch_id = $1::text::uuid",
+            &[&batch_id],
+        )
+        .await
+        .expect("batch")
+        .get(0);
+    assert_eq!(status, "loading");
+
+    // 5. Restarted once more: loaded, exactly once.
+    local.restart();
+    let batch = local.settled(&batch_id).await;
+    assert_eq!(
+        (
+            batch["status"].clone(),
+            batch["records"].clone(),
+            batch["inserted"].clone(),
+            batch["duplicates"].clone()
+        ),
+        (json!("loaded"), json!(RECORDS), json!(RECORDS), json!(0))
+    );
+    let rows = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT event_id), count(DISTINCT user_id), min(user_id), max(user_id) FROM public.events",
+            &[],
+        )
+        .await
+        .expect("rows");
+    let rows: Vec<i64> = (0..5).map(|i| rows.get(i)).collect();
+    assert_eq!(rows, [RECORDS, RECORDS, RECORDS, 1, RECORDS]);
     let staging = count(
         &db,
         "SELECT count(*) FROM pg_tables WHERE schemaname = 'pipeline' AND tablename LIKE 'stage_%'",

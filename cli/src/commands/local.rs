@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use pipeline_shared::api::Context;
@@ -36,6 +36,15 @@ const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
 const MAX_LOCAL_RETRY: Duration = Duration::from_secs(30);
 /// How often idle workers look for messages they were not told about.
 const POLL: Duration = Duration::from_millis(500);
+/// Test hook, not a setting: with `PIPELINE_LOCAL_TEST_PAUSE_AFTER_CHUNKS=N`
+/// this process's workers hand at most N chunk messages to the loader, one
+/// message at a time; a worker that receives one more keeps it (and the rest
+/// of what it received) leased and waits until the process is killed. Tests
+/// use it to kill `pipeline local` with some chunks of a batch loaded and
+/// others leased by the dead process.
+const PAUSE_AFTER_CHUNKS: &str = "PIPELINE_LOCAL_TEST_PAUSE_AFTER_CHUNKS";
+/// Chunk messages handed to the loader by this process (for the test hook).
+static CHUNKS_HANDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -211,7 +220,16 @@ CREATE TABLE IF NOT EXISTS pipeline.local_queue (
     sent_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS local_queue_visible_idx ON pipeline.local_queue (visible_at) WHERE NOT dead;
+-- The chunk a message carries (none for an S3 notification), and the run of
+-- `pipeline local` that received it last (see `RUN_LOCK`).
+ALTER TABLE pipeline.local_queue ADD COLUMN IF NOT EXISTS chunk integer;
+ALTER TABLE pipeline.local_queue ADD COLUMN IF NOT EXISTS leased_by integer;
 "#;
+
+/// Each run of `pipeline local` holds the advisory lock (this, its run
+/// number) for as long as it lives, so that another run can tell the leases
+/// of a dead run (its lock is free) from those of a live one.
+const RUN_LOCK: &str = "hashtext('pipeline.local_queue')";
 
 /// The S3 notification S3 would send for a stored object, field for field.
 fn s3_event(key: &str, size: u64) -> String {
@@ -262,29 +280,39 @@ impl Notify for QueueNotify {
 }
 
 impl ChunkQueue for QueueNotify {
+    /// Queues the messages at once, leaving out those of chunks that have a
+    /// message on the queue already (a batch's notification delivered again
+    /// asks for the chunks still pending, often still queued).
     fn send(&self, messages: Vec<ChunkMessage>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let tx = client.transaction().await.map_err(|e| e.to_string())?;
             for message in messages {
                 let body = serde_json::to_string(&ChunkBody {
                     chunk: message.clone(),
                 })
                 .map_err(|e| e.to_string())?;
-                client
-                    .execute(
-                        "INSERT INTO pipeline.local_queue (body, object_key) VALUES ($1, $2)",
-                        &[&body, &message.key],
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let chunk = message.chunk as i32;
+                tx.execute(
+                    "INSERT INTO pipeline.local_queue (body, object_key, chunk) SELECT $1, $2, $3
+                     WHERE NOT EXISTS (SELECT 1 FROM pipeline.local_queue WHERE object_key = $2 AND chunk = $3 AND NOT dead)",
+                    &[&body, &message.key, &chunk],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
             }
+            tx.commit().await.map_err(|e| e.to_string())?;
             self.wake.notify_waiters();
             Ok(())
         })
     }
 }
 
-/// After a crash: batches accepted but neither loaded nor queued go back on the queue.
+/// After a crash: batches accepted but neither loaded nor with their
+/// notification on the queue get it again. The chunks of a batch may be
+/// queued, but not all of them (a chunk's message can be dead) nor its merge
+/// (due after the last chunk's load): the notification makes the loader send
+/// the messages of the chunks still pending, or merge the batch.
 async fn recover(ctx: &Context) -> Result<usize, Error> {
     let client = ctx
         .pool
@@ -296,14 +324,15 @@ async fn recover(ctx: &Context) -> Result<usize, Error> {
         .map_err(|e| local_error("cannot read unfinished batches", e))?;
     let mut requeued = 0;
     for batch in batches {
-        let queued = client
-            .query_opt(
-                "SELECT 1 FROM pipeline.local_queue WHERE object_key = $1 AND NOT dead",
+        // A batch in chunks has a message per chunk: one row or more.
+        let queued: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pipeline.local_queue WHERE object_key = $1 AND chunk IS NULL AND NOT dead)",
                 &[&batch.object_key],
             )
             .await
             .map_err(|e| local_error("cannot read the queue", e))?
-            .is_some();
+            .get(0);
         if queued {
             continue;
         }
@@ -322,12 +351,38 @@ async fn recover(ctx: &Context) -> Result<usize, Error> {
     Ok(requeued)
 }
 
+/// After a crash: the messages that a dead run had received (a worker's
+/// lease) are visible again at once rather than when their lease ends. A
+/// message of a live run is left alone; one delivered twice would be a no-op.
+async fn reclaim(ctx: &Context, run: i32) -> Result<u64, Error> {
+    let client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| local_error("database", e))?;
+    client
+        .execute(
+            &format!(
+                "UPDATE pipeline.local_queue SET visible_at = now()
+                 WHERE NOT dead AND visible_at > now() AND leased_by IS DISTINCT FROM $1
+                   AND (leased_by IS NULL OR pg_try_advisory_xact_lock({RUN_LOCK}, leased_by))"
+            ),
+            &[&run],
+        )
+        .await
+        .map_err(|e| local_error("cannot reclaim the queue's leases", e))
+}
+
 /// Queue settings from the spec.
 #[derive(Debug, Clone, Copy)]
 struct QueueSettings {
+    /// This run's number (see [`RUN_LOCK`]).
+    run: i32,
     batch_size: i64,
     max_receives: i32,
     retry_after: Duration,
+    /// The test hook [`PAUSE_AFTER_CHUNKS`].
+    pause_after_chunks: Option<usize>,
 }
 
 /// One worker: receives messages as SQS would and hands them to the loader.
@@ -363,11 +418,11 @@ async fn receive_and_load(ctx: &Context, settings: QueueSettings) -> Result<usiz
     let retry = settings.retry_after.as_secs_f64();
     let rows = client
         .query(
-            "UPDATE pipeline.local_queue SET receives = receives + 1, visible_at = now() + make_interval(secs => $2)
+            "UPDATE pipeline.local_queue SET receives = receives + 1, visible_at = now() + make_interval(secs => $2), leased_by = $3
              WHERE id IN (SELECT id FROM pipeline.local_queue WHERE NOT dead AND visible_at <= now()
                           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING id, body, receives",
-            &[&settings.batch_size, &retry],
+            &[&settings.batch_size, &retry, &settings.run],
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -382,7 +437,10 @@ async fn receive_and_load(ctx: &Context, settings: QueueSettings) -> Result<usiz
         message.body = Some(row.get(1));
         event.records.push(message);
     }
-    let response = loader::handle(ctx, event).await;
+    let response = match settings.pause_after_chunks {
+        None => loader::handle(ctx, event).await,
+        Some(limit) => handle_until_paused(ctx, event, limit).await,
+    };
     let failed: Vec<i64> = response
         .batch_item_failures
         .iter()
@@ -413,6 +471,30 @@ async fn receive_and_load(ctx: &Context, settings: QueueSettings) -> Result<usiz
         }
     }
     Ok(rows.len())
+}
+
+/// The test hook [`PAUSE_AFTER_CHUNKS`]: hands the messages to the loader one
+/// by one, and waits forever instead of handing over one chunk too many.
+async fn handle_until_paused(ctx: &Context, event: SqsEvent, limit: usize) -> SqsBatchResponse {
+    use std::sync::atomic::Ordering;
+    let mut response = SqsBatchResponse::default();
+    for message in event.records {
+        let chunk = message
+            .body
+            .as_deref()
+            .is_some_and(|b| serde_json::from_str::<ChunkBody>(b).is_ok());
+        if chunk && CHUNKS_HANDED.fetch_add(1, Ordering::SeqCst) >= limit {
+            tracing::warn!("{PAUSE_AFTER_CHUNKS}: {limit} chunks handed over, pausing");
+            std::future::pending::<()>().await;
+        }
+        let mut single = SqsEvent::default();
+        single.records.push(message);
+        let handled = loader::handle(ctx, single).await;
+        response
+            .batch_item_failures
+            .extend(handled.batch_item_failures);
+    }
+    response
 }
 
 /// State of the HTTP server.
@@ -665,6 +747,28 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
             .await
             .map_err(|e| local_error("cannot create the local queue", e))?;
     }
+    // This run's lock, held by a connection kept until the process ends.
+    let run_lock = pool.get().await.map_err(|e| local_error("database", e))?;
+    let run = loop {
+        let run = uuid::Uuid::new_v4().as_u128() as i32;
+        let locked: bool = run_lock
+            .query_one(
+                &format!("SELECT pg_try_advisory_lock({RUN_LOCK}, $1)"),
+                &[&run],
+            )
+            .await
+            .map_err(|e| local_error("cannot lock the local queue", e))?
+            .get(0);
+        if locked {
+            break run;
+        }
+    };
+    let reclaimed = reclaim(&ctx, run).await?;
+    if reclaimed > 0 {
+        ui.info(format_args!(
+            "{reclaimed} messages received before the last stop are delivered again"
+        ));
+    }
     let requeued = recover(&ctx).await?;
     if requeued > 0 {
         ui.info(format_args!(
@@ -682,6 +786,7 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let settings = QueueSettings {
+        run,
         batch_size: i64::from(spec.queue.batch_size),
         max_receives: spec.queue.max_receives as i32,
         retry_after: match args.retry_after {
@@ -689,6 +794,9 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
             None => Duration::from_secs(u64::from(spec.queue.visibility_timeout_seconds))
                 .min(MAX_LOCAL_RETRY),
         },
+        pause_after_chunks: std::env::var(PAUSE_AFTER_CHUNKS)
+            .ok()
+            .and_then(|v| v.parse().ok()),
     };
     let workers: Vec<_> = (0..args.workers.max(1))
         .map(|_| tokio::spawn(worker(ctx.clone(), settings, wake.clone(), stop_rx.clone())))
@@ -718,6 +826,7 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
     for w in workers {
         let _ = w.await;
     }
+    drop(run_lock);
     ui.info("stopped");
     Ok(())
 }

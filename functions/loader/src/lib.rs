@@ -122,21 +122,29 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         .get()
         .await
         .map_err(|e| MessageError::Pool(e.to_string()))?;
-    if let Some(queue) = ctx.chunk_queue.as_ref().filter(|_| ctx.chunk_bytes > 0) {
-        let size = ctx
-            .store
-            .head(key)
-            .await
-            .map_err(DbError::from)?
-            .map_or(0, |i| i.size);
-        if size > ctx.chunk_bytes {
+    if let Some(queue) = ctx.chunk_queue.as_ref() {
+        // A batch begun in chunks goes on in chunks, whatever the chunk size
+        // is now (a restart with another `--chunk-size`, say).
+        let planned = chunks::planned(&client, batch_id).await?;
+        let size = if planned || ctx.chunk_bytes > 0 {
+            ctx.store
+                .head(key)
+                .await
+                .map_err(DbError::from)?
+                .map_or(0, |i| i.size)
+        } else {
+            0
+        };
+        if planned || (ctx.chunk_bytes > 0 && size > ctx.chunk_bytes) {
+            // The chunks recorded are kept: planning again only finds the CSV header.
+            let chunk_bytes = if planned {
+                size.max(1)
+            } else {
+                ctx.chunk_bytes
+            };
             let (ranges, header) = match dataset.format {
-                Format::Ndjson => (
-                    chunks::plan(&ctx.store, key, size, ctx.chunk_bytes).await,
-                    None,
-                ),
-                Format::Csv => match chunks::plan_csv(&ctx.store, key, size, ctx.chunk_bytes).await
-                {
+                Format::Ndjson => (chunks::plan(&ctx.store, key, size, chunk_bytes).await, None),
+                Format::Csv => match chunks::plan_csv(&ctx.store, key, size, chunk_bytes).await {
                     Ok((ranges, header)) => (Ok(ranges), Some(header)),
                     Err(e) => (Err(e), None),
                 },
@@ -149,6 +157,29 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
                     key: key.to_string(),
                     outcome: LoadOutcome::AlreadyDone { status },
                 }),
+                // Every chunk is in, but the batch was not merged (the loader
+                // of its last chunk died, say): merge it now.
+                Ok(Begin::Pending(messages)) if messages.is_empty() => {
+                    let store = &ctx.store;
+                    let finished = chunks::finish(&mut client, name, dataset, batch_id, |end| {
+                        store.get_range(key, 0, Some(end))
+                    })
+                    .await;
+                    match finished {
+                        Ok(Some(outcome)) => Ok(Handled::Loaded {
+                            key: key.to_string(),
+                            outcome,
+                        }),
+                        Ok(None) => Ok(Handled::Chunked {
+                            key: key.to_string(),
+                            chunks: 0,
+                        }),
+                        Err(DbError::NoBatch(_)) => {
+                            Ok(skipped("no batch was recorded for this object"))
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
                 Ok(Begin::Pending(messages)) => {
                     let chunks = messages.len();
                     queue.send(messages).await.map_err(MessageError::Pool)?;
@@ -201,14 +232,20 @@ pub async fn load_chunk(
         store.get_range(&message.key, message.start, Some(message.end))
     })
     .await?;
-    let finished = chunks::finish(
+    let finished = match chunks::finish(
         &mut client,
         &message.dataset,
         dataset,
         message.batch_id,
         |end| store.get_range(&message.key, 0, Some(end)),
     )
-    .await?;
+    .await
+    {
+        Ok(finished) => finished,
+        // The batch is gone (its object could not be stored): nothing to merge.
+        Err(DbError::NoBatch(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     Ok(Handled::Chunk {
         key: message.key.clone(),
         chunk: message.chunk,

@@ -9,6 +9,14 @@
 //! under the batch's row lock, with the dataset's conflict rule; a chunk with
 //! an invalid record fails the whole batch, with the record's line in the
 //! whole object.
+//!
+//! A loader may die at any point, and every message may come again: the
+//! chunks and the staging table are recorded in one transaction, once (a
+//! notification delivered again finds them and asks for the messages of the
+//! chunks still pending, or for the merge when none is); a chunk is loaded in
+//! one transaction that holds its row, so a death mid-COPY leaves it pending
+//! and a chunk loaded is never loaded again; the merge, the batch's status
+//! and the staging table's drop commit together, under the batch's lock.
 
 use std::future::Future;
 
@@ -217,9 +225,24 @@ pub enum Begin {
     Pending(Vec<ChunkMessage>),
 }
 
-/// Records the chunks of a batch and creates its staging table, once; on a
-/// redelivery, returns the chunks still pending so that their messages are
-/// sent again.
+/// Whether the chunks of a batch were recorded: such a batch is loaded in
+/// those chunks to the end, whatever the chunk size is now.
+pub async fn planned(client: &Client, batch_id: uuid::Uuid) -> Result<bool, DbError> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pipeline.batch_chunks WHERE batch_id = $1)",
+            &[&batch_id],
+        )
+        .await?
+        .get(0))
+}
+
+/// Records the chunks of a batch and creates its staging table, once, in one
+/// transaction (a loader that dies meanwhile leaves neither behind); on a
+/// redelivery, keeps the chunks recorded first (`ranges` are then ignored)
+/// and returns those still pending so that their messages are sent again.
+/// None pending while the batch is open means that its merge is still to do
+/// ([`finish`]).
 pub async fn begin(
     client: &mut Client,
     name: &str,
