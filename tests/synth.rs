@@ -358,3 +358,65 @@ fn kept_resources_go_when_the_create_that_made_them_rolls_back() {
         assert!(kept >= 3, "{env}: {kept}");
     }
 }
+
+#[test]
+fn a_first_create_can_roll_back_and_a_deployed_database_stays_protected() {
+    use pipeline_cli::synth::{Options, synthesize_with};
+    let data = |first_create: bool| -> serde_json::Value {
+        let mut loader = Loader::new(Some(common::repo().join("environments")));
+        let env = loader.load("prod").expect("prod loads");
+        let synthesis = synthesize_with(&env, Options { first_create }).expect("synth");
+        let text = &synthesis
+            .files
+            .iter()
+            .find(|(n, _)| n == "data.template.json")
+            .expect("data")
+            .1;
+        serde_json::from_str(text).expect("json")
+    };
+    let instances = ["Database", "Replica1", "Replica2"];
+    // A deployed database, and the updates of its stack, keep protection on.
+    let deployed = data(false);
+    for id in instances {
+        let r = &deployed["Resources"][id];
+        assert_eq!(r["Properties"]["DeletionProtection"], true, "{id}");
+        let skips = r["Metadata"]["checkov"]["skip"].as_array().cloned();
+        assert!(
+            skips
+                .unwrap_or_default()
+                .iter()
+                .all(|s| s["id"] != "CKV_AWS_293"),
+            "{id}"
+        );
+    }
+    // The create of the stack: a rollback must be able to delete them.
+    let first = data(true);
+    for id in instances {
+        let r = &first["Resources"][id];
+        assert_eq!(r["Properties"]["DeletionProtection"], false, "{id}");
+        let skips = r["Metadata"]["checkov"]["skip"].as_array().cloned();
+        assert!(
+            skips
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s["id"] == "CKV_AWS_293"),
+            "{id}"
+        );
+    }
+    // Nothing else differs.
+    let strip = |mut t: serde_json::Value| {
+        for id in instances {
+            let r = &mut t["Resources"][id];
+            r["Properties"]["DeletionProtection"] = serde_json::Value::Null;
+            r["Metadata"] = serde_json::Value::Null;
+        }
+        t
+    };
+    assert_eq!(strip(first), strip(deployed));
+    // The default synthesis is the deployed one.
+    assert_eq!(
+        template("prod", "data.template.json"),
+        data(false),
+        "synthesize renders the update"
+    );
+}

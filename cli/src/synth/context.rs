@@ -263,6 +263,7 @@ pub struct DbContext {
     pub max_storage_gb: Option<u32>,
     pub multi_az: bool,
     pub backup_retention_days: u8,
+    /// The spec's `database.deletion_protection`, except on a first create.
     pub deletion_protection: bool,
     pub proxy: bool,
     pub performance_insights: bool,
@@ -278,8 +279,9 @@ pub struct Replica {
     pub skips: Vec<Skip>,
 }
 
-/// The database skips that follow from a scaled-down spec.
-fn db_skips(spec: &Spec, replica: bool) -> Vec<Skip> {
+/// The database skips that follow from a scaled-down spec, or from a first
+/// create (`protected` false while the spec protects the database).
+fn db_skips(spec: &Spec, replica: bool, protected: bool) -> Vec<Skip> {
     let db = &spec.database;
     let mut skips = Vec::new();
     if replica {
@@ -293,6 +295,8 @@ fn db_skips(spec: &Spec, replica: bool) -> Vec<Skip> {
     }
     if !db.deletion_protection {
         skips.push(skip("CKV_AWS_293", "scaled-down environment: `database.deletion_protection` is false so that it can be torn down"));
+    } else if !protected {
+        skips.push(skip("CKV_AWS_293", "first create of the stack: a rollback must be able to delete the instance; the deploy turns protection on with an update right after the create"));
     }
     if db.enhanced_monitoring_seconds == 0 {
         skips.push(skip(
@@ -309,8 +313,19 @@ fn db_skips(spec: &Spec, replica: bool) -> Vec<Skip> {
     skips
 }
 
-pub fn data(env: &str, spec: &Spec) -> DataContext {
+/// The data stack. With `first_create` (the deploy creates the stack now),
+/// the database instances are rendered without deletion protection: a
+/// protected instance can't be deleted, so the rollback of a failed create
+/// would end in ROLLBACK_FAILED and the stack could not be created again.
+/// The deploy renders the stack again without `first_create` and updates it
+/// at once after the create succeeds, which turns protection on in place, so
+/// a database that holds data is protected from its first update on
+/// (CloudFormation Template Reference: AWS::RDS::DBInstance,
+/// DeletionProtection: "can't be deleted when deletion protection is
+/// enabled"; update requires no interruption).
+pub fn data(env: &str, spec: &Spec, first_create: bool) -> DataContext {
     let db = &spec.database;
+    let protected = db.deletion_protection && !first_create;
     let mut params = vec![
         list_from_output("SubnetIds", "network", "Private subnets of the database"),
         from_output(
@@ -369,18 +384,18 @@ pub fn data(env: &str, spec: &Spec) -> DataContext {
             max_storage_gb: db.max_storage_gb,
             multi_az: db.multi_az,
             backup_retention_days: db.backup_retention_days,
-            deletion_protection: db.deletion_protection,
+            deletion_protection: protected,
             proxy: db.proxy,
             performance_insights: db.performance_insights,
             monitoring_interval: db.enhanced_monitoring_seconds,
             name: db.name.clone(),
             policy: if prod_like { "Snapshot" } else { "Delete" },
-            skips: db_skips(spec, false),
+            skips: db_skips(spec, false, protected),
         },
         replicas: (1..=db.read_replicas)
             .map(|i| Replica {
                 logical_id: format!("Replica{i}"),
-                skips: db_skips(spec, true),
+                skips: db_skips(spec, true, protected),
             })
             .collect(),
         cors_origins: spec.api.cors_origins.clone(),

@@ -216,8 +216,26 @@ fn outputs_of(template: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Renders every stack of an environment.
+/// How a synthesis renders the stacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The stacks are about to be created, not updated: the data stack's
+    /// database instances are rendered without deletion protection, so that
+    /// a failed create rolls back cleanly (see [`context::data`]). The deploy
+    /// uses this rendering for a stack that does not exist yet (or that a
+    /// failed first create left in ROLLBACK_COMPLETE) and, once the create
+    /// succeeded, updates the stack at once with the default rendering,
+    /// which turns protection on in place.
+    pub first_create: bool,
+}
+
+/// Renders every stack of an environment, as deployed stacks are updated.
 pub fn synthesize(env: &Environment) -> Result<Synthesis, Error> {
+    synthesize_with(env, Options::default())
+}
+
+/// Renders every stack of an environment with `options`.
+pub fn synthesize_with(env: &Environment, options: Options) -> Result<Synthesis, Error> {
     let spec = &env.spec;
     let name = env.name.as_str();
     let prefix = format!("{}-{name}", spec.project);
@@ -230,7 +248,7 @@ pub fn synthesize(env: &Environment) -> Result<Synthesis, Error> {
                 Vec::new(),
             ),
             StackKind::Data => {
-                let ctx = context::data(name, spec);
+                let ctx = context::data(name, spec, options.first_create);
                 (render(kind.template(), &ctx)?, ctx.params)
             }
             StackKind::Monitoring => {
