@@ -554,7 +554,8 @@ async fn serves_its_openapi_document_and_requires_the_api_key() {
         .await
         .expect("json");
     assert_eq!(doc["info"]["title"], format!("pipeline-{}-api", local.env));
-    assert!(doc["paths"]["/v1/datasets/{dataset}/batches"]["post"].is_object());
+    assert!(doc["paths"]["/v1/datasets/events/batches"]["post"].is_object());
+    assert_eq!(doc["servers"], json!([{"url": local.url}]));
     let response = reqwest::get(format!("{}/v1/health", local.url))
         .await
         .expect("get");
@@ -564,6 +565,52 @@ async fn serves_its_openapi_document_and_requires_the_api_key() {
         (status, health),
         (200, json!({"status": "ok", "environment": local.env}))
     );
+}
+
+/// schemathesis, every check, against `pipeline local` for two minutes,
+/// through its coverage, fuzzing and stateful phases: no failure. Its
+/// settings (tests/schemathesis/) say where a schema-valid request may still
+/// be refused, and why.
+#[tokio::test]
+async fn schemathesis_finds_no_failure_in_two_minutes() {
+    let local = Local::start("").await;
+    // Every dataset of every shipped environment is in this one.
+    let mut loader = pipeline_cli::spec::Loader::new(Some(common::repo().join("environments")));
+    let here = loader.load("dev").expect("dev");
+    for env in ["dit", "uat", "prod"] {
+        let spec = loader.load(env).expect("spec");
+        for dataset in spec.spec.datasets.keys() {
+            assert!(here.spec.datasets.contains_key(dataset), "{env}: {dataset}");
+        }
+    }
+    let settings = common::repo().join("tests").join("schemathesis");
+    let out = Command::new(common::tool("SCHEMATHESIS", "schemathesis", "schemathesis"))
+        .arg("--config-file")
+        .arg(settings.join("schemathesis.toml"))
+        .args(["run", &format!("{}/openapi.json", local.url)])
+        .args(["--header", &format!("x-api-key: {}", local.api_key)])
+        .args(["--checks", "all", "--max-time", "120", "--workers", "2"])
+        .args(["--seed", "20261201"])
+        .env("PYTHONPATH", &settings)
+        .env("SCHEMATHESIS_HOOKS", "pipeline_hooks")
+        .env("NO_COLOR", "1")
+        .current_dir(local.dir.path())
+        .output()
+        .expect("run schemathesis");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phase in ["Coverage", "Fuzzing", "Stateful"] {
+        assert!(
+            text.contains(&format!("✅ {phase}")),
+            "{phase} did not pass: {text}"
+        );
+    }
+    assert!(!text.contains("failure"), "{text}");
 }
 
 #[tokio::test]
@@ -645,6 +692,131 @@ async fn push_goes_through_an_upload_when_large_and_query_reads_back() {
         .filter_map(|r| r["user_id"].as_i64())
         .collect();
     assert_eq!(ids, vec![5, 6, 7]);
+}
+
+/// Lambda's 6 MB applies to the event, where the body is a JSON string:
+/// a body under the inline limit whose quotes and line breaks take it over
+/// is a 413 from the API, and `push` sends it through an upload.
+#[tokio::test]
+async fn the_inline_limit_counts_the_body_as_escaped_in_the_lambda_event() {
+    let local = Local::start("api:\n  max_inline_batch_kib: 1\n").await;
+    let body: String = (1..=6).map(|i| event(i, "q")).collect();
+    let escaped = serde_json::to_string(&body).expect("json").len() - 2;
+    assert!(
+        body.len() <= 1024 && escaped > 1024,
+        "{} {escaped}",
+        body.len()
+    );
+    let (status, answer) = local
+        .post(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(
+        answer["message"],
+        format!(
+            "the batch is {} bytes ({escaped} as a JSON string in the Lambda event), over the inline limit of 1024 bytes; send it through an upload: POST /v1/datasets/events/uploads",
+            body.len()
+        )
+    );
+    std::fs::write(local.dir.path().join("batch.ndjson"), &body).expect("write batch");
+    let out = client(
+        &local,
+        &[
+            "--output",
+            "json",
+            "push",
+            "-d",
+            "events",
+            "batch.ndjson",
+            "--wait",
+        ],
+    );
+    let pushed: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        (pushed["via"].as_str(), pushed["status"].as_str()),
+        (Some("upload"), Some("loaded"))
+    );
+}
+
+/// An upload of more parts than one answer holds URLs for (Lambda answers
+/// at most 6 MB): the first 1,000 come with the upload, the others from
+/// `parts_url` a page at a time, and `push` uploads them all.
+#[tokio::test]
+async fn part_urls_beyond_the_first_thousand_come_a_page_at_a_time() {
+    let local = Local::start_with(
+        "api:\n  max_inline_batch_kib: 1\n",
+        &["--upload-part-size", "100"],
+    )
+    .await;
+    let body: String = (1..=1000).map(|i| event(i, "paged")).collect();
+    let parts = body.len().div_ceil(100);
+    assert!(parts > 1000 && parts < 2000, "{parts}");
+    let (status, upload) = local
+        .post(
+            "/v1/datasets/events/uploads",
+            "application/json",
+            json!({"size_bytes": body.len(), "content_type": "application/x-ndjson"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{upload}");
+    let listed = upload["parts"].as_array().expect("parts");
+    assert_eq!(listed.len(), parts);
+    let with_url = listed.iter().filter(|p| p["url"].is_string()).count();
+    assert_eq!(with_url, 1000);
+    let batch_id = upload["batch_id"].as_str().expect("batch id");
+    assert_eq!(upload["parts_url"], format!("/v1/batches/{batch_id}/parts"));
+    let (status, page) = local
+        .post(
+            &format!("/v1/batches/{batch_id}/parts"),
+            "application/json",
+            json!({"upload_id": upload["upload_id"], "part_numbers": [1001, 1002]}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let numbers: Vec<u64> = page["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p["part_number"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(numbers, vec![1001, 1002]);
+    assert!(
+        page["parts"][0]["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("partNumber=1001")),
+        "{page}"
+    );
+
+    std::fs::write(local.dir.path().join("batch.ndjson"), &body).expect("write batch");
+    let out = client(
+        &local,
+        &[
+            "--output",
+            "json",
+            "push",
+            "-d",
+            "events",
+            "batch.ndjson",
+            "--wait",
+        ],
+    );
+    let pushed: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(pushed["batch"]["inserted"], 1000, "{pushed}");
+    let db = local.db().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM public.events WHERE kind = 'paged'"
+        )
+        .await,
+        1000
+    );
 }
 
 #[tokio::test]

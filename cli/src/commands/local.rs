@@ -780,9 +780,11 @@ async fn serve(env: crate::spec::Environment, args: &Args, ui: &Ui) -> Result<()
         AuthMode::ApiKey => Some(local_api_key(&data_dir).await?),
         AuthMode::Iam | AuthMode::None => None,
     };
-    let openapi =
-        serde_json::to_vec_pretty(&crate::synth::openapi::document(&env.name, spec, false))
-            .unwrap_or_default();
+    // The document served here names this server, so clients and API
+    // fuzzers pointed at it test this server.
+    let mut document = crate::synth::openapi::document(&env.name, spec, false);
+    document["servers"] = serde_json::json!([{"url": format!("http://{addr}")}]);
+    let openapi = serde_json::to_vec_pretty(&document).unwrap_or_default();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let settings = QueueSettings {
