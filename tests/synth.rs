@@ -420,3 +420,122 @@ fn a_first_create_can_roll_back_and_a_deployed_database_stays_protected() {
         "synthesize renders the update"
     );
 }
+
+#[test]
+fn rollout_gates_watch_the_new_version_and_new_dead_letters_minute_by_minute() {
+    use serde_json::json;
+    assert_eq!(
+        pipeline_cli::synth::context::gate_version_parameter("ingest"),
+        "IngestGateVersion"
+    );
+    let synthesis = synth("prod");
+    let monitoring: serde_json::Value = serde_json::from_str(
+        &synthesis
+            .files
+            .iter()
+            .find(|(n, _)| n == "monitoring.template.json")
+            .expect("monitoring")
+            .1,
+    )
+    .expect("json");
+    let alarm = |id: &str| monitoring["Resources"][id]["Properties"].clone();
+    // prod gates on ingest-errors; its alarm keeps its name, watches the
+    // live alias and, while a rollout names one, the new version alone.
+    let errors = alarm("IngestErrorsAlarm");
+    assert_eq!(errors["AlarmName"], "pipeline-prod-ingest-errors");
+    assert_eq!(errors["Period"], 60);
+    let alias = json!([
+        {"Name": "FunctionName", "Value": "pipeline-prod-ingest"},
+        {"Name": "Resource", "Value": "pipeline-prod-ingest:live"}
+    ]);
+    let mut version = alias.clone();
+    version
+        .as_array_mut()
+        .expect("list")
+        .push(json!({"Name": "ExecutedVersion", "Value": {"Ref": "IngestGateVersion"}}));
+    assert_eq!(
+        errors["Dimensions"],
+        json!({"Fn::If": ["IngestGateVersionSet", version, alias]})
+    );
+    assert_eq!(
+        monitoring["Conditions"]["IngestGateVersionSet"],
+        json!({"Fn::Not": [{"Fn::Equals": [{"Ref": "IngestGateVersion"}, "all"]}]})
+    );
+    assert_eq!(
+        monitoring["Parameters"]["IngestGateVersion"]["Default"],
+        "all"
+    );
+    let stack = synthesis
+        .manifest
+        .stacks
+        .iter()
+        .find(|s| s.id == "monitoring")
+        .expect("monitoring stack");
+    let param = stack
+        .parameters
+        .iter()
+        .find(|p| p.name == "IngestGateVersion")
+        .expect("parameter");
+    assert_eq!(
+        param.source,
+        Source::Deploy {
+            value: "gate_version"
+        }
+    );
+    // Not a gate of prod: five-minute periods, as before.
+    let duration = alarm("IngestDurationAlarm");
+    assert_eq!(duration["Period"], 300);
+    assert_eq!(duration["Dimensions"]["Fn::If"][2], alias);
+    assert_eq!(alarm("DbCpuAlarm")["Period"], 300);
+    // Throttled requests run no version: the function's throttles.
+    assert_eq!(
+        alarm("IngestThrottlesAlarm")["Dimensions"],
+        json!([{"Name": "FunctionName", "Value": "pipeline-prod-ingest"}])
+    );
+    for id in ["ApiLatencyAlarm", "ReplicaLag1Alarm", "ReplicaLag2Alarm"] {
+        assert_eq!(alarm(id)["Period"], 60, "{id}");
+    }
+    // Dead letters: what arrived, not what has been waiting; moves by
+    // redrive are not in NumberOfMessagesSent, so the depth's rise it is.
+    let dead = alarm("DeadLettersAlarm");
+    assert_eq!(dead["AlarmName"], "pipeline-prod-dead-letters");
+    assert!(dead.get("MetricName").is_none() && dead.get("Period").is_none());
+    let metrics = dead["Metrics"].as_array().expect("metric math");
+    let returned: Vec<&serde_json::Value> =
+        metrics.iter().filter(|m| m["ReturnData"] == true).collect();
+    assert_eq!(returned.len(), 1);
+    let expression = returned[0]["Expression"].as_str().expect("expression");
+    assert!(expression.starts_with("DIFF("), "{expression}");
+    let inputs: Vec<&serde_json::Value> = metrics
+        .iter()
+        .filter(|m| m["ReturnData"] == false)
+        .collect();
+    let names: Vec<&str> = inputs
+        .iter()
+        .map(|m| {
+            m["MetricStat"]["Metric"]["MetricName"]
+                .as_str()
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ApproximateNumberOfMessagesVisible",
+            "ApproximateNumberOfMessagesNotVisible"
+        ]
+    );
+    for m in &inputs {
+        assert!(expression.contains(m["Id"].as_str().expect("id")));
+        assert_eq!(m["MetricStat"]["Period"], 60);
+        assert_eq!(m["MetricStat"]["Stat"], "Maximum");
+        assert_eq!(
+            m["MetricStat"]["Metric"]["Dimensions"],
+            json!([{"Name": "QueueName", "Value": {"Ref": "DeadLetterQueueName"}}])
+        );
+    }
+    assert_eq!(dead["Threshold"], 1.0);
+    assert_eq!(dead["ComparisonOperator"], "GreaterThanOrEqualToThreshold");
+    assert_eq!(dead["DatapointsToAlarm"], 1);
+    assert!(dead["EvaluationPeriods"].as_u64().unwrap_or(0) >= 15);
+}
