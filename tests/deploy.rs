@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::moto::{Moto, start as start_moto};
+use common::moto::Moto;
 
 use serde_json::Value;
 
@@ -26,10 +26,15 @@ const FUNCTIONS: [&str; 3] = ["ingest", "loader", "query"];
 
 impl Project {
     fn new(extra: &[(&str, &str)]) -> Project {
+        Project::with_moto(extra, &[])
+    }
+
+    /// A project whose moto runs with `moto_env` (its fault injections).
+    fn with_moto(extra: &[(&str, &str)], moto_env: &[(&str, &str)]) -> Project {
         let dir = common::workspace(extra);
         let project = Project {
             dir,
-            moto: start_moto(),
+            moto: common::moto::start_with_env(moto_env),
         };
         for f in FUNCTIONS {
             project.package(f, "v1");
@@ -917,12 +922,20 @@ impl pipeline_cli::rollout::Aliases for Observed<'_> {
 
 struct Quiet;
 
+/// Gate alarms that exist and stay OK.
 impl pipeline_cli::rollout::Gates for Quiet {
-    async fn firing(
+    async fn describe(
         &self,
-        _: &[String],
-    ) -> Result<Vec<pipeline_cli::rollout::Firing>, pipeline_cli::rollout::CallError> {
-        Ok(vec![])
+        names: &[String],
+    ) -> Result<Vec<pipeline_cli::rollout::Alarm>, pipeline_cli::rollout::CallError> {
+        Ok(names
+            .iter()
+            .map(|name| pipeline_cli::rollout::Alarm {
+                name: name.clone(),
+                state: "OK".into(),
+                reason: String::new(),
+            })
+            .collect())
     }
 }
 
@@ -1090,4 +1103,271 @@ fn a_linear_rollout_moves_moto_aliases_step_by_step_to_the_new_version() {
         ]
     );
     assert_eq!(p.alias(&query), ("3".into(), vec![]));
+}
+
+/// An API function's answer to GET /v1/health, as API Gateway's proxy
+/// integration takes it.
+fn health_answer(status: u16, body: &Value) -> String {
+    serde_json::json!({
+        "statusCode": status,
+        "headers": {"content-type": "application/json"},
+        "body": body.to_string(),
+        "isBase64Encoded": false,
+    })
+    .to_string()
+}
+
+/// Before, only a function error stopped a deploy: a new query version
+/// whose health route answered 503 (its database down) took the traffic.
+/// moto does not run the functions' code: their answers are queued
+/// (`lambda_results`); with none queued, server.py (R4) answers the health
+/// route as a healthy function does.
+#[test]
+fn a_new_version_whose_health_route_answers_5xx_or_404_takes_no_traffic() {
+    let p = Project::new(&[]);
+    let first = p.bootstrap_and_deploy("dev");
+    let query = first["outputs"]["QueryFunctionName"]
+        .as_str()
+        .expect("QueryFunctionName")
+        .to_string();
+    assert_eq!(p.alias(&query), ("1".into(), vec![]));
+    p.package("query", "v2");
+    let deploy = ["deploy", "--env", "dev", "--yes"];
+    let down = serde_json::json!({"error": {"code": "unavailable", "message": "the database does not answer"}});
+    p.lambda_results(&[&health_answer(503, &down)]);
+    assert_eq!(
+        p.fails(&deploy),
+        (
+            Some(1),
+            format!(
+                "the smoke invocation of query version 2 failed: GET /v1/health answered 503: {down}"
+            ),
+            "no traffic moved; the previous versions still serve".into()
+        )
+    );
+    assert_eq!(p.alias(&query), ("1".into(), vec![]));
+    // A version without the health route is no better.
+    let missing = serde_json::json!({"error": {"code": "not_found", "message": "there is no GET /v1/health"}});
+    p.lambda_results(&[&health_answer(404, &missing)]);
+    assert_eq!(
+        p.fails(&deploy).1,
+        format!(
+            "the smoke invocation of query version 2 failed: GET /v1/health answered 404: {missing}"
+        )
+    );
+    assert_eq!(p.alias(&query), ("1".into(), vec![]));
+    // Healthy: it serves.
+    p.ok(&deploy);
+    assert_eq!(p.alias(&query), ("2".into(), vec![]));
+}
+
+/// An environment gated on `replica-lag` with two replicas, and on external
+/// alarms: 55 metric alarms and a composite one, more than DescribeAlarms
+/// answers in one page (server.py R2 pages as CloudWatch does, and answers
+/// composite alarms only to a request for them). Before, the gate asked for
+/// `pipeline-gated-replica-lag`, which does not exist, and DescribeAlarms
+/// left it out: the gate could never fire; nor could the composite alarm,
+/// nor any alarm past the first page. The monitoring stack makes the
+/// pipeline's own alarms (server.py R1).
+#[test]
+fn every_gate_alarm_must_exist_and_each_one_sends_traffic_back() {
+    let external: Vec<String> = (0..55)
+        .map(|i| format!("ext-{i:02}"))
+        .chain(std::iter::once("team-composite".to_string()))
+        .collect();
+    let spec = format!(
+        "extends: dev
+database:
+  multi_az: true
+  read_replicas: 2
+rollout:
+  strategy: canary
+  percent: 10
+  bake_minutes: 1
+  poll_seconds: 5
+  alarms: [replica-lag]
+  external_alarms: [{}]
+",
+        external.join(", ")
+    );
+    let p = Project::new(&[("gated.yaml", &spec)]);
+    for name in &external[..55] {
+        p.cloudwatch(&[
+            ("Action", "PutMetricAlarm"),
+            ("Version", "2010-08-01"),
+            ("AlarmName", name),
+            ("Namespace", "Team/Db"),
+            ("MetricName", "Errors"),
+            ("Statistic", "Sum"),
+            ("Period", "60"),
+            ("EvaluationPeriods", "1"),
+            ("Threshold", "1"),
+            ("ComparisonOperator", "GreaterThanThreshold"),
+        ]);
+    }
+    p.ok(&["bootstrap", "--env", "gated"]);
+    let deploy = ["deploy", "--env", "gated", "--yes"];
+    assert_eq!(
+        p.fails(&deploy),
+        (
+            Some(1),
+            "the gate alarm team-composite does not exist, so it could never send traffic back"
+                .into(),
+            "deploy the monitoring stack that makes them, or fix `rollout.alarms` and `rollout.external_alarms`; no traffic moved".into()
+        )
+    );
+    let ingest = "pipeline-gated-ingest";
+    assert_eq!(p.alias(ingest), ("$LATEST".into(), vec![]));
+    p.cloudwatch(&[
+        ("Action", "PutCompositeAlarm"),
+        ("Version", "2010-08-01"),
+        ("AlarmName", "team-composite"),
+        ("AlarmRule", "ALARM(\"ext-00\") OR ALARM(\"ext-01\")"),
+    ]);
+    let first = p.json(&["--output", "json", "deploy", "--env", "gated", "--yes"]);
+    assert_eq!(first["rollout"], "all-at-once promoted");
+    assert_eq!(p.alias(ingest), ("1".into(), vec![]));
+
+    // The second replica's lag sends the canary back.
+    p.package("ingest", "v2");
+    let lag = "pipeline-gated-replica-lag-2";
+    p.set_alarm(lag, "ALARM", "Threshold Crossed: 1 datapoint [40.0] > 30.0");
+    assert_eq!(
+        p.fails(&deploy),
+        (
+            Some(3),
+            format!(
+                "the rollout was rolled back: {lag} is in ALARM (Threshold Crossed: 1 datapoint [40.0] > 30.0)"
+            ),
+            "all traffic is on the previous versions; fix the cause and deploy again".into()
+        )
+    );
+    assert_eq!(p.alias(ingest), ("1".into(), vec![]));
+    // So does the composite alarm, on the answer's second page.
+    p.set_alarm(lag, "OK", "recovered");
+    p.set_alarm("team-composite", "ALARM", "ext-01 is in ALARM");
+    assert_eq!(
+        p.fails(&deploy).1,
+        "the rollout was rolled back: team-composite is in ALARM (ext-01 is in ALARM)"
+    );
+    assert_eq!(p.alias(ingest), ("1".into(), vec![]));
+}
+
+/// Before, a deploy invoked a version as soon as it was published; one
+/// still Pending cannot be invoked. server.py (R5) keeps each new version
+/// Pending for its first GetFunctionConfiguration calls, and refuses to
+/// invoke it meanwhile, as Lambda does.
+#[test]
+fn new_versions_are_invoked_once_they_are_active() {
+    let p = Project::with_moto(&[], &[("PIPELINE_MOTO_PENDING", "3")]);
+    let first = p.bootstrap_and_deploy("dev");
+    assert_eq!(first["rollout"], "all-at-once promoted");
+    let query = first["outputs"]["QueryFunctionName"]
+        .as_str()
+        .expect("QueryFunctionName")
+        .to_string();
+    p.package("query", "v2");
+    p.ok(&["deploy", "--env", "dev", "--yes"]);
+    assert_eq!(p.alias(&query), ("2".into(), vec![]));
+
+    // A version that fails instead stops the deploy, with Lambda's reason.
+    let p = Project::with_moto(
+        &[],
+        &[
+            ("PIPELINE_MOTO_PENDING", "2"),
+            (
+                "PIPELINE_MOTO_PENDING_FAILS",
+                "ImageAccessDenied: Lambda cannot pull the function's image",
+            ),
+        ],
+    );
+    p.ok(&["bootstrap", "--env", "dev"]);
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(1),
+            "version 1 of pipeline-dev-ingest cannot be invoked: its state is Failed: Lambda cannot pull the function's image (ImageAccessDenied)".into(),
+            "no traffic moved; the previous versions still serve".into()
+        )
+    );
+    assert_eq!(p.alias("pipeline-dev-ingest"), ("$LATEST".into(), vec![]));
+}
+
+/// Each function's `reserved_concurrency` of this spec, in that order.
+fn reserving(ingest: u32, loader: u32, query: u32) -> String {
+    format!(
+        "extends: dev
+functions:
+  ingest: {{reserved_concurrency: {ingest}}}
+  loader: {{reserved_concurrency: {loader}}}
+  query: {{reserved_concurrency: {query}}}
+"
+    )
+}
+
+/// Before, reservations the account could not take failed the app stack
+/// half way (server.py R3 refuses them as Lambda does, and serves
+/// GetAccountSettings). moto's quota is Lambda's default, 1,000.
+#[test]
+fn reservations_beyond_the_accounts_concurrency_are_refused_before_any_stack_moves() {
+    let p = Project::new(&[
+        ("big.yaml", &reserving(500, 300, 150)),
+        ("a.yaml", &reserving(150, 150, 150)),
+        ("b.yaml", &reserving(100, 100, 200)),
+    ]);
+    p.ok(&["bootstrap", "--env", "big"]);
+    assert_eq!(
+        p.fails(&["deploy", "--env", "big", "--yes"]),
+        (
+            Some(2),
+            "the functions of `big` would reserve 950 concurrent executions (ingest 500, loader 300, query 150), but at most 900 can be reserved in eu-west-1: the account's Lambda quota \"Concurrent executions\" is 1000, other functions reserve 0, and Lambda keeps 100 unreserved".into(),
+            "ask for a \"Concurrent executions\" quota of at least 1050 in Service Quotas (AWS Lambda, eu-west-1), or lower `reserved_concurrency` in the spec; no stack was changed".into()
+        )
+    );
+    let status = p.json(&["--output", "json", "status", "--env", "big"]);
+    assert!(
+        stack_statuses(&status)[1..]
+            .iter()
+            .all(|(_, s)| s == "NOT_DEPLOYED"),
+        "{status}"
+    );
+
+    // `a` reserves 450, `b` 400: 150 stay unreserved. `b` may go to 450,
+    // its own 400 being given back by its deploy, and no further.
+    p.bootstrap_and_deploy("a");
+    p.bootstrap_and_deploy("b");
+    let spec = p.dir.path().join("environments/b.yaml");
+    std::fs::write(&spec, reserving(100, 100, 250)).expect("spec");
+    p.ok(&["deploy", "--env", "b", "--yes"]);
+    std::fs::write(&spec, reserving(100, 100, 251)).expect("spec");
+    assert_eq!(
+        p.fails(&["deploy", "--env", "b", "--yes"]),
+        (
+            Some(2),
+            "the functions of `b` would reserve 451 concurrent executions (ingest 100, loader 100, query 251), but at most 450 can be reserved in eu-west-1: the account's Lambda quota \"Concurrent executions\" is 1000, other functions reserve 450, and Lambda keeps 100 unreserved".into(),
+            "ask for a \"Concurrent executions\" quota of at least 1001 in Service Quotas (AWS Lambda, eu-west-1), or lower `reserved_concurrency` in the spec; no stack was changed".into()
+        )
+    );
+}
+
+/// AWS throttles callers above its rates. The SDK's clients try again by
+/// themselves; before, the hand-signed DescribeAlarms client did not, and
+/// a throttled gate read failed the deploy. server.py (R6) throttles the
+/// first calls of the operations named, in each service's wire format.
+#[test]
+fn a_deploy_goes_through_throttling() {
+    let p = Project::with_moto(
+        &[("live.yaml", LIVE)],
+        &[(
+            "PIPELINE_MOTO_THROTTLE",
+            "cloudformation:DescribeStacks=2,lambda:GetFunctionConfiguration=1,lambda:Invoke=1,cloudwatch:DescribeAlarms=3",
+        )],
+    );
+    let first = p.bootstrap_and_deploy("live");
+    assert_eq!(first["rollout"], "all-at-once promoted");
+    let ingest = first["outputs"]["IngestFunctionName"]
+        .as_str()
+        .expect("ingest")
+        .to_string();
+    assert_eq!(p.alias(&ingest), ("1".into(), vec![]));
 }

@@ -351,5 +351,306 @@ def function_from_template(orig, resource_name, cloudformation_json, account_id,
     return fn
 
 
+# ---------------------------------------------------------------------------------------------
+# Rollout and deploy guards (patches R1-R6). The gate alarms, the published versions' states,
+# the account's concurrency and throttling, as the deploy's rollout meets them in AWS.
+
+# R1. AWS::CloudWatch::Alarm is skipped, so the gate alarms of the monitoring stack do not
+# exist and a rollout gated on them is refused. CloudFormation creates the alarm with its
+# properties (an update replaces it in place under the same name); Ref gives its name.
+from moto.cloudwatch.models import cloudwatch_backends  # noqa: E402
+
+
+def put_alarm_from_template(props, name, account_id, region_name):
+    backend = cloudwatch_backends[account_id][region_name]
+    return backend.put_metric_alarm(
+        name=props.get("AlarmName") or name, namespace=props.get("Namespace"),
+        metric_name=props.get("MetricName"), comparison_operator=props["ComparisonOperator"],
+        evaluation_periods=int(props["EvaluationPeriods"]), period=int(props.get("Period", 60)),
+        threshold=float(props.get("Threshold", 0)), statistic=props.get("Statistic"),
+        description=props.get("AlarmDescription", ""), dimensions=props.get("Dimensions", []),
+        alarm_actions=props.get("AlarmActions", []), ok_actions=props.get("OKActions", []),
+        insufficient_data_actions=props.get("InsufficientDataActions", []),
+        datapoints_to_alarm=props.get("DatapointsToAlarm"), extended_statistic=props.get("ExtendedStatistic"),
+        unit=props.get("Unit"), actions_enabled=props.get("ActionsEnabled", True),
+        treat_missing_data=props.get("TreatMissingData"),
+    )
+
+
+class TemplateAlarm(CloudFormationModel):
+    __module__ = "moto.cloudwatch.cfn"
+
+    def __init__(self, alarm, account_id, region_name):
+        self.alarm, self.account_id, self.region_name = alarm, account_id, region_name
+
+    @staticmethod
+    def cloudformation_type():
+        return "AWS::CloudWatch::Alarm"
+
+    @staticmethod
+    def cloudformation_name_type():
+        return "AlarmName"
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        alarm = put_alarm_from_template(cloudformation_json["Properties"], resource_name, account_id, region_name)
+        return cls(alarm, account_id, region_name)
+
+    @classmethod
+    def update_from_cloudformation_json(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+        if cloudformation_json["Properties"].get("AlarmName", original_resource.alarm.name) != original_resource.alarm.name:
+            original_resource.delete(account_id, region_name)
+        return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+
+    @property
+    def physical_resource_id(self):
+        return self.alarm.name
+
+    @classmethod
+    def has_cfn_attr(cls, attr):
+        return attr == "Arn"
+
+    def get_cfn_attribute(self, attribute_name):
+        return self.alarm.alarm_arn
+
+    def delete(self, account_id, region_name):
+        cloudwatch_backends[account_id][region_name].delete_alarms([self.alarm.name])
+
+
+# R2. DescribeAlarms returns composite alarms even when AlarmTypes is omitted, and never pages.
+# CloudWatch returns only metric alarms unless AlarmTypes names CompositeAlarm ("If you omit
+# this parameter, only metric alarms are returned"), and answers at most MaxRecords alarms (1
+# to 100; 50 here when omitted) with a NextToken for the rest.
+from moto.cloudwatch.exceptions import InvalidParameterValue  # noqa: E402
+from moto.cloudwatch.responses import CloudWatchResponse  # noqa: E402
+from moto.core.responses import ActionResult, BaseResponse  # noqa: E402
+
+
+# PutCompositeAlarm is not served either; moto keeps a composite alarm as an alarm with a rule,
+# which its PutMetricAlarm takes (AlarmRule).
+CloudWatchResponse.put_composite_alarm = CloudWatchResponse.put_metric_alarm
+
+
+@wrap(CloudWatchResponse, "describe_alarms")
+def describe_alarms_paged(orig, self):
+    result = orig(self).result
+    types = self._get_param("AlarmTypes", []) or ["MetricAlarm"]
+    alarms = [("MetricAlarms", a) for a in result["MetricAlarms"] if "MetricAlarm" in types]
+    alarms += [("CompositeAlarms", a) for a in result["CompositeAlarms"] if "CompositeAlarm" in types]
+    size = int(self._get_param("MaxRecords") or 50)
+    if not 1 <= size <= 100:
+        raise InvalidParameterValue("MaxRecords must be between 1 and 100")
+    token = self._get_param("NextToken")
+    try:
+        start = int(token) if token else 0
+    except ValueError:
+        raise InvalidParameterValue("The service cannot parse the NextToken") from None
+    page = alarms[start:start + size]
+    answer = {kind: [a for k, a in page if k == kind] for kind in ("MetricAlarms", "CompositeAlarms")}
+    if start + size < len(alarms):
+        answer["NextToken"] = str(start + size)
+    return ActionResult(answer)
+
+
+# R3. Lambda's GetAccountSettings is not served, and a function that CloudFormation creates or
+# updates with ReservedConcurrentExecutions takes it whatever the account's quota. Lambda
+# reports the account's concurrency (AccountLimit.ConcurrentExecutions: the quota, here
+# MOTO_LAMBDA_CONCURRENCY_QUOTA or the default 1,000; UnreservedConcurrentExecutions: what the
+# functions' reservations leave), and refuses a reservation that would leave fewer than 100
+# unreserved ("Configuring reserved concurrency for a function"), so the resource fails.
+from moto.awslambda import urls as lambda_urls  # noqa: E402
+from moto.awslambda.exceptions import InvalidParameterValueException, LambdaClientError  # noqa: E402
+from moto.awslambda.responses import LambdaResponse  # noqa: E402
+
+lambda_urls.url_paths[r"{0}/(?P<api_version>[^/]+)/account-settings/?$"] = LambdaResponse.dispatch
+
+
+def concurrency_quota():
+    return int(os.environ.get("MOTO_LAMBDA_CONCURRENCY_QUOTA", "1000"))
+
+
+def reserved_elsewhere(backend, function_name):
+    return sum(int(f.reserved_concurrency or 0) for f in backend.list_functions() if f.function_name != function_name)
+
+
+def check_reservation(backend, function_name, reserved):
+    if reserved is not None and concurrency_quota() - reserved_elsewhere(backend, function_name) - int(reserved) < 100:
+        raise InvalidParameterValueException(
+            "Specified ReservedConcurrentExecutions for function decreases account's UnreservedConcurrentExecution below its minimum value of [100].")
+
+
+def get_account_settings(self):
+    functions = list(self.backend.list_functions())
+    limit = concurrency_quota()
+    return 200, {}, json.dumps({
+        "AccountLimit": {
+            "TotalCodeSize": 80530636800, "CodeSizeUnzipped": 262144000, "CodeSizeZipped": 52428800,
+            "ConcurrentExecutions": limit,
+            "UnreservedConcurrentExecutions": limit - reserved_elsewhere(self.backend, None),
+        },
+        "AccountUsage": {"TotalCodeSize": sum(int(f.code_size or 0) for f in functions), "FunctionCount": len(functions)},
+    })
+
+
+LambdaResponse.get_account_settings = get_account_settings
+
+
+@wrap(LambdaFunction, "create_from_cloudformation_json")
+def function_within_quota(orig, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    props = cloudformation_json["Properties"]
+    reserved = props.get("ReservedConcurrentExecutions")
+    check_reservation(lambda_backends[account_id][region_name], resource_name, reserved)
+    fn = orig(resource_name, cloudformation_json, account_id, region_name, **kwargs)
+    fn.reserved_concurrency = None if reserved is None else int(reserved)
+    return fn
+
+
+@wrap(LambdaFunction, "update_from_cloudformation_json")
+def function_update_within_quota(orig, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+    reserved = cloudformation_json["Properties"].get("ReservedConcurrentExecutions")
+    check_reservation(lambda_backends[account_id][region_name], original_resource.function_name, reserved)
+    fn = orig(original_resource, new_resource_name, cloudformation_json, account_id, region_name)
+    fn.reserved_concurrency = None if reserved is None else int(reserved)
+    return fn
+
+
+# R4. The functions' code does not run here (11): an invocation with nothing queued echoes its
+# event, which is no API Gateway proxy answer ("Output format of a Lambda function for proxy
+# integration": statusCode, headers, body). Our API functions answer GET /v1/health with 200
+# {"status": "ok"} while their database is up; with nothing queued, such an event gets that
+# answer. (Queue another result to play a failing function.)
+@wrap(LambdaBackend, "invoke")
+def invoke_health(orig, self, function_name, qualifier, body, headers, response_headers):
+    queue = lambda_simple_backends[self.account_id][self.region_name].lambda_simple_results_queue
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        event = json.loads(body or "{}")
+        if not queue and event.get("httpMethod") == "GET" and event.get("path", "").endswith("/v1/health"):
+            self.get_function(function_name, qualifier)
+            return json.dumps({"statusCode": 200, "headers": {"content-type": "application/json"},
+                               "body": json.dumps({"status": "ok"}), "isBase64Encoded": False}).encode()
+    return orig(self, function_name, qualifier, body, headers, response_headers)
+
+
+# R5. Every version is Active at once. A version Lambda has just published may be Pending
+# ("Lambda function states"): GetFunctionConfiguration reports State Pending, and Invoke fails
+# (ResourceConflictException, 409) until it is Active. Fault injection:
+# PIPELINE_MOTO_PENDING=N makes each newly published version report Pending for its first N
+# GetFunctionConfiguration calls (default 0: off); with PIPELINE_MOTO_PENDING_FAILS="Code:
+# reason" it then becomes Failed with that StateReasonCode and StateReason instead of Active.
+from urllib.parse import unquote  # noqa: E402
+
+
+class ResourceConflict(LambdaClientError):
+    code = 409
+
+    def __init__(self, state):
+        super().__init__("ResourceConflictException",
+                         f"The operation cannot be performed at this time. The function is currently in the following state: {state}")
+
+
+pending_versions = {}  # function ARN of a version: GetFunctionConfiguration calls left while Pending
+state_reasons = {}  # function ARN of a version: its StateReasonCode and StateReason
+
+
+@wrap(LambdaBackend, "publish_version")
+def publish_pending(orig, self, function_name, description=""):
+    known = {f.function_arn for f in self._lambdas.all()}
+    fn = orig(self, function_name, description)
+    calls = int(os.environ.get("PIPELINE_MOTO_PENDING", "0") or 0)
+    if fn is not None and calls > 0 and fn.function_arn not in known:
+        fn.state = "Pending"
+        pending_versions[fn.function_arn] = calls
+        state_reasons[fn.function_arn] = {"StateReasonCode": "Creating", "StateReason": "The function is being created."}
+    return fn
+
+
+@wrap(LambdaResponse, "get_function_configuration")
+def configuration_while_pending(orig, self):
+    function_name = unquote(self.path.rsplit("/", 2)[-2])
+    fn = self.backend.get_function(function_name, self._get_param("Qualifier", None))
+    arn = fn.function_arn
+    if pending_versions.get(arn) == 0:
+        del pending_versions[arn]
+        code, _, reason = os.environ.get("PIPELINE_MOTO_PENDING_FAILS", "").partition(":")
+        fn.state = "Failed" if reason else "Active"
+        state_reasons.pop(arn, None)
+        if reason:
+            state_reasons[arn] = {"StateReasonCode": code.strip(), "StateReason": reason.strip()}
+    elif arn in pending_versions:
+        pending_versions[arn] -= 1
+    answer = json.loads(orig(self))
+    answer.update(state_reasons.get(arn, {}))
+    return json.dumps(answer)
+
+
+# moto's Invoke reads its qualifier from `qualifier`, so the SDK's `?Qualifier=` is lost and every
+# invocation runs $LATEST. Lambda invokes the version (or alias) the Qualifier names.
+@wrap(LambdaResponse, "invoke")
+def invoke_qualified(orig, self):
+    if "Qualifier" in self.querystring and "qualifier" not in self.querystring:
+        self.querystring["qualifier"] = self.querystring["Qualifier"]
+    return orig(self)
+
+
+@wrap(LambdaBackend, "invoke")
+def invoke_when_active(orig, self, function_name, qualifier, body, headers, response_headers):
+    state = self.get_function(function_name, qualifier).state
+    if state != "Active":
+        raise ResourceConflict(state)
+    return orig(self, function_name, qualifier, body, headers, response_headers)
+
+
+# R6. Nothing is ever throttled. AWS throttles API calls above its rates: Lambda answers 429
+# TooManyRequestsException (REST-JSON: the x-amzn-ErrorType header and a JSON body with Reason
+# CallerRateLimitExceeded), CloudFormation and CloudWatch answer 400 with the query protocol's
+# error document, Code Throttling ("Rate exceeded"). Fault injection:
+# PIPELINE_MOTO_THROTTLE="cloudformation:DescribeStacks=2,lambda:GetFunctionConfiguration=1"
+# answers the first N calls of each operation named (service as boto3 names it) so.
+throttled_calls = {}
+
+
+def throttle_left(service, action):
+    wanted = {}
+    for item in os.environ.get("PIPELINE_MOTO_THROTTLE", "").split(","):
+        key, _, count = item.strip().partition("=")
+        if key and count.strip().isdigit():
+            wanted[key.strip()] = int(count)
+    key = f"{service}:{action}"
+    if throttled_calls.get(key, 0) >= wanted.get(key, 0):
+        return False
+    throttled_calls[key] = throttled_calls.get(key, 0) + 1
+    return True
+
+
+QUERY_NAMESPACES = {
+    "cloudformation": "http://cloudformation.amazonaws.com/doc/2010-05-15/",
+    "cloudwatch": "http://monitoring.amazonaws.com/doc/2010-08-01/",
+}
+
+
+@wrap(BaseResponse, "call_action")
+def throttled(orig, self):
+    if not os.environ.get("PIPELINE_MOTO_THROTTLE"):
+        return orig(self)
+    try:
+        service, action = self.boto3_service_name, self._get_action()
+    except Exception:  # a request of no AWS operation (moto's own API)
+        return orig(self)
+    if not (action and throttle_left(service, action)):
+        return orig(self)
+    request_id = secrets.token_hex(16)
+    if service == "lambda":
+        return 429, {"x-amzn-ErrorType": "TooManyRequestsException", "x-amzn-RequestId": request_id,
+                     "Retry-After": "1", "Content-Type": "application/json"}, json.dumps(
+            {"Type": "User", "message": "Rate exceeded", "Reason": "CallerRateLimitExceeded"})
+    if "json" in self.headers.get("Content-Type", ""):
+        return 400, {"Content-Type": "application/x-amz-json-1.0", "x-amzn-query-error": "Throttling;Sender",
+                     "x-amzn-RequestId": request_id}, json.dumps({"__type": "Throttling", "message": "Rate exceeded"})
+    namespace = QUERY_NAMESPACES.get(service, "")
+    return 400, {"Content-Type": "text/xml", "x-amzn-RequestId": request_id}, (
+        f'<ErrorResponse xmlns="{namespace}"><Error><Type>Sender</Type><Code>Throttling</Code>'
+        f"<Message>Rate exceeded</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>")
+
+
 if __name__ == "__main__":
     main(sys.argv[1:])

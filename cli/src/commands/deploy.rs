@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::aws::{AwsArgs, aws_error, runtime};
 use crate::deploy::assets::Package;
 use crate::deploy::cfn::Stack;
+use crate::deploy::concurrency::check_concurrency;
 use crate::deploy::engine::{check_ready, deploy_stack};
 use crate::deploy::progress::CliReporter;
 use crate::deploy::progress::CliReporter as Progress;
@@ -18,7 +19,8 @@ use crate::deploy::{
 };
 use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
 use crate::rollout::{
-    CallError, Outcome, Phase, Rollouts, State, Store, SystemClock, Target, gate_alarms, steps,
+    ACTIVE_TIMEOUT, CallError, Outcome, Phase, Rollouts, State, Store, SystemClock, Target,
+    gate_alarms, invocation_problem, steps, wait_active,
 };
 use crate::synth::ManifestStack;
 use crate::{Cli, Error, output::Ui};
@@ -142,12 +144,23 @@ async fn deploy(
     ui: &Ui,
 ) -> Result<Deployed, Error> {
     let bucket = bootstrap.assets_bucket.as_str();
+    let gates =
+        gate_alarms(&session.env.name, &session.env.spec).map_err(|message| Error::Refused {
+            message,
+            help: Some("fix `rollout.alarms` in the spec; nothing was changed".into()),
+        })?;
     let mut stacks = session.stacks().await?;
     serving_versions(session, &mut stacks).await?;
     // Busy or broken stacks stop the deploy before anything moves.
     for (m, current) in &stacks {
         check_ready(current.as_ref(), &m.name)?;
     }
+    // So do reservations the account's concurrency cannot take.
+    let app = stacks
+        .iter()
+        .find(|(m, _)| m.id == "app")
+        .and_then(|(_, s)| s.as_ref());
+    check_concurrency(session, app).await?;
     let store = S3Store {
         client: session.clients.s3.clone(),
         bucket: bucket.to_string(),
@@ -193,6 +206,7 @@ async fn deploy(
     let (versions_published, rollout) = roll_out(
         session,
         args,
+        gates,
         &stacks,
         &mut outputs,
         packages,
@@ -261,6 +275,7 @@ async fn serving_versions(
 async fn roll_out(
     session: &Session,
     args: &Args,
+    gates: Vec<String>,
     stacks: &[(ManifestStack, Option<Stack>)],
     outputs: &mut BTreeMap<String, BTreeMap<String, String>>,
     packages: &[Package],
@@ -295,29 +310,65 @@ async fn roll_out(
     if targets.is_empty() {
         return Ok((published, None));
     }
+    let no_traffic = || Some("no traffic moved; the previous versions still serve".into());
+    // A version just published may be Pending, and cannot be invoked until
+    // it is Active ("Lambda function states").
+    for t in &targets {
+        wait_active(
+            &lambda,
+            &SystemClock,
+            &t.name,
+            &t.to,
+            crate::deploy::poll_interval(),
+            ACTIVE_TIMEOUT,
+        )
+        .await
+        .map_err(|e| Error::Deploy {
+            message: e.0,
+            help: no_traffic(),
+        })?;
+    }
+    let cloudwatch = CloudWatch::new(&session.clients.config);
+    let rollouts = Rollouts {
+        aliases: &lambda,
+        gates: &cloudwatch,
+        store,
+        clock: &SystemClock,
+        reporter: progress,
+        alarms: gates,
+        poll: std::time::Duration::from_secs(u64::from(spec.rollout.poll_seconds)),
+    };
+    // Gates that do not exist could never send traffic back.
+    rollouts.check_gates().await.map_err(|e| Error::Deploy {
+        message: e.0,
+        help: Some(
+            "deploy the monitoring stack that makes them, or fix `rollout.alarms` and `rollout.external_alarms`; no traffic moved".into(),
+        ),
+    })?;
     // Pre-traffic: any failure here leaves all traffic where it is.
     if let Some(loader) = targets.iter().find(|t| t.function == "loader") {
         let migrate = serde_json::json!({"action": "migrate"});
-        if let Some(e) = lambda
+        let answer = lambda
             .invoke(&loader.name, &loader.to, &migrate)
             .await
-            .map_err(call)?
-        {
+            .map_err(call)?;
+        if let Some(e) = invocation_problem("loader", &answer) {
             return Err(Error::Deploy {
                 message: format!("the migrations of loader version {} failed: {e}", loader.to),
-                help: Some("no traffic moved; the previous versions still serve".into()),
+                help: no_traffic(),
             });
         }
     }
     for t in &targets {
         let event = crate::rollout::smoke_event(&t.function);
-        if let Some(e) = lambda.invoke(&t.name, &t.to, &event).await.map_err(call)? {
+        let answer = lambda.invoke(&t.name, &t.to, &event).await.map_err(call)?;
+        if let Some(e) = invocation_problem(&t.function, &answer) {
             return Err(Error::Deploy {
                 message: format!(
                     "the smoke invocation of {} version {} failed: {e}",
                     t.function, t.to
                 ),
-                help: Some("no traffic moved; the previous versions still serve".into()),
+                help: no_traffic(),
             });
         }
     }
@@ -340,15 +391,6 @@ async fn roll_out(
         updated_at: now,
         targets,
         alarms: Vec::new(),
-    };
-    let rollouts = Rollouts {
-        aliases: &lambda,
-        gates: &CloudWatch::new(&session.clients.config),
-        store,
-        clock: &SystemClock,
-        reporter: progress,
-        alarms: gate_alarms(&spec.project, &session.env.name, &spec.rollout),
-        poll: std::time::Duration::from_secs(u64::from(spec.rollout.poll_seconds)),
     };
     match rollouts.run(&mut state).await.map_err(call)? {
         Outcome::RolledBack(firing) => {

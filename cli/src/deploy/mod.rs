@@ -5,6 +5,7 @@
 
 pub mod assets;
 pub mod cfn;
+pub mod concurrency;
 pub mod engine;
 pub mod images;
 pub mod progress;
@@ -463,14 +464,20 @@ pub fn options(yes: bool, allow_replacement: bool) -> Options {
         yes,
         interactive: progress::interactive(),
         allow_replacement,
-        poll: std::time::Duration::from_millis(
-            std::env::var("PIPELINE_POLL_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(2000),
-        ),
+        poll: poll_interval(),
         change_set: format!("pipeline-{}", chrono::Utc::now().format("%Y%m%d%H%M%S")),
     }
+}
+
+/// How often the deploy polls what AWS does (stacks, new versions):
+/// `PIPELINE_POLL_MS`, else every 2 s.
+pub fn poll_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(
+        std::env::var("PIPELINE_POLL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
+    )
 }
 
 /// Writes a JSON file under `out/<env>/`.

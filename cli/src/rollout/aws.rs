@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use aws_credential_types::provider::ProvideCredentials;
 
-use super::{Aliases, CallError, Firing, Gates, State, Store};
+use super::{Alarm, Aliases, CallError, Gates, Invocation, State, Store, VersionState, Versions};
 
 fn call_error(what: &str, e: impl std::error::Error) -> CallError {
     CallError(format!("{what}: {}", crate::aws::aws_smithy_message(&e)))
@@ -124,14 +124,14 @@ impl Lambda {
         Ok((version.to_string(), true))
     }
 
-    /// Invokes a version directly; what went wrong, if anything: an error
-    /// the function reported, or an HTTP answer of status 500 or more.
+    /// Invokes a version directly: the function's error, if it reported
+    /// one (Lambda's Invoke: `FunctionError`), and its answer.
     pub async fn invoke(
         &self,
         function: &str,
         version: &str,
         payload: &serde_json::Value,
-    ) -> Result<Option<String>, CallError> {
+    ) -> Result<Invocation, CallError> {
         let out = self
             .client
             .invoke()
@@ -143,11 +143,33 @@ impl Lambda {
             .map_err(|e| {
                 call_error(&format!("cannot invoke version {version} of {function}"), e)
             })?;
-        let body = out
-            .payload()
-            .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned())
-            .unwrap_or_default();
-        Ok(out.function_error().map(|kind| format!("{kind}: {body}")))
+        Ok(Invocation {
+            function_error: out.function_error().map(str::to_string),
+            payload: out
+                .payload()
+                .map(|b| String::from_utf8_lossy(b.as_ref()).into_owned())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl Versions for Lambda {
+    async fn state(&self, function: &str, version: &str) -> Result<VersionState, CallError> {
+        let c = self
+            .client
+            .get_function_configuration()
+            .function_name(function)
+            .qualifier(version)
+            .send()
+            .await
+            .map_err(|e| call_error(&format!("cannot read version {version} of {function}"), e))?;
+        Ok(VersionState {
+            state: c.state().map(|s| s.as_str().to_string()),
+            state_reason: c.state_reason().map(str::to_string),
+            state_reason_code: c.state_reason_code().map(|s| s.as_str().to_string()),
+            last_update_status: c.last_update_status().map(|s| s.as_str().to_string()),
+            last_update_status_reason: c.last_update_status_reason().map(str::to_string),
+        })
     }
 }
 
@@ -313,94 +335,270 @@ impl CloudWatch {
     }
 }
 
-/// The text of `<tag>…</tag>` at the start of `xml`'s first such element.
-fn element<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = xml[start..].find(&format!("</{tag}>"))? + start;
-    Some(&xml[start..end])
-}
-
 fn unescape(text: &str) -> String {
     text.replace("&lt;", "<")
         .replace("&gt;", ">")
         .replace("&quot;", "\"")
         .replace("&apos;", "'")
+        .replace("&#xD;", "\r")
+        .replace("&#xA;", "\n")
         .replace("&amp;", "&")
 }
 
-/// The alarms of a DescribeAlarms answer: name, state and reason.
-pub fn parse_alarms(xml: &str) -> Vec<(String, String, String)> {
-    xml.split("<AlarmName>")
-        .skip(1)
-        .filter_map(|part| {
-            let name = &part[..part.find("</AlarmName>")?];
-            Some((
-                unescape(name),
-                element(part, "StateValue").unwrap_or("").to_string(),
-                unescape(element(part, "StateReason").unwrap_or("")),
-            ))
-        })
-        .collect()
+/// One page of a DescribeAlarms answer.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AlarmsPage {
+    pub alarms: Vec<Alarm>,
+    pub next_token: Option<String>,
+}
+
+/// Reads a DescribeAlarms answer (query protocol): the `member`s of
+/// `MetricAlarms` and `CompositeAlarms` (name, state, reason) and the
+/// `NextToken`. Elements are followed by their nesting, so the members of
+/// an alarm's own lists (dimensions, actions, metrics) are not taken for
+/// alarms.
+pub fn parse_alarms(xml: &str) -> AlarmsPage {
+    let mut page = AlarmsPage::default();
+    let mut path: Vec<&str> = Vec::new();
+    let mut current: Option<Alarm> = None;
+    let mut rest = xml;
+    while let Some(open) = rest.find('<') {
+        let text = &rest[..open];
+        let Some(close) = rest[open..].find('>') else {
+            break;
+        };
+        let tag = &rest[open + 1..open + close];
+        rest = &rest[open + close + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') {
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            let field = path.pop().unwrap_or_default();
+            let depth = path.len();
+            let parent = |up: usize| depth.checked_sub(up).and_then(|i| path.get(i)).copied();
+            let in_alarm = matches!(parent(1), Some("member"))
+                && matches!(parent(2), Some("MetricAlarms" | "CompositeAlarms"))
+                && parent(3) == Some("DescribeAlarmsResult");
+            if in_alarm && let Some(alarm) = current.as_mut() {
+                match field {
+                    "AlarmName" => alarm.name = unescape(text),
+                    "StateValue" => alarm.state = unescape(text),
+                    "StateReason" => alarm.reason = unescape(text),
+                    _ => {}
+                }
+            } else if name == "member"
+                && matches!(parent(1), Some("MetricAlarms" | "CompositeAlarms"))
+                && parent(2) == Some("DescribeAlarmsResult")
+            {
+                page.alarms.extend(current.take());
+            } else if name == "NextToken" && parent(1) == Some("DescribeAlarmsResult") {
+                let token = unescape(text.trim());
+                page.next_token = (!token.is_empty()).then_some(token);
+            }
+            continue;
+        }
+        let self_closing = tag.ends_with('/');
+        let name = tag
+            .trim_end_matches('/')
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        if self_closing {
+            continue;
+        }
+        path.push(name);
+        let depth = path.len();
+        if name == "member"
+            && depth >= 3
+            && matches!(path[depth - 2], "MetricAlarms" | "CompositeAlarms")
+            && path[depth - 3] == "DescribeAlarmsResult"
+        {
+            current = Some(Alarm {
+                name: String::new(),
+                state: String::new(),
+                reason: String::new(),
+            });
+        }
+    }
+    page
+}
+
+/// Attempts at one DescribeAlarms call; between two, a wait of up to
+/// `RETRY_BASE` × 2^attempt (at most `RETRY_CAP`), chosen at random ("full
+/// jitter"), as the SDKs' standard retry mode backs off ("Retry behavior",
+/// AWS SDKs and Tools Reference Guide).
+const ATTEMPTS: u32 = 5;
+const RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(250);
+const RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Whether an answer is worth another try: throttling (CloudWatch answers
+/// 400 with code `Throttling`, "Rate exceeded", in the query protocol's
+/// error document; AWS re:Post: "400 ThrottlingException" for CloudWatch
+/// API calls) or a transient server error (500, 502, 503, 504).
+pub fn retryable(status: u16, body: &str) -> bool {
+    let code = error_code(body);
+    matches!(status, 429 | 500 | 502 | 503 | 504)
+        || matches!(
+            code.as_deref(),
+            Some(
+                "Throttling"
+                    | "ThrottlingException"
+                    | "ThrottledException"
+                    | "RequestThrottledException"
+                    | "TooManyRequestsException"
+                    | "RequestLimitExceeded"
+            )
+        )
+}
+
+fn error_code(body: &str) -> Option<String> {
+    let start = body.find("<Code>")? + "<Code>".len();
+    let end = body[start..].find("</Code>")? + start;
+    Some(body[start..end].trim().to_string())
+}
+
+fn error_message(body: &str) -> &str {
+    body.find("<Message>")
+        .map(|s| s + "<Message>".len())
+        .and_then(|s| body[s..].find("</Message>").map(|e| &body[s..s + e]))
+        .unwrap_or(body)
+}
+
+/// A random wait before attempt `attempt` + 1 (attempts count from 0).
+fn backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling = RETRY_BASE
+        .saturating_mul(2u32.saturating_pow(attempt))
+        .min(RETRY_CAP);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    ceiling.mul_f64((random % 10_000) as f64 / 10_000.0)
+}
+
+impl CloudWatch {
+    /// One DescribeAlarms call, tried again on throttling and transient
+    /// errors; the answer's text.
+    async fn describe_page(&self, form: String) -> Result<String, CallError> {
+        let mut attempt = 0;
+        loop {
+            let request = self.signed(form.clone()).await?;
+            let answer = match self.http.execute(request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    response.text().await.map(|text| (status, text))
+                }
+                Err(e) => Err(e),
+            };
+            let failure = match answer {
+                Ok((status, text)) if status.is_success() => return Ok(text),
+                Ok((status, text)) if retryable(status.as_u16(), &text) => CallError(format!(
+                    "CloudWatch answered {status} to DescribeAlarms: {}",
+                    error_message(&text)
+                )),
+                Ok((status, text)) => {
+                    return Err(CallError(format!(
+                        "CloudWatch answered {status} to DescribeAlarms: {}",
+                        error_message(&text)
+                    )));
+                }
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    call_error("cannot read the gate alarms", e)
+                }
+                Err(e) => return Err(call_error("cannot read the gate alarms", e)),
+            };
+            attempt += 1;
+            if attempt >= ATTEMPTS {
+                return Err(CallError(format!(
+                    "{} (after {ATTEMPTS} attempts)",
+                    failure.0
+                )));
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
 }
 
 impl Gates for CloudWatch {
-    async fn firing(&self, names: &[String]) -> Result<Vec<Firing>, CallError> {
-        let mut firing = Vec::new();
+    async fn describe(&self, names: &[String]) -> Result<Vec<Alarm>, CallError> {
+        let mut alarms = Vec::new();
+        // Names go 100 to a call, as CloudWatch's alarm-name lists take
+        // them (API Reference: EnableAlarmActions, AlarmNames). Without
+        // AlarmTypes, DescribeAlarms answers metric alarms only (SDK for
+        // Kotlin API reference: DescribeAlarmsRequest.alarmTypes), and it
+        // answers a page at a time (DescribeAlarmsOutput: NextToken).
         for chunk in names.chunks(100) {
-            let mut form = form_urlencoded::Serializer::new(String::new());
-            form.append_pair("Action", "DescribeAlarms")
-                .append_pair("Version", "2010-08-01");
-            for (i, name) in chunk.iter().enumerate() {
-                form.append_pair(&format!("AlarmNames.member.{}", i + 1), name);
+            let mut token: Option<String> = None;
+            loop {
+                let mut form = form_urlencoded::Serializer::new(String::new());
+                form.append_pair("Action", "DescribeAlarms")
+                    .append_pair("Version", "2010-08-01")
+                    .append_pair("AlarmTypes.member.1", "CompositeAlarm")
+                    .append_pair("AlarmTypes.member.2", "MetricAlarm");
+                for (i, name) in chunk.iter().enumerate() {
+                    form.append_pair(&format!("AlarmNames.member.{}", i + 1), name);
+                }
+                if let Some(t) = &token {
+                    form.append_pair("NextToken", t);
+                }
+                let page = parse_alarms(&self.describe_page(form.finish()).await?);
+                alarms.extend(page.alarms);
+                match page.next_token {
+                    Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+                    _ => break,
+                }
             }
-            let request = self.signed(form.finish()).await?;
-            let response = self
-                .http
-                .execute(request)
-                .await
-                .map_err(|e| call_error("cannot read the gate alarms", e))?;
-            let status = response.status();
-            let text = response
-                .text()
-                .await
-                .map_err(|e| call_error("cannot read the gate alarms", e))?;
-            if !status.is_success() {
-                return Err(CallError(format!(
-                    "CloudWatch answered {status} to DescribeAlarms: {}",
-                    element(&text, "Message").unwrap_or(&text)
-                )));
-            }
-            firing.extend(
-                parse_alarms(&text)
-                    .into_iter()
-                    .filter(|(_, state, _)| state == "ALARM")
-                    .map(|(name, _, reason)| Firing { name, reason }),
-            );
         }
-        Ok(firing)
+        Ok(alarms)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::Alarm;
+
+    fn alarm(name: &str, state: &str, reason: &str) -> Alarm {
+        Alarm {
+            name: name.into(),
+            state: state.into(),
+            reason: reason.into(),
+        }
+    }
+
     #[test]
     fn describe_alarms_answers_are_read() {
-        let xml = r#"<DescribeAlarmsResponse><DescribeAlarmsResult><MetricAlarms>
-<member><AlarmName>p-uat-ingest-errors</AlarmName><Dimensions><member><Name>FunctionName</Name></member></Dimensions>
+        let xml = r#"<?xml version="1.0"?><DescribeAlarmsResponse xmlns="http://monitoring.amazonaws.com/doc/2010-08-01/"><DescribeAlarmsResult><MetricAlarms>
+<member><AlarmName>p-uat-ingest-errors</AlarmName><Dimensions><member><Name>FunctionName</Name><Value>p</Value></member></Dimensions>
 <StateValue>ALARM</StateValue><StateReason>Threshold Crossed: 2 &gt; 1</StateReason></member>
-<member><AlarmName>p-uat-api-5xx</AlarmName><StateValue>OK</StateValue><StateReason>fine</StateReason></member>
-</MetricAlarms></DescribeAlarmsResult></DescribeAlarmsResponse>"#;
+<member><StateReason>fine</StateReason><AlarmActions><member>arn:aws:sns:eu-west-1:1:t</member></AlarmActions><StateValue>OK</StateValue><AlarmName>p-uat-api-5xx</AlarmName><Unit/></member>
+</MetricAlarms><CompositeAlarms><member><AlarmRule>ALARM(&quot;a&quot;)</AlarmRule><AlarmName>p-uat-any</AlarmName><StateValue>INSUFFICIENT_DATA</StateValue><StateReason>new</StateReason></member></CompositeAlarms>
+<NextToken>page-2</NextToken></DescribeAlarmsResult><ResponseMetadata><RequestId>x</RequestId></ResponseMetadata></DescribeAlarmsResponse>"#;
         assert_eq!(
             super::parse_alarms(xml),
-            [
-                (
-                    "p-uat-ingest-errors".into(),
-                    "ALARM".into(),
-                    "Threshold Crossed: 2 > 1".into()
-                ),
-                ("p-uat-api-5xx".into(), "OK".into(), "fine".into()),
-            ]
+            super::AlarmsPage {
+                alarms: vec![
+                    alarm("p-uat-ingest-errors", "ALARM", "Threshold Crossed: 2 > 1"),
+                    alarm("p-uat-api-5xx", "OK", "fine"),
+                    alarm("p-uat-any", "INSUFFICIENT_DATA", "new"),
+                ],
+                next_token: Some("page-2".into()),
+            }
         );
+        let last = "<DescribeAlarmsResponse><DescribeAlarmsResult><MetricAlarms/><CompositeAlarms/></DescribeAlarmsResult></DescribeAlarmsResponse>";
+        assert_eq!(super::parse_alarms(last), super::AlarmsPage::default());
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_tried_again() {
+        let throttled = r#"<ErrorResponse xmlns="http://monitoring.amazonaws.com/doc/2010-08-01/"><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error><RequestId>1</RequestId></ErrorResponse>"#;
+        assert!(super::retryable(400, throttled));
+        assert!(super::retryable(503, ""));
+        let denied = throttled.replace("Throttling", "AccessDenied");
+        assert!(!super::retryable(403, &denied));
+        assert!(!super::retryable(400, &denied));
+        assert_eq!(super::error_message(throttled), "Rate exceeded");
+        for attempt in 1..10 {
+            assert!(super::backoff(attempt) <= super::RETRY_CAP);
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::model::{Rollout, Strategy};
+use crate::spec::model::{Rollout, Spec, Strategy};
 
 /// An error of a rollout's AWS calls.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,11 +129,43 @@ pub trait Aliases {
     ) -> Result<(), CallError>;
 }
 
+/// A gate alarm as CloudWatch describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alarm {
+    pub name: String,
+    /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
+    pub state: String,
+    pub reason: String,
+}
+
 /// The gate alarms.
 #[allow(async_fn_in_trait)]
 pub trait Gates {
-    /// The alarms among `names` that are in ALARM.
-    async fn firing(&self, names: &[String]) -> Result<Vec<Firing>, CallError>;
+    /// The alarms among `names` that exist, metric and composite alike,
+    /// with their states; an alarm that does not exist is left out (as
+    /// DescribeAlarms leaves out the names it does not know).
+    async fn describe(&self, names: &[String]) -> Result<Vec<Alarm>, CallError>;
+}
+
+/// The names among `wanted` that `found` lacks.
+pub fn missing(wanted: &[String], found: &[Alarm]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|w| !found.iter().any(|a| &a.name == *w))
+        .cloned()
+        .collect()
+}
+
+/// The error of gate alarms that do not exist: such a gate could never
+/// send traffic back.
+pub fn missing_error(missing: &[String]) -> CallError {
+    CallError(format!(
+        "the gate alarm{} {} do{} not exist, so {} could never send traffic back",
+        if missing.len() == 1 { "" } else { "s" },
+        missing.join(", "),
+        if missing.len() == 1 { "es" } else { "" },
+        if missing.len() == 1 { "it" } else { "they" },
+    ))
 }
 
 /// Where the rollout's state is kept.
@@ -292,8 +324,48 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
         self.store.save(state).await
     }
 
-    /// Runs (or resumes) a rollout from its state's step to the end.
+    /// Checks that every gate alarm exists, before any traffic moves: a
+    /// name DescribeAlarms does not know is silently left out of its answer.
+    pub async fn check_gates(&self) -> Result<(), CallError> {
+        if self.alarms.is_empty() {
+            return Ok(());
+        }
+        let found = self.gates.describe(&self.alarms).await?;
+        match missing(&self.alarms, &found)[..] {
+            [] => Ok(()),
+            ref gone => Err(missing_error(gone)),
+        }
+    }
+
+    /// The gate alarms that send traffic back: those in ALARM, and those
+    /// that no longer exist (the gate cannot be read).
+    async fn firing(&self) -> Result<Vec<Firing>, CallError> {
+        if self.alarms.is_empty() {
+            return Ok(vec![]);
+        }
+        let found = self.gates.describe(&self.alarms).await?;
+        Ok(found
+            .iter()
+            .filter(|a| a.state == "ALARM")
+            .map(|a| Firing {
+                name: a.name.clone(),
+                reason: a.reason.clone(),
+            })
+            .chain(
+                missing(&self.alarms, &found)
+                    .into_iter()
+                    .map(|name| Firing {
+                        name,
+                        reason: "the alarm no longer exists, so the gate cannot be read".into(),
+                    }),
+            )
+            .collect())
+    }
+
+    /// Runs (or resumes) a rollout from its state's step to the end. The
+    /// gate alarms must all exist, else no traffic moves.
     pub async fn run(&self, state: &mut State) -> Result<Outcome, CallError> {
+        self.check_gates().await?;
         while state.step < state.steps.len() {
             let step = state.steps[state.step];
             self.shift(&state.targets, step.percent).await?;
@@ -306,7 +378,7 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
             });
             let end = self.clock.now() + chrono::Duration::seconds(step.bake_seconds as i64);
             loop {
-                let firing = self.gates.firing(&self.alarms).await?;
+                let firing = self.firing().await?;
                 if !firing.is_empty() {
                     self.shift(&state.targets, 0).await?;
                     state.phase = Phase::RolledBack;
@@ -404,15 +476,39 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
 #[cfg(test)]
 mod tests;
 
-/// The CloudWatch names of the gate alarms: the pipeline's own
-/// (`<project>-<env>-<key>`) and the spec's external ones.
-pub fn gate_alarms(project: &str, env: &str, spec: &Rollout) -> Vec<String> {
-    spec.alarms
-        .iter()
-        .filter_map(|a| serde_json::to_value(a).ok())
-        .filter_map(|v| v.as_str().map(|key| format!("{project}-{env}-{key}")))
-        .chain(spec.external_alarms.iter().cloned())
-        .collect()
+/// The CloudWatch names of the gate alarms: the pipeline's own, as the
+/// monitoring stack names them (`crate::synth::context::alarms`), and the
+/// spec's external ones. A gate that stands for several alarms (`replica-lag`
+/// with two replicas: `replica-lag-1` and `replica-lag-2`) gates on all.
+pub fn gate_alarms(env: &str, spec: &Spec) -> Result<Vec<String>, String> {
+    let made = crate::synth::context::alarms(env, spec);
+    let mut names: Vec<String> = Vec::new();
+    for gate in &spec.rollout.alarms {
+        let key = serde_json::to_value(gate)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let of_gate: Vec<&str> = made
+            .iter()
+            .filter(|a| {
+                a.key == key
+                    || a.key
+                        .strip_prefix(&format!("{key}-"))
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .map(|a| a.name.as_str())
+            .collect();
+        if of_gate.is_empty() {
+            return Err(format!(
+                "the rollout gate `{key}` names no alarm of `{env}`: the monitoring stack makes none of that name"
+            ));
+        }
+        names.extend(of_gate.into_iter().map(str::to_string));
+    }
+    names.extend(spec.rollout.external_alarms.iter().cloned());
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    Ok(names)
 }
 
 /// A strategy by its spec name (`--strategy`).
@@ -448,4 +544,150 @@ pub fn smoke_event(function: &str) -> serde_json::Value {
         "body": null,
         "isBase64Encoded": false
     })
+}
+
+/// What a pre-traffic invocation of a new version answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// Lambda's `FunctionError` (`Unhandled`), when the function failed.
+    pub function_error: Option<String>,
+    /// The function's answer.
+    pub payload: String,
+}
+
+/// What went wrong in a pre-traffic invocation, if anything: an error the
+/// function reported, or, from an API function, an answer other than 2xx.
+/// An API function answers API Gateway's proxy events with a proxy response
+/// whose `statusCode` is the HTTP status (API Gateway Developer Guide:
+/// "Output format of a Lambda function for proxy integration").
+pub fn invocation_problem(function: &str, invocation: &Invocation) -> Option<String> {
+    let payload = invocation.payload.as_str();
+    if let Some(kind) = &invocation.function_error {
+        return Some(format!("{kind}: {payload}"));
+    }
+    if function == "loader" {
+        return None;
+    }
+    let answer: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();
+    let status = match &answer["statusCode"] {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    };
+    let body = answer["body"]
+        .as_str()
+        .map_or_else(|| answer["body"].to_string(), str::to_string);
+    let short = |text: &str| -> String {
+        let mut cut: String = text.chars().take(300).collect();
+        if cut.len() < text.len() {
+            cut.push('…');
+        }
+        cut
+    };
+    match status {
+        Some(200..=299) => None,
+        Some(status) => Some(format!(
+            "GET /v1/health answered {status}: {}",
+            short(&body)
+        )),
+        None => Some(format!(
+            "GET /v1/health answered no HTTP status (not an API Gateway proxy response): {}",
+            short(payload)
+        )),
+    }
+}
+
+/// A published version's state, as GetFunctionConfiguration reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionState {
+    /// `Pending`, `Active`, `Inactive` or `Failed`.
+    pub state: Option<String>,
+    pub state_reason: Option<String>,
+    pub state_reason_code: Option<String>,
+    /// `InProgress`, `Successful` or `Failed`.
+    pub last_update_status: Option<String>,
+    pub last_update_status_reason: Option<String>,
+}
+
+/// Reads the state of published versions.
+#[allow(async_fn_in_trait)]
+pub trait Versions {
+    async fn state(&self, function: &str, version: &str) -> Result<VersionState, CallError>;
+}
+
+/// Whether a version can be invoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Not yet: what it is doing.
+    Waiting(String),
+    /// Never: why.
+    Failed(String),
+}
+
+/// A version is ready when Active with no update in progress; Failed (or a
+/// failed update) never gets ready; Pending (or an update in progress) may.
+/// As the SDK's PublishedVersionActive and FunctionActiveV2 waiters decide
+/// ("Lambda function states": only an Active function can be invoked).
+pub fn readiness(s: &VersionState) -> Readiness {
+    let reason = |reason: &Option<String>, code: &Option<String>| match (reason, code) {
+        (Some(r), Some(c)) => format!("{r} ({c})"),
+        (Some(r), None) => r.clone(),
+        (None, Some(c)) => c.clone(),
+        (None, None) => "no reason given".into(),
+    };
+    match (s.state.as_deref(), s.last_update_status.as_deref()) {
+        (Some("Failed"), _) => Readiness::Failed(format!(
+            "its state is Failed: {}",
+            reason(&s.state_reason, &s.state_reason_code)
+        )),
+        (_, Some("Failed")) => Readiness::Failed(format!(
+            "its last update failed: {}",
+            reason(&s.last_update_status_reason, &None)
+        )),
+        (Some("Active"), Some("InProgress")) => {
+            Readiness::Waiting("an update is in progress".into())
+        }
+        (Some("Active"), _) => Readiness::Ready,
+        (state, _) => Readiness::Waiting(format!(
+            "its state is {}: {}",
+            state.unwrap_or("unknown"),
+            reason(&s.state_reason, &s.state_reason_code)
+        )),
+    }
+}
+
+/// How long a new version may take to become Active: as long as the SDK's
+/// PublishedVersionActive waiter waits (312 polls, 5 s apart).
+pub const ACTIVE_TIMEOUT: Duration = Duration::from_secs(312 * 5);
+
+/// Waits until a published version is Active, polling its state every
+/// `poll`, for at most `timeout`.
+pub async fn wait_active(
+    versions: &impl Versions,
+    clock: &impl Clock,
+    function: &str,
+    version: &str,
+    poll: Duration,
+    timeout: Duration,
+) -> Result<(), CallError> {
+    let deadline = clock.now() + chrono::Duration::from_std(timeout).unwrap_or_default();
+    loop {
+        let state = versions.state(function, version).await?;
+        match readiness(&state) {
+            Readiness::Ready => return Ok(()),
+            Readiness::Failed(why) => {
+                return Err(CallError(format!(
+                    "version {version} of {function} cannot be invoked: {why}"
+                )));
+            }
+            Readiness::Waiting(what) if clock.now() >= deadline => {
+                return Err(CallError(format!(
+                    "version {version} of {function} is not Active after {} s: {what}",
+                    timeout.as_secs()
+                )));
+            }
+            Readiness::Waiting(_) => clock.sleep(poll).await,
+        }
+    }
 }

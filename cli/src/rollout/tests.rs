@@ -28,23 +28,41 @@ impl Aliases for FakeAliases {
     }
 }
 
-/// Alarms that go to ALARM after `fire_after` polls.
+/// Alarms that go to ALARM after `fire_after` polls; those in `missing` do
+/// not exist (after `vanish_after` polls, when set).
 struct FakeGates {
     polls: Cell<u32>,
     fire_after: Option<u32>,
+    missing: Vec<String>,
+    vanish_after: Option<u32>,
 }
 
 impl Gates for FakeGates {
-    async fn firing(&self, names: &[String]) -> Result<Vec<Firing>, CallError> {
+    async fn describe(&self, names: &[String]) -> Result<Vec<Alarm>, CallError> {
         self.polls.set(self.polls.get() + 1);
-        Ok(match self.fire_after {
-            Some(n) if self.polls.get() > n => vec![Firing {
-                name: names[0].clone(),
-                reason: "Threshold Crossed: 1 datapoint [3.0] was greater than the threshold (1.0)"
-                    .into(),
-            }],
-            _ => vec![],
-        })
+        let polls = self.polls.get();
+        let gone = |name: &String| {
+            self.missing.contains(name) && self.vanish_after.is_none_or(|n| polls > n)
+        };
+        Ok(names
+            .iter()
+            .filter(|n| !gone(n))
+            .enumerate()
+            .map(|(i, name)| match self.fire_after {
+                Some(n) if polls > n && i == 0 => Alarm {
+                    name: name.clone(),
+                    state: "ALARM".into(),
+                    reason:
+                        "Threshold Crossed: 1 datapoint [3.0] was greater than the threshold (1.0)"
+                            .into(),
+                },
+                _ => Alarm {
+                    name: name.clone(),
+                    state: "OK".into(),
+                    reason: String::new(),
+                },
+            })
+            .collect())
     }
 }
 
@@ -140,6 +158,8 @@ impl World {
             gates: FakeGates {
                 polls: Cell::new(0),
                 fire_after,
+                missing: vec![],
+                vanish_after: None,
             },
             store: FakeStore::default(),
             clock: FakeClock {
@@ -224,8 +244,9 @@ fn a_canary_moves_the_weights_step_by_step_and_ends_on_the_new_versions() {
             "pipeline-uat-query: 8",
         ]
     );
-    // The bake lasted five minutes of polls every 30 s.
-    assert_eq!(world.gates.polls.get(), 11 + 1);
+    // The gates were checked before any traffic moved, then the bake lasted
+    // five minutes of polls every 30 s.
+    assert_eq!(world.gates.polls.get(), 1 + 11 + 1);
     assert_eq!(state.phase, Phase::Promoted);
     let saved = world.store.saved.borrow();
     assert_eq!(
@@ -356,5 +377,262 @@ fn one_function_can_be_promoted_or_aborted_alone() {
     assert_eq!(
         *world.aliases.history.borrow(),
         ["pipeline-uat-query: 7", "pipeline-uat-ingest: 4"]
+    );
+}
+
+#[test]
+fn a_gate_alarm_that_does_not_exist_moves_no_traffic() {
+    let mut world = World::new(None);
+    world.gates.missing = vec!["pipeline-uat-ingest-errors".into()];
+    let mut state = state(Strategy::Canary);
+    let error = run(world.rollouts().run(&mut state)).expect_err("refused");
+    assert_eq!(
+        error.0,
+        "the gate alarm pipeline-uat-ingest-errors does not exist, so it could never send traffic back"
+    );
+    assert!(world.aliases.history.borrow().is_empty());
+    assert!(world.store.saved.borrow().is_empty());
+    let mut rollouts = world.rollouts();
+    rollouts.alarms = vec![
+        "pipeline-uat-ingest-errors".into(),
+        "pipeline-uat-replica-lag-2".into(),
+        "pipeline-uat-query-errors".into(),
+    ];
+    let mut missing = world.gates.missing.clone();
+    missing.push("pipeline-uat-replica-lag-2".into());
+    let gates = FakeGates {
+        polls: Cell::new(0),
+        fire_after: None,
+        missing,
+        vanish_after: None,
+    };
+    rollouts.gates = &gates;
+    assert_eq!(
+        run(rollouts.check_gates()).expect_err("missing").0,
+        "the gate alarms pipeline-uat-ingest-errors, pipeline-uat-replica-lag-2 do not exist, so they could never send traffic back"
+    );
+}
+
+#[test]
+fn a_gate_alarm_deleted_mid_bake_sends_the_traffic_back() {
+    let mut world = World::new(None);
+    world.gates.missing = vec!["pipeline-uat-ingest-errors".into()];
+    world.gates.vanish_after = Some(3);
+    let mut state = state(Strategy::Canary);
+    let outcome = run(world.rollouts().run(&mut state)).expect("rollout");
+    assert_eq!(
+        outcome,
+        Outcome::RolledBack(vec![Firing {
+            name: "pipeline-uat-ingest-errors".into(),
+            reason: "the alarm no longer exists, so the gate cannot be read".into(),
+        }])
+    );
+    assert_eq!(
+        world.aliases.history.borrow().last().map(String::as_str),
+        Some("pipeline-uat-query: 7")
+    );
+}
+
+fn env_spec(env: &str) -> crate::spec::model::Spec {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../environments");
+    crate::spec::Loader::new(Some(dir))
+        .load(env)
+        .map(|e| e.spec)
+        .unwrap_or_else(|e| panic!("{env}: {e:?}"))
+}
+
+#[test]
+fn a_gate_stands_for_every_alarm_the_monitoring_stack_makes_of_it() {
+    let mut spec = env_spec("prod");
+    assert_eq!(spec.database.read_replicas, 2);
+    let names = gate_alarms("prod", &spec).expect("gates");
+    assert_eq!(
+        names,
+        [
+            "pipeline-prod-ingest-errors",
+            "pipeline-prod-loader-errors",
+            "pipeline-prod-query-errors",
+            "pipeline-prod-api-5xx",
+            "pipeline-prod-api-latency",
+            "pipeline-prod-dead-letters",
+            "pipeline-prod-replica-lag-1",
+            "pipeline-prod-replica-lag-2",
+        ]
+    );
+    // Every name is one the monitoring stack makes.
+    let made: Vec<String> = crate::synth::context::alarms("prod", &spec)
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert!(names.iter().all(|n| made.contains(n)), "{made:?}");
+    // One replica: one alarm, without a number.
+    spec.database.read_replicas = 1;
+    let names = gate_alarms("prod", &spec).expect("gates");
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("pipeline-prod-replica-lag")
+    );
+    // External alarms follow, once each.
+    spec.rollout.external_alarms = vec!["shared-db-cpu".into(), "shared-db-cpu".into()];
+    let names = gate_alarms("prod", &spec).expect("gates");
+    assert_eq!(names.last().map(String::as_str), Some("shared-db-cpu"));
+    assert_eq!(names.iter().filter(|n| *n == "shared-db-cpu").count(), 1);
+    // No replica: the gate names nothing.
+    spec.database.read_replicas = 0;
+    assert_eq!(
+        gate_alarms("prod", &spec).expect_err("no alarm"),
+        "the rollout gate `replica-lag` names no alarm of `prod`: the monitoring stack makes none of that name"
+    );
+}
+
+fn answer(function_error: Option<&str>, payload: &str) -> Invocation {
+    Invocation {
+        function_error: function_error.map(str::to_string),
+        payload: payload.into(),
+    }
+}
+
+#[test]
+fn an_api_function_must_answer_its_health_route_with_2xx() {
+    let ok =
+        r#"{"statusCode":200,"headers":{},"body":"{\"status\":\"ok\"}","isBase64Encoded":false}"#;
+    assert_eq!(invocation_problem("ingest", &answer(None, ok)), None);
+    let down = r#"{"statusCode":503,"body":"{\"error\":{\"code\":\"unavailable\",\"message\":\"the database does not answer\"}}"}"#;
+    assert_eq!(
+        invocation_problem("query", &answer(None, down)).as_deref(),
+        Some(
+            r#"GET /v1/health answered 503: {"error":{"code":"unavailable","message":"the database does not answer"}}"#
+        )
+    );
+    let missing = r#"{"statusCode":"404","body":"{\"error\":{\"code\":\"not_found\"}}"}"#;
+    assert_eq!(
+        invocation_problem("ingest", &answer(None, missing)).as_deref(),
+        Some(r#"GET /v1/health answered 404: {"error":{"code":"not_found"}}"#)
+    );
+    // An echo of the event is no proxy response (API Gateway answers 502).
+    assert_eq!(
+        invocation_problem("query", &answer(None, r#"{"path":"/v1/health"}"#)).as_deref(),
+        Some(
+            r#"GET /v1/health answered no HTTP status (not an API Gateway proxy response): {"path":"/v1/health"}"#
+        )
+    );
+    let crashed = r#"{"errorType":"Runtime.ExitError"}"#;
+    assert_eq!(
+        invocation_problem("query", &answer(Some("Unhandled"), crashed)).as_deref(),
+        Some(r#"Unhandled: {"errorType":"Runtime.ExitError"}"#)
+    );
+    // The loader answers SQS batches: only its errors count.
+    assert_eq!(invocation_problem("loader", &answer(None, "{}")), None);
+    assert!(invocation_problem("loader", &answer(Some("Unhandled"), crashed)).is_some());
+}
+
+/// Versions whose states come from a script, one a poll.
+struct FakeVersions {
+    states: RefCell<Vec<VersionState>>,
+    polls: Cell<u32>,
+}
+
+impl Versions for FakeVersions {
+    async fn state(&self, _: &str, _: &str) -> Result<VersionState, CallError> {
+        self.polls.set(self.polls.get() + 1);
+        let mut states = self.states.borrow_mut();
+        Ok(if states.len() > 1 {
+            states.remove(0)
+        } else {
+            states[0].clone()
+        })
+    }
+}
+
+fn version_state(state: &str, update: Option<&str>, reason: Option<&str>) -> VersionState {
+    VersionState {
+        state: Some(state.into()),
+        state_reason: reason.map(str::to_string),
+        state_reason_code: reason.map(|_| "Creating".to_string()),
+        last_update_status: update.map(str::to_string),
+        last_update_status_reason: None,
+    }
+}
+
+#[test]
+fn a_new_version_is_waited_for_until_it_is_active() {
+    let world = World::new(None);
+    let pending = version_state("Pending", None, Some("The function is being created."));
+    let versions = FakeVersions {
+        states: RefCell::new(vec![
+            pending.clone(),
+            pending.clone(),
+            version_state("Active", Some("InProgress"), None),
+            version_state("Active", Some("Successful"), None),
+        ]),
+        polls: Cell::new(0),
+    };
+    let started = world.clock.now();
+    let wait = wait_active(
+        &versions,
+        &world.clock,
+        "pipeline-uat-ingest",
+        "4",
+        Duration::from_secs(2),
+        ACTIVE_TIMEOUT,
+    );
+    run(wait).expect("active");
+    assert_eq!(versions.polls.get(), 4);
+    assert_eq!((world.clock.now() - started).num_seconds(), 6);
+
+    // Pending for longer than the wait: a clear error.
+    let versions = FakeVersions {
+        states: RefCell::new(vec![pending]),
+        polls: Cell::new(0),
+    };
+    let wait = wait_active(
+        &versions,
+        &world.clock,
+        "pipeline-uat-ingest",
+        "4",
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        run(wait).expect_err("timeout").0,
+        "version 4 of pipeline-uat-ingest is not Active after 60 s: its state is Pending: The function is being created. (Creating)"
+    );
+    assert_eq!(versions.polls.get(), 13);
+}
+
+#[test]
+fn a_failed_version_stops_the_wait_with_its_reason() {
+    let world = World::new(None);
+    let mut failed = version_state("Failed", None, None);
+    failed.state_reason = Some("Lambda was unable to pull the image".into());
+    failed.state_reason_code = Some("ImageAccessDenied".into());
+    let versions = FakeVersions {
+        states: RefCell::new(vec![
+            version_state("Pending", None, Some("The function is being created.")),
+            failed,
+        ]),
+        polls: Cell::new(0),
+    };
+    let wait = wait_active(
+        &versions,
+        &world.clock,
+        "pipeline-uat-query",
+        "9",
+        Duration::from_secs(1),
+        ACTIVE_TIMEOUT,
+    );
+    assert_eq!(
+        run(wait).expect_err("failed").0,
+        "version 9 of pipeline-uat-query cannot be invoked: its state is Failed: Lambda was unable to pull the image (ImageAccessDenied)"
+    );
+    let mut update_failed = version_state("Active", Some("Failed"), None);
+    update_failed.last_update_status_reason = Some("The subnet has no free address".into());
+    assert_eq!(
+        readiness(&update_failed),
+        Readiness::Failed("its last update failed: The subnet has no free address".into())
+    );
+    assert_eq!(
+        readiness(&version_state("Active", None, None)),
+        Readiness::Ready
     );
 }
