@@ -287,6 +287,115 @@ fn yaml_syntax_errors_have_a_position() {
     );
 }
 
+/// A "billion laughs": every level holds nine aliases of the level before, so
+/// `i` would expand to 9^9 copies of `x`.
+const ALIAS_BOMB: &str = "a: &a [x, x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+";
+
+#[test]
+fn an_alias_bomb_stops_at_the_alias_that_passes_the_budget() {
+    let ws = workspace(&[("pr-13.yaml", ALIAS_BOMB)]);
+    let out = pipeline(ws.path(), &["validate", "--env", "pr-13"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    // a to d copy 8289 nodes; the first `*d` of `e` would copy 7381 more.
+    assert_eq!(
+        stderr(&out),
+        "  × aliases expand to more than 10000 nodes
+   ╭─[environments/pr-13.yaml:5:8]
+ 4 │ d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+ 5 │ e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+   ·        ─┬
+   ·         ╰── this alias passes the limit
+ 6 │ f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+   ╰────
+  help: write the values out or use fewer nested aliases
+
+  × `pr-13` has 1 problem
+  help: fix the problems above; nothing was sent to AWS
+
+"
+    );
+}
+
+/// The first `len` bytes of `text`, for assertion messages about huge outputs.
+fn head(text: &str, len: usize) -> &str {
+    let mut end = len.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[test]
+fn a_ten_mebibyte_value_is_refused_at_the_line_limit() {
+    let spec = format!(
+        "functions:\n  ingest:\n    memory_mb: {}\n",
+        "x".repeat(10 << 20)
+    );
+    let ws = workspace(&[("pr-14.yaml", &spec)]);
+    let out = pipeline(ws.path(), &["validate", "--env", "pr-14"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", head(&err, 2000));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        err.starts_with(
+            "  × this line is longer than 10000 characters\n   ╭─[environments/pr-14.yaml:3:10001]\n"
+        ),
+        "{}",
+        head(&err, 2000)
+    );
+    assert!(
+        err.ends_with(
+            "  help: break a long value over several lines; inside double quotes, end each line with `\\`
+
+  × `pr-14` has 1 problem
+  help: fix the problems above; nothing was sent to AWS
+
+"
+        ),
+        "{}",
+        &err[err.len().saturating_sub(2000)..]
+    );
+}
+
+#[test]
+fn a_ten_mebibyte_list_is_refused_at_the_size_limit() {
+    // 1.7 million short lines: a legal document, but ten times the size limit.
+    let spec = format!("tags:\n{}", "  - v\n".repeat((10 << 20) / 6));
+    let ws = workspace(&[("pr-15.yaml", &spec)]);
+    let out = pipeline(ws.path(), &["validate", "--env", "pr-15"]);
+    assert_eq!(out.status.code(), Some(2), "{}", head(&stderr(&out), 2000));
+    assert_eq!(stdout(&out), "");
+    // Byte 1048576 is the fifth of line 174763: (1048576 - 6) / 6 lines of
+    // items follow `tags:`, and 4 bytes are left over.
+    assert_eq!(
+        stderr(&out),
+        "  × this file is longer than 1 MiB
+        ╭─[environments/pr-15.yaml:174763:5]
+ 174762 │   - v
+ 174763 │   - v
+        ·     ▲
+        ·     ╰── the limit is passed here
+ 174764 │   - v
+        ╰────
+  help: a spec holds one environment's settings; keep data and generated content out of it
+
+  × `pr-15` has 1 problem
+  help: fix the problems above; nothing was sent to AWS
+
+"
+    );
+}
+
 #[test]
 fn unknown_environments_are_usage_errors() {
     let ws = workspace(&[]);

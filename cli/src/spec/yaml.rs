@@ -116,27 +116,170 @@ impl<'a> Offsets<'a> {
     }
 }
 
+/// Most nodes that aliases may produce in one file, all aliases together; an
+/// alias produces a copy of every node under its anchor. Hand-written specs
+/// alias a few small blocks of defaults (tens of nodes); ten thousand leaves
+/// them a wide margin while a "billion laughs" of nested aliases, which would
+/// otherwise grow as 9^levels, stops after about a megabyte.
+pub const MAX_ALIAS_NODES: usize = 10_000;
+
+/// Most bytes of text (strings and keys) that aliases may copy in one file, so
+/// that many aliases of one long value cannot grow memory either.
+pub const MAX_ALIAS_BYTES: usize = 1 << 20;
+
+/// Most levels of collections nested in one another. Specs use about five;
+/// the tree and everything that reads it recurse once per level, so a limit
+/// keeps `[[[[...` or `- - - - ...` from overflowing the stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// Most nodes in one file, aliases' copies included. The shipped specs hold a
+/// few hundred. A node takes about 100 bytes and the tree is copied a few
+/// times while an environment is loaded, and layering a file over its parent
+/// takes time growing with the square of a mapping's size (about 0.4 s for
+/// 10,000 keys), so the limit keeps memory and time small.
+pub const MAX_NODES: usize = 20_000;
+
+/// Longest spec file, in bytes. The shipped specs are a few kilobytes; a
+/// file is read whole, and every problem shown scans it again to find its
+/// line, so the limit keeps even a file full of mistakes quick to report.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// Longest line, in characters. Problems quote the line they point at, and
+/// the renderer cannot place a label beyond column 65,535; hand-written specs
+/// keep lines under a hundred characters or so.
+pub const MAX_LINE_CHARS: usize = 10_000;
+
+/// Where a node sits in the tree being built: the collection holding it (an
+/// index into [`Builder::places`]; `None` for the document, which holds the
+/// root at position 0) and its position there. A sequence's item `i` is at
+/// position `i`; a mapping's entry `i` has its key at `2i` and its value at
+/// `2i + 1`.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    parent: Option<usize>,
+    position: usize,
+}
+
+/// What an alias refers to.
+enum Anchor {
+    /// A node in the tree, found again through its place rather than copied
+    /// when it is anchored, so that anchors nested in anchors cost nothing.
+    At(Place),
+    /// A scalar mapping key, which the tree keeps only as text.
+    Key(Node),
+}
+
 /// Builds the node tree from the parser's events.
 struct Builder<'a> {
     file: FileId,
     offsets: Offsets<'a>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchor>,
+    /// The place of every collection opened so far.
+    places: Vec<Place>,
     problems: Vec<Problem>,
+    /// Nodes in the tree so far, aliases' copies included.
+    nodes: usize,
+    /// Nodes and text bytes produced by aliases so far.
+    alias_nodes: usize,
+    alias_bytes: usize,
 }
 
-enum Frame {
-    Seq(Node, usize),
-    Map(Node, usize, Option<(String, Span)>),
+/// A collection being read.
+struct Frame {
+    /// A sequence or a mapping, with the children read so far.
+    node: Node,
+    anchor: usize,
+    /// Index of this collection's place in [`Builder::places`].
+    place: usize,
+    /// In a mapping: the key read, waiting for its value.
+    pending: Option<(String, Span)>,
+    /// In a mapping: the line of each key's first appearance.
+    keys: HashMap<String, usize>,
+}
+
+impl Frame {
+    /// The position the next child will take (see [`Place`]).
+    fn next_position(&self) -> usize {
+        match &self.node.value {
+            Value::Seq(items) => items.len(),
+            Value::Map(entries) => 2 * entries.len() + usize::from(self.pending.is_some()),
+            _ => 0,
+        }
+    }
+}
+
+/// The finished child of `node` at `position` (see [`Place`]).
+fn child(node: &Node, position: usize) -> Option<&Node> {
+    match &node.value {
+        Value::Seq(items) => items.get(position),
+        Value::Map(entries) if position % 2 == 1 => entries.get(position / 2).map(|e| &e.value),
+        _ => None,
+    }
+}
+
+/// The node at the end of `path`, walking down from `node`.
+fn descend<'t>(node: &'t Node, path: &[usize]) -> Option<&'t Node> {
+    path.iter()
+        .try_fold(node, |node, &position| child(node, position))
+}
+
+/// The size of a tree, as an alias copying it would add it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Size {
+    nodes: usize,
+    /// Bytes of strings and keys.
+    bytes: usize,
+    /// Levels of collections: 0 for a scalar, 1 for `[x]`, 2 for `[[x]]`.
+    height: usize,
+}
+
+/// Measures `node` (at `level` collections below the aliased node), giving up
+/// once more than `limit` nodes are counted, so that an alias is never
+/// measured for longer than the budget it may use.
+fn measure(node: &Node, limit: usize, level: usize, size: &mut Size) {
+    size.nodes += 1;
+    match &node.value {
+        Value::Str(s) => size.bytes += s.len(),
+        Value::Seq(items) => {
+            size.height = size.height.max(level + 1);
+            for item in items {
+                if size.nodes > limit {
+                    return;
+                }
+                measure(item, limit, level + 1, size);
+            }
+        }
+        Value::Map(entries) => {
+            size.height = size.height.max(level + 1);
+            for entry in entries {
+                if size.nodes > limit {
+                    return;
+                }
+                size.bytes += entry.key.len();
+                measure(&entry.value, limit, level + 1, size);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Parses one YAML document. Syntax errors and duplicate keys are returned as
-/// problems; an empty document is an empty mapping.
+/// problems; an empty document is an empty mapping. A document that passes
+/// one of the limits above gives one problem at the node that passed it, and
+/// the rest of the file is not read.
 pub fn parse(file: FileId, text: &str) -> Result<Node, Vec<Problem>> {
+    if let Some(problem) = oversized(file, text) {
+        return Err(vec![problem]);
+    }
     let mut builder = Builder {
         file,
         offsets: Offsets::new(text),
         anchors: HashMap::new(),
+        places: Vec::new(),
         problems: Vec::new(),
+        nodes: 0,
+        alias_nodes: 0,
+        alias_bytes: 0,
     };
     match builder.run(text) {
         Ok(Some(node)) if builder.problems.is_empty() => Ok(node),
@@ -150,6 +293,68 @@ pub fn parse(file: FileId, text: &str) -> Result<Node, Vec<Problem>> {
             Err(builder.problems)
         }
     }
+}
+
+/// The first place where `text` passes [`MAX_LINE_CHARS`] or
+/// [`MAX_FILE_BYTES`], as a problem; only the text up to that place is read.
+fn oversized(file: FileId, text: &str) -> Option<Problem> {
+    let mut offset = 0;
+    for (index, line) in text.split('\n').enumerate() {
+        let at = |byte: usize, column: usize, message: String, help: &str| {
+            let span = Span {
+                file,
+                offset: offset + byte,
+                len: 0,
+                line: index + 1,
+                column,
+            };
+            Some(Problem::new(span, message, "the limit is passed here").with_help(help))
+        };
+        // A line has at least as many bytes as characters.
+        if line.len() > MAX_LINE_CHARS
+            && let Some((byte, _)) = line.char_indices().nth(MAX_LINE_CHARS)
+            && offset + byte <= MAX_FILE_BYTES
+        {
+            return at(
+                byte,
+                MAX_LINE_CHARS + 1,
+                format!("this line is longer than {MAX_LINE_CHARS} characters"),
+                "break a long value over several lines; inside double quotes, end each line with `\\`",
+            );
+        }
+        if text.len() > MAX_FILE_BYTES && offset + line.len() >= MAX_FILE_BYTES {
+            let mut byte = MAX_FILE_BYTES - offset;
+            while !line.is_char_boundary(byte) {
+                byte -= 1;
+            }
+            return at(
+                byte,
+                line[..byte].chars().count() + 1,
+                format!("this file is longer than {} MiB", MAX_FILE_BYTES >> 20),
+                "a spec holds one environment's settings; keep data and generated content out of it",
+            );
+        }
+        offset += line.len() + 1;
+    }
+    None
+}
+
+fn too_deep(span: Span, label: &str) -> Problem {
+    Problem::new(
+        span,
+        format!("values nest more than {MAX_DEPTH} levels deep"),
+        label,
+    )
+    .with_help("a spec needs only a few levels; look for brackets that are never closed or indentation that keeps growing")
+}
+
+fn too_many_nodes(span: Span) -> Problem {
+    Problem::new(
+        span,
+        format!("this file holds more than {MAX_NODES} values"),
+        "the limit is passed here",
+    )
+    .with_help("an environment needs a few hundred values; remove generated or repeated content")
 }
 
 impl Builder<'_> {
@@ -168,6 +373,125 @@ impl Builder<'_> {
             "here",
         )
         .with_help("check the indentation and quoting around this position")
+    }
+
+    /// Opens a collection, unless it would nest too deep or be one node too many.
+    fn open(
+        &mut self,
+        stack: &mut Vec<Frame>,
+        value: Value,
+        anchor: usize,
+        span: Span,
+    ) -> Result<(), Problem> {
+        if stack.len() >= MAX_DEPTH {
+            return Err(too_deep(span, "too deep"));
+        }
+        self.count(1, span)?;
+        self.places.push(Place {
+            parent: stack.last().map(|f| f.place),
+            position: stack.last().map_or(0, Frame::next_position),
+        });
+        stack.push(Frame {
+            node: Node { value, span },
+            anchor,
+            place: self.places.len() - 1,
+            pending: None,
+            keys: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Counts `nodes` more nodes in the tree.
+    fn count(&mut self, nodes: usize, span: Span) -> Result<(), Problem> {
+        self.nodes += nodes;
+        if self.nodes > MAX_NODES {
+            return Err(too_many_nodes(span));
+        }
+        Ok(())
+    }
+
+    /// The node an alias names, found in the tree being built.
+    fn anchored<'t>(
+        &'t self,
+        id: usize,
+        stack: &'t [Frame],
+        root: Option<&'t Node>,
+    ) -> Option<&'t Node> {
+        let place = match self.anchors.get(&id)? {
+            Anchor::Key(node) => return Some(node),
+            Anchor::At(place) => *place,
+        };
+        let mut path = vec![place.position];
+        let mut up = place.parent;
+        while let Some(index) = up {
+            let place = self.places.get(index)?;
+            path.push(place.position);
+            up = place.parent;
+        }
+        path.reverse();
+        // `path[0]` is the root's position in the document; the rest leads
+        // through the collections still open, then through finished nodes.
+        let mut rest = path.get(1..)?;
+        for (level, frame) in stack.iter().enumerate() {
+            let (&position, tail) = rest.split_first()?;
+            let next = frame.next_position();
+            if position < next {
+                return descend(child(&frame.node, position)?, tail);
+            }
+            if position > next || level + 1 == stack.len() {
+                return None;
+            }
+            rest = tail;
+        }
+        descend(root?, rest)
+    }
+
+    /// A copy of the node an alias names, at the alias's position, unless the
+    /// copy would pass one of the limits.
+    fn expand(
+        &mut self,
+        id: usize,
+        span: Span,
+        stack: &[Frame],
+        root: Option<&Node>,
+    ) -> Result<Node, Problem> {
+        let budget = MAX_ALIAS_NODES - self.alias_nodes;
+        let (value, size) = match self.anchored(id, stack, root) {
+            Some(node) => {
+                let mut size = Size::default();
+                measure(node, budget, 0, &mut size);
+                if size.nodes > budget {
+                    return Err(Problem::new(
+                        span,
+                        format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"),
+                        "this alias passes the limit",
+                    )
+                    .with_help("write the values out or use fewer nested aliases"));
+                }
+                if self.alias_bytes + size.bytes > MAX_ALIAS_BYTES {
+                    return Err(Problem::new(
+                        span,
+                        format!(
+                            "aliases copy more than {} MiB of text",
+                            MAX_ALIAS_BYTES >> 20
+                        ),
+                        "this alias passes the limit",
+                    )
+                    .with_help("write the values out or alias shorter values"));
+                }
+                if stack.len() + size.height > MAX_DEPTH {
+                    return Err(too_deep(span, "this alias nests too deep"));
+                }
+                (node.value.clone(), size)
+            }
+            // The anchor is on a complex mapping key, which is reported and
+            // left out of the tree.
+            None => (Value::Null, Size::default()),
+        };
+        self.alias_nodes += size.nodes;
+        self.alias_bytes += size.bytes;
+        self.count(size.nodes.max(1), span)?;
+        Ok(Node { value, span })
     }
 
     fn run(&mut self, text: &str) -> Result<Option<Node>, ScanError> {
@@ -189,68 +513,88 @@ impl Builder<'_> {
                     continue;
                 }
                 Event::SequenceStart(anchor, _) => {
-                    stack.push(Frame::Seq(
-                        Node {
-                            value: Value::Seq(Vec::new()),
-                            span,
-                        },
-                        anchor,
-                    ));
+                    if let Err(problem) =
+                        self.open(&mut stack, Value::Seq(Vec::new()), anchor, span)
+                    {
+                        self.problems.push(problem);
+                        return Ok(None);
+                    }
                     continue;
                 }
                 Event::MappingStart(anchor, _) => {
-                    stack.push(Frame::Map(
-                        Node {
-                            value: Value::Map(Vec::new()),
-                            span,
-                        },
-                        anchor,
-                        None,
-                    ));
+                    if let Err(problem) =
+                        self.open(&mut stack, Value::Map(Vec::new()), anchor, span)
+                    {
+                        self.problems.push(problem);
+                        return Ok(None);
+                    }
                     continue;
                 }
                 Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                    Some(Frame::Seq(mut node, anchor)) | Some(Frame::Map(mut node, anchor, _)) => {
+                    Some(Frame {
+                        mut node, anchor, ..
+                    }) => {
                         let end = span.offset + span.len;
                         node.span.len = end.saturating_sub(node.span.offset);
                         (node, anchor)
                     }
                     None => continue,
                 },
-                Event::Scalar(text, style, anchor, _) => (
-                    Node {
-                        value: resolve(&text, style),
-                        span,
-                    },
-                    anchor,
-                ),
-                Event::Alias(id) => match self.anchors.get(&id) {
-                    Some(node) => (
+                Event::Scalar(text, style, anchor, _) => {
+                    if let Err(problem) = self.count(1, span) {
+                        self.problems.push(problem);
+                        return Ok(None);
+                    }
+                    (
                         Node {
-                            value: node.value.clone(),
+                            value: resolve(&text, style),
                             span,
                         },
-                        0,
-                    ),
-                    None => continue,
+                        anchor,
+                    )
+                }
+                Event::Alias(id) => match self.expand(id, span, &stack, root.as_ref()) {
+                    Ok(node) => (node, 0),
+                    Err(problem) => {
+                        self.problems.push(problem);
+                        return Ok(None);
+                    }
                 },
                 _ => continue,
             };
             if anchor != 0 {
-                self.anchors.insert(anchor, node.clone());
-            }
-            match stack.last_mut() {
-                None => root = Some(node),
-                Some(Frame::Seq(parent, _)) => {
-                    if let Value::Seq(items) = &mut parent.value {
-                        items.push(node);
-                    }
+                let is_key = matches!(
+                    stack.last(),
+                    Some(Frame {
+                        node: Node {
+                            value: Value::Map(_),
+                            ..
+                        },
+                        pending: None,
+                        ..
+                    })
+                );
+                if !is_key {
+                    let place = Place {
+                        parent: stack.last().map(|f| f.place),
+                        position: stack.last().map_or(0, Frame::next_position),
+                    };
+                    self.anchors.insert(anchor, Anchor::At(place));
+                } else if !matches!(node.value, Value::Seq(_) | Value::Map(_)) {
+                    self.anchors.insert(anchor, Anchor::Key(node.clone()));
                 }
-                Some(Frame::Map(parent, _, pending)) => match pending.take() {
+            }
+            let Some(frame) = stack.last_mut() else {
+                root = Some(node);
+                continue;
+            };
+            match &mut frame.node.value {
+                Value::Seq(items) => items.push(node),
+                Value::Map(entries) => match frame.pending.take() {
                     None => match &node.value {
-                        Value::Str(s) => *pending = Some((s.clone(), node.span)),
+                        Value::Str(s) => frame.pending = Some((s.clone(), node.span)),
                         Value::Int(_) | Value::Bool(_) | Value::Float(_) | Value::Null => {
-                            *pending = Some((scalar_text(&node.value), node.span))
+                            frame.pending = Some((scalar_text(&node.value), node.span))
                         }
                         _ => {
                             self.problems.push(
@@ -261,32 +605,32 @@ impl Builder<'_> {
                                 )
                                 .with_help("write the key as a plain word such as `name:`"),
                             );
-                            *pending = Some((String::new(), node.span));
+                            frame.pending = Some((String::new(), node.span));
                         }
                     },
                     Some((key, key_span)) => {
-                        if let Value::Map(entries) = &mut parent.value {
-                            if let Some(first) = entries.iter().find(|e| e.key == key) {
-                                self.problems.push(
-                                    Problem::new(
-                                        key_span,
-                                        format!("key `{key}` appears twice in this mapping"),
-                                        "duplicate key",
-                                    )
-                                    .with_help(format!(
-                                        "the first `{key}` is on line {}; keep one of them",
-                                        first.key_span.line
-                                    )),
-                                );
-                            }
-                            entries.push(Entry {
-                                key,
-                                key_span,
-                                value: node,
-                            });
+                        if let Some(first_line) = frame.keys.get(&key) {
+                            self.problems.push(
+                                Problem::new(
+                                    key_span,
+                                    format!("key `{key}` appears twice in this mapping"),
+                                    "duplicate key",
+                                )
+                                .with_help(format!(
+                                    "the first `{key}` is on line {first_line}; keep one of them"
+                                )),
+                            );
+                        } else {
+                            frame.keys.insert(key.clone(), key_span.line);
                         }
+                        entries.push(Entry {
+                            key,
+                            key_span,
+                            value: node,
+                        });
                     }
                 },
+                _ => {}
             }
         }
         Ok(root)
@@ -417,5 +761,128 @@ mod tests {
             parse_ok("# only a comment\n").to_json(),
             serde_json::json!({})
         );
+    }
+
+    /// The one problem of a document that passes a limit: message, line, column.
+    fn limit_problem(text: &str) -> (String, usize, usize) {
+        match parse(0, text) {
+            Ok(_) => panic!("no problem"),
+            Err(problems) => {
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                let p = &problems[0];
+                (p.message.clone(), p.span.line, p.span.column)
+            }
+        }
+    }
+
+    /// Nested aliases: `a` holds 9 scalars, each further level 9 aliases of
+    /// the one before, so level `n` expands to about 9^n nodes.
+    fn laughs(levels: usize) -> String {
+        let mut text = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n".to_string();
+        for level in 1..levels {
+            let items = vec![format!("*a{}", level - 1); 9].join(", ");
+            text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn aliases_expand_within_a_budget() {
+        // Four levels copy 9*10 + 9*91 + 9*820 = 8289 nodes: allowed.
+        let node = parse_ok(&laughs(4));
+        let json = node.to_json();
+        assert_eq!(json["a3"][8][8][8][8], "x");
+        // The fifth level's first alias would copy 7381 more.
+        let (message, line, column) = limit_problem(&laughs(5));
+        assert_eq!(
+            (message.as_str(), line, column),
+            ("aliases expand to more than 10000 nodes", 5, 10)
+        );
+        // Many aliases of one long value copy too much text.
+        let long = "y".repeat(MAX_LINE_CHARS - 20);
+        let aliases = vec!["*s"; MAX_ALIAS_BYTES / long.len() + 1].join("\n  - ");
+        let (message, line, _) = limit_problem(&format!("s: &s {long}\nl:\n  - {aliases}\n"));
+        assert_eq!(message, "aliases copy more than 1 MiB of text");
+        assert_eq!(line, 2 + MAX_ALIAS_BYTES / long.len() + 1);
+    }
+
+    #[test]
+    fn aliases_find_anchors_anywhere_in_the_tree() {
+        let text = "a: &a\n  b: &b [1, &c {k: &d v}]\n  e: *c\n  f: [*b, *d]\nk: [&k key]\ng: {*k : 2, n: *a}\n";
+        let json = parse_ok(text).to_json();
+        let a =
+            serde_json::json!({"b": [1, {"k": "v"}], "e": {"k": "v"}, "f": [[1, {"k": "v"}], "v"]});
+        assert_eq!(
+            json,
+            serde_json::json!({"a": a, "k": ["key"], "g": {"key": 2, "n": a}})
+        );
+        let json =
+            parse_ok("x: &x\n  - &y [1]\n  - *y\nz: [*x, {m: &m 3, n: *m}]\n&q q: *y\nr: *q\n")
+                .to_json();
+        assert_eq!(
+            json,
+            serde_json::json!({"x": [[1], [1]], "z": [[[1], [1]], {"m": 3, "n": 3}], "q": [1], "r": "q"})
+        );
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        let flow = |levels: usize| format!("a: {}{}\n", "[".repeat(levels), "]".repeat(levels));
+        // The mapping is one level; 63 lists make 64.
+        parse_ok(&flow(MAX_DEPTH - 1));
+        let (message, line, column) = limit_problem(&flow(MAX_DEPTH));
+        assert_eq!(
+            (message.as_str(), line, column),
+            ("values nest more than 64 levels deep", 1, 67)
+        );
+        // Block lists nest without any bracket: `- - - x`.
+        let block = format!("a:\n  {}x\n", "- ".repeat(MAX_DEPTH));
+        let (message, line, column) = limit_problem(&block);
+        assert_eq!(
+            (message.as_str(), line, column),
+            ("values nest more than 64 levels deep", 2, 2 * MAX_DEPTH + 1)
+        );
+        // An alias may not nest its copy too deep either.
+        let text = format!(
+            "a: &a {}\nb: {}*a{}\n",
+            flow(40).trim_start_matches("a: ").trim_end(),
+            "[".repeat(30),
+            "]".repeat(30)
+        );
+        let (message, line, column) = limit_problem(&text);
+        assert_eq!(
+            (message.as_str(), line, column),
+            ("values nest more than 64 levels deep", 2, 34)
+        );
+    }
+
+    #[test]
+    fn files_and_lines_are_limited() {
+        let items = vec!["x"; MAX_NODES].join("\n- ");
+        let (message, line, column) = limit_problem(&format!("- {items}\n"));
+        assert_eq!(
+            (message.as_str(), line, column),
+            ("this file holds more than 20000 values", MAX_NODES, 3)
+        );
+        let text = format!("a: 1\nb: é{}\n", "x".repeat(MAX_LINE_CHARS));
+        let (message, line, column) = limit_problem(&text);
+        assert_eq!(
+            (message.as_str(), line, column),
+            ("this line is longer than 10000 characters", 2, 10_001)
+        );
+        let offset = match parse(0, &text) {
+            Err(problems) => problems[0].span.offset,
+            Ok(_) => 0,
+        };
+        assert_eq!(offset, 5 + 10_000 + 1);
+        // Lines of 100 bytes after 5: the 1 MiB limit falls in line 10487,
+        // 71 bytes after its start at 1048505.
+        let text = format!("a: 1\n{}", format!("# {}\n", "c".repeat(97)).repeat(11_000));
+        let (message, line, column) = limit_problem(&text);
+        assert_eq!(
+            (message.as_str(), line, column),
+            ("this file is longer than 1 MiB", 10_487, 72)
+        );
+        parse_ok(&text[..MAX_FILE_BYTES]);
     }
 }
