@@ -311,11 +311,12 @@ resource_type(
 
 # 10. AWS::RDS::DBProxy is skipped, and a GetAtt of it in Outputs (prod's DbWriteEndpoint) then
 # makes every describe_stacks fail (500). CloudFormation creates the proxy; Ref gives its name.
+# A proxy with end-to-end IAM authentication (DefaultAuthScheme IAM_AUTH) has no Auth.
 # (AWS::RDS::DBProxyTargetGroup stays skipped: nothing reads it.)
 resource_type(
     "AWS::RDS::DBProxy", "DBProxyName",
     lambda props, name, backend: backend.create_db_proxy(
-        name, props["EngineFamily"], props["Auth"], props["RoleArn"], props["VpcSubnetIds"],
+        name, props["EngineFamily"], props.get("Auth", []), props["RoleArn"], props["VpcSubnetIds"],
         props.get("VpcSecurityGroupIds"), props.get("RequireTLS"), props.get("IdleClientTimeout"),
         props.get("DebugLogging"), props.get("Tags"),
     ),
