@@ -99,10 +99,14 @@ impl Sources {
 
     /// The source line a span starts on, without its line break.
     pub fn line_of(&self, span: &Span) -> &str {
-        self.text(span.file)
-            .lines()
-            .nth(span.line.saturating_sub(1))
-            .unwrap_or("")
+        let text = self.text(span.file);
+        let offset = span.offset.min(text.len());
+        let (Some(before), Some(after)) = (text.get(..offset), text.get(offset..)) else {
+            return text.lines().nth(span.line.saturating_sub(1)).unwrap_or("");
+        };
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        let end = offset + after.find('\n').unwrap_or(after.len());
+        text.get(start..end).unwrap_or("").trim_end_matches('\r')
     }
 
     /// The problem as a miette diagnostic that quotes its snippet.
@@ -136,12 +140,20 @@ impl Sources {
             .with_width(100)
             .with_context_lines(1);
         let mut out = String::new();
-        for problem in problems {
+        // Each report reads its file from the start to place its snippet: a
+        // file with thousands of problems would take minutes to show.
+        for problem in problems.iter().take(MAX_RENDERED) {
             let diagnostic = self.diagnostic(problem);
             if handler.render_report(&mut out, &diagnostic).is_err() {
                 out.push_str(&problem.message);
             }
             out.push('\n');
+        }
+        if problems.len() > MAX_RENDERED {
+            out.push_str(&format!(
+                "… and {} more problems (`--output json` lists them all)\n",
+                problems.len() - MAX_RENDERED
+            ));
         }
         out
     }
@@ -161,6 +173,9 @@ impl Sources {
             .collect()
     }
 }
+
+/// Most problems shown as text, each with its snippet.
+pub const MAX_RENDERED: usize = 50;
 
 /// Length of the rest of the line starting at `offset`, so labels never span lines.
 fn first_line_len(text: &str, offset: usize) -> usize {
@@ -227,6 +242,36 @@ mod tests {
             Some("dev")
         );
         assert_eq!(did_you_mean("qa", ["dev", "dit", "uat", "prod"]), None);
+    }
+
+    #[test]
+    fn text_shows_the_first_problems_and_counts_the_rest() {
+        let mut sources = Sources::default();
+        let text: String = (0..60).map(|i| format!("k{i}: 1\r\n")).collect();
+        let id = sources.add("environments/x.yaml".into(), text.clone());
+        let problems: Vec<Problem> = (0..60)
+            .map(|i| {
+                let offset = text.find(&format!("k{i}:")).unwrap_or(0);
+                let span = Span {
+                    file: id,
+                    offset,
+                    len: 2,
+                    line: i + 1,
+                    column: 1,
+                };
+                Problem::new(span, format!("problem {i}"), "here")
+            })
+            .collect();
+        let shown = sources.render(&problems, false);
+        assert!(shown.contains("problem 49"), "{shown}");
+        assert!(!shown.contains("problem 50"), "{shown}");
+        assert!(
+            shown.ends_with("… and 10 more problems (`--output json` lists them all)\n"),
+            "{shown}"
+        );
+        let records = sources.records(&problems);
+        assert_eq!(records.len(), 60);
+        assert_eq!(records[59].snippet, "k59: 1");
     }
 
     #[test]
