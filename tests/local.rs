@@ -399,6 +399,7 @@ async fn malformed_input_is_refused_with_line_and_reason_and_nothing_is_loaded()
     assert_eq!(
         body,
         json!({"error": "invalid_batch", "truncated": false,
+               "message": "1 of 2 records are invalid; nothing was stored",
                "errors": [{"line": 2, "column": "user_id", "reason": "expected a number, found a string"}]})
     );
 
