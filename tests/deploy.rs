@@ -649,6 +649,30 @@ impl Project {
         })
     }
 
+    /// A parameter of a deployed stack, as DescribeStacks shows it.
+    fn parameter(&self, stack: &str, key: &str) -> String {
+        runtime().block_on(async {
+            let cfn = aws_sdk_cloudformation::Client::new(&self.sdk().await);
+            let stacks = cfn
+                .describe_stacks()
+                .stack_name(stack)
+                .send()
+                .await
+                .expect("describe stacks");
+            stacks
+                .stacks()
+                .first()
+                .and_then(|s| {
+                    s.parameters()
+                        .iter()
+                        .find(|p| p.parameter_key() == Some(key))
+                })
+                .and_then(|p| p.parameter_value())
+                .unwrap_or_else(|| panic!("{stack} has no parameter {key}"))
+                .to_string()
+        })
+    }
+
     /// A CloudWatch query API call to moto (which serves alarms that way).
     fn cloudwatch(&self, form: &[(&str, &str)]) {
         let body: String = form_urlencoded::Serializer::new(String::new())
@@ -767,11 +791,18 @@ fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
         ("ComparisonOperator", "GreaterThanThreshold"),
     ]);
 
+    // The gate alarms watch every version behind the alias, outside a
+    // rollout, and the new version alone during its bake.
+    let monitoring = "pipeline-live-monitoring";
+    let gate = || p.parameter(monitoring, "IngestGateVersion");
+    assert_eq!(gate(), "all");
+
     // New ingest code: 10% for the bake, until the alarm fires.
     p.package("ingest", "v2");
     let deploy = ["--output", "json", "deploy", "--env", "live", "--yes"];
     let (child, _lines) = p.start_until(&deploy, shifted_to(10));
     assert_eq!(p.alias(&ingest), ("1".into(), vec![("2".into(), 0.1)]));
+    assert_eq!(gate(), "2");
     p.set_alarm(alarm, "ALARM", "Threshold Crossed: 1 datapoint [4.0] > 1.0");
     let out = child.wait_with_output().expect("deploy");
     assert_eq!(
@@ -785,6 +816,7 @@ fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
         )
     );
     assert_eq!(p.alias(&ingest), ("1".into(), vec![]));
+    assert_eq!(gate(), "all");
     p.set_alarm(alarm, "OK", "fixed");
 
     // A deploy killed mid-bake leaves the rollout visible; promote ends it.
@@ -809,8 +841,11 @@ fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
         text.starts_with("canary rollout of live: in progress, step 1/2, new versions take 10%\n"),
         "{text}"
     );
+    // The killed deploy left the gates on the version it was baking.
+    assert_eq!(gate(), "2");
     p.ok(&["rollout", "promote", "--env", "live"]);
     assert_eq!(p.alias(&ingest), ("2".into(), vec![]));
+    assert_eq!(gate(), "all");
 
     // Killed again with newer code: abort sends the traffic back.
     p.package("ingest", "v3");
@@ -827,12 +862,14 @@ fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
     child.kill().expect("kill");
     child.wait().expect("wait");
     assert_eq!(p.alias(&ingest), ("2".into(), vec![("3".into(), 0.1)]));
+    assert_eq!(gate(), "3");
     let text = p.ok(&["rollout", "abort", "--env", "live", "--function", "ingest"]);
     assert!(
         text.starts_with("rollout aborted: all traffic is on the previous versions (ingest 2→3)"),
         "{text}"
     );
     assert_eq!(p.alias(&ingest), ("2".into(), vec![]));
+    assert_eq!(gate(), "all");
     let state = p.json(&["--output", "json", "rollout", "status", "--env", "live"]);
     assert_eq!(state["phase"], "aborted");
 }
@@ -936,6 +973,14 @@ impl pipeline_cli::rollout::Gates for Quiet {
                 reason: String::new(),
             })
             .collect())
+    }
+}
+
+/// The gate alarms' version is the monitoring stack's business, which this
+/// test leaves out (the canary test below checks it through the binary).
+impl pipeline_cli::rollout::Watch for Quiet {
+    async fn watch(&self, _: &[(String, String)]) -> Result<(), pipeline_cli::rollout::CallError> {
+        Ok(())
     }
 }
 
@@ -1045,6 +1090,7 @@ fn a_linear_rollout_moves_moto_aliases_step_by_step_to_the_new_version() {
     let rollouts = Rollouts {
         aliases: &observed,
         gates: &Quiet,
+        watch: &Quiet,
         store: &store,
         clock: &clock,
         reporter: &NoReport,
@@ -1370,4 +1416,77 @@ fn a_deploy_goes_through_throttling() {
         .expect("ingest")
         .to_string();
     assert_eq!(p.alias(&ingest), ("1".into(), vec![]));
+}
+
+const GUARDED: &str = "extends: dev
+database:
+  multi_az: true
+  deletion_protection: true
+";
+
+/// Whether RDS (moto) protects each instance from deletion, as the
+/// DescribeDBInstances query API answers (in XML).
+fn protected_instances(p: &Project) -> Vec<bool> {
+    let body = runtime().block_on(async {
+        reqwest::Client::new()
+            .post(format!("{}/", p.moto.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/eu-west-1/rds/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body("Action=DescribeDBInstances&Version=2014-10-31")
+            .send()
+            .await
+            .expect("rds")
+            .text()
+            .await
+            .expect("rds answer")
+    });
+    body.split("<DeletionProtection>")
+        .skip(1)
+        .map(|rest| rest.starts_with("true<"))
+        .collect()
+}
+
+#[test]
+fn a_protected_database_whose_first_create_fails_rolls_back_and_is_made_again() {
+    // The first create of the data stack fails after its database was
+    // made. A protected instance cannot be deleted, so its rollback would
+    // end in ROLLBACK_FAILED (moto refuses the delete as RDS does): the
+    // first create makes the database unprotected.
+    let reason = "Resource handler returned message: \"Service Unavailable\"";
+    let p = Project::with_moto(
+        &[("guarded.yaml", GUARDED)],
+        &[(
+            "PIPELINE_MOTO_FAIL",
+            &format!("DbSecretAttachment@1={reason}"),
+        )],
+    );
+    p.ok(&["bootstrap", "--env", "guarded"]);
+    let (code, message, help) = p.fails(&["deploy", "--env", "guarded", "--yes"]);
+    assert_eq!(
+        (code, message.as_str(), help.as_str()),
+        (
+            Some(1),
+            format!(
+                "stack pipeline-guarded-data failed: ROLLBACK_COMPLETE\n  DbSecretAttachment (AWS::SecretsManager::SecretTargetAttachment) CREATE_FAILED: {reason}"
+            )
+            .as_str(),
+            "the failed first create was rolled back; fix the cause and deploy again (the empty stack is deleted and created anew)"
+        )
+    );
+    assert_eq!(protected_instances(&p), Vec::<bool>::new());
+
+    // The next deploy deletes the stack, creates it, and turns protection on.
+    let deployed = p.json(&["--output", "json", "deploy", "--env", "guarded", "--yes"]);
+    let data = deployed["stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == "pipeline-guarded-data")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(data["status"], "UPDATE_COMPLETE", "{deployed}");
+    assert_eq!(protected_instances(&p), [true]);
 }

@@ -52,7 +52,7 @@ def wrap(cls, name):
 # stack rolls back (ROLLBACK_COMPLETE after a first create, UPDATE_ROLLBACK_COMPLETE with the
 # previous template otherwise); the change set's ExecutionStatus is EXECUTE_FAILED.
 # Fault injection: PIPELINE_MOTO_FAIL="LogicalId=reason;Other=reason" makes those resources fail
-# so, with that reason, when created or updated.
+# so, with that reason, when created or updated; "LogicalId@N=reason" only the first N times.
 class ResourceFailed(Exception):
     def __init__(self, logical_id, resource_type, reason):
         super().__init__(reason)
@@ -60,14 +60,33 @@ class ResourceFailed(Exception):
 
 
 def injected_failures():
+    """{logical id: (reason, how many times, or None for always)}"""
     pairs = (item.split("=", 1) for item in os.environ.get("PIPELINE_MOTO_FAIL", "").split(";") if "=" in item)
-    return {logical_id.strip(): reason for logical_id, reason in pairs}
+    failures = {}
+    for key, reason in pairs:
+        logical_id, _, times = key.strip().partition("@")
+        failures[logical_id] = (reason, int(times) if times else None)
+    return failures
+
+
+INJECTED_SO_FAR = {}
+
+
+def injected_failure(logical_id):
+    reason, times = injected_failures().get(logical_id, (None, None))
+    if reason is None:
+        return None
+    done = INJECTED_SO_FAR.get(logical_id, 0)
+    if times is not None and done >= times:
+        return None
+    INJECTED_SO_FAR[logical_id] = done + 1
+    return reason
 
 
 def failing(orig):
     def run(logical_id, resource_json, *args, **kwargs):
         resource_type = resource_json.get("Type", "")
-        if reason := injected_failures().get(logical_id):
+        if reason := injected_failure(logical_id):
             raise ResourceFailed(logical_id, resource_type, reason)
         try:
             return orig(logical_id, resource_json, *args, **kwargs)
@@ -106,10 +125,16 @@ def execute_change_set(orig, self, change_set_name, stack_name=None):
         if create:
             stack._add_stack_event("ROLLBACK_IN_PROGRESS", resource_status_reason=(
                 f"The following resource(s) failed to create: [{failure.logical_id}]. Rollback requested by user."))
-            with contextlib.suppress(Exception):
+            try:
                 stack.resource_map.delete()
-            stack._add_stack_event("ROLLBACK_COMPLETE")
-            stack.status = "ROLLBACK_COMPLETE"
+            except Exception as e:  # a resource the rollback cannot delete (a protected database)
+                reason = getattr(e, "message", None) or str(e)
+                stack._add_stack_event("ROLLBACK_FAILED", resource_status_reason=(
+                    f"The following resource(s) failed to delete: {reason}"))
+                stack.status = "ROLLBACK_FAILED"
+            else:
+                stack._add_stack_event("ROLLBACK_COMPLETE")
+                stack.status = "ROLLBACK_COMPLETE"
         else:
             stack._add_stack_event("UPDATE_ROLLBACK_IN_PROGRESS", resource_status_reason=(
                 f"The following resource(s) failed to update: [{failure.logical_id}]."))
@@ -147,6 +172,30 @@ def db_instance_attribute(orig, self, attribute_name):
 
 
 DBInstance.has_cfn_attr = classmethod(lambda cls, attr: attr in ("Endpoint.Address", "Endpoint.Port", "DbiResourceId"))
+
+
+# 3b. DBInstance ignores DeletionProtection in a template, and an update of the instance changes
+# nothing. RDS refuses to delete a protected instance (moto's delete_db_instance does too), so
+# the rollback of a failed first create that made one ends in ROLLBACK_FAILED (patch 1b), and
+# CloudFormation changes DeletionProtection in place ("Update requires: No interruption").
+def protected(props):
+    value = props.get("DeletionProtection", False)
+    return value is True or str(value).lower() == "true"
+
+
+@wrap(DBInstance, "create_from_cloudformation_json")
+def db_instance_from_template(orig, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+    instance = orig(resource_name, cloudformation_json, account_id, region_name, **kwargs)
+    instance.deletion_protection = protected(cloudformation_json["Properties"])
+    return instance
+
+
+def update_db_instance(cls, original_resource, new_resource_name, cloudformation_json, account_id, region_name):
+    original_resource.deletion_protection = protected(cloudformation_json["Properties"])
+    return original_resource
+
+
+DBInstance.update_from_cloudformation_json = classmethod(update_db_instance)
 
 
 # 4. Moto deletes a stack's resources in any order, retrying those that raise; a primary

@@ -35,7 +35,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
         let plan = StackPlan {
             name: manifest.bootstrap.name.clone(),
             template: session
-                .template_source(None, &manifest.bootstrap.template)
+                .template_source(&session.synthesis, None, &manifest.bootstrap.template)
                 .await?,
             parameters: Default::default(),
             tags: manifest.tags.clone(),

@@ -14,6 +14,7 @@ use crate::deploy::concurrency::check_concurrency;
 use crate::deploy::engine::{check_ready, deploy_stack};
 use crate::deploy::progress::CliReporter;
 use crate::deploy::progress::CliReporter as Progress;
+use crate::deploy::watch::GateVersions;
 use crate::deploy::{
     Bootstrap, PackageArgs, Session, function_key, load, options, packages, write_json,
 };
@@ -22,7 +23,7 @@ use crate::rollout::{
     ACTIVE_TIMEOUT, CallError, Outcome, Phase, Rollouts, State, Store, SystemClock, Target,
     gate_alarms, invocation_problem, steps, wait_active,
 };
-use crate::synth::ManifestStack;
+use crate::synth::{ManifestStack, Options as SynthOptions, synthesize_with};
 use crate::{Cli, Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
@@ -192,9 +193,18 @@ async fn deploy(
     let mut outputs: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut results = Vec::new();
     for (m, current) in &stacks {
+        // The update that follows an unprotected create is asked for by now.
+        let created = first_create(m, current.as_ref())
+            && create_unprotected(session, m, &outputs, packages, bootstrap, &opts, &reporter)
+                .await?;
         let plan = session
             .plan(m, &outputs, packages, Some(bootstrap), current.as_ref())
             .await?;
+        let opts = if created {
+            options(true, args.allow_replacement)
+        } else {
+            opts.clone()
+        };
         let deployed = deploy_stack(&session.cfn, &plan, &opts, &reporter, &reporter).await?;
         results.push(StackResult {
             name: m.name.clone(),
@@ -235,6 +245,70 @@ async fn deploy(
         outputs_file: file.display().to_string(),
         seconds: 0.0,
     })
+}
+
+/// Whether the deploy creates the stateful stack now: it does not exist,
+/// or a failed first create left it to be deleted and created again.
+fn first_create(m: &ManifestStack, current: Option<&Stack>) -> bool {
+    m.id == "data"
+        && current.is_none_or(|s| {
+            matches!(
+                s.status.as_str(),
+                "ROLLBACK_COMPLETE" | "REVIEW_IN_PROGRESS"
+            )
+        })
+}
+
+/// Creates the data stack with its databases unprotected, so that a failed
+/// create rolls back to ROLLBACK_COMPLETE rather than ROLLBACK_FAILED (a
+/// protected instance cannot be deleted); the update that follows at once
+/// turns deletion protection on in place (see `synth::Options`). Nothing is
+/// done when the two renderings are the same (no protection asked for);
+/// whether the stack was created.
+async fn create_unprotected(
+    session: &Session,
+    m: &ManifestStack,
+    outputs: &BTreeMap<String, BTreeMap<String, String>>,
+    packages: &[Package],
+    bootstrap: &Bootstrap,
+    opts: &crate::deploy::engine::Options,
+    reporter: &Progress,
+) -> Result<bool, Error> {
+    let unprotected = synthesize_with(&session.env, SynthOptions { first_create: true })?;
+    let template = |s: &crate::synth::Synthesis| {
+        s.files
+            .iter()
+            .find(|(name, _)| *name == m.template)
+            .map(|(_, text)| text.clone())
+    };
+    if template(&unprotected) == template(&session.synthesis) {
+        return Ok(false);
+    }
+    reporter.line(&Note {
+        event: "note",
+        message: format!(
+            "creating {} with deletion protection off, so that a failed create rolls back cleanly; the update that follows turns it on",
+            m.name
+        ),
+    });
+    let plan = session
+        .plan_of(&unprotected, m, outputs, packages, Some(bootstrap), None)
+        .await?;
+    deploy_stack(&session.cfn, &plan, opts, reporter, reporter).await?;
+    Ok(true)
+}
+
+/// A line of the deploy's progress that is neither a stack nor a rollout event.
+#[derive(Debug, Serialize)]
+struct Note {
+    event: &'static str,
+    message: String,
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.message)
+    }
 }
 
 fn call(e: CallError) -> Error {
@@ -329,9 +403,11 @@ async fn roll_out(
         })?;
     }
     let cloudwatch = CloudWatch::new(&session.clients.config);
+    let watch = GateVersions { session };
     let rollouts = Rollouts {
         aliases: &lambda,
         gates: &cloudwatch,
+        watch: &watch,
         store,
         clock: &SystemClock,
         reporter: progress,

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::aws::{AwsArgs, runtime};
+use crate::deploy::watch::GateVersions;
 use crate::deploy::{Session, load};
 use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
 use crate::rollout::{Phase, Rollouts, State, Store, SystemClock};
@@ -108,6 +109,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
                 client: session.clients.lambda.clone(),
             },
             gates: &CloudWatch::new(&session.clients.config),
+            watch: &GateVersions { session: &session },
             store: &store,
             clock: &SystemClock,
             reporter: &reporter,

@@ -46,11 +46,13 @@ pub enum ChangeSetKind {
 }
 
 /// Where CloudFormation reads a template from: the body itself (at most
-/// 51,200 bytes), or an S3 URL.
+/// 51,200 bytes), an S3 URL, or the template the stack has now
+/// (`UsePreviousTemplate`, for a change of parameters only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateSource {
     Body(String),
     Url(String),
+    Previous,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +232,7 @@ impl CloudFormation for AwsCloudFormation {
         call = match &request.template {
             TemplateSource::Body(body) => call.template_body(body),
             TemplateSource::Url(url) => call.template_url(url),
+            TemplateSource::Previous => call.use_previous_template(true),
         };
         for (k, v) in &request.parameters {
             call = call.parameters(

@@ -238,9 +238,11 @@ impl EngineError {
             EngineError::NeedsYes { .. } => {
                 Some("review the changes with `pipeline diff`, then deploy with `--yes`".into())
             }
-            EngineError::Failed { .. } => Some(
-                "CloudFormation rolled the stack back; the previous version still serves".into(),
-            ),
+            EngineError::Failed { status, .. } => Some(match status.as_str() {
+                "ROLLBACK_COMPLETE" => "the failed first create was rolled back; fix the cause and deploy again (the empty stack is deleted and created anew)".into(),
+                "ROLLBACK_FAILED" => "the rollback of the first create could not delete every resource; delete those the events name (or the stack, keeping them with `aws cloudformation delete-stack --retain-resources`), then deploy again".into(),
+                _ => "CloudFormation rolled the stack back; the previous version still serves".into(),
+            }),
             _ => None,
         }
     }

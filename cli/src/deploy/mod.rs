@@ -11,6 +11,7 @@ pub mod images;
 pub mod progress;
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -293,10 +294,11 @@ impl Session {
     /// inline when small enough, else uploaded under its SHA-256.
     pub async fn template_source(
         &self,
+        synthesis: &Synthesis,
         bucket: Option<&str>,
         file: &str,
     ) -> Result<TemplateSource, Error> {
-        let compact = compact_template(&self.synthesis, file)?;
+        let compact = compact_template(synthesis, file)?;
         if compact.len() <= MAX_TEMPLATE_BODY {
             return Ok(TemplateSource::Body(compact));
         }
@@ -346,6 +348,28 @@ impl Session {
         bootstrap: Option<&Bootstrap>,
         current: Option<&Stack>,
     ) -> Result<StackPlan, Error> {
+        self.plan_of(
+            &self.synthesis,
+            stack,
+            outputs,
+            packages,
+            bootstrap,
+            current,
+        )
+        .await
+    }
+
+    /// [`Session::plan`] with the templates of another rendering of the
+    /// environment (the first create's, see [`crate::synth::Options`]).
+    pub async fn plan_of(
+        &self,
+        synthesis: &Synthesis,
+        stack: &ManifestStack,
+        outputs: &BTreeMap<String, BTreeMap<String, String>>,
+        packages: &[Package],
+        bootstrap: Option<&Bootstrap>,
+        current: Option<&Stack>,
+    ) -> Result<StackPlan, Error> {
         let bucket = bootstrap.map(|b| b.assets_bucket.as_str());
         let mut parameters = BTreeMap::new();
         for p in &stack.parameters {
@@ -380,6 +404,12 @@ impl Session {
                 Source::Deploy {
                     value: "assets_bucket",
                 } => bucket.unwrap_or_default().to_string(),
+                // Outside a rollout (a deploy refuses to start during one),
+                // the gates watch every version; a rollout points them at
+                // its new versions itself (`watch::GateVersions`).
+                Source::Deploy {
+                    value: "gate_version",
+                } => crate::synth::context::ALL_VERSIONS.to_string(),
                 // Which version serves is the rollout's business: a deploy
                 // keeps the current one.
                 Source::Deploy { .. } => current
@@ -392,10 +422,12 @@ impl Session {
         }
         Ok(StackPlan {
             name: stack.name.clone(),
-            template: self.template_source(bucket, &stack.template).await?,
+            template: self
+                .template_source(synthesis, bucket, &stack.template)
+                .await?,
             parameters,
-            tags: self.synthesis.manifest.tags.clone(),
-            resources: resources(&self.synthesis, &stack.template)?,
+            tags: synthesis.manifest.tags.clone(),
+            resources: resources(synthesis, &stack.template)?,
         })
     }
 

@@ -549,7 +549,9 @@ fn a_failed_create_names_the_root_cause_not_the_cancellations() {
     );
     assert_eq!(
         error.help().as_deref(),
-        Some("CloudFormation rolled the stack back; the previous version still serves")
+        Some(
+            "the failed first create was rolled back; fix the cause and deploy again (the empty stack is deleted and created anew)"
+        )
     );
     let crate::Error::Deploy { .. } = crate::Error::from(error) else {
         panic!("a failed deploy exits 1");

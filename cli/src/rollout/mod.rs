@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::model::{Rollout, Spec, Strategy};
+use crate::synth::context::ALL_VERSIONS;
 
 /// An error of a rollout's AWS calls.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,6 +169,17 @@ pub fn missing_error(missing: &[String]) -> CallError {
     ))
 }
 
+/// Which versions the gate alarms watch: while a rollout bakes, each
+/// function's alarms watch the new version alone (the `ExecutedVersion`
+/// dimension), so that a canary's errors are not lost in the previous
+/// version's traffic; otherwise every version behind the `live` alias.
+#[allow(async_fn_in_trait)]
+pub trait Watch {
+    /// Points the gate alarms of each `(function, version)` at that version
+    /// alone, or at every version with [`ALL_VERSIONS`].
+    async fn watch(&self, versions: &[(String, String)]) -> Result<(), CallError>;
+}
+
 /// Where the rollout's state is kept.
 #[allow(async_fn_in_trait)]
 pub trait Store {
@@ -223,6 +235,14 @@ pub enum Event {
     Aborted {
         targets: Vec<Target>,
     },
+    /// The gate alarms of `functions` watch `version` alone, or every
+    /// version when it is [`ALL_VERSIONS`]; `error` when they could not be
+    /// pointed back (the next deploy does it).
+    Gates {
+        functions: Vec<(String, String)>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl fmt::Display for Event {
@@ -274,6 +294,34 @@ impl fmt::Display for Event {
                 "rollout aborted: all traffic is on the previous versions ({})",
                 versions(targets)
             ),
+            Event::Gates { functions, error } => {
+                let names = || {
+                    functions
+                        .iter()
+                        .map(|(f, _)| f.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                match error {
+                    Some(e) => writeln!(
+                        f,
+                        "the gate alarms of {} still watch one version ({e}); the next deploy points them at every version",
+                        names()
+                    ),
+                    None if functions.iter().all(|(_, v)| v == ALL_VERSIONS) => {
+                        writeln!(f, "gate alarms watch every version of {}", names())
+                    }
+                    None => writeln!(
+                        f,
+                        "gate alarms watch the new versions alone: {}",
+                        functions
+                            .iter()
+                            .map(|(f, v)| format!("{f} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+            }
         }
     }
 }
@@ -291,9 +339,10 @@ pub enum Outcome {
 }
 
 /// Everything a rollout runs with.
-pub struct Rollouts<'a, A, G, S, C, R> {
+pub struct Rollouts<'a, A, G, W, S, C, R> {
     pub aliases: &'a A,
     pub gates: &'a G,
+    pub watch: &'a W,
     pub store: &'a S,
     pub clock: &'a C,
     pub reporter: &'a R,
@@ -302,7 +351,9 @@ pub struct Rollouts<'a, A, G, S, C, R> {
     pub poll: Duration,
 }
 
-impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S, C, R> {
+impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
+    Rollouts<'_, A, G, W, S, C, R>
+{
     /// Gives the new versions `percent` of the traffic.
     async fn shift(&self, targets: &[Target], percent: u8) -> Result<(), CallError> {
         for t in targets {
@@ -316,6 +367,28 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Points the targets' gate alarms at their new versions, or (with
+    /// `to_new` false) back at every version. Only the first can fail the
+    /// rollout: traffic must not move under gates that watch the wrong
+    /// version, while gates left on a version that serves everything or
+    /// nothing mislead no one until the next deploy resets them.
+    async fn watch(&self, targets: &[Target], to_new: bool) -> Result<(), CallError> {
+        let functions: Vec<(String, String)> = targets
+            .iter()
+            .map(|t| {
+                let version = if to_new { t.to.as_str() } else { ALL_VERSIONS };
+                (t.function.clone(), version.to_string())
+            })
+            .collect();
+        let error = match self.watch.watch(&functions).await {
+            Ok(()) => None,
+            Err(e) if to_new => return Err(e),
+            Err(e) => Some(e.0),
+        };
+        self.reporter.report(&Event::Gates { functions, error });
         Ok(())
     }
 
@@ -363,9 +436,15 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
     }
 
     /// Runs (or resumes) a rollout from its state's step to the end. The
-    /// gate alarms must all exist, else no traffic moves.
+    /// gate alarms must all exist, else no traffic moves. When a step bakes,
+    /// the gates watch the new versions alone from before the first shift
+    /// until the rollout ends, either way.
     pub async fn run(&self, state: &mut State) -> Result<Outcome, CallError> {
         self.check_gates().await?;
+        let bakes = state.steps.iter().any(|s| s.bake_seconds > 0);
+        if bakes {
+            self.watch(&state.targets, true).await?;
+        }
         while state.step < state.steps.len() {
             let step = state.steps[state.step];
             self.shift(&state.targets, step.percent).await?;
@@ -387,6 +466,9 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
                     self.reporter.report(&Event::RolledBack {
                         alarms: firing.clone(),
                     });
+                    if bakes {
+                        self.watch(&state.targets, false).await?;
+                    }
                     return Ok(Outcome::RolledBack(firing));
                 }
                 let left = (end - self.clock.now()).num_seconds().max(0) as u64;
@@ -413,6 +495,9 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
         self.reporter.report(&Event::Promoted {
             targets: state.targets.clone(),
         });
+        if bakes {
+            self.watch(&state.targets, false).await?;
+        }
         Ok(Outcome::Promoted)
     }
 
@@ -465,11 +550,15 @@ impl<A: Aliases, G: Gates, S: Store, C: Clock, R: Reporter> Rollouts<'_, A, G, S
         }
         self.save(state).await?;
         self.reporter.report(&if percent == 100 {
-            Event::Promoted { targets: chosen }
+            Event::Promoted {
+                targets: chosen.clone(),
+            }
         } else {
-            Event::Aborted { targets: chosen }
+            Event::Aborted {
+                targets: chosen.clone(),
+            }
         });
-        Ok(())
+        self.watch(&chosen, false).await
     }
 }
 

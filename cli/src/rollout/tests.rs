@@ -28,6 +28,18 @@ impl Aliases for FakeAliases {
     }
 }
 
+/// The gate alarms' versions go into the same history as the routes, so
+/// that the tests see their order.
+impl Watch for FakeAliases {
+    async fn watch(&self, versions: &[(String, String)]) -> Result<(), CallError> {
+        let list: Vec<String> = versions.iter().map(|(f, v)| format!("{f}={v}")).collect();
+        self.history
+            .borrow_mut()
+            .push(format!("gates watch {}", list.join(", ")));
+        Ok(())
+    }
+}
+
 /// Alarms that go to ALARM after `fire_after` polls; those in `missing` do
 /// not exist (after `vanish_after` polls, when set).
 struct FakeGates {
@@ -171,10 +183,13 @@ impl World {
         }
     }
 
-    fn rollouts(&self) -> Rollouts<'_, FakeAliases, FakeGates, FakeStore, FakeClock, Seen> {
+    fn rollouts(
+        &self,
+    ) -> Rollouts<'_, FakeAliases, FakeGates, FakeAliases, FakeStore, FakeClock, Seen> {
         Rollouts {
             aliases: &self.aliases,
             gates: &self.gates,
+            watch: &self.aliases,
             store: &self.store,
             clock: &self.clock,
             reporter: &self.seen,
@@ -238,10 +253,14 @@ fn a_canary_moves_the_weights_step_by_step_and_ends_on_the_new_versions() {
     assert_eq!(
         *world.aliases.history.borrow(),
         [
+            // The gates watch the new versions alone before any traffic
+            // moves, and every version again once the rollout is over.
+            "gates watch ingest=4, query=8",
             "pipeline-uat-ingest: 3 + 4@0.1",
             "pipeline-uat-query: 7 + 8@0.1",
             "pipeline-uat-ingest: 4",
             "pipeline-uat-query: 8",
+            "gates watch ingest=all, query=all",
         ]
     );
     // The gates were checked before any traffic moved, then the bake lasted
@@ -262,17 +281,87 @@ fn a_canary_moves_the_weights_step_by_step_and_ends_on_the_new_versions() {
         .map(|e| e.to_string())
         .collect();
     assert!(
-        text.starts_with("rollout step 1/2: new versions take 10% (ingest 3→4, query 7→8)\n"),
-        "{text}"
-    );
-    assert!(
         text.contains("rollout step 1: 10% on the new versions, 300 s left, 1 gate alarms OK\n"),
         "{text}"
     );
     assert!(
-        text.ends_with("rollout promoted: ingest 3→4, query 7→8\n"),
+        text.starts_with(
+            "gate alarms watch the new versions alone: ingest 4, query 8\nrollout step 1/2: new versions take 10% (ingest 3→4, query 7→8)\n"
+        ),
         "{text}"
     );
+    assert!(
+        text.ends_with(
+            "rollout promoted: ingest 3→4, query 7→8\ngate alarms watch every version of ingest, query\n"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_rollout_that_does_not_bake_leaves_the_gates_on_every_version() {
+    let world = World::new(None);
+    let mut state = state(Strategy::AllAtOnce);
+    let outcome = run(world.rollouts().run(&mut state)).expect("rollout");
+    assert_eq!(outcome, Outcome::Promoted);
+    assert_eq!(
+        *world.aliases.history.borrow(),
+        ["pipeline-uat-ingest: 4", "pipeline-uat-query: 8"]
+    );
+}
+
+/// Gates whose monitoring stack cannot be updated: never, or only when
+/// pointed back at every version.
+struct BrokenWatch {
+    only_back: bool,
+}
+
+impl Watch for BrokenWatch {
+    async fn watch(&self, versions: &[(String, String)]) -> Result<(), CallError> {
+        if self.only_back && versions.iter().any(|(_, v)| v != ALL_VERSIONS) {
+            return Ok(());
+        }
+        Err(CallError(
+            "stack pipeline-uat-monitoring: Rate exceeded".into(),
+        ))
+    }
+}
+
+#[test]
+fn gates_that_cannot_watch_the_new_versions_move_no_traffic_and_a_failed_reset_is_told() {
+    for only_back in [false, true] {
+        let world = World::new(None);
+        let broken = BrokenWatch { only_back };
+        let rollouts = Rollouts {
+            aliases: &world.aliases,
+            gates: &world.gates,
+            watch: &broken,
+            store: &world.store,
+            clock: &world.clock,
+            reporter: &world.seen,
+            alarms: vec!["pipeline-uat-ingest-errors".into()],
+            poll: Duration::from_secs(30),
+        };
+        let mut state = state(Strategy::Canary);
+        let outcome = run(rollouts.run(&mut state));
+        if !only_back {
+            assert_eq!(
+                outcome,
+                Err(CallError(
+                    "stack pipeline-uat-monitoring: Rate exceeded".into()
+                ))
+            );
+            assert!(world.aliases.history.borrow().is_empty());
+            continue;
+        }
+        // Promoted all the same; the gates stay on the version that now
+        // takes all the traffic, and the user is told.
+        assert_eq!(outcome, Ok(Outcome::Promoted));
+        assert_eq!(
+            world.seen.0.borrow().last().map(ToString::to_string),
+            Some("the gate alarms of ingest, query still watch one version (stack pipeline-uat-monitoring: Rate exceeded); the next deploy points them at every version\n".into())
+        );
+    }
 }
 
 #[test]
@@ -287,10 +376,12 @@ fn an_alarm_mid_bake_sends_all_traffic_back_within_one_poll() {
     assert_eq!(
         *world.aliases.history.borrow(),
         [
+            "gates watch ingest=4, query=8",
             "pipeline-uat-ingest: 3 + 4@0.1",
             "pipeline-uat-query: 7 + 8@0.1",
             "pipeline-uat-ingest: 3",
             "pipeline-uat-query: 7",
+            "gates watch ingest=all, query=all",
         ]
     );
     assert_eq!(world.gates.polls.get(), 4);
@@ -299,13 +390,8 @@ fn an_alarm_mid_bake_sends_all_traffic_back_within_one_poll() {
         world.store.saved.borrow().last().map(|s| s.alarms.len()),
         Some(1)
     );
-    let last = world
-        .seen
-        .0
-        .borrow()
-        .last()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let seen = world.seen.0.borrow();
+    let last = seen[seen.len() - 2].to_string();
     assert_eq!(
         last,
         "rollout rolled back: all traffic is on the previous versions\n  pipeline-uat-ingest-errors is in ALARM: Threshold Crossed: 1 datapoint [3.0] was greater than the threshold (1.0)\n"
@@ -324,14 +410,22 @@ fn a_rollout_left_mid_bake_is_promoted_or_aborted() {
             run(rollouts.promote(&mut state, None)).expect("promote");
             assert_eq!(
                 *world.aliases.history.borrow(),
-                ["pipeline-uat-ingest: 4", "pipeline-uat-query: 8"]
+                [
+                    "pipeline-uat-ingest: 4",
+                    "pipeline-uat-query: 8",
+                    "gates watch ingest=all, query=all"
+                ]
             );
             assert_eq!((state.phase, state.percent()), (Phase::Promoted, 100));
         } else {
             run(rollouts.abort(&mut state, None)).expect("abort");
             assert_eq!(
                 *world.aliases.history.borrow(),
-                ["pipeline-uat-ingest: 3", "pipeline-uat-query: 7"]
+                [
+                    "pipeline-uat-ingest: 3",
+                    "pipeline-uat-query: 7",
+                    "gates watch ingest=all, query=all"
+                ]
             );
             assert_eq!((state.phase, state.percent()), (Phase::Aborted, 0));
         }
@@ -349,10 +443,14 @@ fn a_resumed_rollout_goes_on_from_its_step() {
     assert_eq!(
         *world.aliases.history.borrow(),
         [
+            // A resumed rollout points the gates again: the process that
+            // pointed them may have died before.
+            "gates watch ingest=4, query=8",
             "pipeline-uat-ingest: 3 + 4@0.9",
             "pipeline-uat-query: 7 + 8@0.9",
             "pipeline-uat-ingest: 4",
-            "pipeline-uat-query: 8"
+            "pipeline-uat-query: 8",
+            "gates watch ingest=all, query=all",
         ]
     );
 }
@@ -363,7 +461,11 @@ fn one_function_can_be_promoted_or_aborted_alone() {
     let mut state = state(Strategy::Canary);
     let rollouts = world.rollouts();
     run(rollouts.abort(&mut state, Some("query"))).expect("abort query");
-    assert_eq!(*world.aliases.history.borrow(), ["pipeline-uat-query: 7"]);
+    // Only the function that is done has its gates watch every version.
+    assert_eq!(
+        *world.aliases.history.borrow(),
+        ["pipeline-uat-query: 7", "gates watch query=all"]
+    );
     // The other function's rollout goes on.
     assert_eq!(state.phase, Phase::InProgress);
     assert_eq!(state.targets.len(), 1);
@@ -376,7 +478,12 @@ fn one_function_can_be_promoted_or_aborted_alone() {
     assert_eq!(state.phase, Phase::Promoted);
     assert_eq!(
         *world.aliases.history.borrow(),
-        ["pipeline-uat-query: 7", "pipeline-uat-ingest: 4"]
+        [
+            "pipeline-uat-query: 7",
+            "gates watch query=all",
+            "pipeline-uat-ingest: 4",
+            "gates watch ingest=all"
+        ]
     );
 }
 
@@ -427,9 +534,10 @@ fn a_gate_alarm_deleted_mid_bake_sends_the_traffic_back() {
             reason: "the alarm no longer exists, so the gate cannot be read".into(),
         }])
     );
+    let history = world.aliases.history.borrow();
     assert_eq!(
-        world.aliases.history.borrow().last().map(String::as_str),
-        Some("pipeline-uat-query: 7")
+        history[history.len() - 2..],
+        ["pipeline-uat-query: 7", "gates watch ingest=all, query=all"]
     );
 }
 
