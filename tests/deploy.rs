@@ -1450,7 +1450,7 @@ fn protected_instances(p: &Project) -> Vec<bool> {
 }
 
 #[test]
-fn a_protected_database_whose_first_create_fails_rolls_back_and_is_made_again() {
+fn a_protected_database_rolls_back_cleanly_is_made_again_and_can_be_destroyed() {
     // The first create of the data stack fails after its database was
     // made. A protected instance cannot be deleted, so its rollback would
     // end in ROLLBACK_FAILED (moto refuses the delete as RDS does): the
@@ -1489,4 +1489,12 @@ fn a_protected_database_whose_first_create_fails_rolls_back_and_is_made_again() 
         .unwrap_or_default();
     assert_eq!(data["status"], "UPDATE_COMPLETE", "{deployed}");
     assert_eq!(protected_instances(&p), [true]);
+
+    // CloudFormation cannot delete a protected instance: destroy turns the
+    // protection off first (the final snapshot is still taken).
+    let destroyed = p.json(&[
+        "--output", "json", "destroy", "--env", "guarded", "--yes", "--force",
+    ]);
+    assert_eq!(destroyed["event"], "destroyed", "{destroyed}");
+    assert_eq!(protected_instances(&p), Vec::<bool>::new());
 }

@@ -198,6 +198,26 @@ def update_db_instance(cls, original_resource, new_resource_name, cloudformation
 DBInstance.update_from_cloudformation_json = classmethod(update_db_instance)
 
 
+# 3c. A DeleteStack whose resources cannot all be deleted (a protected database) answers an error
+# and drops the stack all the same. CloudFormation's DeleteStack succeeds and the stack ends in
+# DELETE_FAILED, kept, with the reason.
+@wrap(CloudFormationBackend, "delete_stack")
+def delete_stack(orig, self, name_or_stack_id):
+    stack = self.stacks.get(name_or_stack_id) or next(
+        (s for s in self.stacks.values() if s.name == name_or_stack_id), None)
+    try:
+        orig(self, name_or_stack_id)
+    except Exception as e:
+        if stack is None:
+            raise
+        reason = getattr(e, "message", None) or str(e)
+        self.stacks[stack.stack_id] = stack
+        self.deleted_stacks.pop(stack.stack_id, None)
+        stack._add_stack_event("DELETE_FAILED", resource_status_reason=(
+            f"The following resource(s) failed to delete: {reason}"))
+        stack.status = "DELETE_FAILED"
+
+
 # 4. Moto deletes a stack's resources in any order, retrying those that raise; a primary
 # deleted before its read replicas makes their deletion fail (DBInstanceNotFound) and the
 # stack's deletion with it. CloudFormation deletes the replicas (which Ref the primary) first.

@@ -16,14 +16,14 @@ use crate::deploy::progress::CliReporter;
 use crate::deploy::progress::CliReporter as Progress;
 use crate::deploy::watch::GateVersions;
 use crate::deploy::{
-    Bootstrap, PackageArgs, Session, function_key, load, options, packages, write_json,
+    Bootstrap, Note, PackageArgs, Session, function_key, load, options, packages, write_json,
 };
 use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
 use crate::rollout::{
     ACTIVE_TIMEOUT, CallError, Outcome, Phase, Rollouts, State, Store, SystemClock, Target,
     gate_alarms, invocation_problem, steps, wait_active,
 };
-use crate::synth::{ManifestStack, Options as SynthOptions, synthesize_with};
+use crate::synth::ManifestStack;
 use crate::{Cli, Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
@@ -195,8 +195,7 @@ async fn deploy(
     for (m, current) in &stacks {
         // The update that follows an unprotected create is asked for by now.
         let created = first_create(m, current.as_ref())
-            && create_unprotected(session, m, &outputs, packages, bootstrap, &opts, &reporter)
-                .await?;
+            && create_unprotected(session, m, &outputs, bootstrap, &opts, &reporter).await?;
         let plan = session
             .plan(m, &outputs, packages, Some(bootstrap), current.as_ref())
             .await?;
@@ -263,27 +262,18 @@ fn first_create(m: &ManifestStack, current: Option<&Stack>) -> bool {
 /// create rolls back to ROLLBACK_COMPLETE rather than ROLLBACK_FAILED (a
 /// protected instance cannot be deleted); the update that follows at once
 /// turns deletion protection on in place (see `synth::Options`). Nothing is
-/// done when the two renderings are the same (no protection asked for);
-/// whether the stack was created.
+/// done when no protection is asked for; whether the stack was created.
 async fn create_unprotected(
     session: &Session,
     m: &ManifestStack,
     outputs: &BTreeMap<String, BTreeMap<String, String>>,
-    packages: &[Package],
     bootstrap: &Bootstrap,
     opts: &crate::deploy::engine::Options,
     reporter: &Progress,
 ) -> Result<bool, Error> {
-    let unprotected = synthesize_with(&session.env, SynthOptions { first_create: true })?;
-    let template = |s: &crate::synth::Synthesis| {
-        s.files
-            .iter()
-            .find(|(name, _)| *name == m.template)
-            .map(|(_, text)| text.clone())
-    };
-    if template(&unprotected) == template(&session.synthesis) {
+    let Some(unprotected) = session.unprotected(m)? else {
         return Ok(false);
-    }
+    };
     reporter.line(&Note {
         event: "note",
         message: format!(
@@ -292,23 +282,10 @@ async fn create_unprotected(
         ),
     });
     let plan = session
-        .plan_of(&unprotected, m, outputs, packages, Some(bootstrap), None)
+        .plan_of(&unprotected, m, outputs, &[], Some(bootstrap), None)
         .await?;
     deploy_stack(&session.cfn, &plan, opts, reporter, reporter).await?;
     Ok(true)
-}
-
-/// A line of the deploy's progress that is neither a stack nor a rollout event.
-#[derive(Debug, Serialize)]
-struct Note {
-    event: &'static str,
-    message: String,
-}
-
-impl fmt::Display for Note {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.message)
-    }
 }
 
 fn call(e: CallError) -> Error {

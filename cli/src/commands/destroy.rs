@@ -7,9 +7,9 @@ use std::io::BufRead;
 use serde::Serialize;
 
 use crate::aws::{AwsArgs, aws_error, runtime};
-use crate::deploy::engine::delete_and_wait;
+use crate::deploy::engine::{delete_and_wait, deploy_stack};
 use crate::deploy::progress::{CliReporter, interactive};
-use crate::deploy::{Session, kept_resources, load, options, resources};
+use crate::deploy::{Note, Session, kept_resources, load, options, resources};
 use crate::synth::Synthesis;
 use crate::{Cli, Error, output::Ui};
 
@@ -248,6 +248,55 @@ async fn empty_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<usize, Er
     }
 }
 
+/// Turns the deletion protection of a deployed stack's databases off (an
+/// update in place, without interruption), since CloudFormation cannot
+/// delete a protected instance and the stack's deletion would fail
+/// (DELETE_FAILED). Their final snapshots are still taken. Nothing is done
+/// to a stack that is not there or asks for no protection.
+async fn unprotect(session: &Session, name: &str, reporter: &CliReporter) -> Result<(), Error> {
+    let Some(m) = session
+        .synthesis
+        .manifest
+        .stacks
+        .iter()
+        .find(|m| m.name == name)
+    else {
+        return Ok(());
+    };
+    let Some(unprotected) = session.unprotected(m)? else {
+        return Ok(());
+    };
+    let Some(current) = session.stack(name).await? else {
+        return Ok(());
+    };
+    reporter.line(&Note {
+        event: "note",
+        message: format!("turning deletion protection off in {name} before deleting it"),
+    });
+    let outputs = session.outputs().await?;
+    let bootstrap = session.bootstrap().await.ok();
+    let plan = session
+        .plan_of(
+            &unprotected,
+            m,
+            &outputs,
+            &[],
+            bootstrap.as_ref(),
+            Some(&current),
+        )
+        .await?;
+    // Replacing a database on its way out is refused all the same.
+    deploy_stack(
+        &session.cfn,
+        &plan,
+        &options(true, false),
+        reporter,
+        reporter,
+    )
+    .await?;
+    Ok(())
+}
+
 fn kept_line(k: &Kept) -> String {
     let what = if k.policy == "Snapshot" {
         "a final snapshot is kept"
@@ -324,6 +373,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
         let opts = options(true, true);
         let mut deleted = Vec::new();
         for (name, template) in &stacks {
+            unprotect(&session, name, &reporter).await?;
             // Only now, after the confirmation: the buckets that go with the stack.
             let buckets = deleted_buckets(&session.synthesis, template)?;
             empty_buckets(&session, name, &buckets, &reporter).await?;

@@ -431,6 +431,32 @@ impl Session {
         })
     }
 
+    /// The environment rendered as for a first create (databases without
+    /// deletion protection, see [`crate::synth::Options`]), when `stack`'s
+    /// template differs from the usual one; `None` when it is the same (no
+    /// protection asked for, or not the data stack).
+    pub fn unprotected(&self, stack: &ManifestStack) -> Result<Option<Synthesis>, Error> {
+        let options = crate::synth::Options { first_create: true };
+        let unprotected = crate::synth::synthesize_with(&self.env, options)?;
+        let template = |s: &Synthesis| {
+            s.files
+                .iter()
+                .find(|(name, _)| *name == stack.template)
+                .map(|(_, text)| text.clone())
+        };
+        Ok((template(&unprotected) != template(&self.synthesis)).then_some(unprotected))
+    }
+
+    /// The current outputs of the environment's stacks, by stack id.
+    pub async fn outputs(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, Error> {
+        Ok(self
+            .stacks()
+            .await?
+            .into_iter()
+            .filter_map(|(m, s)| Some((m.id.to_string(), s?.outputs)))
+            .collect())
+    }
+
     /// Where command results of the environment are written: `out/<env>/`.
     pub fn out_dir(&self) -> PathBuf {
         PathBuf::from("out").join(&self.env.name)
@@ -488,6 +514,20 @@ pub fn kept_resources(
             })
         })
         .collect())
+}
+
+/// A line of a command's progress that is neither a stack nor a rollout
+/// event.
+#[derive(Debug, serde::Serialize)]
+pub struct Note {
+    pub event: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.message)
+    }
 }
 
 /// Engine options of a command run.
