@@ -8,7 +8,7 @@ pub mod error;
 pub mod image;
 pub mod output;
 pub mod rollout;
-pub mod spec;
+pub use pipeline_spec as spec;
 pub mod synth;
 
 use std::path::PathBuf;

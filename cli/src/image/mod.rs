@@ -5,7 +5,6 @@
 //! image layouts (`out/<env>/<function>.image/`) and pushed blob by blob.
 
 pub mod layer;
-pub mod reference;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -16,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use thiserror::Error;
 
-pub use reference::Reference;
+pub use crate::spec::reference::{self, Reference};
 pub use registry::Registry;
 
 /// The base image of functions that name none: Lambda's OS-only runtime
@@ -39,6 +38,15 @@ pub mod media {
     pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
     /// The manifest types this client reads.
     pub const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+}
+
+impl From<reference::ReferenceError> for ImageError {
+    fn from(e: reference::ReferenceError) -> ImageError {
+        ImageError::BadReference {
+            reference: e.reference,
+            reason: e.reason,
+        }
+    }
 }
 
 #[derive(Debug, Error, Diagnostic)]

@@ -1,11 +1,11 @@
 //! Code shared by the pipeline's functions and by the `pipeline` CLI.
 //!
-//! The dataset model lives here so that the spec the CLI validates and the
-//! handlers that enforce it at run time read one definition.
+//! The dataset model is `pipeline-dataset`'s, re-exported here as
+//! [`dataset`], so that the spec the CLI validates and the handlers that
+//! enforce it at run time read one definition.
 
 pub mod api;
 pub mod chunks;
-pub mod dataset;
 pub mod db;
 pub mod iam;
 #[cfg(feature = "lambda")]
@@ -14,4 +14,5 @@ pub mod records;
 pub mod runtime;
 pub mod store;
 
-pub use dataset::{Column, ColumnType, Dataset, Format, OnConflict};
+pub use pipeline_dataset as dataset;
+pub use pipeline_dataset::{Column, ColumnType, Dataset, Format, OnConflict};

@@ -3,7 +3,13 @@
 
 use std::fmt;
 
-use super::ImageError;
+/// A text that is not an image reference, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{reference}` is not an image reference: {reason}")]
+pub struct ReferenceError {
+    pub reference: String,
+    pub reason: String,
+}
 
 /// Where Docker Hub's images are served from.
 const DOCKER_HUB: &str = "registry-1.docker.io";
@@ -19,8 +25,8 @@ pub struct Reference {
 }
 
 impl Reference {
-    pub fn parse(text: &str) -> Result<Reference, ImageError> {
-        let bad = |reason: &str| ImageError::BadReference {
+    pub fn parse(text: &str) -> Result<Reference, ReferenceError> {
+        let bad = |reason: &str| ReferenceError {
             reference: text.to_string(),
             reason: reason.to_string(),
         };
@@ -176,10 +182,7 @@ mod tests {
         ] {
             let e = Reference::parse(text).expect_err(text);
             assert!(e.to_string().contains(text), "{e}");
-            let ImageError::BadReference { reason: r, .. } = e else {
-                panic!("{text}: not a reference error")
-            };
-            assert!(r.contains(reason), "{text}: {r}");
+            assert!(e.reason.contains(reason), "{text}: {}", e.reason);
         }
     }
 }

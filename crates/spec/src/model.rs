@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use pipeline_shared::Dataset;
+use pipeline_dataset::Dataset;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

@@ -319,13 +319,11 @@ fn functions(r: &mut Rules, spec: &Spec) {
                 "only images have a base",
                 format!("set `functions.{name}.package: image`, or remove `base_image`"),
             );
-        } else if let Err(e) = crate::image::Reference::parse(base) {
-            let help = match &e {
-                crate::image::ImageError::BadReference { reason, .. } => format!(
-                    "{reason}; write it as `registry/repository:tag` or `registry/repository@sha256:<digest>`"
-                ),
-                other => other.to_string(),
-            };
+        } else if let Err(e) = crate::reference::Reference::parse(base) {
+            let help = format!(
+                "{}; write it as `registry/repository:tag` or `registry/repository@sha256:<digest>`",
+                e.reason
+            );
             r.at(
                 &["functions", name, "base_image"],
                 format!("`functions.{name}.base_image` is not an image reference: `{base}`"),
@@ -568,7 +566,7 @@ fn datasets(r: &mut Rules, spec: &Spec) {
         for (i, column) in dataset.filterable.iter().enumerate() {
             if dataset
                 .column(column)
-                .is_some_and(|c| c.kind == pipeline_shared::ColumnType::Jsonb)
+                .is_some_and(|c| c.kind == pipeline_dataset::ColumnType::Jsonb)
             {
                 let index = i.to_string();
                 r.at(
