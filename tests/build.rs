@@ -8,7 +8,9 @@
 //! `.ci/tools.sh` installs: cargo-lambda and zig (`CARGO_LAMBDA_PATH`) and
 //! the aarch64 Rust target.
 
-mod common;
+use crate::common;
+
+use pipeline_testkit::{Service, require};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,9 +28,7 @@ fn clone(to: &Path) {
 
 /// Builds the packages of dev in a clone; the zips' paths.
 fn build(clone: &Path) -> Vec<PathBuf> {
-    let tools = std::env::var_os("CARGO_LAMBDA_PATH")
-        .expect("CARGO_LAMBDA_PATH names cargo-lambda's folder: run `source .ci/tools.sh`");
-    let mut path = vec![PathBuf::from(tools)];
+    let mut path = vec![pipeline_testkit::cargo_lambda_dir()];
     path.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
@@ -78,6 +78,7 @@ fn newest_glibc(binary: &[u8]) -> u32 {
 #[test]
 #[ignore = "builds the functions for Lambda twice (minutes); scripts/test runs it"]
 fn two_clean_clones_build_byte_identical_packages() {
+    require!(Service::CargoLambda);
     let dir = tempfile::tempdir().expect("temp dir");
     let (a, b) = (dir.path().join("one"), dir.path().join("elsewhere/two"));
     clone(&a);

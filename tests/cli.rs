@@ -1,7 +1,9 @@
 //! The `pipeline` binary, run for real in temporary directories; error texts
 //! are compared word for word.
 
-mod common;
+use crate::common;
+
+use pipeline_testkit::{Service, require};
 
 use common::{pipeline, repo, stderr, stdout, workspace};
 
@@ -516,13 +518,7 @@ fn every_command_has_help() {
 /// the process opens no internet socket.
 #[test]
 fn validate_and_synth_open_no_network_socket() {
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        panic!("strace is needed for this test (.ci/run installs it)");
-    }
+    require!(Service::Strace);
     let ws = workspace(&[]);
     let trace = ws.path().join("trace");
     let status = std::process::Command::new("strace")

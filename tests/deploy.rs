@@ -7,7 +7,9 @@
 //! resource, recover) is tested against a scripted CloudFormation in
 //! `cli/src/deploy/tests.rs`.
 
-mod common;
+use crate::common;
+
+use pipeline_testkit::{Service, require};
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -197,6 +199,7 @@ fn stack_statuses(status: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
+    require!(Service::Moto);
     let p = Project::new(&[]);
     let rt = runtime();
 
@@ -512,6 +515,7 @@ fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
 
 #[test]
 fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
+    require!(Service::Moto);
     let p = Project::new(&[]);
     let boot = p.json(&["--output", "json", "bootstrap", "--env", "dev"]);
     let bucket = boot["assets_bucket"].as_str().expect("bucket").to_string();
@@ -557,6 +561,7 @@ fn a_second_deploy_is_refused_while_the_first_holds_the_lock() {
 
 #[test]
 fn credentials_of_another_account_change_nothing() {
+    require!(Service::Moto);
     let p = Project::new(&[("acct.yaml", "extends: dev\naccount: \"111111111111\"\n")]);
     assert_eq!(
         p.fails(&["bootstrap", "--env", "acct"]),
@@ -576,6 +581,7 @@ fn credentials_of_another_account_change_nothing() {
 
 #[test]
 fn spec_errors_stop_a_deploy_before_any_aws_call() {
+    require!(Service::Moto);
     let dir = common::workspace(&[("bad.yaml", "extends: dev\ndatabase:\n  read_replicas: 9\n")]);
     // An endpoint nobody listens on: a call would fail differently.
     let out = common::command(dir.path(), &["deploy", "--env", "bad", "--yes"])
@@ -593,6 +599,7 @@ fn spec_errors_stop_a_deploy_before_any_aws_call() {
 
 #[test]
 fn a_missing_package_says_how_to_make_it() {
+    require!(Service::Moto);
     let p = Project::new(&[]);
     std::fs::remove_file(p.dir.path().join("artifacts/query.zip")).expect("rm");
     let (code, message, help) = p.fails(&["deploy", "--env", "dev", "--yes"]);
@@ -766,6 +773,7 @@ fn shifted_to(percent: u64) -> impl Fn(&Value) -> bool {
 
 #[test]
 fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
+    require!(Service::Moto);
     let p = Project::new(&[("live.yaml", LIVE)]);
     // The first versions take all the traffic at once: the aliases served
     // `$LATEST`, which takes no weights.
@@ -876,6 +884,7 @@ fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
 
 #[test]
 fn failed_migrations_or_smoke_invocations_move_no_traffic() {
+    require!(Service::Moto);
     let p = Project::new(&[]);
     let first = p.bootstrap_and_deploy("dev");
     let loader = first["outputs"]["LoaderFunctionName"]
@@ -1023,6 +1032,7 @@ impl pipeline_cli::rollout::Reporter for NoReport {
 
 #[test]
 fn a_linear_rollout_moves_moto_aliases_step_by_step_to_the_new_version() {
+    require!(Service::Moto);
     use pipeline_cli::rollout::{Phase, Rollouts, State, Target, steps};
     use pipeline_cli::spec::model::Strategy;
     let p = Project::new(&[]);
@@ -1170,6 +1180,7 @@ fn health_answer(status: u16, body: &Value) -> String {
 /// route as a healthy function does.
 #[test]
 fn a_new_version_whose_health_route_answers_5xx_or_404_takes_no_traffic() {
+    require!(Service::Moto);
     let p = Project::new(&[]);
     let first = p.bootstrap_and_deploy("dev");
     let query = first["outputs"]["QueryFunctionName"]
@@ -1217,6 +1228,7 @@ fn a_new_version_whose_health_route_answers_5xx_or_404_takes_no_traffic() {
 /// pipeline's own alarms (server.py R1).
 #[test]
 fn every_gate_alarm_must_exist_and_each_one_sends_traffic_back() {
+    require!(Service::Moto);
     let external: Vec<String> = (0..55)
         .map(|i| format!("ext-{i:02}"))
         .chain(std::iter::once("team-composite".to_string()))
@@ -1305,6 +1317,7 @@ rollout:
 /// invoke it meanwhile, as Lambda does.
 #[test]
 fn new_versions_are_invoked_once_they_are_active() {
+    require!(Service::Moto);
     let p = Project::with_moto(&[], &[("PIPELINE_MOTO_PENDING", "3")]);
     let first = p.bootstrap_and_deploy("dev");
     assert_eq!(first["rollout"], "all-at-once promoted");
@@ -1356,6 +1369,7 @@ functions:
 /// GetAccountSettings). moto's quota is Lambda's default, 1,000.
 #[test]
 fn reservations_beyond_the_accounts_concurrency_are_refused_before_any_stack_moves() {
+    require!(Service::Moto);
     let p = Project::new(&[
         ("big.yaml", &reserving(500, 300, 150)),
         ("a.yaml", &reserving(150, 150, 150)),
@@ -1402,6 +1416,7 @@ fn reservations_beyond_the_accounts_concurrency_are_refused_before_any_stack_mov
 /// first calls of the operations named, in each service's wire format.
 #[test]
 fn a_deploy_goes_through_throttling() {
+    require!(Service::Moto);
     let p = Project::with_moto(
         &[("live.yaml", LIVE)],
         &[(
@@ -1451,6 +1466,7 @@ fn protected_instances(p: &Project) -> Vec<bool> {
 
 #[test]
 fn a_protected_database_rolls_back_cleanly_is_made_again_and_can_be_destroyed() {
+    require!(Service::Moto);
     // The first create of the data stack fails after its database was
     // made. A protected instance cannot be deleted, so its rollback would
     // end in ROLLBACK_FAILED (moto refuses the delete as RDS does): the

@@ -3,7 +3,9 @@
 //! and delete marker included, and only once the destroy is confirmed; the
 //! buckets that are kept are left as they are.
 
-mod common;
+use crate::common;
+
+use pipeline_testkit::{Service, require};
 
 use std::process::{Output, Stdio};
 
@@ -105,6 +107,7 @@ async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &'static [u
 
 #[test]
 fn destroy_empties_the_versioned_buckets_that_go_and_keeps_the_kept_ones() {
+    require!(Service::Moto);
     let p = Project::new();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

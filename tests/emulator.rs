@@ -7,7 +7,9 @@
 //!   stack back, with the resource's reason in its event (moto alone answers
 //!   the error to ExecuteChangeSet and leaves the stack half made).
 
-mod common;
+use crate::common;
+
+use pipeline_testkit::{Service, require};
 
 use aws_sdk_cloudformation::types::{ChangeSetType, StackStatus};
 use serde_json::{Value, json};
@@ -89,6 +91,7 @@ fn api(body: Value) -> Value {
 
 #[tokio::test]
 async fn a_rest_api_body_that_api_gateway_refuses_fails_the_stack_with_the_reason() {
+    require!(Service::Moto);
     let moto = common::moto::start();
     let cfn = cloudformation(&moto).await;
     // What the API document looked like before it followed API Gateway's rules.
@@ -128,6 +131,7 @@ async fn a_rest_api_body_that_api_gateway_refuses_fails_the_stack_with_the_reaso
 
 #[tokio::test]
 async fn an_injected_resource_failure_rolls_the_stack_back_with_its_reason() {
+    require!(Service::Moto);
     let reason =
         "Resource handler returned message: \"Rate exceeded\" (HandlerErrorCode: Throttling)";
     let moto = common::moto::start_with_env(&[("PIPELINE_MOTO_FAIL", &format!("Broken={reason}"))]);

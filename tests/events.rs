@@ -3,7 +3,9 @@
 //! broken message), without AWS: the same conversions the functions' `main`
 //! uses, a local object store and the real Postgres.
 
-mod common;
+use crate::common;
+
+use pipeline_testkit::{Service, require};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use pipeline_shared::api::Context;
@@ -34,6 +36,7 @@ fn body_json(response: &lambda_http::Response<lambda_http::Body>) -> Value {
 
 #[tokio::test]
 async fn api_gateway_and_sqs_events_drive_the_handlers() {
+    require!(Service::Postgres);
     let name = format!("pipeline_events_{}", uuid::Uuid::new_v4().simple());
     let admin = connect(ADMIN).await;
     admin

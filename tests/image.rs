@@ -6,7 +6,9 @@
 //! against moto for the CloudFormation and Lambda side (moto has no
 //! registry: the push goes to the loopback one).
 
-mod common;
+use crate::common;
+
+use pipeline_testkit::{Service, require};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -308,6 +310,7 @@ fn last_layer_files(reference: &str) -> Vec<(String, u32, String)> {
 
 #[test]
 fn images_build_reproducibly_on_the_base_and_push_only_missing_blobs() {
+    require!(Service::Registry, Service::Skopeo);
     let registry = registry::start();
     let base_layers = push_base(&registry.host, "v1", &["amd64", "arm64"]);
     let base = format!("{}/{BASE}:v1", registry.host);
@@ -460,6 +463,7 @@ fn images_build_reproducibly_on_the_base_and_push_only_missing_blobs() {
 
 #[test]
 fn registry_problems_are_errors_a_user_can_act_on() {
+    require!(Service::Registry, Service::Skopeo);
     let registry = registry::start();
     push_base(&registry.host, "amd64-only", &["amd64"]);
 
@@ -600,6 +604,7 @@ fn a_base_image_on_a_zip_function_or_a_bad_reference_is_a_spec_error() {
 /// credential helper.
 #[test]
 fn docker_format_bases_become_oci_images() {
+    require!(Service::Registry, Service::Skopeo);
     let registry = registry::start();
     let layers = push_base_as(&registry.host, "docker", &["amd64"], &["--format", "v2s2"]);
     let base = format!("{}/{BASE}:docker", registry.host);
@@ -680,6 +685,7 @@ fn docker_format_bases_become_oci_images() {
 /// registry's password), and deployed by digest through moto's CloudFormation.
 #[test]
 fn deploy_pushes_images_and_names_them_by_digest() {
+    require!(Service::Registry, Service::Skopeo, Service::Moto);
     let base_registry = registry::start();
     push_base(&base_registry.host, "v1", &["amd64", "arm64"]);
     let ecr: Registry = registry::start();

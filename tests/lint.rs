@@ -5,11 +5,12 @@
 //! pinned tools are installed by `.ci/tools.sh`; `CFN_LINT`, `CHECKOV` and
 //! `OPENAPI_SPEC_VALIDATOR` name them.
 
-mod common;
+use crate::common;
+
+use pipeline_testkit::{Service, require};
 
 use std::path::{Path, PathBuf};
 
-use common::tool;
 use std::process::Command;
 
 use pipeline_cli::spec::Loader;
@@ -77,11 +78,12 @@ fn templates(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn cfn_lint_finds_nothing() {
+    require!(Service::CfnLint);
     let dir = synthesised();
     let files = templates(dir.path());
     // Five templates (bootstrap and four stacks) for each of five environments.
     assert_eq!(files.len(), 25);
-    let out = Command::new(tool("CFN_LINT", "cfn-lint", "cfn-lint"))
+    let out = Command::new(Service::CfnLint.program())
         // AWS's serverless rules (cfn-lint-serverless), on top of the plain run.
         .args(["--append-rules", "cfn_lint_serverless.rules", "--"])
         .args(&files)
@@ -99,8 +101,9 @@ fn cfn_lint_finds_nothing() {
 
 #[test]
 fn checkov_fails_no_check() {
+    require!(Service::Checkov);
     let dir = synthesised();
-    let out = Command::new(tool("CHECKOV", "checkov", "checkov"))
+    let out = Command::new(Service::Checkov.program())
         .args([
             "--skip-download",
             "--quiet",
@@ -147,6 +150,7 @@ fn checkov_fails_no_check() {
 
 #[test]
 fn openapi_documents_pass_the_validator() {
+    require!(Service::OpenapiSpecValidator);
     let dir = synthesised();
     let mut documents = Vec::new();
     for env in std::fs::read_dir(dir.path())
@@ -169,14 +173,10 @@ fn openapi_documents_pass_the_validator() {
     documents.sort();
     // Both documents of each of the five environments.
     assert_eq!(documents.len(), 10);
-    let out = Command::new(tool(
-        "OPENAPI_SPEC_VALIDATOR",
-        "openapi",
-        "openapi-spec-validator",
-    ))
-    .args(&documents)
-    .output()
-    .expect("run openapi-spec-validator");
+    let out = Command::new(Service::OpenapiSpecValidator.program())
+        .args(&documents)
+        .output()
+        .expect("run openapi-spec-validator");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

@@ -2,7 +2,9 @@
 //! Postgres at 127.0.0.1:5432. Each test runs its own environment, so its own
 //! database `pipeline_<env>`, dropped at the end.
 
-mod common;
+use crate::common;
+
+use pipeline_testkit::{Service, require};
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -224,6 +226,7 @@ fn event(id: u32, kind: &str) -> String {
 
 #[tokio::test]
 async fn push_wait_and_read_back_the_exact_records() {
+    require!(Service::Postgres);
     let local = Local::start("").await;
     let body: String = (1..=3)
         .map(|i| event(i, if i == 2 { "view" } else { "click" }))
@@ -298,6 +301,7 @@ async fn push_wait_and_read_back_the_exact_records() {
 
 #[tokio::test]
 async fn an_idempotency_key_returns_the_first_batch_and_stores_nothing_new() {
+    require!(Service::Postgres);
     let local = Local::start("").await;
     let key = [("idempotency-key", "order-42")];
     let (s1, first) = local
@@ -330,6 +334,7 @@ async fn an_idempotency_key_returns_the_first_batch_and_stores_nothing_new() {
 
 #[tokio::test]
 async fn a_batch_delivered_twice_loads_once() {
+    require!(Service::Postgres);
     let local = Local::start("").await;
     let body: String = (1..=5).map(|i| event(i, "a")).collect();
     let (_, accepted) = local
@@ -381,6 +386,7 @@ async fn a_batch_delivered_twice_loads_once() {
 
 #[tokio::test]
 async fn malformed_input_is_refused_with_line_and_reason_and_nothing_is_loaded() {
+    require!(Service::Postgres);
     let local = Local::start("api:\n  max_inline_batch_kib: 2048\n").await;
     let post = |body: Vec<u8>, content_type: &'static str| {
         let local = &local;
@@ -493,6 +499,7 @@ async fn malformed_input_is_refused_with_line_and_reason_and_nothing_is_loaded()
 
 #[tokio::test]
 async fn a_loader_killed_mid_load_leaves_no_rows_and_loads_once_after_restart() {
+    require!(Service::Postgres);
     let mut local = Local::start("").await;
     // Hold a lock that the loader's COPY waits for, so that the process can be
     // killed while its load transaction is open.
@@ -547,6 +554,7 @@ async fn a_loader_killed_mid_load_leaves_no_rows_and_loads_once_after_restart() 
 
 #[tokio::test]
 async fn serves_its_openapi_document_and_requires_the_api_key() {
+    require!(Service::Postgres);
     let local = Local::start("").await;
     let doc: Value = reqwest::get(format!("{}/openapi.json", local.url))
         .await
@@ -574,6 +582,7 @@ async fn serves_its_openapi_document_and_requires_the_api_key() {
 /// be refused, and why.
 #[tokio::test]
 async fn schemathesis_finds_no_failure_in_two_minutes() {
+    require!(Service::Postgres, Service::Schemathesis);
     let local = Local::start("").await;
     // Every dataset of every shipped environment is in this one.
     let mut loader = pipeline_cli::spec::Loader::new(Some(common::repo().join("environments")));
@@ -585,7 +594,7 @@ async fn schemathesis_finds_no_failure_in_two_minutes() {
         }
     }
     let settings = common::repo().join("tests").join("schemathesis");
-    let out = Command::new(common::tool("SCHEMATHESIS", "schemathesis", "schemathesis"))
+    let out = Command::new(Service::Schemathesis.program())
         .arg("--config-file")
         .arg(settings.join("schemathesis.toml"))
         .args(["run", &format!("{}/openapi.json", local.url)])
@@ -616,6 +625,7 @@ async fn schemathesis_finds_no_failure_in_two_minutes() {
 
 #[tokio::test]
 async fn ctrl_c_stops_cleanly() {
+    require!(Service::Postgres);
     let mut local = Local::start("").await;
     let pid = local.child.id().to_string();
     let status = Command::new("kill")
@@ -647,6 +657,7 @@ fn client(local: &Local, args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn push_goes_through_an_upload_when_large_and_query_reads_back() {
+    require!(Service::Postgres);
     let local = Local::start("api:\n  max_inline_batch_kib: 1\n").await;
     let body: String = (1..=20).map(|i| event(i, "big")).collect();
     assert!(body.len() > 1024);
@@ -700,6 +711,7 @@ async fn push_goes_through_an_upload_when_large_and_query_reads_back() {
 /// is a 413 from the API, and `push` sends it through an upload.
 #[tokio::test]
 async fn the_inline_limit_counts_the_body_as_escaped_in_the_lambda_event() {
+    require!(Service::Postgres);
     let local = Local::start("api:\n  max_inline_batch_kib: 1\n").await;
     let body: String = (1..=6).map(|i| event(i, "q")).collect();
     let escaped = serde_json::to_string(&body).expect("json").len() - 2;
@@ -749,6 +761,7 @@ async fn the_inline_limit_counts_the_body_as_escaped_in_the_lambda_event() {
 /// `parts_url` a page at a time, and `push` uploads them all.
 #[tokio::test]
 async fn part_urls_beyond_the_first_thousand_come_a_page_at_a_time() {
+    require!(Service::Postgres);
     let local = Local::start_with(
         "api:\n  max_inline_batch_kib: 1\n",
         &["--upload-part-size", "100"],
@@ -822,6 +835,7 @@ async fn part_urls_beyond_the_first_thousand_come_a_page_at_a_time() {
 
 #[tokio::test]
 async fn a_batch_above_the_part_size_goes_up_in_parts_and_loads_once() {
+    require!(Service::Postgres);
     let local = Local::start_with(
         "api:\n  max_inline_batch_kib: 1\n",
         &["--upload-part-size", "1000"],
@@ -877,6 +891,7 @@ async fn a_batch_above_the_part_size_goes_up_in_parts_and_loads_once() {
 
 #[tokio::test]
 async fn a_multipart_completion_with_a_missing_part_is_refused() {
+    require!(Service::Postgres);
     let local = Local::start_with("", &["--upload-part-size", "100"]).await;
     let body: String = (1..=5).map(|i| event(i, "gap")).collect();
     let upload = json!({"size_bytes": body.len(), "content_type": "application/x-ndjson"});
@@ -942,6 +957,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn an_invalid_upload_fails_its_batch_with_the_first_error() {
+    require!(Service::Postgres);
     let local = Local::start("api:\n  max_inline_batch_kib: 1\n").await;
     let mut body: String = (1..=10).map(|i| event(i, "x")).collect();
     body.push_str(&event(11, "x").replace("\"user_id\":11", "\"user_id\":true"));
@@ -961,6 +977,7 @@ async fn an_invalid_upload_fails_its_batch_with_the_first_error() {
 
 #[tokio::test]
 async fn a_rejected_inline_push_lists_file_line_and_reason() {
+    require!(Service::Postgres);
     let local = Local::start("").await;
     std::fs::write(local.dir.path().join("bad.ndjson"), "{\"event_id\":1}\n").expect("write");
     let out = client(&local, &["push", "-d", "events", "bad.ndjson"]);
@@ -979,6 +996,7 @@ async fn a_rejected_inline_push_lists_file_line_and_reason() {
 
 #[tokio::test]
 async fn a_large_batch_loads_in_parallel_chunks_exactly_once() {
+    require!(Service::Postgres);
     let local = Local::start_with("", &["--chunk-size", "20000", "--workers", "3"]).await;
     // 2000 records, about 330 kB: some 16 chunks. Record 5 comes back at the end.
     let mut body: String = (1..=1999).map(|i| event(i, "chunked")).collect();
@@ -1047,6 +1065,7 @@ async fn wait_for_lock(db: &tokio_postgres::Client, prefix: &str) {
 
 #[tokio::test]
 async fn a_chunked_load_killed_at_each_step_loads_exactly_once_after_restarts() {
+    require!(Service::Postgres);
     let mut local = Local::start_with("", &["--chunk-size", "20000", "--workers", "2"]).await;
     let db = local.db().await;
     let blocker = local.db().await;
@@ -1154,6 +1173,7 @@ async fn a_chunked_load_killed_at_each_step_loads_exactly_once_after_restarts() 
 
 #[tokio::test]
 async fn an_invalid_record_in_a_chunk_fails_the_batch_with_its_line_in_the_whole_batch() {
+    require!(Service::Postgres);
     let local = Local::start_with("", &["--chunk-size", "20000"]).await;
     let mut body: String = (1..=1499).map(|i| event(i, "x")).collect();
     body.push_str(&event(1500, "x").replace("\"user_id\":1500", "\"user_id\":\"many\""));
@@ -1187,6 +1207,7 @@ async fn an_invalid_record_in_a_chunk_fails_the_batch_with_its_line_in_the_whole
 
 #[tokio::test]
 async fn an_idempotent_retry_stores_a_batch_its_first_request_did_not_and_refuses_another_body() {
+    require!(Service::Postgres);
     let local = Local::start("").await;
     let body = event(1, "a");
     let sha256: String = {
@@ -1245,6 +1266,7 @@ fn reading(i: u32, value: &str, quality: &str) -> String {
 
 #[tokio::test]
 async fn a_large_csv_batch_loads_in_chunks_following_its_quotes() {
+    require!(Service::Postgres);
     let local = Local::start_with("", &["--chunk-size", "8000", "--workers", "3"]).await;
     let mut body = String::from("sensor_id,read_at,value,quality,valid,day\n");
     body.extend((1..=2000).map(|i| reading(i, &format!("{i}.5"), "1")));
@@ -1332,6 +1354,7 @@ const SMOKE: &str = "datasets:
 
 #[tokio::test]
 async fn smoke_checks_health_a_read_and_a_write_to_the_smoke_dataset_only() {
+    require!(Service::Postgres);
     let local = Local::start(SMOKE).await;
     let out = client(&local, &["smoke"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1361,6 +1384,7 @@ async fn smoke_checks_health_a_read_and_a_write_to_the_smoke_dataset_only() {
 
 #[tokio::test]
 async fn smoke_skips_the_write_without_a_smoke_dataset_and_fails_when_the_api_is_down() {
+    require!(Service::Postgres);
     let mut local = Local::start("").await;
     let out = client(&local, &["--output", "json", "smoke"]);
     assert_eq!(out.status.code(), Some(0));

@@ -1,7 +1,7 @@
 //! What `synth` renders: snapshots of every file of every shipped
 //! environment, determinism, and a manifest whose wiring holds together.
 
-mod common;
+use crate::common;
 
 use pipeline_cli::spec::Loader;
 use pipeline_cli::synth::{Synthesis, context::Source, synthesize};

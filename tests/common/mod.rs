@@ -1,39 +1,10 @@
 //! Helpers shared by the integration tests: a scratch workspace and the real binary.
 #![allow(dead_code)]
 
-pub mod moto;
-pub mod registry;
+pub use pipeline_testkit::{moto, registry, repo};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-/// The repository's root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A pinned test tool: `$var` if set, else `<cache>/pipeline-tools/<venv>/bin/<bin>`
-/// as `.ci/tools.sh` installs it.
-pub fn tool(var: &str, venv: &str, bin: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(var) {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let cache =
-        std::env::var_os("XDG_CACHE_HOME").map_or_else(|| home.join(".cache"), PathBuf::from);
-    let path = cache
-        .join("pipeline-tools")
-        .join(venv)
-        .join("bin")
-        .join(bin);
-    assert!(
-        path.exists(),
-        "{bin} is not installed: run `source .ci/tools.sh` (or set {var})"
-    );
-    path
-}
 
 /// A temporary directory holding `environments/` with the shipped `base.yaml`
 /// and `dev.yaml` plus the given files.

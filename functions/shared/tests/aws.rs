@@ -1,6 +1,6 @@
 //! The AWS implementations (S3 object store, SQS chunk queue) against moto,
 //! started on a free loopback port.
-//! The pinned moto comes from `.ci/tools.sh`; `tests/common/moto.rs` starts it.
+//! The pinned moto comes from `.ci/tools.sh`; `pipeline-testkit` starts it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,10 +9,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use pipeline_shared::store::{ByteStream, CompletedPart, ObjectInfo, S3Store, Store, StoreError};
 
-#[path = "../../../tests/common/moto.rs"]
-mod moto;
-
-use moto::start as start_moto;
+use pipeline_testkit::moto::start as start_moto;
+use pipeline_testkit::{Service, require};
 
 async fn sqs(endpoint: &str) -> aws_sdk_sqs::Client {
     let credentials =
@@ -62,6 +60,7 @@ async fn collect(stream: ByteStream) -> Vec<u8> {
 
 #[tokio::test]
 async fn s3_store_puts_reads_ranges_and_presigns() {
+    require!(Service::Moto);
     let moto = start_moto();
     let store = raw_bucket(&moto.url).await;
     let meta = BTreeMap::from([
@@ -130,6 +129,7 @@ async fn s3_store_puts_reads_ranges_and_presigns() {
 
 #[tokio::test]
 async fn s3_multipart_uploads_go_through_presigned_part_urls() {
+    require!(Service::Moto);
     let moto = start_moto();
     let store = raw_bucket(&moto.url).await;
     let key = "raw/events/2024-01-01/big.ndjson";
@@ -190,6 +190,7 @@ async fn s3_multipart_uploads_go_through_presigned_part_urls() {
 
 #[tokio::test]
 async fn chunk_messages_go_to_sqs_in_batches_of_ten() {
+    require!(Service::Moto);
     use pipeline_shared::chunks::{ChunkBody, ChunkMessage, ChunkQueue, SqsChunkQueue};
     let moto = start_moto();
     let client = sqs(&moto.url).await;
@@ -251,6 +252,7 @@ async fn chunk_messages_go_to_sqs_in_batches_of_ten() {
 
 #[tokio::test]
 async fn the_administrators_secret_is_read_from_secrets_manager() {
+    require!(Service::Moto);
     use pipeline_shared::runtime::{AdminSecret, admin_secret};
     let moto = start_moto();
     let credentials =

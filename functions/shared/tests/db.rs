@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use pipeline_shared::dataset::{Column, ColumnType, Dataset, Format, OnConflict};
 use pipeline_shared::db::{self, Filter, LoadOutcome, NewBatch};
 use pipeline_shared::store::{ByteStream, StoreError};
+use pipeline_testkit::{Service, require};
 use tokio_postgres::{Client, NoTls};
 
 const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
@@ -143,6 +144,7 @@ async fn rows(client: &Client) -> Vec<(i64, String, Option<String>)> {
 
 #[tokio::test]
 async fn migrations_add_and_refuse_destructive_changes() {
+    require!(Service::Postgres);
     let (_db, mut client) = TestDb::new().await;
     let mut ds = events(OnConflict::Ignore);
     let report = db::migrate(&mut client, &datasets(&ds))
@@ -225,6 +227,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
 
 #[tokio::test]
 async fn a_batch_loads_once_and_redelivery_changes_nothing() {
+    require!(Service::Postgres);
     let (_db, mut client) = TestDb::new().await;
     let ds = events(OnConflict::Ignore);
     db::migrate(&mut client, &datasets(&ds))
@@ -273,6 +276,7 @@ async fn a_batch_loads_once_and_redelivery_changes_nothing() {
 
 #[tokio::test]
 async fn conflicts_follow_the_dataset_rule() {
+    require!(Service::Postgres);
     let (_db, mut client) = TestDb::new().await;
     for rule in [OnConflict::Ignore, OnConflict::Update] {
         client
@@ -321,6 +325,7 @@ async fn conflicts_follow_the_dataset_rule() {
 
 #[tokio::test]
 async fn an_invalid_object_fails_the_batch_and_loads_nothing() {
+    require!(Service::Postgres);
     let (_db, mut client) = TestDb::new().await;
     let ds = events(OnConflict::Ignore);
     db::migrate(&mut client, &datasets(&ds))
@@ -353,6 +358,7 @@ async fn an_invalid_object_fails_the_batch_and_loads_nothing() {
 
 #[tokio::test]
 async fn concurrent_deliveries_load_once() {
+    require!(Service::Postgres);
     let (test_db, mut client) = TestDb::new().await;
     let ds = Arc::new(events(OnConflict::Ignore));
     db::migrate(&mut client, &datasets(&ds))
@@ -394,6 +400,7 @@ async fn concurrent_deliveries_load_once() {
 
 #[tokio::test]
 async fn records_page_by_key_with_filters() {
+    require!(Service::Postgres);
     let (_db, mut client) = TestDb::new().await;
     let ds = events(OnConflict::Ignore);
     db::migrate(&mut client, &datasets(&ds))
@@ -476,6 +483,7 @@ async fn server_certificate() -> std::path::PathBuf {
 
 #[tokio::test]
 async fn tls_connections_check_the_server_certificate_and_name() {
+    require!(Service::Postgres);
     use pipeline_shared::runtime::pool_with_roots;
     let cert = server_certificate().await;
     // Trusted CA, matching name: TLS.
@@ -522,6 +530,7 @@ async fn tls_connections_check_the_server_certificate_and_name() {
 /// wiring and the TLS, not AWS's acceptance of the token.
 #[tokio::test]
 async fn iam_connections_sign_a_token_and_use_tls() {
+    require!(Service::Postgres);
     use pipeline_shared::iam::IamConnect;
     use pipeline_shared::runtime::{iam_pool, tls};
     let cert = server_certificate().await;

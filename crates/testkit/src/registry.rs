@@ -26,7 +26,7 @@ impl Drop for Registry {
 }
 
 fn config_dir() -> PathBuf {
-    super::repo().join("tests/registry")
+    crate::repo().join("tests/registry")
 }
 
 pub fn start() -> Registry {

@@ -20,17 +20,7 @@ impl Drop for Moto {
 
 /// The Python of the pinned moto's venv.
 fn python() -> PathBuf {
-    let server = std::env::var_os("MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            std::env::var_os("XDG_CACHE_HOME")
-                .map_or_else(|| home.join(".cache"), PathBuf::from)
-                .join("pipeline-tools/moto/bin/moto_server")
-        });
-    let python = server.with_file_name("python");
+    let python = crate::service::moto_python();
     assert!(
         python.exists(),
         "moto is not installed: run `source .ci/tools.sh` (or set MOTO_SERVER)"
