@@ -115,6 +115,14 @@ pub enum Error {
     Render { what: String, message: String },
 }
 
+impl From<crate::synth::Error> for Error {
+    fn from(e: crate::synth::Error) -> Error {
+        match e {
+            crate::synth::Error::Render { what, message } => Error::Render { what, message },
+        }
+    }
+}
+
 impl From<crate::deploy::engine::EngineError> for Error {
     fn from(e: crate::deploy::engine::EngineError) -> Error {
         use crate::deploy::engine::EngineError as E;

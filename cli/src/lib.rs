@@ -9,7 +9,7 @@ pub mod image;
 pub mod output;
 pub mod rollout;
 pub use pipeline_spec as spec;
-pub mod synth;
+pub use pipeline_synth as synth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -12,9 +12,9 @@ use serde::Serialize;
 pub const NAME: &str = "query";
 
 /// Records in a page when the request does not say.
-pub const DEFAULT_LIMIT: u32 = 100;
+pub use pipeline_contract::DEFAULT_PAGE as DEFAULT_LIMIT;
 /// Most records in a page.
-pub const MAX_LIMIT: u32 = 1000;
+pub use pipeline_contract::MAX_PAGE as MAX_LIMIT;
 
 /// Handles one API request.
 pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {

@@ -9,6 +9,10 @@ use serde::Serialize;
 use crate::dataset::Dataset;
 use crate::store::Store;
 
+pub use pipeline_contract::{
+    MAX_IDEMPOTENCY_KEY, ROUTES, allowed_methods, event_body_len, valid_idempotency_key,
+};
+
 /// Everything a handler needs, built once per process.
 #[derive(Clone)]
 pub struct Context {
@@ -88,29 +92,6 @@ pub fn unknown_dataset(ctx: &Context, name: &str) -> Response<Bytes> {
     )
 }
 
-/// The API's routes after `/v1/`: the path's segments (`*` stands for
-/// one segment: a dataset or a batch id) and the methods it takes.
-pub const ROUTES: &[(&[&str], &[&str])] = &[
-    (&["v1", "health"], &["GET"]),
-    (&["v1", "datasets", "*", "batches"], &["POST"]),
-    (&["v1", "datasets", "*", "uploads"], &["POST"]),
-    (&["v1", "datasets", "*", "records"], &["GET"]),
-    (&["v1", "batches", "*"], &["GET"]),
-    (&["v1", "batches", "*", "complete"], &["POST"]),
-    (&["v1", "batches", "*", "parts"], &["POST"]),
-];
-
-/// The methods a path takes (none for a path that is not the API's).
-pub fn allowed_methods(parts: &[&str]) -> &'static [&'static str] {
-    ROUTES
-        .iter()
-        .find(|(pattern, _)| {
-            pattern.len() == parts.len()
-                && pattern.iter().zip(parts).all(|(p, s)| *p == "*" || p == s)
-        })
-        .map_or(&[], |(_, methods)| *methods)
-}
-
 /// 405 (with `Allow`) for a method a path does not take, 404 for a path
 /// no function serves.
 pub fn no_route(method: &http::Method, path: &str) -> Response<Bytes> {
@@ -143,33 +124,6 @@ pub fn unavailable(what: &str, detail: &dyn std::fmt::Display) -> Response<Bytes
         format!("{what} is unavailable; try again"),
     )
 }
-
-/// The bytes a request body takes in the Lambda event API Gateway makes of
-/// it: a JSON string, so quotes, backslashes and line breaks take two bytes
-/// and other control characters six; a body that is not UTF-8 travels in
-/// base64. Lambda's 6 MB request limit ("Lambda quotas") applies to the
-/// event, so the inline limit is measured this way.
-pub fn event_body_len(body: &[u8]) -> u64 {
-    if std::str::from_utf8(body).is_err() {
-        return (body.len() as u64).div_ceil(3) * 4;
-    }
-    body.iter()
-        .map(|&b| match b {
-            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum()
-}
-
-/// Idempotency keys are 1 to 128 visible ASCII characters (the API
-/// document's `IDEMPOTENCY_KEY_PATTERN`), in the header and in uploads.
-pub fn valid_idempotency_key(key: &str) -> bool {
-    (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// Longest idempotency key.
-pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// `GET /v1/health`: 200 when the database answers, else 503. Both API
 /// functions serve it, so that a new version of either can be checked
@@ -255,36 +209,6 @@ mod tests {
             no_route(&http::Method::GET, "/v1/nothing").status(),
             StatusCode::NOT_FOUND
         );
-    }
-
-    #[test]
-    fn event_body_len_is_the_length_of_the_body_as_a_json_string() {
-        for body in [
-            "",
-            "plain",
-            "{\"id\": 1, \"kind\": \"a\\\\b\"}\n{\"id\": 2}\r\n",
-            "tab\there \u{8}\u{c}\u{1}\u{1f} é ✓",
-        ] {
-            let quoted = serde_json::to_string(body).unwrap_or_default();
-            assert_eq!(
-                event_body_len(body.as_bytes()),
-                quoted.len() as u64 - 2,
-                "{body:?}"
-            );
-        }
-        // Not UTF-8: base64.
-        assert_eq!(event_body_len(&[0xff, 0xfe, 0x00, 0x01]), 8);
-    }
-
-    #[test]
-    fn idempotency_keys_are_visible_ascii() {
-        assert!(valid_idempotency_key("retry-1"));
-        assert!(valid_idempotency_key(&"k".repeat(128)));
-        assert!(!valid_idempotency_key(""));
-        assert!(!valid_idempotency_key(&"k".repeat(129)));
-        assert!(!valid_idempotency_key("a b"));
-        assert!(!valid_idempotency_key("a\u{0}b"));
-        assert!(!valid_idempotency_key("G½"));
     }
 
     #[test]

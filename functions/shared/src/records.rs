@@ -18,8 +18,9 @@ use crate::dataset::{ColumnType, Dataset, Format};
 /// Longest record accepted, in bytes.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
-/// Most errors a [`Decoder`] keeps; it goes on counting past them.
-pub const MAX_ERRORS: usize = 100;
+/// Most errors a [`Decoder`] keeps (as many as a rejected batch's answer
+/// lists); it goes on counting past them.
+pub use pipeline_contract::MAX_ERRORS;
 
 /// A record that cannot be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -34,8 +34,7 @@ pub enum StoreError {
 pub const DEFAULT_UPLOAD_PART_BYTES: u64 = 64 * 1024 * 1024;
 /// S3 takes at most 10,000 parts in one upload.
 pub const MAX_PARTS: u64 = 10_000;
-/// The largest object S3 stores: 5 TiB.
-pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+pub use pipeline_contract::{MAX_OBJECT_BYTES, PART_URLS_PER_ANSWER, hex};
 
 /// One part of a multipart upload: bytes `offset..offset + size` of the
 /// batch go to `url` in one PUT, whose answer's `ETag` header the client
@@ -50,12 +49,6 @@ pub struct PartUrl {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
-
-/// Presigned part URLs in one answer. Each takes about 1.5 KB with a
-/// session token, and Lambda answers at most 6 MB ("Lambda quotas":
-/// invocation payload, response): 10,000 parts' URLs would not fit, 1,000
-/// take about a quarter of it.
-pub const PART_URLS_PER_ANSWER: usize = 1000;
 
 /// A started multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -936,11 +929,6 @@ impl Store {
             Store::S3(store) => store.complete_multipart(key, upload_id, parts).await,
         }
     }
-}
-
-/// Lower-case hexadecimal.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -4,7 +4,7 @@
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::spec::model::{AuthMode, Endpoint, Packaging, Spec};
+use pipeline_spec::model::{AuthMode, Endpoint, Packaging, Spec};
 
 /// A checkov check deliberately skipped on a resource, with the reason.
 #[derive(Debug, Clone, Serialize)]

@@ -6,15 +6,13 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::spec::Spec;
-use crate::spec::model::AuthMode;
-use pipeline_shared::store::{MAX_OBJECT_BYTES, PART_URLS_PER_ANSWER};
-use pipeline_shared::{ColumnType, Dataset};
-
-/// Largest page of records the records endpoint returns.
-pub const MAX_PAGE: u32 = 1000;
-/// Most validation errors a rejected batch lists.
-pub const MAX_ERRORS: u32 = 100;
+use pipeline_contract::{
+    DEFAULT_PAGE, IDEMPOTENCY_KEY_PATTERN, MAX_ERRORS, MAX_OBJECT_BYTES, MAX_PAGE,
+    PART_URLS_PER_ANSWER,
+};
+use pipeline_dataset::{ColumnType, Dataset};
+use pipeline_spec::Spec;
+use pipeline_spec::model::AuthMode;
 
 /// Which function serves an operation.
 #[derive(Clone, Copy)]
@@ -169,10 +167,6 @@ fn filter_parameters(dataset: &Dataset) -> Vec<Value> {
     params
 }
 
-/// Idempotency keys: 1 to 128 visible ASCII characters, the same rule for
-/// the `Idempotency-Key` header and an upload's `idempotency_key`.
-pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,128}$";
-
 /// Builds the document. With `aws`, API Gateway's integrations, validators,
 /// gateway responses and key source are added, and `Fn::Sub` objects stand
 /// for the alias ARNs (built from the function's ARN: a `Ref` to an alias
@@ -261,7 +255,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         let mut params = vec![
             json!({"name": "limit", "in": "query", "required": false,
                    "description": "Most records in the page.",
-                   "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 100}}),
+                   "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}}),
             json!({"name": "cursor", "in": "query", "required": false,
                    "description": "The `next_cursor` of the previous page.",
                    "schema": {"type": "string", "minLength": 1}}),

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::context::{Alarm, api_name, function_name};
-use crate::spec::Spec;
+use pipeline_spec::Spec;
 
 fn widget(x: u32, y: u32, title: &str, metrics: Vec<Value>, stat: &str) -> Value {
     json!({

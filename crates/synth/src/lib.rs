@@ -12,9 +12,8 @@ use std::sync::OnceLock;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::Error;
-use crate::spec::Environment;
 use context::Param;
+use pipeline_spec::Environment;
 
 /// The stacks of an environment, in deploy order.
 pub const STACKS: &[StackKind] = &[
@@ -85,6 +84,13 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
 ];
 
+/// A rendering that failed: a bug in the templates or in what feeds them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("rendering {what} failed: {message}")]
+    Render { what: String, message: String },
+}
+
 fn tera() -> Result<&'static tera::Tera, Error> {
     static TERA: OnceLock<Result<tera::Tera, String>> = OnceLock::new();
     TERA.get_or_init(|| {
@@ -119,7 +125,7 @@ pub fn prepare() -> Result<(), Error> {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    pipeline_shared::store::hex(&Sha256::digest(bytes))
+    pipeline_contract::hex(&Sha256::digest(bytes))
 }
 
 /// Renders a template and re-reads the result as JSON, so that a template bug
