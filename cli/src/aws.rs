@@ -89,23 +89,8 @@ impl Clients {
 /// An AWS call that failed, with the SDK's whole chain of causes.
 pub fn aws_error(what: &str, e: impl std::error::Error) -> Error {
     Error::Aws {
-        message: format!("{what}: {}", aws_smithy_message(&e)),
+        message: format!("{what}: {}", crate::chain::message_chain(&e)),
     }
-}
-
-/// The error's message and the messages of its causes, as one line.
-pub fn aws_smithy_message(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
 }
 
 /// The runtime the AWS commands run on.

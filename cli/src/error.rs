@@ -123,24 +123,6 @@ impl From<crate::synth::Error> for Error {
     }
 }
 
-impl From<crate::deploy::engine::EngineError> for Error {
-    fn from(e: crate::deploy::engine::EngineError) -> Error {
-        use crate::deploy::engine::EngineError as E;
-        let help = e.help();
-        let message = e.to_string();
-        match e {
-            E::InProgress { .. }
-            | E::NeedsRecover { .. }
-            | E::Stateful { .. }
-            | E::NeedsYes { .. }
-            | E::Declined { .. } => Error::Refused { message, help },
-            E::Broken { .. } | E::ChangeSetFailed { .. } | E::Failed { .. } | E::Cfn { .. } => {
-                Error::Deploy { message, help }
-            }
-        }
-    }
-}
-
 impl Error {
     /// A stable name of the error for `--output json`.
     pub fn code(&self) -> &'static str {

@@ -3,11 +3,13 @@
 
 use std::fmt;
 
+use super::Cli;
+use super::load;
 use crate::aws::{AwsArgs, runtime};
 use crate::deploy::engine::{StackPlan, deploy_stack};
 use crate::deploy::progress::CliReporter;
-use crate::deploy::{Bootstrap, Session, load, options, resources};
-use crate::{Cli, Error, output::Ui};
+use crate::deploy::{Bootstrap, Session, options, resources};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

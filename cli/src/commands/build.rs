@@ -5,9 +5,11 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::Cli;
+use super::load;
 use crate::deploy::assets::Package;
-use crate::deploy::{PackageArgs, load, packages};
-use crate::{Cli, Error, output::Ui};
+use crate::deploy::{PackageArgs, packages};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::Cli;
+use super::load;
 use crate::aws::{AwsArgs, aws_error, runtime};
 use crate::deploy::assets::Package;
 use crate::deploy::cfn::Stack;
@@ -16,7 +18,7 @@ use crate::deploy::progress::CliReporter;
 use crate::deploy::progress::CliReporter as Progress;
 use crate::deploy::watch::GateVersions;
 use crate::deploy::{
-    Bootstrap, Note, PackageArgs, Session, function_key, load, options, packages, write_json,
+    Bootstrap, Note, PackageArgs, Session, function_key, options, packages, write_json,
 };
 use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
 use crate::rollout::{
@@ -24,7 +26,7 @@ use crate::rollout::{
     gate_alarms, invocation_problem, steps, wait_active,
 };
 use crate::synth::ManifestStack;
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -6,12 +6,14 @@ use std::io::BufRead;
 
 use serde::Serialize;
 
+use super::Cli;
+use super::load;
 use crate::aws::{AwsArgs, aws_error, runtime};
 use crate::deploy::engine::{delete_and_wait, deploy_stack};
 use crate::deploy::progress::{CliReporter, interactive};
-use crate::deploy::{Note, Session, kept_resources, load, options, resources};
+use crate::deploy::{Note, Session, kept_resources, options, resources};
 use crate::synth::Synthesis;
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -5,11 +5,13 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::Cli;
+use super::load;
 use crate::aws::{AwsArgs, runtime};
 use crate::deploy::cfn::Change;
 use crate::deploy::engine::{change_line, preview_stack};
-use crate::deploy::{PackageArgs, Session, load, options, packages};
-use crate::{Cli, Error, output::Ui};
+use crate::deploy::{PackageArgs, Session, options, packages};
+use crate::{Error, output::Ui};
 
 /// `--exit-code`: changes found.
 pub const EXIT_CHANGES: u8 = 2;

@@ -4,9 +4,10 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::Cli;
 use super::{invalid_summary, load_each};
 use crate::spec::load::Loader;
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}

@@ -25,10 +25,11 @@ use pipeline_shared::store::{
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::Cli;
 use super::{Selection, load_error};
 use crate::spec::load::Loader;
 use crate::spec::model::AuthMode;
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 
 /// The largest request body the local server takes, as API Gateway (10 MB).
 const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;

@@ -1,7 +1,9 @@
-//! One module per subcommand, plus what they share: choosing and loading environments.
+//! The command line: its arguments, one module per subcommand, and what
+//! they share (choosing and loading environments).
 
 pub mod bootstrap;
 pub mod build;
+mod cli;
 pub mod client;
 pub mod deploy;
 pub mod destroy;
@@ -20,10 +22,13 @@ pub mod status;
 pub mod synth;
 pub mod validate;
 
+pub use cli::{Cli, Command, main};
+
 use crate::error::Error;
 use crate::output::Ui;
 use crate::spec::diag::ProblemRecord;
 use crate::spec::load::{Environment, LoadError, Loader};
+use crate::synth::Synthesis;
 
 /// `--env` / `--all`, shared by the commands that take environments.
 #[derive(Debug, Clone, clap::Args)]
@@ -142,4 +147,20 @@ pub fn load_error(error: LoadError, loader: &Loader) -> Error {
             summary: format!("`{name}` has {} problems", problems.len()),
         },
     }
+}
+
+/// Loads an environment, printing its spec problems (with file, line and
+/// column) and stopping before any AWS call when it has any, then renders it.
+pub fn load(cli: &Cli, name: &str, ui: &Ui) -> Result<(Environment, Synthesis), Error> {
+    let mut loader = Loader::new(cli.environments.clone());
+    let outcomes = load_each(&mut loader, &[name.to_string()], ui)?;
+    if let Some(error) = invalid_summary(&outcomes) {
+        return Err(error);
+    }
+    let env = outcomes
+        .into_iter()
+        .find_map(|o| o.result.ok())
+        .ok_or(Error::NoEnvironment)?;
+    let synthesis = crate::synth::synthesize(&env)?;
+    Ok((env, synthesis))
 }

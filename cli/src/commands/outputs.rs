@@ -5,9 +5,11 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::Cli;
+use super::load;
 use crate::aws::{AwsArgs, runtime};
-use crate::deploy::{Session, load};
-use crate::{Cli, Error, output::Ui};
+use crate::deploy::Session;
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::Cli;
 use super::client::{Api, Target, api_error, client_error};
 use crate::spec::load::Loader;
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

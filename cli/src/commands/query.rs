@@ -5,8 +5,9 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::Cli;
 use super::client::{Api, Target, api_error, client_error};
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

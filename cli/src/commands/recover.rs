@@ -6,11 +6,13 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::Cli;
+use super::load;
 use crate::aws::{AwsArgs, runtime};
 use crate::deploy::engine::recover_stack;
 use crate::deploy::progress::CliReporter;
-use crate::deploy::{Session, load, options};
-use crate::{Cli, Error, output::Ui};
+use crate::deploy::{Session, options};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

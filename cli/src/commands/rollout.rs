@@ -4,12 +4,14 @@
 
 use std::fmt;
 
+use super::Cli;
+use super::load;
 use crate::aws::{AwsArgs, runtime};
+use crate::deploy::Session;
 use crate::deploy::watch::GateVersions;
-use crate::deploy::{Session, load};
 use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
 use crate::rollout::{Phase, Rollouts, State, Store, SystemClock};
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

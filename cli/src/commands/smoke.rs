@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::Cli;
 use super::client::{Api, Target, client_error};
 use crate::spec::load::Loader;
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 use pipeline_shared::dataset::{ColumnType, Dataset, Format};
 
 /// The dataset the write check goes to.

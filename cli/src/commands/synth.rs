@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::Cli;
 use super::{Selection, invalid_summary, load_each};
 use crate::spec::load::Loader;
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

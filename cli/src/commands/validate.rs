@@ -4,10 +4,11 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::Cli;
 use super::{Selection, invalid_summary, load_each};
 use crate::spec::diag::ProblemRecord;
 use crate::spec::load::Loader;
-use crate::{Cli, Error, output::Ui};
+use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

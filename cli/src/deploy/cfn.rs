@@ -149,7 +149,7 @@ where
         .and_then(|s| s.code().map(str::to_string));
     let message = match e.as_service_error().and_then(|s| s.message()) {
         Some(m) => m.to_string(),
-        None => crate::aws::aws_smithy_message(&e),
+        None => crate::chain::message_chain(&e),
     };
     CfnError { code, message }
 }

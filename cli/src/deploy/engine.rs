@@ -248,6 +248,27 @@ impl EngineError {
     }
 }
 
+/// How a stack's failure ends the command: refused (nothing was done) or
+/// failed.
+impl From<EngineError> for crate::Error {
+    fn from(e: EngineError) -> crate::Error {
+        use crate::Error;
+        use EngineError as E;
+        let help = e.help();
+        let message = e.to_string();
+        match e {
+            E::InProgress { .. }
+            | E::NeedsRecover { .. }
+            | E::Stateful { .. }
+            | E::NeedsYes { .. }
+            | E::Declined { .. } => Error::Refused { message, help },
+            E::Broken { .. } | E::ChangeSetFailed { .. } | E::Failed { .. } | E::Cfn { .. } => {
+                Error::Deploy { message, help }
+            }
+        }
+    }
+}
+
 /// What a deploy of one stack did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deployed {

@@ -16,13 +16,12 @@ pub mod watch;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::Error;
 use crate::aws::{AwsArgs, Clients, aws_error};
-use crate::commands::{invalid_summary, load_each};
 use crate::output::Ui;
-use crate::spec::{Environment, Loader};
+use crate::spec::Environment;
 use crate::synth::context::Source;
 use crate::synth::{ManifestStack, Synthesis};
-use crate::{Cli, Error};
 use assets::Package;
 use cfn::{AwsCloudFormation, CloudFormation, Stack, TemplateSource};
 use engine::{Options, StackPlan};
@@ -157,22 +156,6 @@ pub fn function_key(function: &str, suffix: &str) -> String {
         .chain(chars)
         .chain(suffix.chars())
         .collect()
-}
-
-/// Loads an environment, printing its spec problems (with file, line and
-/// column) and stopping before any AWS call when it has any, then renders it.
-pub fn load(cli: &Cli, name: &str, ui: &Ui) -> Result<(Environment, Synthesis), Error> {
-    let mut loader = Loader::new(cli.environments.clone());
-    let outcomes = load_each(&mut loader, &[name.to_string()], ui)?;
-    if let Some(error) = invalid_summary(&outcomes) {
-        return Err(error);
-    }
-    let env = outcomes
-        .into_iter()
-        .find_map(|o| o.result.ok())
-        .ok_or(Error::NoEnvironment)?;
-    let synthesis = crate::synth::synthesize(&env)?;
-    Ok((env, synthesis))
 }
 
 /// One environment, rendered, with its AWS clients.

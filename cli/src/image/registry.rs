@@ -98,7 +98,7 @@ impl Registry {
     fn unreachable(&self, e: &reqwest::Error) -> ImageError {
         ImageError::Unreachable {
             registry: self.registry.clone(),
-            reason: crate::aws::aws_smithy_message(e),
+            reason: crate::chain::message_chain(e),
         }
     }
 

@@ -8,7 +8,7 @@ use aws_credential_types::provider::ProvideCredentials;
 use super::{Alarm, Aliases, CallError, Gates, Invocation, State, Store, VersionState, Versions};
 
 fn call_error(what: &str, e: impl std::error::Error) -> CallError {
-    CallError(format!("{what}: {}", crate::aws::aws_smithy_message(&e)))
+    CallError(format!("{what}: {}", crate::chain::message_chain(&e)))
 }
 
 /// The alias that serves traffic.
