@@ -413,7 +413,9 @@ pub struct MonitoringContext {
     pub log_groups: Vec<LogGroup>,
     pub emails: Vec<String>,
     pub alarms: Vec<Alarm>,
-    /// The dashboard's body, a JSON string with `${...}` references for `Fn::Sub`.
+    /// The dashboard's body, a JSON string with `${...}` references for
+    /// `Fn::Sub` (made by `dashboard::body` from the alarms, when the spec
+    /// asks for a dashboard).
     pub dashboard: Option<String>,
     pub replica_count: usize,
     /// The functions' gate version parameters and their conditions.
@@ -892,11 +894,6 @@ pub fn monitoring(env: &str, spec: &Spec) -> MonitoringContext {
     } else {
         Vec::new()
     };
-    let alarms = alarms(env, spec);
-    let dashboard = spec
-        .monitoring
-        .dashboard
-        .then(|| super::dashboard::body(&prefix, spec, &alarms));
     MonitoringContext {
         common,
         params,
@@ -904,8 +901,8 @@ pub fn monitoring(env: &str, spec: &Spec) -> MonitoringContext {
         log_group_skips,
         log_groups,
         emails: spec.monitoring.notify.clone(),
-        alarms,
-        dashboard,
+        alarms: alarms(env, spec),
+        dashboard: None,
         replica_count: usize::from(spec.database.read_replicas),
         gate_versions,
         all_versions: ALL_VERSIONS,

@@ -258,7 +258,10 @@ pub fn synthesize_with(env: &Environment, options: Options) -> Result<Synthesis,
                 (render(kind.template(), &ctx)?, ctx.params)
             }
             StackKind::Monitoring => {
-                let ctx = context::monitoring(name, spec);
+                let mut ctx = context::monitoring(name, spec);
+                if spec.monitoring.dashboard {
+                    ctx.dashboard = Some(dashboard::body(&prefix, spec, &ctx.alarms));
+                }
                 (render(kind.template(), &ctx)?, ctx.params)
             }
             StackKind::App => {
