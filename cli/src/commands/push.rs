@@ -1,5 +1,6 @@
 //! `pipeline push`: send a batch file, inline or through an upload by size.
 
+use pipeline_contract::BatchStatus;
 use std::fmt;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ pub struct Pushed {
     /// `inline` or `upload`.
     pub via: &'static str,
     pub bytes: u64,
-    pub status: String,
+    pub status: BatchStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<Value>,
 }
@@ -49,12 +50,12 @@ pub struct Pushed {
 impl fmt::Display for Pushed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.batch.as_ref() {
-            Some(b) if self.status == "loaded" => writeln!(
+            Some(b) if self.status == BatchStatus::Loaded => writeln!(
                 f,
                 "loaded batch {} into {}: {} records, {} inserted, {} duplicates",
                 self.batch_id, self.dataset, b["records"], b["inserted"], b["duplicates"]
             ),
-            Some(b) if self.status == "failed" => writeln!(
+            Some(b) if self.status == BatchStatus::Failed => writeln!(
                 f,
                 "batch {} failed: line {}{}: {}",
                 self.batch_id,
@@ -133,18 +134,19 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             dataset: args.dataset.clone(),
             via,
             bytes,
-            status: "received".into(),
+            status: BatchStatus::Received,
             batch: None,
         };
         if args.wait {
-            let batch = wait(&api, &pushed.batch_id, Duration::from_secs(args.timeout)).await?;
-            pushed.status = batch["status"].as_str().unwrap_or("").to_string();
+            let (status, batch) =
+                wait(&api, &pushed.batch_id, Duration::from_secs(args.timeout)).await?;
+            pushed.status = status;
             pushed.batch = Some(batch);
         }
         Ok::<_, Error>(pushed)
     })?;
     ui.result(&pushed);
-    if pushed.status == "failed" {
+    if pushed.status == BatchStatus::Failed {
         return Err(Error::Rejected {
             message: format!("batch {} failed to load", pushed.batch_id),
         });
@@ -433,8 +435,8 @@ fn progress_bar(bytes: u64, ui: &Ui) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Polls the batch until it is loaded or failed.
-async fn wait(api: &Api, batch_id: &str, timeout: Duration) -> Result<Value, Error> {
+/// Polls the batch until it is loaded or failed: that status, and the batch.
+async fn wait(api: &Api, batch_id: &str, timeout: Duration) -> Result<(BatchStatus, Value), Error> {
     let deadline = Instant::now() + timeout;
     loop {
         let (status, body) = api
@@ -443,13 +445,18 @@ async fn wait(api: &Api, batch_id: &str, timeout: Duration) -> Result<Value, Err
         if status != 200 {
             return Err(api_error(status, &body));
         }
-        if body["status"] == "loaded" || body["status"] == "failed" {
-            return Ok(body);
+        let status =
+            serde_json::from_value::<BatchStatus>(body["status"].clone()).map_err(|_| {
+                client_error(format!(
+                    "the API answered batch {batch_id} with no status: {body}"
+                ))
+            })?;
+        if status.is_final() {
+            return Ok((status, body));
         }
         if Instant::now() >= deadline {
             return Err(client_error(format!(
-                "batch {batch_id} is still {} after {} seconds",
-                body["status"].as_str().unwrap_or("?"),
+                "batch {batch_id} is still {status} after {} seconds",
                 timeout.as_secs()
             )));
         }

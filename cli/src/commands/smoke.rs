@@ -1,6 +1,7 @@
 //! `pipeline smoke`: checks an API end to end — health, a read, and a write
 //! to the dedicated smoke dataset only, so that real data stays clean.
 
+use pipeline_contract::BatchStatus;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -226,18 +227,21 @@ async fn write(api: &Api, dataset: &Dataset, timeout: Duration) -> Result<String
             .send(api.request(reqwest::Method::GET, &format!("/v1/batches/{id}")))
             .await
             .map_err(|e| e.to_string())?;
-        match (status, batch["status"].as_str()) {
-            (200, Some("loaded")) => {
+        let state = serde_json::from_value::<BatchStatus>(batch["status"].clone()).ok();
+        match (status, state) {
+            (200, Some(BatchStatus::Loaded)) => {
                 return Ok(format!("batch {id} loaded into `{SMOKE_DATASET}`"));
             }
-            (200, Some("failed")) => return Err(format!("batch {id} failed: {}", batch["error"])),
+            (200, Some(BatchStatus::Failed)) => {
+                return Err(format!("batch {id} failed: {}", batch["error"]));
+            }
             (200, _) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             (200, s) => {
                 return Err(format!(
                     "batch {id} is still {} after {} s",
-                    s.unwrap_or("?"),
+                    s.map_or("of no known status", BatchStatus::as_str),
                     timeout.as_secs()
                 ));
             }

@@ -1,6 +1,75 @@
 //! What the API's handlers, its OpenAPI document and its clients agree on,
 //! written once: the routes, the limits, and the rules of the values the
-//! API takes. No dependencies, so every other crate can use it.
+//! API takes. Only serde, so every other crate can use it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a batch stands: `received` (stored, waiting for the loader),
+/// `loading`, then `loaded` or `failed`. The database keeps the same words
+/// (a CHECK constraint), and the API answers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchStatus {
+    Received,
+    Loading,
+    Loaded,
+    Failed,
+}
+
+impl BatchStatus {
+    pub const ALL: [BatchStatus; 4] = [
+        BatchStatus::Received,
+        BatchStatus::Loading,
+        BatchStatus::Loaded,
+        BatchStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Received => "received",
+            BatchStatus::Loading => "loading",
+            BatchStatus::Loaded => "loaded",
+            BatchStatus::Failed => "failed",
+        }
+    }
+
+    /// Whether the batch is done with, either way.
+    pub fn is_final(self) -> bool {
+        matches!(self, BatchStatus::Loaded | BatchStatus::Failed)
+    }
+}
+
+impl fmt::Display for BatchStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A word that is not a batch status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownStatus(pub String);
+
+impl fmt::Display for UnknownStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` is not a batch status", self.0)
+    }
+}
+
+impl std::error::Error for UnknownStatus {}
+
+impl FromStr for BatchStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(text: &str) -> Result<BatchStatus, UnknownStatus> {
+        BatchStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| UnknownStatus(text.to_string()))
+    }
+}
 
 /// The API's routes: the path's segments (`*` stands for one segment: a
 /// dataset or a batch id) and the methods it takes.
@@ -82,6 +151,21 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_statuses_read_back_as_written() {
+        for status in BatchStatus::ALL {
+            assert_eq!(status.as_str().parse(), Ok(status));
+            assert_eq!(
+                serde_json::to_string(&status).ok(),
+                Some(format!("\"{status}\""))
+            );
+        }
+        assert_eq!(
+            "done".parse::<BatchStatus>(),
+            Err(UnknownStatus("done".into()))
+        );
+    }
 
     #[test]
     fn the_pattern_and_the_check_agree_on_idempotency_keys() {

@@ -196,7 +196,7 @@ async fn post_batch(
             }
             // The first request may have died between recording the batch
             // and storing it: store it now, under the first batch's key.
-            if earlier.status == "received" {
+            if earlier.status == pipeline_shared::db::BatchStatus::Received {
                 match ctx.store.head(&earlier.object_key).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {

@@ -220,7 +220,7 @@ pub async fn plan_csv(
 #[derive(Debug, PartialEq, Eq)]
 pub enum Begin {
     /// The batch is loaded or failed already.
-    Done { status: String },
+    Done { status: crate::db::BatchStatus },
     /// These chunks are still to load: send (or send again) their messages.
     Pending(Vec<ChunkMessage>),
 }

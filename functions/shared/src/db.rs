@@ -32,6 +32,17 @@ pub enum DbError {
     Foreign(String),
     #[error("no batch {0}")]
     NoBatch(uuid::Uuid),
+    /// A status the schema's CHECK constraint does not allow: the table was
+    /// changed by hand.
+    #[error("pipeline.batches holds {0}")]
+    BadStatus(#[from] BatchStatusError),
+}
+
+pub use pipeline_contract::{BatchStatus, UnknownStatus as BatchStatusError};
+
+/// A status column as the schema writes it.
+pub(crate) fn status_of(text: &str) -> Result<BatchStatus, DbError> {
+    Ok(text.parse()?)
 }
 
 /// A Postgres error with its cause: tokio-postgres shows only "db error"
@@ -384,7 +395,7 @@ pub async fn migrate(
 pub struct Batch {
     pub batch_id: uuid::Uuid,
     pub dataset: String,
-    pub status: String,
+    pub status: BatchStatus,
     #[serde(skip)]
     pub object_key: String,
     #[serde(skip)]
@@ -402,12 +413,12 @@ pub struct Batch {
 const BATCH_COLUMNS: &str = "batch_id, dataset, status, object_key, idempotency_key, sha256, records, inserted, duplicates, \
                              received_at, loaded_at, error_line, error_column, error_reason";
 
-fn batch_from_row(row: &tokio_postgres::Row) -> Batch {
+fn batch_from_row(row: &tokio_postgres::Row) -> Result<Batch, DbError> {
     let error_line: Option<i64> = row.get(11);
-    Batch {
+    Ok(Batch {
         batch_id: row.get(0),
         dataset: row.get(1),
-        status: row.get(2),
+        status: status_of(row.get(2))?,
         object_key: row.get(3),
         idempotency_key: row.get(4),
         sha256: row.get(5),
@@ -421,7 +432,7 @@ fn batch_from_row(row: &tokio_postgres::Row) -> Batch {
             column: row.get(12),
             reason: row.get::<_, Option<String>>(13).unwrap_or_default(),
         }),
-    }
+    })
 }
 
 /// A batch to record as received.
@@ -463,7 +474,7 @@ pub async fn insert_batch(
         )
         .await?;
     if let Some(row) = inserted {
-        return Ok(Ok(batch_from_row(&row)));
+        return Ok(Ok(batch_from_row(&row)?));
     }
     let sql = format!(
         "SELECT {BATCH_COLUMNS} FROM pipeline.batches WHERE dataset = $1 AND idempotency_key = $2"
@@ -471,7 +482,7 @@ pub async fn insert_batch(
     let row = client
         .query_one(&sql, &[&new.dataset, &new.idempotency_key])
         .await?;
-    Ok(Err(batch_from_row(&row)))
+    Ok(Err(batch_from_row(&row)?))
 }
 
 /// The batch, if there is one with this id.
@@ -480,10 +491,11 @@ pub async fn batch(
     batch_id: uuid::Uuid,
 ) -> Result<Option<Batch>, DbError> {
     let sql = format!("SELECT {BATCH_COLUMNS} FROM pipeline.batches WHERE batch_id = $1");
-    Ok(client
+    client
         .query_opt(&sql, &[&batch_id])
         .await?
-        .map(|r| batch_from_row(&r)))
+        .map(|r| batch_from_row(&r))
+        .transpose()
 }
 
 /// The batch stored under an object key, if any.
@@ -492,10 +504,11 @@ pub async fn batch_by_key(
     key: &str,
 ) -> Result<Option<Batch>, DbError> {
     let sql = format!("SELECT {BATCH_COLUMNS} FROM pipeline.batches WHERE object_key = $1");
-    Ok(client
+    client
         .query_opt(&sql, &[&key])
         .await?
-        .map(|r| batch_from_row(&r)))
+        .map(|r| batch_from_row(&r))
+        .transpose()
 }
 
 /// Batches accepted but not yet loaded, oldest first (for recovery after a restart).
@@ -503,12 +516,12 @@ pub async fn unfinished(client: &impl GenericClient) -> Result<Vec<Batch>, DbErr
     let sql = format!(
         "SELECT {BATCH_COLUMNS} FROM pipeline.batches WHERE status IN ('received', 'loading') ORDER BY received_at"
     );
-    Ok(client
+    client
         .query(&sql, &[])
         .await?
         .iter()
         .map(batch_from_row)
-        .collect())
+        .collect()
 }
 
 /// Forgets a batch whose object could not be stored.
@@ -537,7 +550,7 @@ pub enum LoadOutcome {
         duplicates: u64,
     },
     /// Loaded or failed before: a redelivery, which changes nothing.
-    AlreadyDone { status: String },
+    AlreadyDone { status: BatchStatus },
     /// The object is invalid; the batch is marked failed and nothing is loaded.
     Invalid { error: RecordError },
 }
@@ -683,7 +696,7 @@ where
 pub(crate) async fn lock_batch(
     tx: &Transaction<'_>,
     batch_id: uuid::Uuid,
-) -> Result<Option<String>, DbError> {
+) -> Result<Option<BatchStatus>, DbError> {
     let status: Option<String> = tx
         .query_opt(
             "SELECT status FROM pipeline.batches WHERE batch_id = $1 FOR UPDATE",
@@ -691,9 +704,9 @@ pub(crate) async fn lock_batch(
         )
         .await?
         .map(|r| r.get(0));
-    match status {
+    match status.as_deref().map(status_of).transpose()? {
         None => Err(DbError::NoBatch(batch_id)),
-        Some(s) if s == "loaded" || s == "failed" => Ok(Some(s)),
+        Some(s) if s.is_final() => Ok(Some(s)),
         Some(_) => Ok(None),
     }
 }

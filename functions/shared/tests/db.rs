@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pipeline_shared::dataset::{Column, ColumnType, Dataset, Format, OnConflict};
-use pipeline_shared::db::{self, Filter, LoadOutcome, NewBatch};
+use pipeline_shared::db::{self, BatchStatus, Filter, LoadOutcome, NewBatch};
 use pipeline_shared::store::{ByteStream, StoreError};
 use pipeline_testkit::{Service, require};
 use tokio_postgres::{Client, NoTls};
@@ -252,7 +252,7 @@ async fn a_batch_loads_once_and_redelivery_changes_nothing() {
     assert_eq!(
         again,
         LoadOutcome::AlreadyDone {
-            status: "loaded".into()
+            status: BatchStatus::Loaded
         }
     );
     assert_eq!(
@@ -352,7 +352,7 @@ async fn an_invalid_object_fails_the_batch_and_loads_nothing() {
         .await
         .expect("batch")
         .expect("exists");
-    assert_eq!(batch.status, "failed");
+    assert_eq!(batch.status, BatchStatus::Failed);
     assert_eq!(batch.error.map(|e| e.line), Some(40001));
 }
 
@@ -385,7 +385,7 @@ async fn concurrent_deliveries_load_once() {
                 assert_eq!(inserted, 20_000);
                 loaded += 1;
             }
-            LoadOutcome::AlreadyDone { status } => assert_eq!(status, "loaded"),
+            LoadOutcome::AlreadyDone { status } => assert_eq!(status, BatchStatus::Loaded),
             other => panic!("{other:?}"),
         }
     }
