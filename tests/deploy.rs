@@ -988,7 +988,10 @@ impl pipeline_cli::rollout::Gates for Quiet {
 /// The gate alarms' version is the monitoring stack's business, which this
 /// test leaves out (the canary test below checks it through the binary).
 impl pipeline_cli::rollout::Watch for Quiet {
-    async fn watch(&self, _: &[(String, String)]) -> Result<(), pipeline_cli::rollout::CallError> {
+    async fn watch(
+        &self,
+        _: &[(pipeline_cli::spec::model::FunctionId, String)],
+    ) -> Result<(), pipeline_cli::rollout::CallError> {
         Ok(())
     }
 }
@@ -1080,7 +1083,7 @@ fn a_linear_rollout_moves_moto_aliases_step_by_step_to_the_new_version() {
         started_at: String::new(),
         updated_at: String::new(),
         targets: vec![Target {
-            function: "query".into(),
+            function: pipeline_cli::spec::model::FunctionId::Query,
             name: query.clone(),
             from: "1".into(),
             to: "2".into(),
@@ -1142,7 +1145,7 @@ fn a_linear_rollout_moves_moto_aliases_step_by_step_to_the_new_version() {
         step: 0,
         phase: Phase::InProgress,
         targets: vec![Target {
-            function: "query".into(),
+            function: pipeline_cli::spec::model::FunctionId::Query,
             name: query.clone(),
             from: "2".into(),
             to: "3".into(),

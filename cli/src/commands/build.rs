@@ -17,8 +17,8 @@ pub struct Args {
     #[arg(short, long = "env", value_name = "ENV", default_value = "dev")]
     pub env: String,
     /// Build only this function.
-    #[arg(long, value_name = "FUNCTION", value_parser = ["ingest", "loader", "query"])]
-    pub function: Option<String>,
+    #[arg(long, value_name = "FUNCTION", value_parser = super::rollout::function_name())]
+    pub function: Option<crate::spec::model::FunctionId>,
     #[command(flatten)]
     pub packages: PackageArgs,
 }
@@ -52,7 +52,7 @@ impl fmt::Display for Built {
 
 pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
     let (env, _) = load(cli, &args.env, ui)?;
-    let packages = packages(&env, &args.packages, args.function.as_deref(), ui)?;
+    let packages = packages(&env, &args.packages, args.function, ui)?;
     ui.result(&Built {
         environment: env.name,
         packages,

@@ -25,6 +25,7 @@ use crate::rollout::{
     ACTIVE_TIMEOUT, CallError, Outcome, Phase, Rollouts, State, Store, SystemClock, Target,
     gate_alarms, invocation_problem, steps, wait_active,
 };
+use crate::spec::model::FunctionId;
 use crate::synth::ManifestStack;
 use crate::{Error, output::Ui};
 
@@ -353,7 +354,7 @@ async fn roll_out(
         published += usize::from(new);
         if to != from {
             targets.push(Target {
-                function: id.to_string(),
+                function: id,
                 name: name.clone(),
                 from,
                 to,
@@ -401,13 +402,13 @@ async fn roll_out(
         ),
     })?;
     // Pre-traffic: any failure here leaves all traffic where it is.
-    if let Some(loader) = targets.iter().find(|t| t.function == "loader") {
+    if let Some(loader) = targets.iter().find(|t| t.function == FunctionId::Loader) {
         let migrate = serde_json::json!({"action": "migrate"});
         let answer = lambda
             .invoke(&loader.name, &loader.to, &migrate)
             .await
             .map_err(call)?;
-        if let Some(e) = invocation_problem("loader", &answer) {
+        if let Some(e) = invocation_problem(FunctionId::Loader, &answer) {
             return Err(Error::Deploy {
                 message: format!("the migrations of loader version {} failed: {e}", loader.to),
                 help: no_traffic(),
@@ -415,9 +416,9 @@ async fn roll_out(
         }
     }
     for t in &targets {
-        let event = crate::rollout::smoke_event(&t.function);
+        let event = crate::rollout::smoke_event(t.function);
         let answer = lambda.invoke(&t.name, &t.to, &event).await.map_err(call)?;
-        if let Some(e) = invocation_problem(&t.function, &answer) {
+        if let Some(e) = invocation_problem(t.function, &answer) {
             return Err(Error::Deploy {
                 message: format!(
                     "the smoke invocation of {} version {} failed: {e}",
@@ -483,7 +484,7 @@ async fn roll_out(
         for t in &state.targets {
             current
                 .parameters
-                .insert(function_key(&t.function, "LiveVersion"), t.to.clone());
+                .insert(function_key(t.function, "LiveVersion"), t.to.clone());
         }
         let plan = session
             .plan(m, outputs, packages, Some(bootstrap), Some(&current))

@@ -19,8 +19,8 @@ pub struct Args {
     #[arg(short, long = "env", value_name = "ENV")]
     pub env: String,
     /// The function.
-    #[arg(short, long, value_parser = ["ingest", "loader", "query"])]
-    pub function: String,
+    #[arg(short, long, value_parser = super::rollout::function_name())]
+    pub function: crate::spec::model::FunctionId,
     /// How far back to start: seconds, minutes, hours or days (`30s`, `10m`, `2h`, `1d`).
     #[arg(long, default_value = "10m", value_parser = parse_since)]
     pub since: Duration,
@@ -77,7 +77,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             .into_iter()
             .find(|(m, _)| m.id == "monitoring")
             .and_then(|(_, s)| s);
-        let key = crate::deploy::function_key(&args.function, "LogGroupName");
+        let key = crate::deploy::function_key(args.function, "LogGroupName");
         let group = monitoring
             .and_then(|s| s.outputs.get(&key).cloned())
             .ok_or_else(|| Error::Rejected {

@@ -11,6 +11,7 @@ use crate::deploy::Session;
 use crate::deploy::watch::GateVersions;
 use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
 use crate::rollout::{Phase, Rollouts, State, Store, SystemClock};
+use crate::spec::model::FunctionId;
 use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
@@ -35,8 +36,8 @@ pub struct Target {
     #[arg(short, long = "env", value_name = "ENV")]
     pub env: String,
     /// Only this function (the others' rollout goes on).
-    #[arg(short, long, value_parser = ["ingest", "loader", "query"])]
-    pub function: Option<String>,
+    #[arg(short, long, value_parser = function_name())]
+    pub function: Option<FunctionId>,
     #[command(flatten)]
     pub aws: AwsArgs,
 }
@@ -73,6 +74,13 @@ impl fmt::Display for State {
     }
 }
 
+/// `--function`: one of the functions' names, listed in `--help`.
+pub fn function_name() -> impl clap::builder::TypedValueParser<Value = FunctionId> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(FunctionId::ALL.map(FunctionId::as_str))
+        .try_map(|name| name.parse::<FunctionId>())
+}
+
 pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
     let target = match &args.action {
         Action::Status(t) | Action::Promote(t) | Action::Abort(t) => t,
@@ -93,7 +101,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
         };
         if matches!(args.action, Action::Status(_)) {
             if let Some(f) = &target.function {
-                state.targets.retain(|t| &t.function == f);
+                state.targets.retain(|t| t.function == *f);
             }
             ui.result(&state);
             return Ok(());
@@ -118,7 +126,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             alarms: Vec::new(),
             poll: std::time::Duration::from_secs(1),
         };
-        let function = target.function.as_deref();
+        let function = target.function;
         if let Some(f) = function
             && !state.targets.iter().any(|t| t.function == f)
         {

@@ -138,7 +138,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             let Some(name) = outputs.get(&key).cloned() else {
                 continue;
             };
-            functions.push(function_status(&session, id, name).await);
+            functions.push(function_status(&session, id.as_str(), name).await);
         }
         Ok::<_, Error>(Status {
             environment: session.env.name.clone(),

@@ -63,7 +63,7 @@ pub async fn check_concurrency(session: &Session, app: Option<&Stack>) -> Result
         .functions
         .all()
         .iter()
-        .filter_map(|(id, f)| f.reserved_concurrency.map(|r| (*id, u64::from(r))))
+        .filter_map(|(id, f)| f.reserved_concurrency.map(|r| (id.as_str(), u64::from(r))))
         .collect();
     let requested: u64 = reserving.iter().map(|(_, r)| r).sum();
     if requested == 0 {

@@ -26,7 +26,7 @@ pub fn images(env: &Environment, packages: Vec<Package>, ui: &Ui) -> Result<Vec<
     let base_of = |p: &Package| {
         env.spec
             .functions
-            .get(&p.function)
+            .named(&p.function)
             .filter(|f| f.package == Packaging::Image)
             .map(|f| {
                 f.base_image

@@ -49,7 +49,7 @@ pub struct PackageArgs {
 pub fn packages(
     env: &Environment,
     args: &PackageArgs,
-    only: Option<&str>,
+    only: Option<crate::spec::model::FunctionId>,
     ui: &Ui,
 ) -> Result<Vec<Package>, Error> {
     let functions: Vec<(&str, &str)> = env
@@ -58,7 +58,7 @@ pub fn packages(
         .all()
         .iter()
         .filter(|(name, _)| only.is_none_or(|o| o == *name))
-        .map(|(name, f)| (*name, f.architecture.as_str()))
+        .map(|(name, f)| (name.as_str(), f.architecture.as_str()))
         .collect();
     if let Some(dir) = &args.artifacts {
         let packages = functions
@@ -69,7 +69,7 @@ pub fn packages(
                 let image = env
                     .spec
                     .functions
-                    .get(name)
+                    .named(name)
                     .is_some_and(|f| f.package == crate::spec::model::Packaging::Image);
                 if image && layout.is_dir() {
                     return Package::from_layout(name, arch, &layout);
@@ -148,7 +148,8 @@ fn workspace() -> Result<PathBuf, Error> {
 
 /// The name the templates give a function's output or parameter:
 /// `function_key("ingest", "FunctionName")` is `IngestFunctionName`.
-pub fn function_key(function: &str, suffix: &str) -> String {
+pub fn function_key(function: impl std::fmt::Display, suffix: &str) -> String {
+    let function = function.to_string();
     let mut chars = function.chars();
     let first = chars.next().map(|c| c.to_ascii_uppercase());
     first

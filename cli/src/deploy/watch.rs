@@ -10,6 +10,7 @@ use super::Session;
 use super::cfn::TemplateSource;
 use super::engine::{Event, Prompt, Reporter, StackPlan, deploy_stack};
 use crate::rollout::{CallError, Watch};
+use crate::spec::model::FunctionId;
 use crate::synth::context::gate_version_parameter;
 
 /// The gate alarms of a deployed environment. The stack update's own
@@ -33,7 +34,7 @@ impl Reporter for Silent {
 }
 
 impl Watch for GateVersions<'_> {
-    async fn watch(&self, versions: &[(String, String)]) -> Result<(), CallError> {
+    async fn watch(&self, versions: &[(FunctionId, String)]) -> Result<(), CallError> {
         let manifest = &self.session.synthesis.manifest;
         let Some(m) = manifest.stacks.iter().find(|m| m.id == "monitoring") else {
             return Ok(());
@@ -46,7 +47,7 @@ impl Watch for GateVersions<'_> {
         let mut parameters = stack.parameters.clone();
         for (function, version) in versions {
             // A stack deployed before the parameter existed keeps its alarms.
-            if let Some(value) = parameters.get_mut(&gate_version_parameter(function)) {
+            if let Some(value) = parameters.get_mut(&gate_version_parameter(*function)) {
                 value.clone_from(version);
             }
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::model::{Rollout, Spec, Strategy};
+use crate::spec::model::{FunctionId, Rollout, Spec, Strategy};
 use crate::synth::context::ALL_VERSIONS;
 
 /// An error of a rollout's AWS calls.
@@ -64,8 +64,7 @@ pub fn steps(strategy: Strategy, spec: &Rollout) -> Vec<Step> {
 /// One function's move from the version serving now to the new one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
-    /// `ingest`, `loader` or `query`.
-    pub function: String,
+    pub function: FunctionId,
     /// The Lambda function's name.
     pub name: String,
     pub from: String,
@@ -177,7 +176,7 @@ pub fn missing_error(missing: &[String]) -> CallError {
 pub trait Watch {
     /// Points the gate alarms of each `(function, version)` at that version
     /// alone, or at every version with [`ALL_VERSIONS`].
-    async fn watch(&self, versions: &[(String, String)]) -> Result<(), CallError>;
+    async fn watch(&self, versions: &[(FunctionId, String)]) -> Result<(), CallError>;
 }
 
 /// Where the rollout's state is kept.
@@ -239,7 +238,7 @@ pub enum Event {
     /// version when it is [`ALL_VERSIONS`]; `error` when they could not be
     /// pointed back (the next deploy does it).
     Gates {
-        functions: Vec<(String, String)>,
+        functions: Vec<(FunctionId, String)>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
@@ -376,11 +375,11 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
     /// version, while gates left on a version that serves everything or
     /// nothing mislead no one until the next deploy resets them.
     async fn watch(&self, targets: &[Target], to_new: bool) -> Result<(), CallError> {
-        let functions: Vec<(String, String)> = targets
+        let functions: Vec<(FunctionId, String)> = targets
             .iter()
             .map(|t| {
                 let version = if to_new { t.to.as_str() } else { ALL_VERSIONS };
-                (t.function.clone(), version.to_string())
+                (t.function, version.to_string())
             })
             .collect();
         let error = match self.watch.watch(&functions).await {
@@ -506,21 +505,25 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
     pub async fn promote(
         &self,
         state: &mut State,
-        function: Option<&str>,
+        function: Option<FunctionId>,
     ) -> Result<(), CallError> {
         self.finish(state, function, 100).await
     }
 
     /// Ends a rollout at once: all traffic back to the previous versions (of
     /// one function only, with `function`).
-    pub async fn abort(&self, state: &mut State, function: Option<&str>) -> Result<(), CallError> {
+    pub async fn abort(
+        &self,
+        state: &mut State,
+        function: Option<FunctionId>,
+    ) -> Result<(), CallError> {
         self.finish(state, function, 0).await
     }
 
     async fn finish(
         &self,
         state: &mut State,
-        function: Option<&str>,
+        function: Option<FunctionId>,
         percent: u8,
     ) -> Result<(), CallError> {
         let (chosen, rest): (Vec<Target>, Vec<Target>) = state
@@ -533,7 +536,7 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
                 state.targets.iter().map(|t| t.function.as_str()).collect();
             return Err(CallError(format!(
                 "`{}` takes no part in the rollout; its functions are: {}",
-                function.unwrap_or(""),
+                function.map_or("", FunctionId::as_str),
                 taking_part.join(", ")
             )));
         }
@@ -608,8 +611,8 @@ pub fn parse_strategy(text: &str) -> Result<Strategy, String> {
 
 /// The API Gateway event a smoke invocation of an API function sends:
 /// `GET /v1/health`.
-pub fn smoke_event(function: &str) -> serde_json::Value {
-    if function == "loader" {
+pub fn smoke_event(function: FunctionId) -> serde_json::Value {
+    if !function.serves_api() {
         return serde_json::json!({"Records": []});
     }
     serde_json::json!({
@@ -649,12 +652,12 @@ pub struct Invocation {
 /// An API function answers API Gateway's proxy events with a proxy response
 /// whose `statusCode` is the HTTP status (API Gateway Developer Guide:
 /// "Output format of a Lambda function for proxy integration").
-pub fn invocation_problem(function: &str, invocation: &Invocation) -> Option<String> {
+pub fn invocation_problem(function: FunctionId, invocation: &Invocation) -> Option<String> {
     let payload = invocation.payload.as_str();
     if let Some(kind) = &invocation.function_error {
         return Some(format!("{kind}: {payload}"));
     }
-    if function == "loader" {
+    if !function.serves_api() {
         return None;
     }
     let answer: serde_json::Value = serde_json::from_str(payload).unwrap_or_default();

@@ -31,7 +31,7 @@ impl Aliases for FakeAliases {
 /// The gate alarms' versions go into the same history as the routes, so
 /// that the tests see their order.
 impl Watch for FakeAliases {
-    async fn watch(&self, versions: &[(String, String)]) -> Result<(), CallError> {
+    async fn watch(&self, versions: &[(FunctionId, String)]) -> Result<(), CallError> {
         let list: Vec<String> = versions.iter().map(|(f, v)| format!("{f}={v}")).collect();
         self.history
             .borrow_mut()
@@ -139,13 +139,13 @@ fn state(strategy: Strategy) -> State {
         updated_at: String::new(),
         targets: vec![
             Target {
-                function: "ingest".into(),
+                function: FunctionId::Ingest,
                 name: "pipeline-uat-ingest".into(),
                 from: "3".into(),
                 to: "4".into(),
             },
             Target {
-                function: "query".into(),
+                function: FunctionId::Query,
                 name: "pipeline-uat-query".into(),
                 from: "7".into(),
                 to: "8".into(),
@@ -317,7 +317,7 @@ struct BrokenWatch {
 }
 
 impl Watch for BrokenWatch {
-    async fn watch(&self, versions: &[(String, String)]) -> Result<(), CallError> {
+    async fn watch(&self, versions: &[(FunctionId, String)]) -> Result<(), CallError> {
         if self.only_back && versions.iter().any(|(_, v)| v != ALL_VERSIONS) {
             return Ok(());
         }
@@ -460,7 +460,7 @@ fn one_function_can_be_promoted_or_aborted_alone() {
     let world = World::new(None);
     let mut state = state(Strategy::Canary);
     let rollouts = world.rollouts();
-    run(rollouts.abort(&mut state, Some("query"))).expect("abort query");
+    run(rollouts.abort(&mut state, Some(FunctionId::Query))).expect("abort query");
     // Only the function that is done has its gates watch every version.
     assert_eq!(
         *world.aliases.history.borrow(),
@@ -469,12 +469,12 @@ fn one_function_can_be_promoted_or_aborted_alone() {
     // The other function's rollout goes on.
     assert_eq!(state.phase, Phase::InProgress);
     assert_eq!(state.targets.len(), 1);
-    let error = run(rollouts.promote(&mut state, Some("query"))).expect_err("gone");
+    let error = run(rollouts.promote(&mut state, Some(FunctionId::Query))).expect_err("gone");
     assert_eq!(
         error.0,
         "`query` takes no part in the rollout; its functions are: ingest"
     );
-    run(rollouts.promote(&mut state, Some("ingest"))).expect("promote ingest");
+    run(rollouts.promote(&mut state, Some(FunctionId::Ingest))).expect("promote ingest");
     assert_eq!(state.phase, Phase::Promoted);
     assert_eq!(
         *world.aliases.history.borrow(),
@@ -604,34 +604,40 @@ fn answer(function_error: Option<&str>, payload: &str) -> Invocation {
 fn an_api_function_must_answer_its_health_route_with_2xx() {
     let ok =
         r#"{"statusCode":200,"headers":{},"body":"{\"status\":\"ok\"}","isBase64Encoded":false}"#;
-    assert_eq!(invocation_problem("ingest", &answer(None, ok)), None);
+    assert_eq!(
+        invocation_problem(FunctionId::Ingest, &answer(None, ok)),
+        None
+    );
     let down = r#"{"statusCode":503,"body":"{\"error\":{\"code\":\"unavailable\",\"message\":\"the database does not answer\"}}"}"#;
     assert_eq!(
-        invocation_problem("query", &answer(None, down)).as_deref(),
+        invocation_problem(FunctionId::Query, &answer(None, down)).as_deref(),
         Some(
             r#"GET /v1/health answered 503: {"error":{"code":"unavailable","message":"the database does not answer"}}"#
         )
     );
     let missing = r#"{"statusCode":"404","body":"{\"error\":{\"code\":\"not_found\"}}"}"#;
     assert_eq!(
-        invocation_problem("ingest", &answer(None, missing)).as_deref(),
+        invocation_problem(FunctionId::Ingest, &answer(None, missing)).as_deref(),
         Some(r#"GET /v1/health answered 404: {"error":{"code":"not_found"}}"#)
     );
     // An echo of the event is no proxy response (API Gateway answers 502).
     assert_eq!(
-        invocation_problem("query", &answer(None, r#"{"path":"/v1/health"}"#)).as_deref(),
+        invocation_problem(FunctionId::Query, &answer(None, r#"{"path":"/v1/health"}"#)).as_deref(),
         Some(
             r#"GET /v1/health answered no HTTP status (not an API Gateway proxy response): {"path":"/v1/health"}"#
         )
     );
     let crashed = r#"{"errorType":"Runtime.ExitError"}"#;
     assert_eq!(
-        invocation_problem("query", &answer(Some("Unhandled"), crashed)).as_deref(),
+        invocation_problem(FunctionId::Query, &answer(Some("Unhandled"), crashed)).as_deref(),
         Some(r#"Unhandled: {"errorType":"Runtime.ExitError"}"#)
     );
     // The loader answers SQS batches: only its errors count.
-    assert_eq!(invocation_problem("loader", &answer(None, "{}")), None);
-    assert!(invocation_problem("loader", &answer(Some("Unhandled"), crashed)).is_some());
+    assert_eq!(
+        invocation_problem(FunctionId::Loader, &answer(None, "{}")),
+        None
+    );
+    assert!(invocation_problem(FunctionId::Loader, &answer(Some("Unhandled"), crashed)).is_some());
 }
 
 /// Versions whose states come from a script, one a poll.

@@ -7,6 +7,64 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The pipeline's functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionId {
+    Ingest,
+    Loader,
+    Query,
+}
+
+impl FunctionId {
+    /// Every function, in the order stacks, packages and reports list them.
+    pub const ALL: [FunctionId; 3] = [FunctionId::Ingest, FunctionId::Loader, FunctionId::Query];
+
+    /// The name specs, templates, packages and function names use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionId::Ingest => "ingest",
+            FunctionId::Loader => "loader",
+            FunctionId::Query => "query",
+        }
+    }
+
+    /// Whether API Gateway invokes it (ingest and query); the loader reads
+    /// the queue.
+    pub fn serves_api(self) -> bool {
+        self != FunctionId::Loader
+    }
+}
+
+impl fmt::Display for FunctionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FunctionId {
+    type Err = UnknownFunction;
+
+    fn from_str(text: &str) -> Result<FunctionId, UnknownFunction> {
+        FunctionId::ALL
+            .into_iter()
+            .find(|f| f.as_str() == text)
+            .ok_or_else(|| UnknownFunction(text.to_string()))
+    }
+}
+
+/// A name that is not one of the pipeline's functions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownFunction(pub String);
+
+impl fmt::Display for UnknownFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` is not a function: ingest, loader or query", self.0)
+    }
+}
+
+impl std::error::Error for UnknownFunction {}
+
 /// Where a batch stands: `received` (stored, waiting for the loader),
 /// `loading`, then `loaded` or `failed`. The database keeps the same words
 /// (a CHECK constraint), and the API answers them.
@@ -151,6 +209,17 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn function_names_read_back_as_written() {
+        for f in FunctionId::ALL {
+            assert_eq!(f.as_str().parse(), Ok(f));
+        }
+        assert_eq!(
+            "writer".parse::<FunctionId>().map_err(|e| e.to_string()),
+            Err("`writer` is not a function: ingest, loader or query".into())
+        );
+    }
 
     #[test]
     fn batch_statuses_read_back_as_written() {

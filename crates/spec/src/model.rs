@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+pub use pipeline_contract::FunctionId;
 use pipeline_dataset::Dataset;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -139,21 +140,27 @@ pub struct Functions {
 }
 
 impl Functions {
-    /// The functions with their names, in a fixed order.
-    pub fn all(&self) -> [(&'static str, &Function); 3] {
+    /// The functions, in a fixed order.
+    pub fn all(&self) -> [(FunctionId, &Function); 3] {
         [
-            ("ingest", &self.ingest),
-            ("loader", &self.loader),
-            ("query", &self.query),
+            (FunctionId::Ingest, &self.ingest),
+            (FunctionId::Loader, &self.loader),
+            (FunctionId::Query, &self.query),
         ]
     }
 
-    /// A function's settings by its name.
-    pub fn get(&self, name: &str) -> Option<&Function> {
-        self.all()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, f)| f)
+    /// A function's settings by its name, when it is one of the functions.
+    pub fn named(&self, name: &str) -> Option<&Function> {
+        name.parse().ok().map(|id| self.get(id))
+    }
+
+    /// A function's settings.
+    pub fn get(&self, id: FunctionId) -> &Function {
+        match id {
+            FunctionId::Ingest => &self.ingest,
+            FunctionId::Loader => &self.loader,
+            FunctionId::Query => &self.query,
+        }
     }
 }
 

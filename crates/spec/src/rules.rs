@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use super::diag::{Problem, Span};
-use super::model::{AuthMode, Endpoint, GateAlarm, Packaging, Spec, Strategy, WaivedRule};
+use super::model::{
+    AuthMode, Endpoint, FunctionId, GateAlarm, Packaging, Spec, Strategy, WaivedRule,
+};
 use super::yaml::{Node, Value};
 
 /// Retention periods CloudWatch Logs accepts, in days.
@@ -290,15 +292,11 @@ fn is_origin(origin: &str) -> bool {
 }
 
 fn functions(r: &mut Rules, spec: &Spec) {
-    for name in ["ingest", "query"] {
-        let f = if name == "ingest" {
-            &spec.functions.ingest
-        } else {
-            &spec.functions.query
-        };
+    for name in [FunctionId::Ingest, FunctionId::Query] {
+        let f = spec.functions.get(name);
         if f.timeout_seconds > API_GATEWAY_TIMEOUT_SECONDS {
             r.at(
-                &["functions", name, "timeout_seconds"],
+                &["functions", name.as_str(), "timeout_seconds"],
                 format!(
                     "`functions.{name}.timeout_seconds` must be at most {API_GATEWAY_TIMEOUT_SECONDS}, found {}",
                     f.timeout_seconds
@@ -312,7 +310,7 @@ fn functions(r: &mut Rules, spec: &Spec) {
         let Some(base) = &f.base_image else { continue };
         if f.package != Packaging::Image {
             r.at_key(
-                &["functions", name, "base_image"],
+                &["functions", name.as_str(), "base_image"],
                 format!(
                     "`functions.{name}.base_image` is set, but the function is packaged as a zip"
                 ),
@@ -325,7 +323,7 @@ fn functions(r: &mut Rules, spec: &Spec) {
                 e.reason
             );
             r.at(
-                &["functions", name, "base_image"],
+                &["functions", name.as_str(), "base_image"],
                 format!("`functions.{name}.base_image` is not an image reference: `{base}`"),
                 "not an image reference",
                 help,

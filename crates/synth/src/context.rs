@@ -4,7 +4,7 @@
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use pipeline_spec::model::{AuthMode, Endpoint, Packaging, Spec};
+use pipeline_spec::model::{AuthMode, Endpoint, FunctionId, Packaging, Spec};
 
 /// A checkov check deliberately skipped on a resource, with the reason.
 #[derive(Debug, Clone, Serialize)]
@@ -482,7 +482,7 @@ fn dimensions_cfn(dimensions: &[Dimension]) -> serde_json::Value {
 }
 
 /// The condition that a function's gate version parameter names a version.
-pub fn gate_version_condition(function: &str) -> String {
+pub fn gate_version_condition(function: impl std::fmt::Display) -> String {
     format!("{}Set", gate_version_parameter(function))
 }
 
@@ -510,7 +510,7 @@ fn reference(name: &'static str, param: &str) -> Dimension {
     }
 }
 
-pub fn function_name(prefix: &str, function: &str) -> String {
+pub fn function_name(prefix: &str, function: impl std::fmt::Display) -> String {
     format!("{prefix}-{function}")
 }
 
@@ -518,8 +518,8 @@ pub fn function_name(prefix: &str, function: &str) -> String {
 /// one version (`IngestGateVersion`): the deploy engine sets it to the
 /// version a rollout moves to before the first shift of traffic, and back to
 /// [`ALL_VERSIONS`] when the rollout ends (promoted, rolled back or aborted).
-pub fn gate_version_parameter(function: &str) -> String {
-    format!("{}GateVersion", pascal(function))
+pub fn gate_version_parameter(function: impl std::fmt::Display) -> String {
+    format!("{}GateVersion", pascal(&function.to_string()))
 }
 
 /// The gate version parameter's value when no rollout is under way: the
@@ -851,9 +851,9 @@ pub fn monitoring(env: &str, spec: &Spec) -> MonitoringContext {
     let mut gate_versions = Vec::new();
     for (name, _) in spec.functions.all() {
         let param: &'static str = match name {
-            "ingest" => "IngestGateVersion",
-            "loader" => "LoaderGateVersion",
-            _ => "QueryGateVersion",
+            FunctionId::Ingest => "IngestGateVersion",
+            FunctionId::Loader => "LoaderGateVersion",
+            FunctionId::Query => "QueryGateVersion",
         };
         debug_assert_eq!(param, gate_version_parameter(name));
         params.push(Param {
@@ -875,7 +875,7 @@ pub fn monitoring(env: &str, spec: &Spec) -> MonitoringContext {
         .all()
         .iter()
         .map(|(name, _)| LogGroup {
-            logical_id: format!("{}LogGroup", pascal(name)),
+            logical_id: format!("{}LogGroup", pascal(name.as_str())),
             name: format!("/aws/lambda/{}", function_name(&prefix, name)),
         })
         .collect();
@@ -1070,9 +1070,9 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
     }
     for (name, f) in spec.functions.all() {
         let (key, image, version): (&'static str, &'static str, &'static str) = match name {
-            "ingest" => ("IngestCodeKey", "IngestImageUri", "IngestLiveVersion"),
-            "loader" => ("LoaderCodeKey", "LoaderImageUri", "LoaderLiveVersion"),
-            _ => ("QueryCodeKey", "QueryImageUri", "QueryLiveVersion"),
+            FunctionId::Ingest => ("IngestCodeKey", "IngestImageUri", "IngestLiveVersion"),
+            FunctionId::Loader => ("LoaderCodeKey", "LoaderImageUri", "LoaderLiveVersion"),
+            FunctionId::Query => ("QueryCodeKey", "QueryImageUri", "QueryLiveVersion"),
         };
         params.push(if f.package == Packaging::Image {
             Param {
@@ -1080,7 +1080,9 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
                 kind: "String",
                 description: "The function's container image, by digest",
                 default: None,
-                source: Source::Asset { asset: name },
+                source: Source::Asset {
+                    asset: name.as_str(),
+                },
             }
         } else {
             Param {
@@ -1088,7 +1090,9 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
                 kind: "String",
                 description: "S3 key of the function's package, named by its SHA-256",
                 default: None,
-                source: Source::Asset { asset: name },
+                source: Source::Asset {
+                    asset: name.as_str(),
+                },
             }
         });
         params.push(Param {
@@ -1106,7 +1110,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
         .all()
         .iter()
         .map(|(name, f)| {
-            let behind_api = *name != "loader";
+            let behind_api = name.serves_api();
             let mut skips = vec![
                 if f.package == Packaging::Image {
                     skip("CKV_AWS_272", "the image is built from source by `pipeline build` and named by its digest; Lambda has no code signing for container images")
@@ -1125,11 +1129,11 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
                     format!("`functions.{name}.reserved_concurrency` is null in the spec: scaled-down accounts keep their concurrency unreserved"),
                 ));
             }
-            let writes_raw = *name == "ingest";
-            let sends_to_queue = *name == "loader";
+            let writes_raw = *name == FunctionId::Ingest;
+            let sends_to_queue = *name == FunctionId::Loader;
             FunctionContext {
-                name,
-                id: pascal(name),
+                name: name.as_str(),
+                id: pascal(name.as_str()),
                 function_name: function_name(&prefix, name),
                 memory_mb: f.memory_mb,
                 timeout_seconds: f.timeout_seconds,
@@ -1138,14 +1142,14 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
                 log_level: f.log_level.as_str(),
                 image: f.package == Packaging::Image,
                 db_user: format!("pipeline_{name}"),
-                reads_raw: *name == "loader",
+                reads_raw: *name == FunctionId::Loader,
                 writes_raw,
-                lists_raw: matches!(*name, "ingest" | "loader"),
-                consumes_queue: *name == "loader",
+                lists_raw: matches!(*name, FunctionId::Ingest | FunctionId::Loader),
+                consumes_queue: *name == FunctionId::Loader,
                 sends_to_queue,
                 makes_data_keys: writes_raw || sends_to_queue,
-                reads_replicas: *name == "query",
-                reads_secret: *name == "loader",
+                reads_replicas: *name == FunctionId::Query,
+                reads_secret: *name == FunctionId::Loader,
                 behind_api,
                 skips,
             }

@@ -330,7 +330,7 @@ pub fn synthesize_with(env: &Environment, options: Options) -> Result<Synthesis,
             .all()
             .iter()
             .map(|(id, f)| Asset {
-                id,
+                id: id.as_str(),
                 kind: "lambda-zip",
                 package: format!("functions/{id}"),
                 architecture: f.architecture.as_str(),
