@@ -1,6 +1,7 @@
 //! `pipeline deploy`: validate, build, upload, then every stack in order
 //! through a change set, with live progress and the root cause of a failure.
 
+use crate::synth::StackKind;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Instant;
@@ -162,7 +163,7 @@ async fn deploy(
     // So do reservations the account's concurrency cannot take.
     let app = stacks
         .iter()
-        .find(|(m, _)| m.id == "app")
+        .find(|(m, _)| m.id == StackKind::App.id())
         .and_then(|(_, s)| s.as_ref());
     check_concurrency(session, app).await?;
     let store = S3Store {
@@ -243,7 +244,7 @@ async fn deploy(
         image_blobs_uploaded,
         versions_published,
         rollout,
-        outputs: outputs.remove("app").unwrap_or_default(),
+        outputs: outputs.remove(StackKind::App.id()).unwrap_or_default(),
         outputs_file: file.display().to_string(),
         seconds: 0.0,
     })
@@ -252,7 +253,7 @@ async fn deploy(
 /// Whether the deploy creates the stateful stack now: it does not exist,
 /// or a failed first create left it to be deleted and created again.
 fn first_create(m: &ManifestStack, current: Option<&Stack>) -> bool {
-    m.id == "data"
+    m.id == StackKind::Data.id()
         && current.is_none_or(|s| {
             matches!(
                 s.status.as_str(),
@@ -303,7 +304,7 @@ async fn serving_versions(
     session: &Session,
     stacks: &mut [(ManifestStack, Option<Stack>)],
 ) -> Result<(), Error> {
-    let Some((_, Some(app))) = stacks.iter_mut().find(|(m, _)| m.id == "app") else {
+    let Some((_, Some(app))) = stacks.iter_mut().find(|(m, _)| m.id == StackKind::App.id()) else {
         return Ok(());
     };
     let lambda = Lambda {
@@ -341,7 +342,10 @@ async fn roll_out(
     let lambda = Lambda {
         client: session.clients.lambda.clone(),
     };
-    let app = outputs.get("app").cloned().unwrap_or_default();
+    let app = outputs
+        .get(StackKind::App.id())
+        .cloned()
+        .unwrap_or_default();
     let mut targets = Vec::new();
     let mut published = 0;
     for (id, _) in spec.functions.all() {
@@ -476,7 +480,10 @@ async fn roll_out(
         });
     }
     // No drift: the app stack's live versions become the ones serving.
-    let app = stacks.iter().map(|(m, _)| m).find(|m| m.id == "app");
+    let app = stacks
+        .iter()
+        .map(|(m, _)| m)
+        .find(|m| m.id == StackKind::App.id());
     if let Some((m, Some(mut current))) = match app {
         Some(m) => Some((m, session.stack(&m.name).await?)),
         None => None,

@@ -1,6 +1,7 @@
 //! `pipeline logs`: a function's log events from CloudWatch Logs, as far
 //! back as `--since`, filtered, and followed with `--follow`.
 
+use crate::synth::StackKind;
 use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
@@ -75,7 +76,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             .stacks()
             .await?
             .into_iter()
-            .find(|(m, _)| m.id == "monitoring")
+            .find(|(m, _)| m.id == StackKind::Monitoring.id())
             .and_then(|(_, s)| s);
         let key = crate::deploy::function_key(args.function, "LogGroupName");
         let group = monitoring

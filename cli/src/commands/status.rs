@@ -1,6 +1,8 @@
 //! `pipeline status`: the environment's stacks, their state and last
 //! update, and which function versions serve traffic.
 
+use crate::spec::model::FunctionId;
+use crate::synth::StackKind;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -35,7 +37,7 @@ pub struct StackStatus {
 
 #[derive(Debug, Serialize)]
 pub struct FunctionStatus {
-    pub function: String,
+    pub function: FunctionId,
     pub name: String,
     /// The version the `live` alias points to.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,19 +104,19 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             .stack(&bootstrap)
             .await
             .map_err(|e| crate::aws::aws_error(&format!("cannot read stack {bootstrap}"), e))?;
-        let mut all = vec![(bootstrap, boot)];
+        let mut all = vec![(bootstrap, None, boot)];
         all.extend(
             session
                 .stacks()
                 .await?
                 .into_iter()
-                .map(|(m, s)| (m.name, s)),
+                .map(|(m, s)| (m.name, Some(m.id), s)),
         );
         let mut outputs = BTreeMap::new();
-        for (name, stack) in all {
+        for (name, id, stack) in all {
             match stack {
                 Some(s) => {
-                    if name.ends_with("-app") {
+                    if id == Some(StackKind::App.id()) {
                         outputs = s.outputs.clone();
                     }
                     stacks.push(StackStatus {
@@ -138,7 +140,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             let Some(name) = outputs.get(&key).cloned() else {
                 continue;
             };
-            functions.push(function_status(&session, id.as_str(), name).await);
+            functions.push(function_status(&session, id, name).await);
         }
         Ok::<_, Error>(Status {
             environment: session.env.name.clone(),
@@ -151,38 +153,24 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
     Ok(())
 }
 
-async fn function_status(session: &Session, id: &str, name: String) -> FunctionStatus {
-    let alias = session
-        .clients
-        .lambda
-        .get_alias()
-        .function_name(&name)
-        .name("live")
-        .send()
-        .await;
-    match alias {
-        Ok(a) => FunctionStatus {
-            function: id.to_string(),
+async fn function_status(session: &Session, id: FunctionId, name: String) -> FunctionStatus {
+    let lambda = crate::rollout::aws::Lambda {
+        client: session.clients.lambda.clone(),
+    };
+    match lambda.live_route(&name).await {
+        Ok(route) => FunctionStatus {
+            function: id,
             name,
-            live_version: a.function_version().map(str::to_string),
-            weights: a
-                .routing_config()
-                .and_then(|r| r.additional_version_weights())
-                .map(|w| w.iter().map(|(k, v)| (k.clone(), *v)).collect())
-                .unwrap_or_default(),
+            live_version: Some(route.version),
+            weights: route.weights,
             note: None,
         },
-        Err(e) => FunctionStatus {
-            function: id.to_string(),
+        Err(why) => FunctionStatus {
+            function: id,
             name,
             live_version: None,
             weights: BTreeMap::new(),
-            note: Some(format!(
-                "no live alias: {}",
-                e.as_service_error()
-                    .and_then(|s| aws_sdk_lambda::error::ProvideErrorMetadata::message(s))
-                    .unwrap_or("not found")
-            )),
+            note: Some(format!("no live alias: {why}")),
         },
     }
 }

@@ -11,6 +11,7 @@ use super::cfn::TemplateSource;
 use super::engine::{Event, Prompt, Reporter, StackPlan, deploy_stack};
 use crate::rollout::{CallError, Watch};
 use crate::spec::model::FunctionId;
+use crate::synth::StackKind;
 use crate::synth::context::gate_version_parameter;
 
 /// The gate alarms of a deployed environment. The stack update's own
@@ -36,7 +37,11 @@ impl Reporter for Silent {
 impl Watch for GateVersions<'_> {
     async fn watch(&self, versions: &[(FunctionId, String)]) -> Result<(), CallError> {
         let manifest = &self.session.synthesis.manifest;
-        let Some(m) = manifest.stacks.iter().find(|m| m.id == "monitoring") else {
+        let Some(m) = manifest
+            .stacks
+            .iter()
+            .find(|m| m.id == StackKind::Monitoring.id())
+        else {
             return Ok(());
         };
         let failed = |e: crate::Error| CallError(e.to_string());

@@ -41,7 +41,41 @@ fn fingerprint(
     .to_string()
 }
 
+/// Where a function's `live` alias sends its traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub version: String,
+    /// Versions taking a share of the traffic besides `version`.
+    pub weights: BTreeMap<String, f64>,
+}
+
 impl Lambda {
+    /// The `live` alias's route, or why there is none (the service's
+    /// message, such as the alias not existing yet).
+    pub async fn live_route(&self, function: &str) -> Result<Route, String> {
+        let alias = self
+            .client
+            .get_alias()
+            .function_name(function)
+            .name(ALIAS)
+            .send()
+            .await
+            .map_err(|e| {
+                e.as_service_error()
+                    .and_then(|s| aws_sdk_lambda::error::ProvideErrorMetadata::message(s))
+                    .unwrap_or("not found")
+                    .to_string()
+            })?;
+        Ok(Route {
+            version: alias.function_version().unwrap_or("$LATEST").to_string(),
+            weights: alias
+                .routing_config()
+                .and_then(|r| r.additional_version_weights())
+                .map(|w| w.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default(),
+        })
+    }
+
     /// The version the alias serves now (`$LATEST` when there is no alias).
     pub async fn serving(&self, function: &str) -> Result<String, CallError> {
         match self
