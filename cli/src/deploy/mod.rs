@@ -8,6 +8,7 @@ pub mod cfn;
 pub mod concurrency;
 pub mod engine;
 pub mod images;
+pub mod lock;
 pub mod progress;
 #[cfg(test)]
 mod tests;
