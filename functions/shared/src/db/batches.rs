@@ -1,0 +1,151 @@
+//! Batch bookkeeping: recording, finding and forgetting batches.
+
+use super::*;
+
+/// A batch as `GET /v1/batches/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Batch {
+    pub batch_id: uuid::Uuid,
+    pub dataset: String,
+    pub status: BatchStatus,
+    #[serde(skip)]
+    pub object_key: String,
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
+    #[serde(skip)]
+    pub sha256: Option<String>,
+    pub records: Option<i64>,
+    pub inserted: Option<i64>,
+    pub duplicates: Option<i64>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub loaded_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub error: Option<RecordError>,
+}
+
+const BATCH_COLUMNS: &str = "batch_id, dataset, status, object_key, idempotency_key, sha256, records, inserted, duplicates, \
+                             received_at, loaded_at, error_line, error_column, error_reason";
+
+fn batch_from_row(row: &tokio_postgres::Row) -> Result<Batch, DbError> {
+    let error_line: Option<i64> = row.get(11);
+    Ok(Batch {
+        batch_id: row.get(0),
+        dataset: row.get(1),
+        status: status_of(row.get(2))?,
+        object_key: row.get(3),
+        idempotency_key: row.get(4),
+        sha256: row.get(5),
+        records: row.get(6),
+        inserted: row.get(7),
+        duplicates: row.get(8),
+        received_at: row.get(9),
+        loaded_at: row.get(10),
+        error: error_line.map(|line| RecordError {
+            line: line.max(0) as u64,
+            column: row.get(12),
+            reason: row.get::<_, Option<String>>(13).unwrap_or_default(),
+        }),
+    })
+}
+
+/// A batch to record as received.
+#[derive(Debug, Clone)]
+pub struct NewBatch<'a> {
+    pub batch_id: uuid::Uuid,
+    pub dataset: &'a str,
+    pub object_key: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub records: Option<i64>,
+    pub sha256: Option<&'a str>,
+    pub size_bytes: Option<i64>,
+}
+
+/// Records a received batch. With an idempotency key already used for the
+/// dataset, nothing is recorded and the earlier batch is returned as `Err`.
+pub async fn insert_batch(
+    client: &impl GenericClient,
+    new: &NewBatch<'_>,
+) -> Result<Result<Batch, Batch>, DbError> {
+    let sql = format!(
+        "INSERT INTO pipeline.batches (batch_id, dataset, object_key, status, idempotency_key, records, sha256, size_bytes)
+         VALUES ($1, $2, $3, 'received', $4, $5, $6, $7)
+         ON CONFLICT (dataset, idempotency_key) DO NOTHING
+         RETURNING {BATCH_COLUMNS}"
+    );
+    let inserted = client
+        .query_opt(
+            &sql,
+            &[
+                &new.batch_id,
+                &new.dataset,
+                &new.object_key,
+                &new.idempotency_key,
+                &new.records,
+                &new.sha256,
+                &new.size_bytes,
+            ],
+        )
+        .await?;
+    if let Some(row) = inserted {
+        return Ok(Ok(batch_from_row(&row)?));
+    }
+    let sql = format!(
+        "SELECT {BATCH_COLUMNS} FROM pipeline.batches WHERE dataset = $1 AND idempotency_key = $2"
+    );
+    let row = client
+        .query_one(&sql, &[&new.dataset, &new.idempotency_key])
+        .await?;
+    Ok(Err(batch_from_row(&row)?))
+}
+
+/// The batch, if there is one with this id.
+pub async fn batch(
+    client: &impl GenericClient,
+    batch_id: uuid::Uuid,
+) -> Result<Option<Batch>, DbError> {
+    let sql = format!("SELECT {BATCH_COLUMNS} FROM pipeline.batches WHERE batch_id = $1");
+    client
+        .query_opt(&sql, &[&batch_id])
+        .await?
+        .map(|r| batch_from_row(&r))
+        .transpose()
+}
+
+/// The batch stored under an object key, if any.
+pub async fn batch_by_key(
+    client: &impl GenericClient,
+    key: &str,
+) -> Result<Option<Batch>, DbError> {
+    let sql = format!("SELECT {BATCH_COLUMNS} FROM pipeline.batches WHERE object_key = $1");
+    client
+        .query_opt(&sql, &[&key])
+        .await?
+        .map(|r| batch_from_row(&r))
+        .transpose()
+}
+
+/// Batches accepted but not yet loaded, oldest first (for recovery after a restart).
+pub async fn unfinished(client: &impl GenericClient) -> Result<Vec<Batch>, DbError> {
+    let sql = format!(
+        "SELECT {BATCH_COLUMNS} FROM pipeline.batches WHERE status IN ('received', 'loading') ORDER BY received_at"
+    );
+    client
+        .query(&sql, &[])
+        .await?
+        .iter()
+        .map(batch_from_row)
+        .collect()
+}
+
+/// Forgets a batch whose object could not be stored.
+pub async fn delete_batch(
+    client: &impl GenericClient,
+    batch_id: uuid::Uuid,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "DELETE FROM pipeline.batches WHERE batch_id = $1 AND status = 'received'",
+            &[&batch_id],
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! Loading a batch exactly once: COPY into a staging table, then a merge.
+
+use super::*;
+
+/// What loading a batch did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum LoadOutcome {
+    /// Loaded now: rows read, rows inserted, rows that were already there.
+    Loaded {
+        records: u64,
+        inserted: u64,
+        duplicates: u64,
+    },
+    /// Loaded or failed before: a redelivery, which changes nothing.
+    AlreadyDone { status: BatchStatus },
+    /// The object is invalid; the batch is marked failed and nothing is loaded.
+    Invalid { error: RecordError },
+}
+
+/// Outcome of streaming an object into a COPY.
+pub(crate) enum Copied {
+    Rows(u64),
+    Invalid(RecordError),
+    KeyConflict,
+}
+
+async fn copy_object(
+    client: &Transaction<'_>,
+    into: &str,
+    dataset: &Dataset,
+    stream: ByteStream,
+) -> Result<Copied, DbError> {
+    let sql = format!("COPY {into} ({}) FROM STDIN", column_list(dataset));
+    copy_decoded(client, &sql, Decoder::new(dataset), stream).await
+}
+
+/// Streams an object through a decoder into a COPY. On an invalid record the
+/// COPY is aborted (its sink dropped unfinished) before this returns.
+pub(crate) async fn copy_decoded(
+    client: &Transaction<'_>,
+    sql: &str,
+    mut decoder: Decoder<'_>,
+    mut stream: ByteStream,
+) -> Result<Copied, DbError> {
+    let sink = client.copy_in::<_, Bytes>(sql).await?;
+    futures_util::pin_mut!(sink);
+    let mut out = Vec::with_capacity(COPY_PIECE + 64 * 1024);
+    let conflict = |e: tokio_postgres::Error| -> Result<Copied, DbError> {
+        if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            Ok(Copied::KeyConflict)
+        } else {
+            Err(e.into())
+        }
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        decoder.feed(&chunk, &mut out);
+        if let Some(first) = decoder.errors().first() {
+            // Dropping the sink unfinished aborts the COPY.
+            return Ok(Copied::Invalid(first.clone()));
+        }
+        if out.len() >= COPY_PIECE {
+            let piece = Bytes::from(std::mem::replace(
+                &mut out,
+                Vec::with_capacity(COPY_PIECE + 64 * 1024),
+            ));
+            if let Err(e) = sink.send(piece).await {
+                return conflict(e);
+            }
+        }
+    }
+    let summary = decoder.finish(&mut out);
+    if let Some(first) = summary.errors.first() {
+        return Ok(Copied::Invalid(first.clone()));
+    }
+    if !out.is_empty()
+        && let Err(e) = sink.send(Bytes::from(out)).await
+    {
+        return conflict(e);
+    }
+    match sink.finish().await {
+        Ok(_) => Ok(Copied::Rows(summary.records)),
+        Err(e) => conflict(e),
+    }
+}
+
+/// Loads a batch exactly once.
+///
+/// Everything happens in one transaction that first locks the batch's row:
+/// a concurrent delivery waits, then finds the batch done and changes
+/// nothing; a loader that dies mid-load leaves nothing behind. Rows are
+/// copied straight into the table; only when a key is already there (or
+/// repeated in the batch) are they copied again into a staging table and
+/// merged with the dataset's conflict rule. `open` gives the object's bytes
+/// (called a second time for that fallback).
+pub async fn load<F, Fut>(
+    client: &mut Client,
+    name: &str,
+    dataset: &Dataset,
+    batch_id: uuid::Uuid,
+    open: F,
+) -> Result<LoadOutcome, DbError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<ByteStream, StoreError>>,
+{
+    // Visible progress, outside the transaction; harmless if repeated.
+    client
+        .execute(
+            "UPDATE pipeline.batches SET status = 'loading' WHERE batch_id = $1 AND status = 'received'",
+            &[&batch_id],
+        )
+        .await?;
+    let tx = client.transaction().await?;
+    if let Some(status) = lock_batch(&tx, batch_id).await? {
+        return Ok(LoadOutcome::AlreadyDone { status });
+    }
+    tx.batch_execute("SAVEPOINT direct").await?;
+    let (records, inserted) = match copy_object(&tx, &table(name), dataset, open().await?).await? {
+        Copied::Rows(n) => {
+            tx.batch_execute("RELEASE SAVEPOINT direct").await?;
+            (n, n)
+        }
+        Copied::Invalid(error) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
+            let line = error.line as i64;
+            tx.execute(
+                "UPDATE pipeline.batches SET status = 'failed', inserted = 0, duplicates = 0, loaded_at = now(),
+                 error_line = $2, error_column = $3, error_reason = $4 WHERE batch_id = $1",
+                &[&batch_id, &line, &error.column, &error.reason],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(LoadOutcome::Invalid { error });
+        }
+        Copied::KeyConflict => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
+            merge(&tx, name, dataset, open().await?).await?
+        }
+    };
+    let (records_i, inserted_i) = (records as i64, inserted as i64);
+    tx.execute(
+        "UPDATE pipeline.batches SET status = 'loaded', records = $2, inserted = $3, duplicates = $2::bigint - $3::bigint, loaded_at = now(),
+         error_line = NULL, error_column = NULL, error_reason = NULL WHERE batch_id = $1",
+        &[&batch_id, &records_i, &inserted_i],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(LoadOutcome::Loaded {
+        records,
+        inserted,
+        duplicates: records - inserted,
+    })
+}
+
+/// Locks the batch's row for the rest of the transaction. Returns its status
+/// when the batch is already loaded or failed, `None` while it is open.
+pub(crate) async fn lock_batch(
+    tx: &Transaction<'_>,
+    batch_id: uuid::Uuid,
+) -> Result<Option<BatchStatus>, DbError> {
+    let status: Option<String> = tx
+        .query_opt(
+            "SELECT status FROM pipeline.batches WHERE batch_id = $1 FOR UPDATE",
+            &[&batch_id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    match status.as_deref().map(status_of).transpose()? {
+        None => Err(DbError::NoBatch(batch_id)),
+        Some(s) if s.is_final() => Ok(Some(s)),
+        Some(_) => Ok(None),
+    }
+}
+
+/// Copies into a staging table and merges with the conflict rule. Returns
+/// (records, inserted).
+async fn merge(
+    tx: &Transaction<'_>,
+    name: &str,
+    dataset: &Dataset,
+    stream: ByteStream,
+) -> Result<(u64, u64), DbError> {
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE IF NOT EXISTS pipeline_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP;
+         ALTER TABLE pipeline_stage ADD COLUMN pipeline_seq bigserial",
+        table(name)
+    ))
+    .await?;
+    let records = match copy_object(tx, "pipeline_stage", dataset, stream).await? {
+        Copied::Rows(n) => n,
+        // The object read the same the first time; it cannot be invalid now.
+        Copied::Invalid(e) => {
+            return Err(DbError::Store(StoreError::Io {
+                key: name.to_string(),
+                source: std::io::Error::other(format!("the object changed while loading: {e}")),
+            }));
+        }
+        Copied::KeyConflict => 0,
+    };
+    let inserted = merge_stage(tx, name, dataset, "pipeline_stage", &["pipeline_seq"]).await?;
+    tx.batch_execute("DROP TABLE pipeline_stage").await?;
+    Ok((records, inserted))
+}
+
+/// Inserts a staging table's rows into the dataset's table with the
+/// conflict rule; among rows of one key, the first in `order` wins for
+/// `ignore` and the last for `update`. Returns the rows inserted.
+pub(crate) async fn merge_stage(
+    tx: &Transaction<'_>,
+    name: &str,
+    dataset: &Dataset,
+    stage: &str,
+    order: &[&str],
+) -> Result<u64, DbError> {
+    let columns = column_list(dataset);
+    let key: Vec<String> = dataset.primary_key.iter().map(|k| ident(k)).collect();
+    let key = key.join(", ");
+    let t = table(name);
+    match dataset.on_conflict {
+        OnConflict::Ignore => {
+            let order = order.join(", ");
+            Ok(tx
+                .execute(
+                    &format!(
+                        "INSERT INTO {t} ({columns}) SELECT DISTINCT ON ({key}) {columns} FROM {stage}
+                         ORDER BY {key}, {order} ON CONFLICT ({key}) DO NOTHING"
+                    ),
+                    &[],
+                )
+                .await?)
+        }
+        OnConflict::Update => {
+            let order: Vec<String> = order.iter().map(|o| format!("{o} DESC")).collect();
+            let order = order.join(", ");
+            let updates: Vec<String> = dataset
+                .columns
+                .iter()
+                .filter(|c| !dataset.primary_key.contains(&c.name))
+                .map(|c| format!("{0} = EXCLUDED.{0}", ident(&c.name)))
+                .collect();
+            let action = if updates.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
+            let rows = tx
+                .query(
+                    &format!(
+                        "INSERT INTO {t} ({columns}) SELECT DISTINCT ON ({key}) {columns} FROM {stage}
+                         ORDER BY {key}, {order} ON CONFLICT ({key}) {action} RETURNING (xmax = 0)"
+                    ),
+                    &[],
+                )
+                .await?;
+            Ok(rows.iter().filter(|r| r.get::<_, bool>(0)).count() as u64)
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Postgres: the pipeline's own schema, migrations that follow the datasets,
+//! batch bookkeeping, and loading a batch exactly once.
+//!
+//! Tables of datasets live in `public`, named after the dataset. The
+//! pipeline's bookkeeping lives in the `pipeline` schema.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, GenericClient, Transaction};
+
+use crate::dataset::{ColumnType, Dataset, OnConflict};
+use crate::records::{Decoder, RecordError};
+use crate::store::{ByteStream, StoreError};
+
+mod batches;
+mod load;
+mod read;
+mod schema;
+
+pub use batches::*;
+pub use load::*;
+pub use read::*;
+pub use schema::*;
+
+/// Rows are sent to Postgres in pieces of about this size.
+const COPY_PIECE: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {}", describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("migrating dataset `{dataset}` needs changes that can lose data: {changes}")]
+    Destructive { dataset: String, changes: String },
+    #[error("table `{0}` exists but was not created by the pipeline")]
+    Foreign(String),
+    #[error("no batch {0}")]
+    NoBatch(uuid::Uuid),
+    /// A status the schema's CHECK constraint does not allow: the table was
+    /// changed by hand.
+    #[error("pipeline.batches holds {0}")]
+    BadStatus(#[from] BatchStatusError),
+}
+
+pub use pipeline_contract::{BatchStatus, UnknownStatus as BatchStatusError};
+
+/// A status column as the schema writes it.
+pub(crate) fn status_of(text: &str) -> Result<BatchStatus, DbError> {
+    Ok(text.parse()?)
+}
+
+/// A Postgres error with its cause: tokio-postgres shows only "db error"
+/// for errors the server sends.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
+impl DbError {
+    /// Whether trying again later may succeed (a lost connection, a deadlock),
+    /// as opposed to a problem with the batch or the spec.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => e.as_db_error().is_none_or(|db| {
+                let code = db.code();
+                *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *code == SqlState::ADMIN_SHUTDOWN
+                    || *code == SqlState::TOO_MANY_CONNECTIONS
+            }),
+            DbError::Store(StoreError::NotFound(_)) => false,
+            DbError::Store(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// `"name"`: dataset and column names are validated identifiers
+/// (lower case letters, digits and `_`), so quoting them is enough.
+pub(crate) fn ident(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+fn table(dataset: &str) -> String {
+    format!("public.{}", ident(dataset))
+}
+
+pub(crate) fn column_list(dataset: &Dataset) -> String {
+    dataset
+        .columns
+        .iter()
+        .map(|c| ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,226 @@
+//! Object storage for raw batches: S3 in AWS, a directory on this machine in
+//! local mode. Objects carry a little metadata (batch id, record count,
+//! SHA-256), as S3 user metadata does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio::io::AsyncReadExt;
+
+/// An error of the object store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object `{0}` does not exist")]
+    NotFound(String),
+    #[error("object store I/O on `{key}`: {source}")]
+    Io {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object key `{0}` is not allowed")]
+    BadKey(String),
+    /// A multipart upload that cannot be completed as asked: unknown or
+    /// finished, a part missing, or a part's ETag that does not match.
+    #[error("{0}")]
+    InvalidUpload(String),
+}
+
+/// Uploads larger than this go in parts of this size: a single S3 PUT takes
+/// at most 5 GiB, and parts upload in parallel and are retried alone.
+pub const DEFAULT_UPLOAD_PART_BYTES: u64 = 64 * 1024 * 1024;
+/// S3 takes at most 10,000 parts in one upload.
+pub const MAX_PARTS: u64 = 10_000;
+pub use pipeline_contract::{MAX_OBJECT_BYTES, PART_URLS_PER_ANSWER, hex};
+
+/// One part of a multipart upload: bytes `offset..offset + size` of the
+/// batch go to `url` in one PUT, whose answer's `ETag` header the client
+/// keeps for the completion.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartUrl {
+    pub part_number: u32,
+    pub offset: u64,
+    pub size: u64,
+    /// The presigned URL, for the first [`PART_URLS_PER_ANSWER`] parts; the
+    /// others' come from [`Store::presign_parts`], a page at a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// A started multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartUpload {
+    pub upload_id: String,
+    pub parts: Vec<PartUrl>,
+}
+
+/// A part as uploaded: its number and the ETag its PUT answered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct CompletedPart {
+    pub part_number: u32,
+    pub etag: String,
+}
+
+/// Cuts `size` bytes into parts of `part_bytes` (larger when that would make
+/// more than [`MAX_PARTS`]): `(part number, offset, size)`, numbered from 1.
+pub fn plan_parts(size: u64, part_bytes: u64) -> Vec<(u32, u64, u64)> {
+    let part = part_bytes.max(1).max(size.div_ceil(MAX_PARTS));
+    (0..size.div_ceil(part))
+        .map(|i| {
+            let offset = i * part;
+            (i as u32 + 1, offset, part.min(size - offset))
+        })
+        .collect()
+}
+
+/// The parts of an upload without their URLs, and the numbers of those
+/// whose URLs come with the upload's answer.
+fn unsigned_parts(size: u64, part_bytes: u64) -> (Vec<PartUrl>, Vec<u32>) {
+    let parts: Vec<PartUrl> = plan_parts(size, part_bytes)
+        .into_iter()
+        .map(|(part_number, offset, size)| PartUrl {
+            part_number,
+            offset,
+            size,
+            url: None,
+        })
+        .collect();
+    let first = parts
+        .iter()
+        .take(PART_URLS_PER_ANSWER)
+        .map(|p| p.part_number)
+        .collect();
+    (parts, first)
+}
+
+/// What is known of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A stream of an object's bytes.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
+
+mod local;
+mod s3;
+
+pub use local::*;
+pub use s3::*;
+
+/// Called after an object is stored, as S3 event notifications are in AWS.
+pub trait Notify: Send + Sync {
+    fn stored(
+        &self,
+        key: &str,
+        size: u64,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), String>>;
+}
+
+/// The store a function uses.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Local(LocalStore),
+    S3(S3Store),
+}
+
+impl Store {
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Local(store) => store.put(key, body, metadata).await,
+            Store::S3(store) => store.put(key, body, metadata).await,
+        }
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match self {
+            Store::Local(store) => store.head(key).await,
+            Store::S3(store) => store.head(key).await,
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<ByteStream, StoreError> {
+        self.get_range(key, 0, None).await
+    }
+
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        match self {
+            Store::Local(store) => store.get_range(key, start, end).await,
+            Store::S3(store) => store.get_range(key, start, end).await,
+        }
+    }
+
+    /// A URL that takes one PUT of the object until `expires` (Unix seconds).
+    pub async fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
+        match self {
+            Store::Local(store) => store.presign_put(key, expires, UploadTarget::Whole),
+            Store::S3(store) => store.presign_put(key, expires).await,
+        }
+    }
+
+    /// Starts a multipart upload of `size` bytes in parts of about
+    /// `part_bytes`, whose URLs last until `expires`.
+    pub async fn start_multipart(
+        &self,
+        key: &str,
+        size: u64,
+        part_bytes: u64,
+        expires: i64,
+    ) -> Result<MultipartUpload, StoreError> {
+        match self {
+            Store::Local(store) => store.start_multipart(key, size, part_bytes, expires).await,
+            Store::S3(store) => store.start_multipart(key, size, part_bytes, expires).await,
+        }
+    }
+
+    /// Presigned URLs of some parts of a started upload, in the order asked.
+    pub async fn presign_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_numbers: &[u32],
+        expires: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Store::Local(store) => store.presign_parts(key, upload_id, part_numbers, expires),
+            Store::S3(store) => {
+                store
+                    .presign_parts(key, upload_id, part_numbers, expires)
+                    .await
+            }
+        }
+    }
+
+    /// Completes a multipart upload with its parts, in order; the object is
+    /// then stored and announced.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Local(store) => {
+                store
+                    .complete_multipart(key, upload_id, parts, metadata)
+                    .await
+            }
+            Store::S3(store) => store.complete_multipart(key, upload_id, parts).await,
+        }
+    }
+}

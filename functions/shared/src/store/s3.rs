@@ -1,0 +1,230 @@
+//! The object store on S3, with presigned uploads (single and multipart).
+
+use super::*;
+
+/// Objects in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+fn s3_error(key: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io {
+        key: key.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> S3Store {
+        S3Store {
+            client,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .set_metadata(Some(metadata.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(())
+    }
+
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectInfo {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                metadata: out
+                    .metadata()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))),
+        }
+    }
+
+    pub async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        if end.is_some_and(|end| end <= start) {
+            return Ok(futures_util::stream::empty().boxed());
+        }
+        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+        if start > 0 || end.is_some() {
+            let last = end.map(|e| (e - 1).to_string()).unwrap_or_default();
+            request = request.range(format!("bytes={start}-{last}"));
+        }
+        let out = request.send().await.map_err(|e| {
+            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                StoreError::NotFound(key.to_string())
+            } else {
+                s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))
+            }
+        })?;
+        let key = key.to_string();
+        let stream = futures_util::stream::unfold((out.body, key), |(mut body, key)| async move {
+            match body.try_next().await {
+                Ok(Some(bytes)) => Some((Ok(bytes), (body, key))),
+                Ok(None) => None,
+                Err(e) => Some((
+                    Err(s3_error(&key, e)),
+                    (aws_sdk_s3::primitives::ByteStream::from_static(b""), key),
+                )),
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    /// A presigned PUT URL of the object, valid until `expires` (Unix seconds).
+    pub async fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
+        let config = presigning(key, expires)?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(request.uri().to_string())
+    }
+
+    /// Starts a multipart upload and presigns a PUT URL for each part.
+    pub async fn start_multipart(
+        &self,
+        key: &str,
+        size: u64,
+        part_bytes: u64,
+        expires: i64,
+    ) -> Result<MultipartUpload, StoreError> {
+        let started = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        let upload_id = started
+            .upload_id()
+            .ok_or_else(|| s3_error(key, "S3 answered no upload id"))?
+            .to_string();
+        let (mut parts, first) = unsigned_parts(size, part_bytes);
+        let urls = self.presign_parts(key, &upload_id, &first, expires).await?;
+        for (part, url) in parts.iter_mut().zip(urls) {
+            part.url = Some(url);
+        }
+        Ok(MultipartUpload { upload_id, parts })
+    }
+
+    /// Presigned UploadPart URLs of some parts of an upload, in the order asked.
+    pub async fn presign_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_numbers: &[u32],
+        expires: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let config = presigning(key, expires)?;
+        let mut urls = Vec::with_capacity(part_numbers.len());
+        for &part_number in part_numbers {
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(part_number as i32)
+                .presigned(config.clone())
+                .await
+                .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            urls.push(request.uri().to_string());
+        }
+        Ok(urls)
+    }
+
+    /// Completes a multipart upload; S3 then announces the object.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[CompletedPart],
+    ) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
+        let parts = parts
+            .iter()
+            .map(|p| {
+                S3Part::builder()
+                    .part_number(p.part_number as i32)
+                    .e_tag(&p.etag)
+                    .build()
+            })
+            .collect();
+        let result = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let code = e.as_service_error().and_then(|s| {
+                    aws_sdk_s3::error::ProvideErrorMetadata::code(s).map(str::to_string)
+                });
+                match code.as_deref() {
+                    Some(
+                        "NoSuchUpload" | "InvalidPart" | "InvalidPartOrder" | "EntityTooSmall"
+                        | "MalformedXML",
+                    ) => Err(StoreError::InvalidUpload(format!(
+                        "S3 refused the completion: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    ))),
+                    _ => Err(s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))),
+                }
+            }
+        }
+    }
+}
+
+/// Presigning that lasts until `expires` (Unix seconds).
+fn presigning(
+    key: &str,
+    expires: i64,
+) -> Result<aws_sdk_s3::presigning::PresigningConfig, StoreError> {
+    let seconds = (expires - chrono::Utc::now().timestamp()).max(1) as u64;
+    aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(seconds))
+        .map_err(|e| s3_error(key, e))
+}
