@@ -157,20 +157,16 @@ async fn function_status(session: &Session, id: FunctionId, name: String) -> Fun
     let lambda = crate::rollout::aws::Lambda {
         client: session.clients.lambda.clone(),
     };
-    match lambda.live_route(&name).await {
-        Ok(route) => FunctionStatus {
-            function: id,
-            name,
-            live_version: Some(route.version),
-            weights: route.weights,
-            note: None,
-        },
-        Err(why) => FunctionStatus {
-            function: id,
-            name,
-            live_version: None,
-            weights: BTreeMap::new(),
-            note: Some(format!("no live alias: {why}")),
-        },
+    let (route, note) = match lambda.live_route(&name).await {
+        Ok(Some(route)) => (Some(route), None),
+        Ok(None) => (None, Some("no live alias yet".to_string())),
+        Err(e) => (None, Some(format!("no live alias: {e}"))),
+    };
+    FunctionStatus {
+        function: id,
+        name,
+        live_version: route.as_ref().map(|r| r.version.clone()),
+        weights: route.map(|r| r.weights).unwrap_or_default(),
+        note,
     }
 }

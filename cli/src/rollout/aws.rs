@@ -50,34 +50,9 @@ pub struct Route {
 }
 
 impl Lambda {
-    /// The `live` alias's route, or why there is none (the service's
-    /// message, such as the alias not existing yet).
-    pub async fn live_route(&self, function: &str) -> Result<Route, String> {
-        let alias = self
-            .client
-            .get_alias()
-            .function_name(function)
-            .name(ALIAS)
-            .send()
-            .await
-            .map_err(|e| {
-                e.as_service_error()
-                    .and_then(|s| aws_sdk_lambda::error::ProvideErrorMetadata::message(s))
-                    .unwrap_or("not found")
-                    .to_string()
-            })?;
-        Ok(Route {
-            version: alias.function_version().unwrap_or("$LATEST").to_string(),
-            weights: alias
-                .routing_config()
-                .and_then(|r| r.additional_version_weights())
-                .map(|w| w.iter().map(|(k, v)| (k.clone(), *v)).collect())
-                .unwrap_or_default(),
-        })
-    }
-
-    /// The version the alias serves now (`$LATEST` when there is no alias).
-    pub async fn serving(&self, function: &str) -> Result<String, CallError> {
+    /// The `live` alias's route, or `None` when the function has no such
+    /// alias yet.
+    pub async fn live_route(&self, function: &str) -> Result<Option<Route>, CallError> {
         match self
             .client
             .get_alias()
@@ -86,18 +61,33 @@ impl Lambda {
             .send()
             .await
         {
-            Ok(a) => Ok(a.function_version().unwrap_or("$LATEST").to_string()),
+            Ok(alias) => Ok(Some(Route {
+                version: alias.function_version().unwrap_or("$LATEST").to_string(),
+                weights: alias
+                    .routing_config()
+                    .and_then(|r| r.additional_version_weights())
+                    .map(|w| w.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                    .unwrap_or_default(),
+            })),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_not_found_exception()) =>
             {
-                Ok("$LATEST".into())
+                Ok(None)
             }
             Err(e) => Err(call_error(
                 &format!("cannot read the alias of {function}"),
                 e,
             )),
         }
+    }
+
+    /// The version the alias serves now (`$LATEST` when there is no alias).
+    pub async fn serving(&self, function: &str) -> Result<String, CallError> {
+        Ok(self
+            .live_route(function)
+            .await?
+            .map_or_else(|| "$LATEST".to_string(), |r| r.version))
     }
 
     /// A version of the function's current code and configuration: the
