@@ -589,3 +589,59 @@ fn gateway_responses() -> Value {
     }
     Value::Object(responses)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The router's routes (the contract's `ROUTES`) and the document's
+    /// operations are the same set, for every shipped environment: a route
+    /// added to one and not the other fails here.
+    #[test]
+    fn every_route_is_in_the_document_and_nothing_else() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../environments");
+        for env in ["dev", "dit", "uat", "prod"] {
+            let spec = pipeline_spec::Loader::new(Some(dir.clone()))
+                .load(env)
+                .map(|e| e.spec)
+                .unwrap_or_else(|e| panic!("{env}: {e:?}"));
+            let document = document(env, &spec, false);
+            let documented: BTreeSet<(String, String)> = document["paths"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .flat_map(|(path, item)| {
+                    item.as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(method, _)| {
+                            ["get", "post", "put", "delete", "patch"].contains(&method.as_str())
+                        })
+                        .map(move |(method, _)| (path.clone(), method.to_uppercase()))
+                })
+                .collect();
+            let mut routed = BTreeSet::new();
+            for (segments, methods) in pipeline_contract::ROUTES {
+                let fill = |value: &str| {
+                    let parts: Vec<&str> = segments
+                        .iter()
+                        .map(|s| if *s == "*" { value } else { s })
+                        .collect();
+                    format!("/{}", parts.join("/"))
+                };
+                let paths: Vec<String> = match segments.get(1) {
+                    Some(&"datasets") => spec.datasets.keys().map(|d| fill(d)).collect(),
+                    _ => vec![fill("{batch_id}")],
+                };
+                for path in paths {
+                    for method in *methods {
+                        routed.insert((path.clone(), method.to_string()));
+                    }
+                }
+            }
+            assert_eq!(documented, routed, "{env}");
+        }
+    }
+}
