@@ -7,6 +7,7 @@ pub mod commands;
 pub mod deploy;
 pub mod error;
 pub mod image;
+pub mod local;
 pub mod output;
 pub mod rollout;
 pub use pipeline_spec as spec;

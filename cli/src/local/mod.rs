@@ -1,0 +1,335 @@
+//! The whole pipeline on this machine (`pipeline local`), on the same
+//! handler code as in Lambda.
+//!
+//! An HTTP server on 127.0.0.1 serves the API through the ingest and query
+//! handlers, with the environment's auth. Objects go to a local directory;
+//! storing one puts an S3-style notification on a queue kept in Postgres
+//! (so a batch accepted before a crash is loaded after a restart), which a
+//! pool of workers hands to the loader handler as SQS events, with the
+//! spec's retry and dead-letter behaviour.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use pipeline_shared::api::Context;
+use pipeline_shared::chunks::{ChunkBody, ChunkMessage, ChunkQueue};
+use pipeline_shared::store::{LocalStore, Notify, Signer, Store, UploadTarget, hex};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::spec::model::AuthMode;
+use crate::{Error, output::Ui};
+
+mod queue;
+mod server;
+
+use queue::*;
+use server::*;
+
+/// The largest request body the local server takes, as API Gateway (10 MB).
+const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+/// Locally, a failed message is retried after at most this long.
+const MAX_LOCAL_RETRY: Duration = Duration::from_secs(30);
+/// How often idle workers look for messages they were not told about.
+const POLL: Duration = Duration::from_millis(500);
+/// Test hook, not a setting: with `PIPELINE_LOCAL_TEST_PAUSE_AFTER_CHUNKS=N`
+/// this process's workers hand at most N chunk messages to the loader, one
+/// message at a time; a worker that receives one more keeps it (and the rest
+/// of what it received) leased and waits until the process is killed. Tests
+/// use it to kill `pipeline local` with some chunks of a batch loaded and
+/// others leased by the dead process.
+const PAUSE_AFTER_CHUNKS: &str = "PIPELINE_LOCAL_TEST_PAUSE_AFTER_CHUNKS";
+/// Chunk messages handed to the loader by this process (for the test hook).
+static CHUNKS_HANDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How `pipeline local` runs an environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    pub port: u16,
+    /// Where objects and the API key are kept [default: .pipeline/<env>].
+    pub data_dir: Option<PathBuf>,
+    /// Postgres to use; the database `pipeline_<env>` is created in it if missing.
+    pub database_url: String,
+    /// Loader workers running at once.
+    pub workers: usize,
+    /// Seconds before a failed or abandoned message is delivered again
+    /// (default: the queue's visibility timeout, at most 30).
+    pub retry_after: Option<u64>,
+    /// NDJSON objects larger than this load in parallel chunks of about
+    /// this size (0: never).
+    pub chunk_size: u64,
+    /// Uploads larger than this are multipart uploads, in parts of this size.
+    pub upload_part_size: u64,
+}
+
+/// Printed once the server listens.
+#[derive(Debug, Serialize)]
+struct Listening {
+    event: &'static str,
+    url: String,
+    environment: String,
+    database: String,
+    data_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+}
+
+impl std::fmt::Display for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "pipeline local: {} listening on {}",
+            self.environment, self.url
+        )?;
+        writeln!(f, "  database: {}", self.database)?;
+        writeln!(f, "  objects:  {}", self.data_dir)?;
+        if let Some(key) = &self.api_key {
+            writeln!(f, "  API key:  {key}  (send it as the x-api-key header)")?;
+        }
+        writeln!(f, "  OpenAPI:  {}/openapi.json", self.url)?;
+        writeln!(
+            f,
+            "Ctrl-C stops accepting requests, lets loads in flight finish, and exits."
+        )
+    }
+}
+
+/// An error of local mode: what failed, and why.
+pub fn local_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Local {
+        message: format!("{what}: {e}"),
+    }
+}
+
+/// Connects to `DATABASE_URL`, creating the environment's database if needed.
+async fn database(url: &str, env: &str) -> Result<(deadpool_postgres::Pool, String), Error> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| local_error("DATABASE_URL is not a Postgres URL", e))?;
+    let name = format!("pipeline_{}", env.replace('-', "_"));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        local_error(
+            &format!("cannot connect to Postgres at {url} (set DATABASE_URL)"),
+            crate::chain::message_chain(&e),
+        )
+    })?;
+    let task = tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .map_err(|e| local_error("cannot list databases", e))?
+        .is_some();
+    if !exists {
+        // The name is `pipeline_` and a validated environment name.
+        if let Err(e) = client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+        {
+            // Another process may have created it meanwhile.
+            if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
+                return Err(local_error(&format!("cannot create database {name}"), e));
+            }
+        }
+    }
+    drop(client);
+    let _ = task.await;
+    config.dbname(&name);
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(16)
+        .build()
+        .map_err(|e| local_error("cannot build the connection pool", e))?;
+    Ok((pool, name))
+}
+
+/// Runs the pipeline of `env` on this machine until Ctrl-C (or SIGTERM):
+/// the API, the object store, the queue and the loader workers, on Postgres.
+pub async fn serve(
+    env: crate::spec::Environment,
+    settings: &Settings,
+    ui: &Ui,
+) -> Result<(), Error> {
+    let spec = &env.spec;
+    let (pool, db_name) = database(&settings.database_url, &env.name).await?;
+    let data_dir = settings
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".pipeline").join(&env.name));
+    tokio::fs::create_dir_all(&data_dir)
+        .await
+        .map_err(|e| local_error(&format!("cannot create {}", data_dir.display()), e))?;
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], settings.port)))
+        .await
+        .map_err(|e| local_error(&format!("cannot listen on 127.0.0.1:{}", settings.port), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| local_error("listener", e))?;
+    let uploads_dir = data_dir.join("uploads");
+    tokio::fs::create_dir_all(&uploads_dir)
+        .await
+        .map_err(|e| local_error(&format!("cannot create {}", uploads_dir.display()), e))?;
+
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::new(QueueNotify {
+        pool: pool.clone(),
+        wake: wake.clone(),
+    });
+    let queue: Arc<dyn ChunkQueue> = notify.clone();
+    let objects = LocalStore::new(data_dir.join("objects"))
+        .with_notify(notify)
+        .with_signer(Signer {
+            base_url: format!("http://{addr}"),
+            secret: uuid::Uuid::new_v4().as_bytes().to_vec(),
+        });
+    let ctx = Context {
+        env: env.name.clone(),
+        datasets: spec.datasets.clone(),
+        store: Store::Local(objects.clone()),
+        pool: pool.clone(),
+        max_inline_bytes: spec.api.max_inline_batch_kib as usize * 1024,
+        chunk_bytes: settings.chunk_size,
+        upload_part_bytes: settings.upload_part_size,
+        chunk_queue: Some(queue),
+    };
+    let report = loader::migrate(&ctx)
+        .await
+        .map_err(|e| local_error("migration failed", e))?;
+    for statement in &report.statements {
+        ui.info(format_args!("migrated: {statement}"));
+    }
+    {
+        let client = pool.get().await.map_err(|e| local_error("database", e))?;
+        client
+            .batch_execute(QUEUE)
+            .await
+            .map_err(|e| local_error("cannot create the local queue", e))?;
+    }
+    // This run's lock, held by a connection kept until the process ends.
+    let run_lock = pool.get().await.map_err(|e| local_error("database", e))?;
+    let run = loop {
+        let run = uuid::Uuid::new_v4().as_u128() as i32;
+        let locked: bool = run_lock
+            .query_one(
+                &format!("SELECT pg_try_advisory_lock({RUN_LOCK}, $1)"),
+                &[&run],
+            )
+            .await
+            .map_err(|e| local_error("cannot lock the local queue", e))?
+            .get(0);
+        if locked {
+            break run;
+        }
+    };
+    let reclaimed = reclaim(&ctx, run).await?;
+    if reclaimed > 0 {
+        ui.info(format_args!(
+            "{reclaimed} messages received before the last stop are delivered again"
+        ));
+    }
+    let requeued = recover(&ctx).await?;
+    if requeued > 0 {
+        ui.info(format_args!(
+            "requeued {requeued} batches accepted before the last stop"
+        ));
+    }
+
+    let api_key = match spec.api.auth {
+        AuthMode::ApiKey => Some(local_api_key(&data_dir).await?),
+        AuthMode::Iam | AuthMode::None => None,
+    };
+    // The document served here names this server, so clients and API
+    // fuzzers pointed at it test this server.
+    let mut document = crate::synth::openapi::document(&env.name, spec, false);
+    document["servers"] = serde_json::json!([{"url": format!("http://{addr}")}]);
+    let openapi = serde_json::to_vec_pretty(&document).unwrap_or_default();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let queue = QueueSettings {
+        run,
+        batch_size: i64::from(spec.queue.batch_size),
+        max_receives: spec.queue.max_receives as i32,
+        retry_after: match settings.retry_after {
+            Some(seconds) => Duration::from_secs(seconds),
+            None => Duration::from_secs(u64::from(spec.queue.visibility_timeout_seconds))
+                .min(MAX_LOCAL_RETRY),
+        },
+        pause_after_chunks: std::env::var(PAUSE_AFTER_CHUNKS)
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    };
+    let workers: Vec<_> = (0..settings.workers.max(1))
+        .map(|_| tokio::spawn(worker(ctx.clone(), queue, wake.clone(), stop_rx.clone())))
+        .collect();
+
+    let app = axum::Router::new().fallback(dispatch).with_state(Server {
+        ctx,
+        objects,
+        uploads_dir,
+        api_key: api_key.clone(),
+        openapi: Bytes::from(openapi),
+    });
+    ui.event(&Listening {
+        event: "listening",
+        url: format!("http://{addr}"),
+        environment: env.name.clone(),
+        database: db_name,
+        data_dir: data_dir.display().to_string(),
+        api_key,
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| local_error("the HTTP server failed", e))?;
+    // Requests are done; let loads in flight finish.
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    drop(run_lock);
+    ui.info("stopped");
+    Ok(())
+}
+
+/// The local API key, kept in the data directory so that it survives restarts.
+async fn local_api_key(data_dir: &std::path::Path) -> Result<String, Error> {
+    let path = data_dir.join("api-key");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_string()),
+        _ => {
+            let key = format!("local-{}", uuid::Uuid::new_v4().simple());
+            tokio::fs::write(&path, &key)
+                .await
+                .map_err(|e| local_error(&format!("cannot write {}", path.display()), e))?;
+            Ok(key)
+        }
+    }
+}
+
+/// Ctrl-C, or SIGTERM as sent by process managers.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,197 @@
+//! The HTTP side: requests to the ingest and query handlers as API
+//! Gateway events, and the presigned uploads S3 would take.
+
+use super::*;
+
+/// State of the HTTP server.
+#[derive(Clone)]
+pub(super) struct Server {
+    pub(super) ctx: Context,
+    /// The object store, for uploads through presigned URLs.
+    pub(super) objects: LocalStore,
+    pub(super) uploads_dir: PathBuf,
+    pub(super) api_key: Option<String>,
+    pub(super) openapi: Bytes,
+}
+
+pub(super) async fn dispatch(
+    axum::extract::State(server): axum::extract::State<Server>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let respond = |r: http::Response<Bytes>| {
+        let (parts, body) = r.into_parts();
+        axum::response::Response::from_parts(parts, axum::body::Body::from(body))
+    };
+    if let Some(key) = parts.uri.path().strip_prefix("/local-uploads/") {
+        let key = key.to_string();
+        return respond(upload(&server, &key, parts.uri.query(), parts.method.clone(), body).await);
+    }
+    if parts.uri.path() == "/openapi.json" {
+        return respond(
+            http::Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(server.openapi.clone())
+                .unwrap_or_default(),
+        );
+    }
+    if let Some(expected) = &server.api_key {
+        let given = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        if given != Some(expected.as_str()) {
+            // API Gateway answers a missing or wrong key with 403.
+            return respond(pipeline_shared::api::error(
+                http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "a valid x-api-key header is required",
+            ));
+        }
+    }
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return respond(pipeline_shared::api::error(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "requests are limited to {MAX_REQUEST_BYTES} bytes, as in API Gateway; use an upload"
+                ),
+            ));
+        }
+    };
+    let request = http::Request::from_parts(parts, body);
+    let response = if request.method() == http::Method::POST {
+        ingest::handle(&server.ctx, request).await
+    } else {
+        ::query::handle(&server.ctx, request).await
+    };
+    respond(response)
+}
+
+/// `PUT /local-uploads/<key>?[uploadId=..&partNumber=..&]expires=..&signature=..`:
+/// what a presigned S3 PUT of an object or of a part does, streamed to a
+/// file; an object is then stored whole, a part kept until its upload
+/// completes. The answer's `ETag` is the SHA-256 of the body.
+pub(super) async fn upload(
+    server: &Server,
+    key: &str,
+    query: Option<&str>,
+    method: http::Method,
+    body: axum::body::Body,
+) -> http::Response<Bytes> {
+    use futures_util::StreamExt;
+    use pipeline_shared::api::error;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    if method != http::Method::PUT {
+        return error(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "upload URLs take PUT",
+        );
+    }
+    let mut expires = 0i64;
+    let mut signature = String::new();
+    let mut upload_id = None;
+    let mut part_number = 0u32;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "expires" => expires = v.parse().unwrap_or(0),
+            "signature" => signature = v.into_owned(),
+            "uploadId" => upload_id = Some(v.into_owned()),
+            "partNumber" => part_number = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let target = match &upload_id {
+        Some(upload_id) => UploadTarget::Part {
+            upload_id,
+            part_number,
+        },
+        None => UploadTarget::Whole,
+    };
+    if !server.objects.verify_upload(
+        key,
+        target,
+        expires,
+        &signature,
+        chrono::Utc::now().timestamp(),
+    ) {
+        return error(
+            http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "the upload URL is not valid or has expired",
+        );
+    }
+    let Some((dataset, batch_id)) = pipeline_shared::api::parse_object_key(key) else {
+        return error(
+            http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "not an upload key",
+        );
+    };
+    let tmp = server
+        .uploads_dir
+        .join(format!("{}.part", uuid::Uuid::new_v4()));
+    let mut file = match tokio::fs::File::create(&tmp).await {
+        Ok(f) => f,
+        Err(e) => return pipeline_shared::api::unavailable("local storage", &e),
+    };
+    let mut stream = body.into_data_stream();
+    let mut hash = sha2::Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        let written = match chunk {
+            Ok(bytes) => {
+                hash.update(&bytes);
+                file.write_all(&bytes).await
+            }
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return error(
+                http::StatusCode::BAD_REQUEST,
+                "incomplete",
+                format!("the upload was cut short: {e}"),
+            );
+        }
+    }
+    if let Err(e) = file.sync_all().await {
+        return pipeline_shared::api::unavailable("local storage", &e);
+    }
+    drop(file);
+    let sha256 = hex(&hash.finalize());
+    let stored = match target {
+        UploadTarget::Part {
+            upload_id,
+            part_number,
+        } => {
+            server
+                .objects
+                .put_part(key, upload_id, part_number, &tmp)
+                .await
+        }
+        UploadTarget::Whole => {
+            let metadata = std::collections::BTreeMap::from([
+                ("batch-id".to_string(), batch_id.to_string()),
+                ("dataset".to_string(), dataset.to_string()),
+                ("sha256".to_string(), sha256.clone()),
+            ]);
+            server.objects.put_file(key, &tmp, &metadata).await
+        }
+    };
+    match stored {
+        Ok(()) => {}
+        Err(pipeline_shared::store::StoreError::InvalidUpload(reason)) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return error(http::StatusCode::NOT_FOUND, "no_such_upload", reason);
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return pipeline_shared::api::unavailable("local storage", &e);
+        }
+    }
+    http::Response::builder()
+        .header(http::header::ETAG, format!("\"{sha256}\""))
+        .body(Bytes::new())
+        .unwrap_or_default()
+}
