@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod chain;
+pub mod client;
 pub mod commands;
 pub mod deploy;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod image;
 pub mod local;
 pub mod output;
 pub mod rollout;
+pub mod smoke;
 pub use pipeline_spec as spec;
 pub use pipeline_synth as synth;
 

@@ -4,7 +4,6 @@
 pub mod bootstrap;
 pub mod build;
 mod cli;
-pub mod client;
 pub mod deploy;
 pub mod destroy;
 pub mod diff;

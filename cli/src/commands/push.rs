@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::Cli;
-use super::client::{Api, Target, api_error, client_error};
+use crate::client::{Api, Target, api_error, client_error};
 use crate::spec::load::Loader;
 use crate::{Error, output::Ui};
 

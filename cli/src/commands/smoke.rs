@@ -1,21 +1,11 @@
-//! `pipeline smoke`: checks an API end to end — health, a read, and a write
-//! to the dedicated smoke dataset only, so that real data stays clean.
-
-use pipeline_contract::BatchStatus;
-use std::fmt;
-use std::time::{Duration, Instant};
-
-use serde::Serialize;
-use serde_json::{Value, json};
+//! `pipeline smoke`: checks an API end to end (`crate::smoke`): health, a
+//! read, and a write to the dedicated smoke dataset only.
 
 use super::Cli;
-use super::client::{Api, Target, client_error};
+use crate::client::{Api, Target, client_error};
+use crate::smoke::check;
 use crate::spec::load::Loader;
 use crate::{Error, output::Ui};
-use pipeline_shared::dataset::{ColumnType, Dataset, Format};
-
-/// The dataset the write check goes to.
-pub const SMOKE_DATASET: &str = "smoke";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -24,96 +14,6 @@ pub struct Args {
     /// Longest wait for the smoke batch to load, in seconds.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub timeout: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Check {
-    pub check: &'static str,
-    /// `ok`, `failed` or `skipped`.
-    pub result: &'static str,
-    pub detail: String,
-    pub millis: u128,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Smoke {
-    pub url: String,
-    pub passed: bool,
-    pub checks: Vec<Check>,
-}
-
-impl fmt::Display for Smoke {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in &self.checks {
-            writeln!(
-                f,
-                "{:<7} {:<6} {:>5} ms  {}",
-                c.check, c.result, c.millis, c.detail
-            )?;
-        }
-        writeln!(
-            f,
-            "{} {}",
-            self.url,
-            if self.passed {
-                "passed its smoke checks"
-            } else {
-                "FAILED its smoke checks"
-            }
-        )
-    }
-}
-
-/// One record of the dataset with a value of its type in every column; a
-/// fresh key on every run.
-pub fn record(dataset: &Dataset) -> serde_json::Map<String, Value> {
-    let id = uuid::Uuid::now_v7();
-    let now = chrono::Utc::now();
-    dataset
-        .columns
-        .iter()
-        .map(|c| {
-            let value = match c.kind {
-                ColumnType::Text => json!(format!("smoke-{id}")),
-                ColumnType::Int => json!((now.timestamp_millis() % i64::from(i32::MAX)) as i32),
-                ColumnType::Bigint => json!(now.timestamp_micros()),
-                ColumnType::Float => json!(1.5),
-                ColumnType::Bool => json!(true),
-                ColumnType::Numeric => json!("1.5"),
-                ColumnType::Date => json!(now.date_naive().to_string()),
-                ColumnType::Timestamptz => json!(now.to_rfc3339()),
-                ColumnType::Uuid => json!(id.to_string()),
-                ColumnType::Jsonb => json!({"smoke": true}),
-            };
-            (c.name.clone(), value)
-        })
-        .collect()
-}
-
-/// The record as a batch body in the dataset's format.
-fn batch(dataset: &Dataset, record: &serde_json::Map<String, Value>) -> String {
-    match dataset.format {
-        Format::Ndjson => format!("{}\n", Value::Object(record.clone())),
-        Format::Csv => {
-            let header: Vec<&str> = dataset.columns.iter().map(|c| c.name.as_str()).collect();
-            let values: Vec<String> = dataset
-                .columns
-                .iter()
-                .map(|c| match &record[&c.name] {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string().replace('"', "\"\""),
-                })
-                .map(|v| {
-                    if v.contains([',', '"', '\n']) {
-                        format!("\"{v}\"")
-                    } else {
-                        v
-                    }
-                })
-                .collect();
-            format!("{}\n{}\n", header.join(","), values.join(","))
-        }
-    }
 }
 
 pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
@@ -132,120 +32,5 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             "{} failed its smoke checks",
             smoke.url
         )))
-    }
-}
-
-/// Runs the checks against an API.
-pub async fn check(
-    api: &Api,
-    datasets: &std::collections::BTreeMap<String, Dataset>,
-    timeout: u64,
-) -> Smoke {
-    let mut checks = Vec::new();
-    let timed = |check: &'static str, started: Instant, result: Result<String, String>| Check {
-        check,
-        result: if result.is_ok() { "ok" } else { "failed" },
-        detail: result.unwrap_or_else(|e| e),
-        millis: started.elapsed().as_millis(),
-    };
-
-    let started = Instant::now();
-    let health = async {
-        let (status, body) = api
-            .send(api.request(reqwest::Method::GET, "/v1/health"))
-            .await
-            .map_err(|e| e.to_string())?;
-        match (status, body["status"].as_str()) {
-            (200, Some("ok")) => Ok("GET /v1/health answered 200".to_string()),
-            _ => Err(format!("GET /v1/health answered {status}: {body}")),
-        }
-    };
-    checks.push(timed("health", started, health.await));
-
-    let read_from = datasets
-        .keys()
-        .find(|k| *k == SMOKE_DATASET)
-        .or_else(|| datasets.keys().next());
-    if let Some(name) = read_from {
-        let started = Instant::now();
-        let path = format!("/v1/datasets/{name}/records");
-        let read = async {
-            let (status, body) = api
-                .send(
-                    api.request(reqwest::Method::GET, &path)
-                        .query(&[("limit", "1")]),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            if status == 200 && body["records"].is_array() {
-                Ok(format!("GET {path}?limit=1 answered 200"))
-            } else {
-                Err(format!("GET {path}?limit=1 answered {status}: {body}"))
-            }
-        };
-        checks.push(timed("read", started, read.await));
-    }
-
-    let started = Instant::now();
-    match datasets.get(SMOKE_DATASET) {
-        None => checks.push(Check {
-            check: "write",
-            result: "skipped",
-            detail: format!(
-                "there is no dataset `{SMOKE_DATASET}`: writes are checked only there, so that real data stays clean"
-            ),
-            millis: 0,
-        }),
-        Some(dataset) => {
-            let write = write(api, dataset, Duration::from_secs(timeout));
-            checks.push(timed("write", started, write.await));
-        }
-    }
-    Smoke {
-        url: api.base.clone(),
-        passed: checks.iter().all(|c| c.result != "failed"),
-        checks,
-    }
-}
-
-/// Sends one record to the smoke dataset and waits until it is loaded.
-async fn write(api: &Api, dataset: &Dataset, timeout: Duration) -> Result<String, String> {
-    let body = batch(dataset, &record(dataset));
-    let path = format!("/v1/datasets/{SMOKE_DATASET}/batches");
-    let request = api
-        .request(reqwest::Method::POST, &path)
-        .header("content-type", dataset.format.media_type())
-        .body(body);
-    let (status, answer) = api.send(request).await.map_err(|e| e.to_string())?;
-    if status != 202 {
-        return Err(format!("POST {path} answered {status}: {answer}"));
-    }
-    let id = answer["batch_id"].as_str().unwrap_or_default().to_string();
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, batch) = api
-            .send(api.request(reqwest::Method::GET, &format!("/v1/batches/{id}")))
-            .await
-            .map_err(|e| e.to_string())?;
-        let state = serde_json::from_value::<BatchStatus>(batch["status"].clone()).ok();
-        match (status, state) {
-            (200, Some(BatchStatus::Loaded)) => {
-                return Ok(format!("batch {id} loaded into `{SMOKE_DATASET}`"));
-            }
-            (200, Some(BatchStatus::Failed)) => {
-                return Err(format!("batch {id} failed: {}", batch["error"]));
-            }
-            (200, _) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            (200, s) => {
-                return Err(format!(
-                    "batch {id} is still {} after {} s",
-                    s.map_or("of no known status", BatchStatus::as_str),
-                    timeout.as_secs()
-                ));
-            }
-            _ => return Err(format!("GET /v1/batches/{id} answered {status}: {batch}")),
-        }
     }
 }

@@ -7,6 +7,7 @@ pub mod assets;
 pub mod cfn;
 pub mod concurrency;
 pub mod engine;
+pub mod environment;
 pub mod images;
 pub mod lock;
 pub mod progress;
