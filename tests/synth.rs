@@ -425,7 +425,9 @@ fn a_first_create_can_roll_back_and_a_deployed_database_stays_protected() {
 fn rollout_gates_watch_the_new_version_and_new_dead_letters_minute_by_minute() {
     use serde_json::json;
     assert_eq!(
-        pipeline_cli::synth::context::gate_version_parameter("ingest"),
+        pipeline_cli::synth::context::gate_version_parameter(
+            pipeline_cli::spec::model::FunctionId::Ingest,
+        ),
         "IngestGateVersion"
     );
     let synthesis = synth("prod");

@@ -261,7 +261,7 @@ async fn unprotect(session: &Session, name: &str, reporter: &CliReporter) -> Res
         .manifest
         .stacks
         .iter()
-        .find(|m| m.name == name)
+        .find(|m| m.name == name && m.stateful)
     else {
         return Ok(());
     };

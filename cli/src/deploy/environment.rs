@@ -217,7 +217,7 @@ pub async fn deploy(
 /// Whether the deploy creates the stateful stack now: it does not exist,
 /// or a failed first create left it to be deleted and created again.
 fn first_create(m: &ManifestStack, current: Option<&Stack>) -> bool {
-    m.id == StackKind::Data.id()
+    m.stateful
         && current.is_none_or(|s| {
             matches!(
                 s.status.as_str(),

@@ -149,16 +149,12 @@ fn workspace() -> Result<PathBuf, Error> {
 }
 
 /// The name the templates give a function's output or parameter:
-/// `function_key("ingest", "FunctionName")` is `IngestFunctionName`.
-pub fn function_key(function: impl std::fmt::Display, suffix: &str) -> String {
-    let function = function.to_string();
-    let mut chars = function.chars();
-    let first = chars.next().map(|c| c.to_ascii_uppercase());
-    first
-        .into_iter()
-        .chain(chars)
-        .chain(suffix.chars())
-        .collect()
+/// `function_key(FunctionId::Ingest, "FunctionName")` is `IngestFunctionName`.
+pub fn function_key(function: crate::spec::model::FunctionId, suffix: &str) -> String {
+    format!(
+        "{}{suffix}",
+        crate::synth::context::pascal(function.as_str())
+    )
 }
 
 /// One environment, rendered, with its AWS clients.
@@ -424,13 +420,15 @@ impl Session {
     pub fn unprotected(&self, stack: &ManifestStack) -> Result<Option<Synthesis>, Error> {
         let options = crate::synth::Options { first_create: true };
         let unprotected = crate::synth::synthesize_with(&self.env, options)?;
-        let template = |s: &Synthesis| {
+        fn template<'a>(s: &'a Synthesis, file: &str) -> Option<&'a str> {
             s.files
                 .iter()
-                .find(|(name, _)| *name == stack.template)
-                .map(|(_, text)| text.clone())
-        };
-        Ok((template(&unprotected) != template(&self.synthesis)).then_some(unprotected))
+                .find(|(name, _)| name == file)
+                .map(|(_, text)| text.as_str())
+        }
+        let differs =
+            template(&unprotected, &stack.template) != template(&self.synthesis, &stack.template);
+        Ok(differs.then_some(unprotected))
     }
 
     /// The current outputs of the environment's stacks, by stack id.

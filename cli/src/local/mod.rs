@@ -18,7 +18,10 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use pipeline_shared::api::Context;
 use pipeline_shared::chunks::{ChunkBody, ChunkMessage, ChunkQueue};
-use pipeline_shared::store::{LocalStore, Notify, Signer, Store, UploadTarget, hex};
+use pipeline_shared::runtime::DEFAULT_CHUNK_BYTES;
+use pipeline_shared::store::{
+    DEFAULT_UPLOAD_PART_BYTES, LocalStore, Notify, Signer, Store, UploadTarget, hex,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -47,24 +50,37 @@ const PAUSE_AFTER_CHUNKS: &str = "PIPELINE_LOCAL_TEST_PAUSE_AFTER_CHUNKS";
 /// Chunk messages handed to the loader by this process (for the test hook).
 static CHUNKS_HANDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// How `pipeline local` runs an environment.
-#[derive(Debug, Clone)]
+/// How `pipeline local` runs an environment (its command-line options).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Where objects and the API key are kept [default: .pipeline/<env>].
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Postgres to use; the database `pipeline_<env>` is created in it if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub database_url: String,
     /// Loader workers running at once.
+    #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// Seconds before a failed or abandoned message is delivered again
-    /// (default: the queue's visibility timeout, at most 30).
+    /// [default: the queue's visibility timeout, at most 30].
+    #[arg(long, value_name = "SECONDS")]
     pub retry_after: Option<u64>,
-    /// NDJSON objects larger than this load in parallel chunks of about
-    /// this size (0: never).
+    /// NDJSON objects larger than this many bytes load in parallel chunks of
+    /// about this size (0: never).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_BYTES)]
     pub chunk_size: u64,
-    /// Uploads larger than this are multipart uploads, in parts of this size.
+    /// Uploads larger than this many bytes are multipart uploads, in parts of
+    /// this size.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_UPLOAD_PART_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_part_size: u64,
 }
 

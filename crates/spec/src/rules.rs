@@ -292,7 +292,7 @@ fn is_origin(origin: &str) -> bool {
 }
 
 fn functions(r: &mut Rules, spec: &Spec) {
-    for name in [FunctionId::Ingest, FunctionId::Query] {
+    for name in FunctionId::ALL.into_iter().filter(|f| f.serves_api()) {
         let f = spec.functions.get(name);
         if f.timeout_seconds > API_GATEWAY_TIMEOUT_SECONDS {
             r.at(

@@ -12,7 +12,7 @@ pub mod moto;
 pub mod registry;
 mod service;
 
-pub use service::{Service, cargo_lambda_dir, missing, skip, strict, tool};
+pub use service::{Service, cargo_lambda_dir, missing, skip};
 
 /// The repository's root.
 pub fn repo() -> std::path::PathBuf {

@@ -225,7 +225,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
             FunctionContext {
                 name: name.as_str(),
                 id: pascal(name.as_str()),
-                function_name: function_name(&prefix, name),
+                function_name: function_name(&prefix, *name),
                 memory_mb: f.memory_mb,
                 timeout_seconds: f.timeout_seconds,
                 reserved_concurrency: f.reserved_concurrency,

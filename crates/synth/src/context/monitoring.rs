@@ -80,7 +80,7 @@ fn dimensions_cfn(dimensions: &[Dimension]) -> serde_json::Value {
 }
 
 /// The condition that a function's gate version parameter names a version.
-pub fn gate_version_condition(function: impl std::fmt::Display) -> String {
+pub fn gate_version_condition(function: FunctionId) -> String {
     format!("{}Set", gate_version_parameter(function))
 }
 
@@ -108,7 +108,7 @@ fn reference(name: &'static str, param: &str) -> Dimension {
     }
 }
 
-pub fn function_name(prefix: &str, function: impl std::fmt::Display) -> String {
+pub fn function_name(prefix: &str, function: FunctionId) -> String {
     format!("{prefix}-{function}")
 }
 
@@ -116,8 +116,8 @@ pub fn function_name(prefix: &str, function: impl std::fmt::Display) -> String {
 /// one version (`IngestGateVersion`): the deploy engine sets it to the
 /// version a rollout moves to before the first shift of traffic, and back to
 /// [`ALL_VERSIONS`] when the rollout ends (promoted, rolled back or aborted).
-pub fn gate_version_parameter(function: impl std::fmt::Display) -> String {
-    format!("{}GateVersion", pascal(&function.to_string()))
+pub fn gate_version_parameter(function: FunctionId) -> String {
+    format!("{}GateVersion", pascal(function.as_str()))
 }
 
 /// The gate version parameter's value when no rollout is under way: the
@@ -474,7 +474,7 @@ pub fn monitoring(env: &str, spec: &Spec) -> MonitoringContext {
         .iter()
         .map(|(name, _)| LogGroup {
             logical_id: format!("{}LogGroup", pascal(name.as_str())),
-            name: format!("/aws/lambda/{}", function_name(&prefix, name)),
+            name: format!("/aws/lambda/{}", function_name(&prefix, *name)),
         })
         .collect();
     log_groups.push(LogGroup {
