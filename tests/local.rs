@@ -574,6 +574,30 @@ async fn serves_its_openapi_document_and_requires_the_api_key() {
         (status, health),
         (200, json!({"status": "ok", "environment": local.env}))
     );
+    // Every operation of the document reaches a handler: none is answered
+    // by the router's 405 or its 404 for a path no function serves.
+    let batch = uuid::Uuid::now_v7().to_string();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            let path = path.replace("{batch_id}", &batch);
+            let (status, answer) = match method.as_str() {
+                "get" => local.get(&path).await,
+                "post" => local.post(&path, "application/json", "{}").await,
+                other => panic!("{other} {path}: an operation the router does not take"),
+            };
+            let message = answer["message"].as_str().unwrap_or_default();
+            assert!(
+                status != 405 && !message.starts_with("no route"),
+                "{method} {path} answered {status}: {answer}"
+            );
+            operations += 1;
+        }
+    }
+    assert!(
+        operations >= pipeline_contract::ROUTES.len(),
+        "{operations} operations"
+    );
 }
 
 /// schemathesis, every check, against `pipeline local` for two minutes,

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use pipeline_contract::ErrorBody;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::Error;
@@ -72,25 +74,100 @@ impl Api {
         request
     }
 
-    /// Sends a request and reads the JSON answer, with its status.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value), Error> {
+    /// Sends a request: the answer, whatever its status.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, Error> {
         let response = request
             .send()
             .await
             .map_err(|e| client_error(format!("cannot reach the API at {}: {e}", self.base)))?;
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Ok((status, body))
+        Answer::of(response).await
+    }
+
+    /// Sends a request and reads the answer's body as `T` when its status
+    /// is `expected`; any other answer is the error it carries.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        expected: u16,
+    ) -> Result<T, Error> {
+        let answer = self.send(request).await?;
+        if answer.status != expected {
+            return Err(answer.error());
+        }
+        answer.read()
     }
 }
 
-/// The error an API answer carries.
-pub fn api_error(status: u16, body: &Value) -> Error {
-    let message = body["message"].as_str().unwrap_or("no details");
-    let message = format!("the API answered {status}: {message}");
-    if (400..500).contains(&status) {
-        Error::Rejected { message }
-    } else {
-        client_error(message)
+/// An answer of the API, or of storage for an upload.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    pub async fn of(response: reqwest::Response) -> Result<Answer, Error> {
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| client_error(format!("the answer ({status}) was cut short: {e}")))?;
+        Ok(Answer { status, body })
+    }
+
+    /// The body as the contract's `T`.
+    pub fn read<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            client_error(format!(
+                "the API answered {} with a body this client cannot read ({e}): {}",
+                self.status,
+                self.text()
+            ))
+        })
+    }
+
+    /// The body as text, cut to a line's length.
+    pub fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let text = text.trim();
+        match text.char_indices().nth(200) {
+            Some((end, _)) => format!("{}…", &text[..end]),
+            None => text.to_string(),
+        }
+    }
+
+    /// What the answer says went wrong: the API's `message`, S3's XML
+    /// `Message`, or the text.
+    pub fn message(&self) -> String {
+        if let Ok(body) = serde_json::from_slice::<ErrorBody>(&self.body) {
+            return body.message;
+        }
+        if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&self.body)
+            && let Some(Value::String(message)) = body.get("message")
+        {
+            // API Gateway's own answers, such as `{"message": "Forbidden"}`.
+            return message.clone();
+        }
+        let text = String::from_utf8_lossy(&self.body);
+        if let Some((_, rest)) = text.split_once("<Message>")
+            && let Some((message, _)) = rest.split_once("</Message>")
+        {
+            return message.to_string();
+        }
+        match self.text() {
+            t if t.is_empty() => "no details".to_string(),
+            t => t,
+        }
+    }
+
+    /// The error the answer carries: refused input for a 4xx, a client
+    /// error otherwise.
+    pub fn error(&self) -> Error {
+        let message = format!("the API answered {}: {}", self.status, self.message());
+        if (400..500).contains(&self.status) {
+            Error::Rejected { message }
+        } else {
+            client_error(message)
+        }
     }
 }

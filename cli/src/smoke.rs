@@ -1,7 +1,7 @@
 //! The smoke checks of an API, end to end — health, a read, and a write
 //! to the dedicated smoke dataset only, so that real data stays clean.
 
-use pipeline_contract::BatchStatus;
+use pipeline_contract::{Batch, BatchAccepted, BatchStatus, Health, RecordsPage};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -120,13 +120,16 @@ pub async fn check(
 
     let started = Instant::now();
     let health = async {
-        let (status, body) = api
+        let answer = api
             .send(api.request(reqwest::Method::GET, "/v1/health"))
             .await
             .map_err(|e| e.to_string())?;
-        match (status, body["status"].as_str()) {
-            (200, Some("ok")) => Ok("GET /v1/health answered 200".to_string()),
-            _ => Err(format!("GET /v1/health answered {status}: {body}")),
+        match (answer.status, answer.read::<Health>()) {
+            (200, Ok(_)) => Ok("GET /v1/health answered 200".to_string()),
+            (status, _) => Err(format!(
+                "GET /v1/health answered {status}: {}",
+                answer.text()
+            )),
         }
     };
     checks.push(timed("health", started, health.await));
@@ -139,17 +142,19 @@ pub async fn check(
         let started = Instant::now();
         let path = format!("/v1/datasets/{name}/records");
         let read = async {
-            let (status, body) = api
+            let answer = api
                 .send(
                     api.request(reqwest::Method::GET, &path)
                         .query(&[("limit", "1")]),
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            if status == 200 && body["records"].is_array() {
-                Ok(format!("GET {path}?limit=1 answered 200"))
-            } else {
-                Err(format!("GET {path}?limit=1 answered {status}: {body}"))
+            match (answer.status, answer.read::<RecordsPage<Value>>()) {
+                (200, Ok(_)) => Ok(format!("GET {path}?limit=1 answered 200")),
+                (status, _) => Err(format!(
+                    "GET {path}?limit=1 answered {status}: {}",
+                    answer.text()
+                )),
             }
         };
         checks.push(timed("read", started, read.await));
@@ -185,36 +190,44 @@ async fn write(api: &Api, dataset: &Dataset, timeout: Duration) -> Result<String
         .request(reqwest::Method::POST, &path)
         .header("content-type", dataset.format.media_type())
         .body(body);
-    let (status, answer) = api.send(request).await.map_err(|e| e.to_string())?;
-    if status != 202 {
-        return Err(format!("POST {path} answered {status}: {answer}"));
-    }
-    let id = answer["batch_id"].as_str().unwrap_or_default().to_string();
+    let answer = api.send(request).await.map_err(|e| e.to_string())?;
+    let accepted = match (answer.status, answer.read::<BatchAccepted>()) {
+        (202, Ok(accepted)) => accepted,
+        (status, _) => return Err(format!("POST {path} answered {status}: {}", answer.text())),
+    };
+    let id = accepted.batch_id;
     let deadline = Instant::now() + timeout;
     loop {
-        let (status, batch) = api
+        let answer = api
             .send(api.request(reqwest::Method::GET, &format!("/v1/batches/{id}")))
             .await
             .map_err(|e| e.to_string())?;
-        let state = serde_json::from_value::<BatchStatus>(batch["status"].clone()).ok();
-        match (status, state) {
-            (200, Some(BatchStatus::Loaded)) => {
+        let batch = match (answer.status, answer.read::<Batch>()) {
+            (200, Ok(batch)) => batch,
+            (status, _) => {
+                return Err(format!(
+                    "GET /v1/batches/{id} answered {status}: {}",
+                    answer.text()
+                ));
+            }
+        };
+        match batch.status {
+            BatchStatus::Loaded => {
                 return Ok(format!("batch {id} loaded into `{SMOKE_DATASET}`"));
             }
-            (200, Some(BatchStatus::Failed)) => {
-                return Err(format!("batch {id} failed: {}", batch["error"]));
+            BatchStatus::Failed => {
+                let why = batch.error.map_or_else(String::new, |e| e.to_string());
+                return Err(format!("batch {id} failed: {why}"));
             }
-            (200, _) if Instant::now() < deadline => {
+            _ if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            (200, s) => {
+            status => {
                 return Err(format!(
-                    "batch {id} is still {} after {} s",
-                    s.map_or("of no known status", BatchStatus::as_str),
+                    "batch {id} is still {status} after {} s",
                     timeout.as_secs()
                 ));
             }
-            _ => return Err(format!("GET /v1/batches/{id} answered {status}: {batch}")),
         }
     }
 }

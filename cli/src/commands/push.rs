@@ -1,16 +1,18 @@
 //! `pipeline push`: send a batch file, inline or through an upload by size.
 
-use pipeline_contract::BatchStatus;
+use pipeline_contract::{
+    Batch, BatchAccepted, BatchRejected, BatchStatus, CompleteRequest, Completed, CompletedPart,
+    PART_URLS_PER_ANSWER, PartUrls, PartsRequest, RejectionCode, Upload, UploadPart, UploadRequest,
+};
 use std::fmt;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::Cli;
-use crate::client::{Api, Target, api_error, client_error};
+use crate::client::{Answer, Api, Target, client_error};
 use crate::spec::load::Loader;
 use crate::{Error, output::Ui};
 
@@ -44,28 +46,30 @@ pub struct Pushed {
     pub bytes: u64,
     pub status: BatchStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch: Option<Value>,
+    pub batch: Option<Batch>,
 }
 
 impl fmt::Display for Pushed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.batch.as_ref() {
-            Some(b) if self.status == BatchStatus::Loaded => writeln!(
-                f,
-                "loaded batch {} into {}: {} records, {} inserted, {} duplicates",
-                self.batch_id, self.dataset, b["records"], b["inserted"], b["duplicates"]
-            ),
-            Some(b) if self.status == BatchStatus::Failed => writeln!(
-                f,
-                "batch {} failed: line {}{}: {}",
-                self.batch_id,
-                b["error"]["line"],
-                b["error"]["column"]
-                    .as_str()
-                    .map(|c| format!(", column `{c}`"))
-                    .unwrap_or_default(),
-                b["error"]["reason"].as_str().unwrap_or("")
-            ),
+            Some(b) if self.status == BatchStatus::Loaded => {
+                let count =
+                    |n: Option<i64>| n.map_or_else(|| "null".to_string(), |n| n.to_string());
+                writeln!(
+                    f,
+                    "loaded batch {} into {}: {} records, {} inserted, {} duplicates",
+                    self.batch_id,
+                    self.dataset,
+                    count(b.records),
+                    count(b.inserted),
+                    count(b.duplicates)
+                )
+            }
+            Some(Batch {
+                error: Some(error), ..
+            }) if self.status == BatchStatus::Failed => {
+                writeln!(f, "batch {} failed: {error}", self.batch_id)
+            }
             _ => writeln!(
                 f,
                 "sent batch {} to {} ({} bytes, {}); status: {}",
@@ -170,26 +174,24 @@ async fn inline(
     if let Some(key) = &args.idempotency_key {
         request = request.header("idempotency-key", key);
     }
-    let (status, body) = api.send(request).await?;
-    if status == 400 && body["error"] == "invalid_batch" {
-        let mut lines: Vec<String> = body["errors"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    let answer = api.send(request).await?;
+    if answer.status == 400
+        && let Ok(rejected) = answer.read::<BatchRejected>()
+        && rejected.error == RejectionCode::InvalidBatch
+    {
+        let mut lines: Vec<String> = rejected
+            .errors
+            .iter()
             .map(|e| {
-                let column = e["column"]
-                    .as_str()
+                let column = e
+                    .column
+                    .as_deref()
                     .map(|c| format!(": column `{c}`"))
                     .unwrap_or_default();
-                format!(
-                    "  {}:{}{column}: {}",
-                    args.file.display(),
-                    e["line"],
-                    e["reason"].as_str().unwrap_or("")
-                )
+                format!("  {}:{}{column}: {}", args.file.display(), e.line, e.reason)
             })
             .collect();
-        if body["truncated"] == true {
+        if rejected.truncated {
             lines.push("  (more errors not shown)".into());
         }
         return Err(Error::Rejected {
@@ -199,10 +201,10 @@ async fn inline(
             ),
         });
     }
-    if status != 202 {
-        return Err(api_error(status, &body));
+    if answer.status != 202 {
+        return Err(answer.error());
     }
-    Ok(body["batch_id"].as_str().unwrap_or("").to_string())
+    Ok(answer.read::<BatchAccepted>()?.batch_id.to_string())
 }
 
 async fn upload(
@@ -212,42 +214,39 @@ async fn upload(
     bytes: u64,
     ui: &Ui,
 ) -> Result<String, Error> {
-    let mut request_body = serde_json::json!({"size_bytes": bytes, "content_type": content_type});
-    if let Some(key) = &args.idempotency_key {
-        request_body["idempotency_key"] = Value::String(key.clone());
-    }
     let request = api
         .request(
             reqwest::Method::POST,
             &format!("/v1/datasets/{}/uploads", args.dataset),
         )
-        .json(&request_body);
-    let (status, body) = api.send(request).await?;
-    if status != 201 {
-        return Err(api_error(status, &body));
-    }
-    let batch_id = body["batch_id"].as_str().unwrap_or("").to_string();
+        .json(&UploadRequest {
+            size_bytes: bytes,
+            content_type: content_type.to_string(),
+            idempotency_key: args.idempotency_key.clone(),
+        });
+    let answer: Upload = api.call(request, 201).await?;
+    let batch_id = answer.batch_id.to_string();
     let progress = progress_bar(bytes, ui);
-    match (body["url"].as_str(), body["parts"].as_array()) {
-        (Some(url), _) => {
-            let part = Part {
+    match (&answer.url, &answer.parts, &answer.upload_id) {
+        (Some(url), _, _) => {
+            let part = UploadPart {
                 part_number: 0,
                 offset: 0,
                 size: bytes,
-                url: Some(url.to_string()),
+                url: Some(url.clone()),
             };
             put_part(api, &args.file, &part, progress.as_ref()).await?;
         }
-        (None, Some(parts)) => {
-            let mut parts: Vec<Part> = serde_json::from_value(Value::Array(parts.clone()))
-                .map_err(|e| {
-                    client_error(format!("the upload answer's parts are not valid: {e}"))
-                })?;
-            let upload_id = body["upload_id"].as_str().unwrap_or("");
-            fill_part_urls(api, &body, upload_id, &mut parts).await?;
+        (None, Some(parts), Some(upload_id)) => {
+            let mut parts = parts.clone();
+            fill_part_urls(api, &answer, upload_id, &mut parts).await?;
             multipart(api, args, &batch_id, upload_id, &parts, progress.as_ref()).await?;
         }
-        (None, None) => return Err(client_error("the upload answer has no URL and no parts")),
+        _ => {
+            return Err(client_error(
+                "the upload answer has no URL and no parts with an upload id",
+            ));
+        }
     }
     if let Some(bar) = progress {
         bar.finish_and_clear();
@@ -256,24 +255,13 @@ async fn upload(
     Ok(batch_id)
 }
 
-/// One PUT of an upload: the whole batch, or one part of it.
-#[derive(Debug, serde::Deserialize)]
-struct Part {
-    part_number: u32,
-    offset: u64,
-    size: u64,
-    /// Missing for parts beyond the first page: see [`fill_part_urls`].
-    #[serde(default)]
-    url: Option<String>,
-}
-
 /// Gets the URLs of the parts the upload's answer listed without one, from
 /// its `parts_url`, a page at a time.
 async fn fill_part_urls(
     api: &Api,
-    answer: &Value,
+    answer: &Upload,
     upload_id: &str,
-    parts: &mut [Part],
+    parts: &mut [UploadPart],
 ) -> Result<(), Error> {
     let missing: Vec<u32> = parts
         .iter()
@@ -283,29 +271,30 @@ async fn fill_part_urls(
     if missing.is_empty() {
         return Ok(());
     }
-    if answer["parts_url"].as_str().is_none() {
+    if answer.parts_url.is_none() {
         return Err(client_error(
             "the upload answer has parts without a URL and no `parts_url`",
         ));
     }
-    let batch_id = answer["batch_id"].as_str().unwrap_or("");
-    let parts_url = format!("/v1/batches/{batch_id}/parts");
+    let parts_url = format!("/v1/batches/{}/parts", answer.batch_id);
     let mut urls = std::collections::HashMap::new();
-    for page in missing.chunks(pipeline_shared::store::PART_URLS_PER_ANSWER) {
+    for page in missing.chunks(PART_URLS_PER_ANSWER) {
         let request = api
             .request(reqwest::Method::POST, &parts_url)
-            .json(&serde_json::json!({"upload_id": upload_id, "part_numbers": page}));
-        let (status, body) = api.send(request).await?;
-        if status != 200 {
+            .json(&PartsRequest {
+                upload_id: upload_id.to_string(),
+                part_numbers: page.to_vec(),
+            });
+        let answer = api.send(request).await?;
+        if answer.status != 200 {
             return Err(client_error(format!(
-                "the API refused the part URLs ({status}): {}",
-                body["message"].as_str().unwrap_or("")
+                "the API refused the part URLs ({}): {}",
+                answer.status,
+                answer.message()
             )));
         }
-        for part in body["parts"].as_array().into_iter().flatten() {
-            if let (Some(n), Some(url)) = (part["part_number"].as_u64(), part["url"].as_str()) {
-                urls.insert(n as u32, url.to_string());
-            }
+        for part in answer.read::<PartUrls>()?.parts {
+            urls.insert(part.part_number, part.url);
         }
     }
     for part in parts.iter_mut().filter(|p| p.url.is_none()) {
@@ -328,7 +317,7 @@ async fn multipart(
     args: &Args,
     batch_id: &str,
     upload_id: &str,
-    parts: &[Part],
+    parts: &[UploadPart],
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<(), Error> {
     use futures_util::{StreamExt, TryStreamExt};
@@ -352,20 +341,19 @@ async fn multipart(
         .try_collect()
         .await?;
     etags.sort();
-    let completed: Vec<Value> = etags
-        .into_iter()
-        .map(|(part_number, etag)| serde_json::json!({"part_number": part_number, "etag": etag}))
-        .collect();
     let request = api
         .request(
             reqwest::Method::POST,
             &format!("/v1/batches/{batch_id}/complete"),
         )
-        .json(&serde_json::json!({"upload_id": upload_id, "parts": completed}));
-    let (status, body) = api.send(request).await?;
-    if status != 202 {
-        return Err(api_error(status, &body));
-    }
+        .json(&CompleteRequest {
+            upload_id: upload_id.to_string(),
+            parts: etags
+                .into_iter()
+                .map(|(part_number, etag)| CompletedPart { part_number, etag })
+                .collect(),
+        });
+    let _: Completed = api.call(request, 202).await?;
     Ok(())
 }
 
@@ -374,7 +362,7 @@ async fn multipart(
 async fn put_part(
     api: &Api,
     path: &std::path::Path,
-    part: &Part,
+    part: &UploadPart,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<String, Error> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -409,9 +397,7 @@ async fn put_part(
         .await
         .map_err(|e| client_error(format!("{what} failed: {e}")))?;
     if !response.status().is_success() {
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        return Err(api_error(status, &body));
+        return Err(Answer::of(response).await?.error());
     }
     Ok(response
         .headers()
@@ -436,23 +422,18 @@ fn progress_bar(bytes: u64, ui: &Ui) -> Option<indicatif::ProgressBar> {
 }
 
 /// Polls the batch until it is loaded or failed: that status, and the batch.
-async fn wait(api: &Api, batch_id: &str, timeout: Duration) -> Result<(BatchStatus, Value), Error> {
+async fn wait(api: &Api, batch_id: &str, timeout: Duration) -> Result<(BatchStatus, Batch), Error> {
     let deadline = Instant::now() + timeout;
     loop {
-        let (status, body) = api
-            .send(api.request(reqwest::Method::GET, &format!("/v1/batches/{batch_id}")))
+        let batch: Batch = api
+            .call(
+                api.request(reqwest::Method::GET, &format!("/v1/batches/{batch_id}")),
+                200,
+            )
             .await?;
-        if status != 200 {
-            return Err(api_error(status, &body));
-        }
-        let status =
-            serde_json::from_value::<BatchStatus>(body["status"].clone()).map_err(|_| {
-                client_error(format!(
-                    "the API answered batch {batch_id} with no status: {body}"
-                ))
-            })?;
+        let status = batch.status;
         if status.is_final() {
-            return Ok((status, body));
+            return Ok((status, batch));
         }
         if Instant::now() >= deadline {
             return Err(client_error(format!(

@@ -2,11 +2,12 @@
 
 use std::fmt;
 
+use pipeline_contract::RecordsPage;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::Cli;
-use crate::client::{Api, Target, api_error, client_error};
+use crate::client::{Api, Target, client_error};
 use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
@@ -27,15 +28,14 @@ pub struct Args {
     pub cursor: Option<String>,
 }
 
+/// A page of records: one JSON object a line, or the API's answer as is.
 #[derive(Debug, Serialize)]
-pub struct Page {
-    pub records: Vec<Value>,
-    pub next_cursor: Option<String>,
-}
+#[serde(transparent)]
+pub struct Page(pub RecordsPage<Value>);
 
 impl fmt::Display for Page {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for record in &self.records {
+        for record in &self.0.records {
             writeln!(f, "{record}")?;
         }
         Ok(())
@@ -73,24 +73,18 @@ pub fn run(_cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
         .enable_all()
         .build()
         .map_err(|e| client_error(format!("cannot start the async runtime: {e}")))?;
-    let (status, body) = runtime.block_on(async {
+    let page: RecordsPage<Value> = runtime.block_on(async {
         let request = api
             .request(
                 reqwest::Method::GET,
                 &format!("/v1/datasets/{}/records", args.dataset),
             )
             .query(&query);
-        api.send(request).await
+        api.call(request, 200).await
     })?;
-    if status != 200 {
-        return Err(api_error(status, &body));
-    }
-    let page = Page {
-        records: body["records"].as_array().cloned().unwrap_or_default(),
-        next_cursor: body["next_cursor"].as_str().map(str::to_string),
-    };
+    let page = Page(page);
     ui.result(&page);
-    if let (Some(cursor), false) = (&page.next_cursor, ui.json()) {
+    if let (Some(cursor), false) = (&page.0.next_cursor, ui.json()) {
         eprintln!("more records follow: --cursor {cursor}");
     }
     Ok(())

@@ -27,6 +27,7 @@ use crate::synth::{ManifestStack, Synthesis};
 use assets::Package;
 use cfn::{AwsCloudFormation, CloudFormation, Stack, TemplateSource};
 use engine::{Options, StackPlan};
+use pipeline_contract::FunctionId;
 
 /// CloudFormation takes template bodies up to this size; larger templates
 /// are uploaded to the assets bucket and passed by URL.
@@ -115,7 +116,12 @@ pub fn packages(
             .map(|(n, _)| *n)
             .collect();
         ui.info(format_args!("building {} for {arch}", names.join(", ")));
-        let built = assets::cargo_lambda(&workspace, arch, &names, ui.verbose == 0)?;
+        // Every function is built, whichever are asked for: cargo unifies
+        // the features of the packages it builds together, so a function
+        // built alone would link other code than in a full build, and its
+        // package would change for nothing.
+        let every: Vec<&str> = FunctionId::ALL.iter().map(|f| f.as_str()).collect();
+        let built = assets::cargo_lambda(&workspace, arch, &every, ui.verbose == 0)?;
         for name in names {
             packages.push(assets::package(
                 name,

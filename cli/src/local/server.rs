@@ -41,7 +41,7 @@ pub(super) async fn dispatch(
             // API Gateway answers a missing or wrong key with 403.
             return respond(pipeline_shared::api::error(
                 http::StatusCode::FORBIDDEN,
-                "forbidden",
+                pipeline_shared::api::ErrorCode::Forbidden,
                 "a valid x-api-key header is required",
             ));
         }
@@ -51,7 +51,7 @@ pub(super) async fn dispatch(
         Err(_) => {
             return respond(pipeline_shared::api::error(
                 http::StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+                pipeline_shared::api::ErrorCode::TooLarge,
                 format!(
                     "requests are limited to {MAX_REQUEST_BYTES} bytes, as in API Gateway; use an upload"
                 ),
@@ -79,13 +79,12 @@ pub(super) async fn upload(
     body: axum::body::Body,
 ) -> http::Response<Bytes> {
     use futures_util::StreamExt;
-    use pipeline_shared::api::error;
     use sha2::Digest;
     use tokio::io::AsyncWriteExt;
     if method != http::Method::PUT {
-        return error(
+        return s3_error(
             http::StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            "MethodNotAllowed",
             "upload URLs take PUT",
         );
     }
@@ -116,16 +115,16 @@ pub(super) async fn upload(
         &signature,
         chrono::Utc::now().timestamp(),
     ) {
-        return error(
+        return s3_error(
             http::StatusCode::FORBIDDEN,
-            "forbidden",
+            "AccessDenied",
             "the upload URL is not valid or has expired",
         );
     }
     let Some((dataset, batch_id)) = pipeline_shared::api::parse_object_key(key) else {
-        return error(
+        return s3_error(
             http::StatusCode::FORBIDDEN,
-            "forbidden",
+            "AccessDenied",
             "not an upload key",
         );
     };
@@ -148,10 +147,10 @@ pub(super) async fn upload(
         };
         if let Err(e) = written {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return error(
+            return s3_error(
                 http::StatusCode::BAD_REQUEST,
-                "incomplete",
-                format!("the upload was cut short: {e}"),
+                "IncompleteBody",
+                &format!("the upload was cut short: {e}"),
             );
         }
     }
@@ -183,7 +182,7 @@ pub(super) async fn upload(
         Ok(()) => {}
         Err(pipeline_shared::store::StoreError::InvalidUpload(reason)) => {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return error(http::StatusCode::NOT_FOUND, "no_such_upload", reason);
+            return s3_error(http::StatusCode::NOT_FOUND, "NoSuchUpload", &reason);
         }
         Err(e) => {
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -193,5 +192,21 @@ pub(super) async fn upload(
     http::Response::builder()
         .header(http::header::ETAG, format!("\"{sha256}\""))
         .body(Bytes::new())
+        .unwrap_or_default()
+}
+
+/// An error answer as S3 writes it: XML with a `Code` and a `Message`
+/// ("Error responses", Amazon S3 API Reference).
+fn s3_error(status: http::StatusCode, code: &str, message: &str) -> http::Response<Bytes> {
+    let escaped = message
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/xml")
+        .body(Bytes::from(format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{escaped}</Message></Error>"
+        )))
         .unwrap_or_default()
 }

@@ -7,6 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod wire;
+pub use wire::*;
+
 /// The pipeline's functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +72,8 @@ impl std::error::Error for UnknownFunction {}
 /// `loading`, then `loaded` or `failed`. The database keeps the same words
 /// (a CHECK constraint), and the API answers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(inline))]
 #[serde(rename_all = "lowercase")]
 pub enum BatchStatus {
     Received,
@@ -163,6 +168,9 @@ pub const MAX_ERRORS: usize = 100;
 
 /// The largest object S3 stores, so the largest batch: 5 TiB.
 pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
+
+/// The most parts of a multipart upload (S3's limit).
+pub const MAX_PARTS: u64 = 10_000;
 
 /// Presigned part URLs in one answer. Each takes about 1.5 KB with a
 /// session token, and Lambda answers at most 6 MB ("Lambda quotas":

@@ -6,10 +6,7 @@
 
 use serde_json::{Map, Value, json};
 
-use pipeline_contract::{
-    DEFAULT_PAGE, IDEMPOTENCY_KEY_PATTERN, MAX_ERRORS, MAX_OBJECT_BYTES, MAX_PAGE,
-    PART_URLS_PER_ANSWER,
-};
+use pipeline_contract::{DEFAULT_PAGE, IDEMPOTENCY_KEY_PATTERN, MAX_PAGE, PART_URLS_PER_ANSWER};
 use pipeline_dataset::{ColumnType, Dataset};
 use pipeline_spec::Spec;
 use pipeline_spec::model::AuthMode;
@@ -330,180 +327,22 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         }
     }
 
-    let mut schemas = Map::new();
-    schemas.insert("Error".into(), json!({
-        "type": "object",
-        "properties": {"error": {"type": "string", "description": "A stable code, such as `not_found`, `bad_request`, `forbidden` or `throttled`."},
-                       "message": {"type": "string"}},
-        "required": ["error", "message"],
-    }));
-    schemas.insert("ValidationError".into(), json!({
-        "type": "object",
-        "properties": {
-            "line": {"type": "integer", "minimum": 1, "description": "Line of the batch, counting a CSV header as line 1."},
-            "column": {"type": "string", "description": "The column (field) at fault, if one is."},
-            "reason": {"type": "string"},
-        },
-        "required": ["line", "reason"],
-    }));
-    schemas.insert("BatchRejected".into(), json!({
-        "type": "object",
-        "properties": {
-            "error": {"type": "string", "enum": ["invalid_batch", "bad_request"]},
-            "message": {"type": "string"},
-            "errors": {"type": "array", "maxItems": MAX_ERRORS, "items": schema_ref("ValidationError"),
-                       "description": "With `invalid_batch`: the invalid records, in order."},
-            "truncated": {"type": "boolean", "description": format!("With `invalid_batch`: true when more than {MAX_ERRORS} records are invalid.")},
-        },
-        "required": ["error", "message"],
-    }));
-    schemas.insert(
-        "BatchAccepted".into(),
-        json!({
-            "type": "object",
-            "properties": {
-                "batch_id": {"type": "string", "format": "uuid"},
-                "dataset": {"type": "string"},
-                "records": {"type": "integer", "minimum": 0},
-                "sha256": {"type": "string", "description": "SHA-256 of the body as stored."},
-                "status_url": {"type": "string"},
-            },
-            "required": ["batch_id", "dataset", "records", "sha256", "status_url"],
-        }),
-    );
-    schemas.insert(
-        "BatchStatus".into(),
-        json!({
-            "type": "object",
-            "properties": {
-                "batch_id": {"type": "string", "format": "uuid"},
-                "dataset": {"type": "string"},
-                "status": {"type": "string", "enum": ["received", "loading", "loaded", "failed"]},
-                "records": {"type": "integer", "nullable": true},
-                "inserted": {"type": "integer", "nullable": true},
-                "duplicates": {"type": "integer", "nullable": true},
-                "received_at": {"type": "string", "format": "date-time"},
-                "loaded_at": {"type": "string", "format": "date-time", "nullable": true},
-                "error": {"allOf": [schema_ref("ValidationError")], "nullable": true,
-                          "description": "Why a failed batch failed."},
-            },
-            "required": ["batch_id", "dataset", "status", "received_at"],
-        }),
-    );
-    for (name, dataset) in &spec.datasets {
-        schemas.insert(format!("UploadRequest{}", model_name(name)), json!({
-            "type": "object",
-            "properties": {
-                "size_bytes": {"type": "integer", "minimum": 1, "maximum": MAX_OBJECT_BYTES, "description": "Size of the batch to upload."},
-                "content_type": {"type": "string", "enum": [dataset.format.media_type()]},
-                "idempotency_key": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
-            },
-            "required": ["size_bytes", "content_type"],
-            "additionalProperties": false,
-        }));
-    }
-    schemas.insert("Upload".into(), json!({
-        "type": "object",
-        "description": "Either `url`, for a batch that fits in one part, or `upload_id`, `parts` and `complete_url`: PUT each part's bytes to its URL (in any order, in parallel), keep the `ETag` header of each answer, then POST them to `complete_url`.",
-        "properties": {
-            "batch_id": {"type": "string", "format": "uuid"},
-            "expires_at": {"type": "string", "format": "date-time"},
-            "method": {"type": "string", "enum": ["PUT"]},
-            "url": {"type": "string", "description": "Presigned URL that takes one PUT of the whole batch, with no other credentials."},
-            "upload_id": {"type": "string"},
-            "parts": {"type": "array", "maxItems": 10000, "items": schema_ref("UploadPart")},
-            "complete_url": {"type": "string"},
-            "parts_url": {"type": "string", "description": "When some parts have no `url`: POST their numbers here to get their URLs."},
-            "status_url": {"type": "string"},
-        },
-        "required": ["batch_id", "expires_at", "method", "status_url"],
-    }));
-    schemas.insert("UploadPart".into(), json!({
-        "type": "object",
-        "properties": {
-            "part_number": {"type": "integer", "minimum": 1, "maximum": 10000},
-            "offset": {"type": "integer", "minimum": 0, "description": "First byte of the batch in this part."},
-            "size": {"type": "integer", "minimum": 1, "description": "Bytes in this part."},
-            "url": {"type": "string", "description": format!("Presigned URL that takes one PUT of the part; given for the first {PART_URLS_PER_ANSWER} parts, the others' come from `parts_url`.")},
-        },
-        "required": ["part_number", "offset", "size"],
-    }));
-    schemas.insert(
-        "PartsRequest".into(),
-        json!({
-            "type": "object",
-            "properties": {
-                "upload_id": {"type": "string", "minLength": 1},
-                "part_numbers": {"type": "array", "minItems": 1, "maxItems": PART_URLS_PER_ANSWER,
-                                 "items": {"type": "integer", "minimum": 1, "maximum": 10000}},
-            },
-            "required": ["upload_id", "part_numbers"],
-            "additionalProperties": false,
-        }),
-    );
-    schemas.insert(
-        "PartUrls".into(),
-        json!({
-            "type": "object",
-            "properties": {
-                "expires_at": {"type": "string", "format": "date-time"},
-                "parts": {"type": "array", "maxItems": PART_URLS_PER_ANSWER, "items": {
-                    "type": "object",
-                    "properties": {
-                        "part_number": {"type": "integer", "minimum": 1, "maximum": 10000},
-                        "url": {"type": "string"},
-                    },
-                    "required": ["part_number", "url"],
-                }},
-            },
-            "required": ["expires_at", "parts"],
-        }),
-    );
-    schemas.insert("UploadComplete".into(), json!({
-        "type": "object",
-        "properties": {
-            "upload_id": {"type": "string", "minLength": 1},
-            "parts": {"type": "array", "minItems": 1, "maxItems": 10000, "description": "Every part, in ascending order of part number.", "items": schema_ref("CompletedPart")},
-        },
-        "required": ["upload_id", "parts"],
-        "additionalProperties": false,
-    }));
-    schemas.insert("CompletedPart".into(), json!({
-        "type": "object",
-        "properties": {
-            "part_number": {"type": "integer", "minimum": 1, "maximum": 10000},
-            "etag": {"type": "string", "description": "The ETag header of the part's PUT answer."},
-        },
-        "required": ["part_number", "etag"],
-        "additionalProperties": false,
-    }));
-    schemas.insert(
-        "UploadCompleted".into(),
-        json!({
-            "type": "object",
-            "properties": {
-                "batch_id": {"type": "string", "format": "uuid"},
-                "status_url": {"type": "string"},
-            },
-            "required": ["batch_id", "status_url"],
-        }),
-    );
-    schemas.insert("Health".into(), json!({
-        "type": "object",
-        "properties": {"status": {"type": "string", "enum": ["ok"]}, "environment": {"type": "string"}},
-        "required": ["status"],
-    }));
+    let mut schemas = wire_schemas();
+    let upload_request = schemas.shift_remove("UploadRequest").unwrap_or_default();
+    let page = schemas.shift_remove("RecordsPage").unwrap_or_default();
     for (name, dataset) in &spec.datasets {
         let model = model_name(name);
+        let mut request = upload_request.clone();
+        if let Some(kind) = request.pointer_mut("/properties/content_type") {
+            kind["enum"] = json!([dataset.format.media_type()]);
+        }
+        schemas.insert(format!("UploadRequest{model}"), request);
         schemas.insert(format!("Record{model}"), record_schema(name, dataset));
-        schemas.insert(format!("RecordsPage{model}"), json!({
-            "type": "object",
-            "properties": {
-                "records": {"type": "array", "maxItems": MAX_PAGE, "items": schema_ref(&format!("Record{model}"))},
-                "next_cursor": {"type": "string", "nullable": true, "description": "Pass as `cursor` for the next page; null on the last page."},
-            },
-            "required": ["records", "next_cursor"],
-        }));
+        let mut records = page.clone();
+        if let Some(items) = records.pointer_mut("/properties/records/items") {
+            *items = schema_ref(&format!("Record{model}"));
+        }
+        schemas.insert(format!("RecordsPage{model}"), records);
     }
 
     let mut components = Map::new();
@@ -558,6 +397,58 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
     doc
 }
 
+/// The schemas of the API's bodies, from the contract's types, as OpenAPI
+/// 3.0 components. `UploadRequest` and `RecordsPage` are made per dataset
+/// from the ones here.
+fn wire_schemas() -> Map<String, Value> {
+    use pipeline_contract as wire;
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    generator.subschema_for::<wire::ErrorBody>();
+    generator.subschema_for::<wire::BatchRejected>();
+    generator.subschema_for::<wire::BatchAccepted>();
+    generator.subschema_for::<wire::Batch>();
+    generator.subschema_for::<wire::UploadRequest>();
+    generator.subschema_for::<wire::Upload>();
+    generator.subschema_for::<wire::PartsRequest>();
+    generator.subschema_for::<wire::PartUrls>();
+    generator.subschema_for::<wire::CompleteRequest>();
+    generator.subschema_for::<wire::Completed>();
+    generator.subschema_for::<wire::Health>();
+    generator.subschema_for::<wire::RecordsPage<Value>>();
+    let mut schemas = generator.take_definitions(true);
+    for schema in schemas.values_mut() {
+        tidy(schema);
+    }
+    schemas
+}
+
+/// Drops schemars' `uint32`/`uint64` formats, which OpenAPI does not
+/// define (`minimum: 0` says the same), and joins the lines of
+/// descriptions taken from doc comments (paragraphs stay apart).
+fn tidy(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map
+                .get("format")
+                .and_then(Value::as_str)
+                .is_some_and(|f| f.starts_with("uint"))
+            {
+                map.remove("format");
+            }
+            if let Some(Value::String(text)) = map.get_mut("description") {
+                *text = text
+                    .split("\n\n")
+                    .map(|paragraph| paragraph.replace('\n', " "))
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+            }
+            map.values_mut().for_each(tidy);
+        }
+        Value::Array(items) => items.iter_mut().for_each(tidy),
+        _ => {}
+    }
+}
+
 /// Answers made by API Gateway itself (a refused key, throttling, a body
 /// above its limit, a failed integration) in the API's own error shape, so
 /// that every answer of the API is `{"error", "message"}`. The types are
@@ -565,20 +456,21 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
 /// already a quoted JSON string.
 fn gateway_responses() -> Value {
     let mut responses = Map::new();
+    use pipeline_contract::ErrorCode;
     for (kind, code) in [
-        ("DEFAULT_4XX", "bad_request"),
-        ("DEFAULT_5XX", "unavailable"),
-        ("RESOURCE_NOT_FOUND", "not_found"),
-        ("WAF_FILTERED", "forbidden"),
-        ("ACCESS_DENIED", "forbidden"),
-        ("INVALID_API_KEY", "forbidden"),
-        ("MISSING_AUTHENTICATION_TOKEN", "forbidden"),
-        ("INVALID_SIGNATURE", "forbidden"),
-        ("EXPIRED_TOKEN", "forbidden"),
-        ("THROTTLED", "throttled"),
-        ("QUOTA_EXCEEDED", "throttled"),
-        ("REQUEST_TOO_LARGE", "too_large"),
-        ("UNSUPPORTED_MEDIA_TYPE", "unsupported_media_type"),
+        ("DEFAULT_4XX", ErrorCode::BadRequest),
+        ("DEFAULT_5XX", ErrorCode::Unavailable),
+        ("RESOURCE_NOT_FOUND", ErrorCode::NotFound),
+        ("WAF_FILTERED", ErrorCode::Forbidden),
+        ("ACCESS_DENIED", ErrorCode::Forbidden),
+        ("INVALID_API_KEY", ErrorCode::Forbidden),
+        ("MISSING_AUTHENTICATION_TOKEN", ErrorCode::Forbidden),
+        ("INVALID_SIGNATURE", ErrorCode::Forbidden),
+        ("EXPIRED_TOKEN", ErrorCode::Forbidden),
+        ("THROTTLED", ErrorCode::Throttled),
+        ("QUOTA_EXCEEDED", ErrorCode::Throttled),
+        ("REQUEST_TOO_LARGE", ErrorCode::TooLarge),
+        ("UNSUPPORTED_MEDIA_TYPE", ErrorCode::UnsupportedMediaType),
     ] {
         responses.insert(
             kind.into(),

@@ -10,34 +10,18 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use pipeline_contract::{
+    BatchAccepted, BatchRejected, BatchStatus, CompleteRequest, Completed, ErrorCode, PartUrl,
+    PartUrls, PartsRequest, RejectionCode, Upload, UploadMethod, UploadRequest,
+};
 use pipeline_shared::api::{self, Context};
 use pipeline_shared::db::{self, NewBatch};
-use pipeline_shared::records::{Decoder, MAX_ERRORS, RecordError};
-use pipeline_shared::store::{
-    CompletedPart, MAX_OBJECT_BYTES, MAX_PARTS, PART_URLS_PER_ANSWER, PartUrl, StoreError, hex,
-};
-use serde::Serialize;
+use pipeline_shared::records::{Decoder, MAX_ERRORS};
+use pipeline_shared::store::{MAX_OBJECT_BYTES, MAX_PARTS, PART_URLS_PER_ANSWER, StoreError, hex};
 use sha2::{Digest, Sha256};
 
 /// The function's name as the spec and the templates know it.
 pub const NAME: &str = "ingest";
-
-#[derive(Debug, Serialize)]
-struct Accepted<'a> {
-    batch_id: uuid::Uuid,
-    dataset: &'a str,
-    records: i64,
-    sha256: String,
-    status_url: String,
-}
-
-#[derive(Debug, Serialize)]
-struct Rejected {
-    error: &'static str,
-    message: String,
-    errors: Vec<RecordError>,
-    truncated: bool,
-}
 
 /// The request's `Idempotency-Key` header: `Ok(None)` without one, `Err`
 /// with the 400 answer for one that is not 1 to 128 visible ASCII characters.
@@ -50,7 +34,7 @@ fn idempotency_header(request: &Request<Bytes>) -> Result<Option<&str>, Response
         Ok(key) if api::valid_idempotency_key(key) => Ok(Some(key)),
         _ => Err(api::error(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "the Idempotency-Key header takes 1 to {} visible ASCII characters",
                 api::MAX_IDEMPOTENCY_KEY
@@ -114,7 +98,7 @@ async fn post_batch(
         };
         return api::error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!("dataset `{name}` takes `{expected}`, found {found}"),
         );
     }
@@ -123,7 +107,7 @@ async fn post_batch(
     if event_bytes > ctx.max_inline_bytes as u64 {
         return api::error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!(
                 "the batch is {} bytes ({event_bytes} as a JSON string in the Lambda event), over the inline limit of {} bytes; send it through an upload: POST {prefix}/v1/datasets/{name}/uploads",
                 body.len(),
@@ -145,8 +129,8 @@ async fn post_batch(
     if !summary.is_valid() {
         return api::json(
             StatusCode::BAD_REQUEST,
-            &Rejected {
-                error: "invalid_batch",
+            &BatchRejected {
+                error: RejectionCode::InvalidBatch,
                 message: format!(
                     "{} of {} records are invalid; nothing was stored",
                     summary.invalid,
@@ -187,7 +171,7 @@ async fn post_batch(
             if earlier.sha256.as_deref() != Some(sha256.as_str()) {
                 return api::error(
                     StatusCode::CONFLICT,
-                    "idempotency_conflict",
+                    ErrorCode::IdempotencyConflict,
                     format!(
                         "the Idempotency-Key was used for batch {} with a different body; use a new key for a new batch",
                         earlier.batch_id
@@ -196,7 +180,7 @@ async fn post_batch(
             }
             // The first request may have died between recording the batch
             // and storing it: store it now, under the first batch's key.
-            if earlier.status == pipeline_shared::db::BatchStatus::Received {
+            if earlier.status == BatchStatus::Received {
                 match ctx.store.head(&earlier.object_key).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
@@ -214,9 +198,9 @@ async fn post_batch(
             }
             return api::json(
                 StatusCode::ACCEPTED,
-                &Accepted {
+                &BatchAccepted {
                     batch_id: earlier.batch_id,
-                    dataset: name,
+                    dataset: name.to_string(),
                     records: earlier.records.unwrap_or(0),
                     sha256: earlier.sha256.unwrap_or_default(),
                     status_url: format!("{prefix}/v1/batches/{}", earlier.batch_id),
@@ -236,9 +220,9 @@ async fn post_batch(
     tracing::info!(%batch_id, dataset = name, records, bytes = body.len(), "batch accepted");
     api::json(
         StatusCode::ACCEPTED,
-        &Accepted {
+        &BatchAccepted {
             batch_id,
-            dataset: name,
+            dataset: name.to_string(),
             records,
             sha256,
             status_url: format!("{prefix}/v1/batches/{batch_id}"),
@@ -248,42 +232,6 @@ async fn post_batch(
 
 /// How long an upload URL stays valid.
 pub const UPLOAD_EXPIRY_SECONDS: i64 = 3600;
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UploadRequest {
-    size_bytes: u64,
-    content_type: String,
-    /// Absent, or a string: `null` is refused as any other wrong type is.
-    #[serde(default, deserialize_with = "some_string")]
-    idempotency_key: Option<String>,
-}
-
-fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    <String as serde::Deserialize>::deserialize(d).map(Some)
-}
-
-#[derive(Debug, Serialize)]
-struct Upload {
-    batch_id: uuid::Uuid,
-    expires_at: String,
-    method: &'static str,
-    /// One URL for the whole batch, when it fits in one part.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    url: Option<String>,
-    /// Otherwise a multipart upload: the parts' URLs, and where to send
-    /// their ETags once all are uploaded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upload_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parts: Option<Vec<PartUrl>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    complete_url: Option<String>,
-    /// Where the URLs of the parts listed without one come from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parts_url: Option<String>,
-    status_url: String,
-}
 
 /// `POST /v1/datasets/{dataset}/uploads`: a batch too large for the API is
 /// sent straight to storage through a presigned URL (one per part above the
@@ -302,7 +250,7 @@ async fn create_upload(
         Err(e) => {
             return api::error(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 format!("the body must be a JSON object with `size_bytes` and `content_type`: {e}"),
             );
         }
@@ -311,7 +259,7 @@ async fn create_upload(
     if upload.content_type != expected {
         return api::error(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "dataset `{name}` takes `{expected}`, found `{}`",
                 upload.content_type
@@ -321,7 +269,7 @@ async fn create_upload(
     if upload.size_bytes == 0 || upload.size_bytes > MAX_OBJECT_BYTES {
         return api::error(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorCode::BadRequest,
             format!("`size_bytes` must be from 1 to {MAX_OBJECT_BYTES} (5 TiB)"),
         );
     }
@@ -330,7 +278,7 @@ async fn create_upload(
         Some(_) => {
             return api::error(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 format!(
                     "`idempotency_key` takes 1 to {} visible ASCII characters",
                     api::MAX_IDEMPOTENCY_KEY
@@ -367,13 +315,10 @@ async fn create_upload(
         Err(e) => return api::unavailable("the database", &e),
     };
     let expires = chrono::Utc::now().timestamp() + UPLOAD_EXPIRY_SECONDS;
-    let expires_at = chrono::DateTime::from_timestamp(expires, 0)
-        .map(|t| t.to_rfc3339())
-        .unwrap_or_default();
     let mut answer = Upload {
         batch_id: batch.batch_id,
-        expires_at,
-        method: "PUT",
+        expires_at: expiry(expires),
+        method: UploadMethod::Put,
         url: None,
         upload_id: None,
         parts: None,
@@ -413,25 +358,6 @@ async fn create_upload(
     api::json(StatusCode::CREATED, &answer)
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PartsRequest {
-    upload_id: String,
-    part_numbers: Vec<u32>,
-}
-
-#[derive(Debug, Serialize)]
-struct PartUrls {
-    expires_at: String,
-    parts: Vec<PartOnly>,
-}
-
-#[derive(Debug, Serialize)]
-struct PartOnly {
-    part_number: u32,
-    url: String,
-}
-
 /// The batch of a path's `{batch_id}`, or the answer: 404 when there is no
 /// such batch, 503 when the database does not answer.
 #[allow(clippy::result_large_err)]
@@ -439,7 +365,7 @@ async fn find_batch(ctx: &Context, batch_id: &str) -> Result<db::Batch, Response
     let not_found = || {
         api::error(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("there is no batch `{batch_id}`"),
         )
     };
@@ -469,7 +395,7 @@ async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> R
         Err(e) => {
             return api::error(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 format!("the body must be a JSON object with `upload_id` and `part_numbers`: {e}"),
             );
         }
@@ -485,7 +411,7 @@ async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> R
     {
         return api::error(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorCode::BadRequest,
             format!(
                 "`upload_id` must be given and `part_numbers` must hold 1 to {PART_URLS_PER_ANSWER} part numbers from 1 to {max_part}"
             ),
@@ -508,30 +434,15 @@ async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> R
     api::json(
         StatusCode::OK,
         &PartUrls {
-            expires_at: chrono::DateTime::from_timestamp(expires, 0)
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default(),
+            expires_at: expiry(expires),
             parts: asked
                 .part_numbers
                 .iter()
                 .zip(urls)
-                .map(|(&part_number, url)| PartOnly { part_number, url })
+                .map(|(&part_number, url)| PartUrl { part_number, url })
                 .collect(),
         },
     )
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompleteRequest {
-    upload_id: String,
-    parts: Vec<CompletedPart>,
-}
-
-#[derive(Debug, Serialize)]
-struct Completed {
-    batch_id: uuid::Uuid,
-    status_url: String,
 }
 
 /// `POST /v1/batches/{batch_id}/complete`: the client has uploaded every
@@ -553,7 +464,7 @@ async fn complete_upload(
         Err(e) => {
             return api::error(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                ErrorCode::BadRequest,
                 format!(
                     "the body must be a JSON object with `upload_id` and `parts` (each with `part_number` and `etag`): {e}"
                 ),
@@ -584,10 +495,15 @@ async fn complete_upload(
             if let Ok(Some(_)) = ctx.store.head(&batch.object_key).await {
                 return api::json(StatusCode::ACCEPTED, &done);
             }
-            api::error(StatusCode::BAD_REQUEST, "invalid_upload", reason)
+            api::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidUpload, reason)
         }
         Err(e) => api::unavailable("storage", &e),
     }
+}
+
+/// The time of a Unix timestamp (now, for one out of range).
+fn expiry(timestamp: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(timestamp, 0).unwrap_or_else(chrono::Utc::now)
 }
 
 /// The metadata a stored batch carries, as S3 user metadata.

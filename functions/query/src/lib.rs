@@ -3,10 +3,10 @@
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use pipeline_contract::{ErrorCode, RecordsPage};
 use pipeline_shared::api::{self, Context};
 use pipeline_shared::dataset::Dataset;
 use pipeline_shared::db::{self, DbError, Filter};
-use serde::Serialize;
 
 /// The function's name as the spec and the templates know it.
 pub const NAME: &str = "query";
@@ -36,7 +36,7 @@ async fn batch(ctx: &Context, id: &str) -> Response<Bytes> {
     let Ok(id) = uuid::Uuid::try_parse(id) else {
         return api::error(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("there is no batch `{id}`: batch ids are UUIDs"),
         );
     };
@@ -45,24 +45,18 @@ async fn batch(ctx: &Context, id: &str) -> Response<Bytes> {
         Err(e) => return api::unavailable("the database", &e),
     };
     match db::batch(&**client, id).await {
-        Ok(Some(batch)) => api::json(StatusCode::OK, &batch),
+        Ok(Some(batch)) => api::json(StatusCode::OK, &batch.answer()),
         Ok(None) => api::error(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             format!("there is no batch {id}"),
         ),
         Err(e) => api::unavailable("the database", &e),
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Page {
-    records: Vec<serde_json::Value>,
-    next_cursor: Option<String>,
-}
-
 fn bad_request(message: impl Into<String>) -> Response<Bytes> {
-    api::error(StatusCode::BAD_REQUEST, "bad_request", message)
+    api::error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
 }
 
 /// What a records request asks for.
@@ -146,7 +140,7 @@ async fn records(ctx: &Context, name: &str, query: Option<&str>) -> Response<Byt
     match db::records(&**client, name, dataset, &filters, after.as_deref(), limit).await {
         Ok(page) => api::json(
             StatusCode::OK,
-            &Page {
+            &RecordsPage {
                 next_cursor: page.last_key.map(|k| encode_cursor(&k)),
                 records: page.records,
             },

@@ -9,8 +9,9 @@ use serde::Serialize;
 use crate::dataset::Dataset;
 use crate::store::Store;
 
+use pipeline_contract::{ErrorBody, Health, HealthStatus};
 pub use pipeline_contract::{
-    MAX_IDEMPOTENCY_KEY, ROUTES, allowed_methods, event_body_len, valid_idempotency_key,
+    ErrorCode, MAX_IDEMPOTENCY_KEY, ROUTES, allowed_methods, event_body_len, valid_idempotency_key,
 };
 
 /// Everything a handler needs, built once per process.
@@ -53,15 +54,10 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Bytes> {
 }
 
 /// An error response: `{"error": code, "message": message}`.
-pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Bytes> {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        error: &'a str,
-        message: String,
-    }
+pub fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response<Bytes> {
     json(
         status,
-        &Body {
+        &ErrorBody {
             error: code,
             message: message.into(),
         },
@@ -84,7 +80,7 @@ pub fn unknown_dataset(ctx: &Context, name: &str) -> Response<Bytes> {
     let known: Vec<&str> = ctx.datasets.keys().map(String::as_str).collect();
     error(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!(
             "there is no dataset `{name}`; the datasets are: {}",
             known.join(", ")
@@ -100,7 +96,7 @@ pub fn no_route(method: &http::Method, path: &str) -> Response<Bytes> {
         let allow = allowed.join(", ");
         let mut answer = error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             format!("{path} takes {allow}, not {method}"),
         );
         if let Ok(value) = http::HeaderValue::from_str(&allow) {
@@ -110,7 +106,7 @@ pub fn no_route(method: &http::Method, path: &str) -> Response<Bytes> {
     }
     error(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("no route for {method} {path}"),
     )
 }
@@ -120,7 +116,7 @@ pub fn unavailable(what: &str, detail: &dyn std::fmt::Display) -> Response<Bytes
     tracing::error!(%detail, "{what} failed");
     error(
         StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
+        ErrorCode::Unavailable,
         format!("{what} is unavailable; try again"),
     )
 }
@@ -129,11 +125,6 @@ pub fn unavailable(what: &str, detail: &dyn std::fmt::Display) -> Response<Bytes
 /// functions serve it, so that a new version of either can be checked
 /// before it takes traffic.
 pub async fn health(ctx: &Context) -> Response<Bytes> {
-    #[derive(Serialize)]
-    struct Health<'a> {
-        status: &'static str,
-        environment: &'a str,
-    }
     let client = match ctx.pool.get().await {
         Ok(c) => c,
         Err(e) => return unavailable("the database", &e),
@@ -142,8 +133,8 @@ pub async fn health(ctx: &Context) -> Response<Bytes> {
         Ok(()) => json(
             StatusCode::OK,
             &Health {
-                status: "ok",
-                environment: &ctx.env,
+                status: HealthStatus::Ok,
+                environment: ctx.env.clone(),
             },
         ),
         Err(e) => unavailable("the database", &e),

@@ -9,7 +9,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Serialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -22,25 +21,8 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// lists); it goes on counting past them.
 pub use pipeline_contract::MAX_ERRORS;
 
-/// A record that cannot be loaded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RecordError {
-    /// Line of the batch the record starts on (1-based; a CSV header is line 1).
-    pub line: u64,
-    /// The column at fault, when one is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub column: Option<String>,
-    pub reason: String,
-}
-
-impl fmt::Display for RecordError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.column {
-            Some(c) => write!(f, "line {}, column `{c}`: {}", self.line, self.reason),
-            None => write!(f, "line {}: {}", self.line, self.reason),
-        }
-    }
-}
+/// A record that cannot be loaded: the contract's, as answers carry it.
+pub use pipeline_contract::RecordError;
 
 /// What a finished decode found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

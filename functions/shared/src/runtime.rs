@@ -257,7 +257,7 @@ pub async fn admin_context(ctx: &Context) -> Result<Context, ConfigError> {
     if std::env::var_os("DB_SECRET_ARN").is_none() {
         return Ok(ctx.clone());
     }
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let config = aws_config().await;
     Ok(Context {
         pool: admin_pool(&config).await?,
         ..ctx.clone()
@@ -324,13 +324,34 @@ pub fn tls(
             &"holds no certificate",
         ));
     }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid("TLS".into(), &e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The HTTPS client of the functions' AWS clients: rustls with ring, the
+/// TLS provider their Postgres connections use too, so that a package links
+/// one TLS library.
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+/// The standard AWS configuration (region, credentials,
+/// `AWS_ENDPOINT_URL`), with [`https_client`].
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https_client())
+        .load()
+        .await
 }
 
 /// The context of a function process: `PIPELINE_ENV`, the datasets, the
@@ -344,7 +365,7 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
     let env = var("PIPELINE_ENV")?;
     let datasets = datasets()?;
     let aws = match std::env::var("RAW_BUCKET") {
-        Ok(_) => Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await),
+        Ok(_) => Some(aws_config().await),
         Err(_) => None,
     };
     let pool = match (std::env::var("DATABASE_URL"), &aws) {

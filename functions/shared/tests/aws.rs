@@ -18,6 +18,7 @@ async fn sqs(endpoint: &str) -> aws_sdk_sqs::Client {
     let config = aws_sdk_sqs::Config::builder()
         .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
         .region(aws_sdk_sqs::config::Region::new("eu-west-1"))
+        .http_client(pipeline_shared::runtime::https_client())
         .endpoint_url(endpoint)
         .credentials_provider(credentials)
         .build();
@@ -30,6 +31,7 @@ async fn client(endpoint: &str) -> aws_sdk_s3::Client {
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("eu-west-1"))
+        .http_client(pipeline_shared::runtime::https_client())
         .endpoint_url(endpoint)
         .credentials_provider(credentials)
         .force_path_style(true)

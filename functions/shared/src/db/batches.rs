@@ -2,17 +2,14 @@
 
 use super::*;
 
-/// A batch as `GET /v1/batches/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A batch as the database keeps it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     pub batch_id: uuid::Uuid,
     pub dataset: String,
     pub status: BatchStatus,
-    #[serde(skip)]
     pub object_key: String,
-    #[serde(skip)]
     pub idempotency_key: Option<String>,
-    #[serde(skip)]
     pub sha256: Option<String>,
     pub records: Option<i64>,
     pub inserted: Option<i64>,
@@ -20,6 +17,23 @@ pub struct Batch {
     pub received_at: chrono::DateTime<chrono::Utc>,
     pub loaded_at: Option<chrono::DateTime<chrono::Utc>>,
     pub error: Option<RecordError>,
+}
+
+impl Batch {
+    /// The batch as `GET /v1/batches/{id}` answers it.
+    pub fn answer(&self) -> pipeline_contract::Batch {
+        pipeline_contract::Batch {
+            batch_id: self.batch_id,
+            dataset: self.dataset.clone(),
+            status: self.status,
+            records: self.records,
+            inserted: self.inserted,
+            duplicates: self.duplicates,
+            received_at: self.received_at,
+            loaded_at: self.loaded_at,
+            error: self.error.clone(),
+        }
+    }
 }
 
 const BATCH_COLUMNS: &str = "batch_id, dataset, status, object_key, idempotency_key, sha256, records, inserted, duplicates, \

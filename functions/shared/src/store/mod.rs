@@ -32,36 +32,17 @@ pub enum StoreError {
 /// Uploads larger than this go in parts of this size: a single S3 PUT takes
 /// at most 5 GiB, and parts upload in parallel and are retried alone.
 pub const DEFAULT_UPLOAD_PART_BYTES: u64 = 64 * 1024 * 1024;
-/// S3 takes at most 10,000 parts in one upload.
-pub const MAX_PARTS: u64 = 10_000;
-pub use pipeline_contract::{MAX_OBJECT_BYTES, PART_URLS_PER_ANSWER, hex};
-
-/// One part of a multipart upload: bytes `offset..offset + size` of the
-/// batch go to `url` in one PUT, whose answer's `ETag` header the client
-/// keeps for the completion.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PartUrl {
-    pub part_number: u32,
-    pub offset: u64,
-    pub size: u64,
-    /// The presigned URL, for the first [`PART_URLS_PER_ANSWER`] parts; the
-    /// others' come from [`Store::presign_parts`], a page at a time.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-}
+/// S3 takes at most [`MAX_PARTS`] parts in one upload; the parts as the
+/// API answers them, and as the client sends them back.
+pub use pipeline_contract::{
+    CompletedPart, MAX_OBJECT_BYTES, MAX_PARTS, PART_URLS_PER_ANSWER, UploadPart, hex,
+};
 
 /// A started multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MultipartUpload {
     pub upload_id: String,
-    pub parts: Vec<PartUrl>,
-}
-
-/// A part as uploaded: its number and the ETag its PUT answered.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-pub struct CompletedPart {
-    pub part_number: u32,
-    pub etag: String,
+    pub parts: Vec<UploadPart>,
 }
 
 /// Cuts `size` bytes into parts of `part_bytes` (larger when that would make
@@ -78,10 +59,10 @@ pub fn plan_parts(size: u64, part_bytes: u64) -> Vec<(u32, u64, u64)> {
 
 /// The parts of an upload without their URLs, and the numbers of those
 /// whose URLs come with the upload's answer.
-fn unsigned_parts(size: u64, part_bytes: u64) -> (Vec<PartUrl>, Vec<u32>) {
-    let parts: Vec<PartUrl> = plan_parts(size, part_bytes)
+fn unsigned_parts(size: u64, part_bytes: u64) -> (Vec<UploadPart>, Vec<u32>) {
+    let parts: Vec<UploadPart> = plan_parts(size, part_bytes)
         .into_iter()
-        .map(|(part_number, offset, size)| PartUrl {
+        .map(|(part_number, offset, size)| UploadPart {
             part_number,
             offset,
             size,
