@@ -106,7 +106,10 @@ async fn api_gateway_and_sqs_events_drive_the_handlers() {
         .await
         .expect("batch")
         .expect("exists");
-    assert_eq!((batch.status.as_str(), batch.inserted), ("loaded", Some(2)));
+    assert_eq!(
+        (batch.answer.status.as_str(), batch.answer.inserted),
+        ("loaded", Some(2))
+    );
     // Redelivered: nothing changes.
     loader::handle(&ctx, sqs).await;
     let rows: i64 = client

@@ -5,15 +5,21 @@
 //! path is tested against a scripted fake as well as against moto.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::cfn::{
-    CfnError, Change, ChangeSetKind, ChangeSetRequest, CloudFormation, Stack, StackEvent,
-    TemplateSource, is_failure, is_settled,
+    CfnError, Change, ChangeSetKind, ChangeSetRequest, CloudFormation, Stack, TemplateSource,
+    is_failure, is_settled,
 };
+
+mod error;
+mod event;
+mod follow;
+
+pub use error::EngineError;
+pub use event::{Event, Reporter, change_line};
+pub use follow::root_causes;
+use follow::{newest_event, wait};
 
 /// Resource types that hold data: replacing or deleting one loses it.
 pub const STATEFUL_TYPES: &[&str] = &[
@@ -58,215 +64,6 @@ pub struct Options {
 /// Asks a person a yes/no question; only called when `interactive`.
 pub trait Prompt {
     fn confirm(&self, question: &str) -> bool;
-}
-
-/// What the engine tells the user, as it happens.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// The change set of a stack is ready.
-    Changes {
-        stack: String,
-        kind: ChangeSetKind,
-        changes: Vec<Change>,
-    },
-    /// The stack is already as the templates say.
-    NoChanges { stack: String },
-    /// A failed first create left the stack empty; it is deleted to start again.
-    Recreating { stack: String, status: String },
-    /// A resource (or the stack itself) changed status.
-    Resource {
-        stack: String,
-        #[serde(flatten)]
-        resource: StackEvent,
-    },
-    /// The stack settled.
-    Settled {
-        stack: String,
-        status: String,
-        seconds: f64,
-    },
-}
-
-/// Receives the engine's events.
-pub trait Reporter {
-    fn report(&self, event: &Event);
-}
-
-impl fmt::Display for Event {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Event::Changes {
-                stack,
-                kind,
-                changes,
-            } => {
-                let verb = match kind {
-                    ChangeSetKind::Create => "create",
-                    ChangeSetKind::Update => "update",
-                };
-                writeln!(
-                    f,
-                    "{stack}: {verb}, {} change{}",
-                    changes.len(),
-                    if changes.len() == 1 { "" } else { "s" }
-                )?;
-                for c in changes {
-                    writeln!(f, "  {}", change_line(c))?;
-                }
-                Ok(())
-            }
-            Event::NoChanges { stack } => writeln!(f, "{stack}: no changes"),
-            Event::Recreating { stack, status } => writeln!(
-                f,
-                "{stack}: deleting the stack left in {status} by a failed first create, to create it again"
-            ),
-            Event::Resource {
-                stack,
-                resource: event,
-            } => {
-                write!(
-                    f,
-                    "{stack}: {:<44} {:<26} {}",
-                    event.logical_id, event.status, event.resource_type
-                )?;
-                match &event.reason {
-                    Some(r) if !r.is_empty() => writeln!(f, ": {r}"),
-                    _ => writeln!(f),
-                }
-            }
-            Event::Settled {
-                stack,
-                status,
-                seconds,
-            } => writeln!(f, "{stack}: {status} after {seconds:.1} s"),
-        }
-    }
-}
-
-/// One line of a diff: `+` added, `~` modified, `-` removed, `!` replaced.
-pub fn change_line(c: &Change) -> String {
-    let (mark, note) = match (c.action.as_str(), c.replacement.as_deref()) {
-        ("Add", _) => ("+", ""),
-        ("Remove", _) => ("-", ""),
-        ("Modify", Some("True")) => ("!", "  (replaced)"),
-        ("Modify", Some("Conditional")) => ("!", "  (may be replaced)"),
-        ("Modify", _) => ("~", ""),
-        _ => ("?", ""),
-    };
-    let stateful = if c.destroys() && STATEFUL_TYPES.contains(&c.resource_type.as_str()) {
-        "  [holds data]"
-    } else {
-        ""
-    };
-    format!(
-        "{mark} {:<44} {}{note}{stateful}",
-        c.logical_id, c.resource_type
-    )
-}
-
-/// Why a stack could not be deployed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum EngineError {
-    #[error("stack {stack} is busy ({status}): another deploy, rollback or delete is in progress")]
-    InProgress { stack: String, status: String },
-    #[error("stack {stack} is in UPDATE_ROLLBACK_FAILED: its last rollback could not finish")]
-    NeedsRecover { stack: String },
-    #[error("stack {stack} is in {status}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
-    Broken {
-        stack: String,
-        status: String,
-        reason: Option<String>,
-    },
-    #[error("the change set of stack {stack} failed: {reason}")]
-    ChangeSetFailed { stack: String, reason: String },
-    #[error("stack {stack}: the change would replace or delete resources that hold data: {}", names(.changes))]
-    Stateful { stack: String, changes: Vec<Change> },
-    #[error("stack {stack} has changes, and there is no terminal to confirm them")]
-    NeedsYes { stack: String },
-    #[error("stack {stack}: not confirmed; nothing was changed")]
-    Declined { stack: String },
-    #[error("stack {stack} failed: {status}{}", causes_text(.causes))]
-    Failed {
-        stack: String,
-        status: String,
-        causes: Vec<StackEvent>,
-    },
-    #[error("stack {stack}: {error}")]
-    Cfn { stack: String, error: CfnError },
-}
-
-fn names(changes: &[Change]) -> String {
-    changes
-        .iter()
-        .map(|c| format!("{} ({})", c.logical_id, c.resource_type))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn causes_text(causes: &[StackEvent]) -> String {
-    causes
-        .iter()
-        .map(|e| {
-            format!(
-                "\n  {} ({}) {}: {}",
-                e.logical_id,
-                e.resource_type,
-                e.status,
-                e.reason.as_deref().unwrap_or("no reason given")
-            )
-        })
-        .collect()
-}
-
-impl EngineError {
-    /// What the user can do about it.
-    pub fn help(&self) -> Option<String> {
-        match self {
-            EngineError::InProgress { .. } => Some(
-                "wait for it to finish (`pipeline status` shows it), then deploy again".into(),
-            ),
-            EngineError::NeedsRecover { .. } => Some(
-                "run `pipeline recover --env <env>` to finish the rollback (with `--skip RESOURCE` for resources that cannot roll back)".into(),
-            ),
-            EngineError::Broken { .. } => Some(
-                "look at the stack's events in the CloudFormation console; delete the stack if it holds nothing worth keeping".into(),
-            ),
-            EngineError::Stateful { .. } => Some(
-                "check the diff; if losing that data is intended, deploy again with `--allow-replacement`".into(),
-            ),
-            EngineError::NeedsYes { .. } => {
-                Some("review the changes with `pipeline diff`, then deploy with `--yes`".into())
-            }
-            EngineError::Failed { status, .. } => Some(match status.as_str() {
-                "ROLLBACK_COMPLETE" => "the failed first create was rolled back; fix the cause and deploy again (the empty stack is deleted and created anew)".into(),
-                "ROLLBACK_FAILED" => "the rollback of the first create could not delete every resource; delete those the events name (or the stack, keeping them with `aws cloudformation delete-stack --retain-resources`), then deploy again".into(),
-                _ => "CloudFormation rolled the stack back; the previous version still serves".into(),
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// How a stack's failure ends the command: refused (nothing was done) or
-/// failed.
-impl From<EngineError> for crate::Error {
-    fn from(e: EngineError) -> crate::Error {
-        use crate::Error;
-        use EngineError as E;
-        let help = e.help();
-        let message = e.to_string();
-        match e {
-            E::InProgress { .. }
-            | E::NeedsRecover { .. }
-            | E::Stateful { .. }
-            | E::NeedsYes { .. }
-            | E::Declined { .. } => Error::Refused { message, help },
-            E::Broken { .. } | E::ChangeSetFailed { .. } | E::Failed { .. } | E::Cfn { .. } => {
-                Error::Deploy { message, help }
-            }
-        }
-    }
 }
 
 /// What a deploy of one stack did.
@@ -514,111 +311,6 @@ fn confirm(
             stack: stack.to_string(),
         })
     }
-}
-
-/// The id of the stack's newest event: where the events of the operation
-/// about to start begin.
-async fn newest_event(
-    cfn: &impl CloudFormation,
-    name: &str,
-) -> Result<Option<String>, EngineError> {
-    Ok(cfn
-        .events(name, None)
-        .await
-        .map_err(cfn_err(name))?
-        .first()
-        .map(|e| e.id.clone()))
-}
-
-/// Polls of a settled stack, without the stack's own event of that status,
-/// before the wait ends anyway.
-const SETTLED_POLLS: u32 = 30;
-
-/// Follows the stack's events until it settles (or is gone): the stack as
-/// it ends, and the events seen, oldest first. Right after an operation
-/// starts the stack may still show its earlier, settled status; the wait
-/// ends on a settled status once the stack's own event of it has arrived.
-async fn wait(
-    cfn: &impl CloudFormation,
-    name: &str,
-    mut last: Option<String>,
-    opts: &Options,
-    reporter: &impl Reporter,
-) -> Result<(Option<Stack>, Vec<StackEvent>), EngineError> {
-    let mut seen: Vec<StackEvent> = Vec::new();
-    let mut settled_polls = 0;
-    loop {
-        let stack = cfn.stack(name).await.map_err(cfn_err(name))?;
-        // Events up to the status just read: none can be missed.
-        match cfn.events(name, last.as_deref()).await {
-            Ok(mut fresh) => {
-                fresh.reverse();
-                for event in fresh {
-                    reporter.report(&Event::Resource {
-                        stack: name.to_string(),
-                        resource: event.clone(),
-                    });
-                    last = Some(event.id.clone());
-                    seen.push(event);
-                }
-            }
-            // A deleted stack has no events to read by name.
-            Err(_) if stack.is_none() => {}
-            Err(e) => return Err(cfn_err(name)(e)),
-        }
-        match stack {
-            None => return Ok((None, seen)),
-            Some(s) if is_settled(&s.status) => {
-                let announced = seen.iter().any(|e| {
-                    e.resource_type == "AWS::CloudFormation::Stack" && e.status == s.status
-                });
-                settled_polls += 1;
-                if announced || settled_polls >= SETTLED_POLLS {
-                    return Ok((Some(s), seen));
-                }
-            }
-            Some(_) => {}
-        }
-        tokio::time::sleep(opts.poll).await;
-    }
-}
-
-/// The first failures of an operation: the events that failed for a reason
-/// of their own, not because CloudFormation cancelled them after another
-/// failure, nor the stack's summary of them.
-pub fn root_causes(events: &[StackEvent], stack: &Stack) -> Vec<StackEvent> {
-    let mut causes: Vec<StackEvent> = events
-        .iter()
-        .filter(|e| {
-            e.status.ends_with("_FAILED")
-                && e.resource_type != "AWS::CloudFormation::Stack"
-                && !e
-                    .reason
-                    .as_deref()
-                    .is_some_and(|r| r.contains("cancelled") || r.is_empty())
-        })
-        .take(5)
-        .cloned()
-        .collect();
-    if causes.is_empty() {
-        // Only the stack said something (a template or parameter problem).
-        if let Some(e) = events
-            .iter()
-            .find(|e| e.status.ends_with("_FAILED") || e.status.contains("ROLLBACK_IN_PROGRESS"))
-        {
-            causes.push(e.clone());
-        } else if let Some(reason) = &stack.status_reason {
-            causes.push(StackEvent {
-                id: String::new(),
-                timestamp: String::new(),
-                logical_id: stack.name.clone(),
-                resource_type: "AWS::CloudFormation::Stack".into(),
-                status: stack.status.clone(),
-                reason: Some(reason.clone()),
-            });
-        }
-    }
-    causes
 }
 
 /// Deletes a stack and follows it until it is gone.

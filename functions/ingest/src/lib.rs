@@ -174,17 +174,18 @@ async fn post_batch(
                     ErrorCode::IdempotencyConflict,
                     format!(
                         "the Idempotency-Key was used for batch {} with a different body; use a new key for a new batch",
-                        earlier.batch_id
+                        earlier.answer.batch_id
                     ),
                 );
             }
             // The first request may have died between recording the batch
             // and storing it: store it now, under the first batch's key.
-            if earlier.status == BatchStatus::Received {
+            if earlier.answer.status == BatchStatus::Received {
                 match ctx.store.head(&earlier.object_key).await {
                     Ok(Some(_)) => {}
                     Ok(None) => {
-                        let metadata = object_metadata(earlier.batch_id, name, records, &sha256);
+                        let metadata =
+                            object_metadata(earlier.answer.batch_id, name, records, &sha256);
                         if let Err(e) = ctx
                             .store
                             .put(&earlier.object_key, body.clone(), &metadata)
@@ -199,11 +200,11 @@ async fn post_batch(
             return api::json(
                 StatusCode::ACCEPTED,
                 &BatchAccepted {
-                    batch_id: earlier.batch_id,
+                    batch_id: earlier.answer.batch_id,
                     dataset: name.to_string(),
-                    records: earlier.records.unwrap_or(0),
+                    records: earlier.answer.records.unwrap_or(0),
                     sha256: earlier.sha256.unwrap_or_default(),
-                    status_url: format!("{prefix}/v1/batches/{}", earlier.batch_id),
+                    status_url: format!("{prefix}/v1/batches/{}", earlier.answer.batch_id),
                 },
             );
         }
@@ -212,7 +213,7 @@ async fn post_batch(
     let metadata = object_metadata(batch_id, name, records, &sha256);
     if let Err(e) = ctx.store.put(&key, body.clone(), &metadata).await {
         // Forget the batch so that a retry with the same key stores it.
-        if let Err(e) = db::delete_batch(&**client, batch.batch_id).await {
+        if let Err(e) = db::delete_batch(&**client, batch.answer.batch_id).await {
             tracing::error!(%e, %batch_id, "could not forget a batch whose object was not stored");
         }
         return api::unavailable("storage", &e);
@@ -316,7 +317,7 @@ async fn create_upload(
     };
     let expires = chrono::Utc::now().timestamp() + UPLOAD_EXPIRY_SECONDS;
     let mut answer = Upload {
-        batch_id: batch.batch_id,
+        batch_id: batch.answer.batch_id,
         expires_at: expiry(expires),
         method: UploadMethod::Put,
         url: None,
@@ -324,7 +325,7 @@ async fn create_upload(
         parts: None,
         complete_url: None,
         parts_url: None,
-        status_url: format!("{prefix}/v1/batches/{}", batch.batch_id),
+        status_url: format!("{prefix}/v1/batches/{}", batch.answer.batch_id),
     };
     if upload.size_bytes <= ctx.upload_part_bytes {
         match ctx.store.presign_put(&batch.object_key, expires).await {
@@ -344,13 +345,17 @@ async fn create_upload(
         match started {
             Ok(m) => {
                 if m.parts.iter().any(|p| p.url.is_none()) {
-                    answer.parts_url =
-                        Some(format!("{prefix}/v1/batches/{}/parts", batch.batch_id));
+                    answer.parts_url = Some(format!(
+                        "{prefix}/v1/batches/{}/parts",
+                        batch.answer.batch_id
+                    ));
                 }
                 answer.upload_id = Some(m.upload_id);
                 answer.parts = Some(m.parts);
-                answer.complete_url =
-                    Some(format!("{prefix}/v1/batches/{}/complete", batch.batch_id));
+                answer.complete_url = Some(format!(
+                    "{prefix}/v1/batches/{}/complete",
+                    batch.answer.batch_id
+                ));
             }
             Err(e) => return api::unavailable("storage", &e),
         }
@@ -472,12 +477,12 @@ async fn complete_upload(
         }
     };
     let metadata = BTreeMap::from([
-        ("batch-id".to_string(), batch.batch_id.to_string()),
-        ("dataset".to_string(), batch.dataset.clone()),
+        ("batch-id".to_string(), batch.answer.batch_id.to_string()),
+        ("dataset".to_string(), batch.answer.dataset.clone()),
     ]);
     let done = Completed {
-        batch_id: batch.batch_id,
-        status_url: format!("{prefix}/v1/batches/{}", batch.batch_id),
+        batch_id: batch.answer.batch_id,
+        status_url: format!("{prefix}/v1/batches/{}", batch.answer.batch_id),
     };
     match ctx
         .store

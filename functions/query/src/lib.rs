@@ -45,7 +45,7 @@ async fn batch(ctx: &Context, id: &str) -> Response<Bytes> {
         Err(e) => return api::unavailable("the database", &e),
     };
     match db::batch(&**client, id).await {
-        Ok(Some(batch)) => api::json(StatusCode::OK, &batch.answer()),
+        Ok(Some(batch)) => api::json(StatusCode::OK, &batch.answer),
         Ok(None) => api::error(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,

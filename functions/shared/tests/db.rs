@@ -265,10 +265,10 @@ async fn a_batch_loads_once_and_redelivery_changes_nothing() {
         .expect("exists");
     assert_eq!(
         (
-            batch.status.as_str(),
-            batch.records,
-            batch.inserted,
-            batch.duplicates
+            batch.answer.status.as_str(),
+            batch.answer.records,
+            batch.answer.inserted,
+            batch.answer.duplicates
         ),
         ("loaded", Some(2), Some(2), Some(0))
     );
@@ -352,8 +352,8 @@ async fn an_invalid_object_fails_the_batch_and_loads_nothing() {
         .await
         .expect("batch")
         .expect("exists");
-    assert_eq!(batch.status, BatchStatus::Failed);
-    assert_eq!(batch.error.map(|e| e.line), Some(40001));
+    assert_eq!(batch.answer.status, BatchStatus::Failed);
+    assert_eq!(batch.answer.error.map(|e| e.line), Some(40001));
 }
 
 #[tokio::test]

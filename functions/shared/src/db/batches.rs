@@ -2,38 +2,14 @@
 
 use super::*;
 
-/// A batch as the database keeps it.
+/// A batch as the database keeps it: what `GET /v1/batches/{id}` answers,
+/// and what only the pipeline sees.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    pub batch_id: uuid::Uuid,
-    pub dataset: String,
-    pub status: BatchStatus,
+    pub answer: pipeline_contract::Batch,
     pub object_key: String,
     pub idempotency_key: Option<String>,
     pub sha256: Option<String>,
-    pub records: Option<i64>,
-    pub inserted: Option<i64>,
-    pub duplicates: Option<i64>,
-    pub received_at: chrono::DateTime<chrono::Utc>,
-    pub loaded_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub error: Option<RecordError>,
-}
-
-impl Batch {
-    /// The batch as `GET /v1/batches/{id}` answers it.
-    pub fn answer(&self) -> pipeline_contract::Batch {
-        pipeline_contract::Batch {
-            batch_id: self.batch_id,
-            dataset: self.dataset.clone(),
-            status: self.status,
-            records: self.records,
-            inserted: self.inserted,
-            duplicates: self.duplicates,
-            received_at: self.received_at,
-            loaded_at: self.loaded_at,
-            error: self.error.clone(),
-        }
-    }
 }
 
 const BATCH_COLUMNS: &str = "batch_id, dataset, status, object_key, idempotency_key, sha256, records, inserted, duplicates, \
@@ -42,22 +18,24 @@ const BATCH_COLUMNS: &str = "batch_id, dataset, status, object_key, idempotency_
 fn batch_from_row(row: &tokio_postgres::Row) -> Result<Batch, DbError> {
     let error_line: Option<i64> = row.get(11);
     Ok(Batch {
-        batch_id: row.get(0),
-        dataset: row.get(1),
-        status: status_of(row.get(2))?,
+        answer: pipeline_contract::Batch {
+            batch_id: row.get(0),
+            dataset: row.get(1),
+            status: status_of(row.get(2))?,
+            records: row.get(6),
+            inserted: row.get(7),
+            duplicates: row.get(8),
+            received_at: row.get(9),
+            loaded_at: row.get(10),
+            error: error_line.map(|line| RecordError {
+                line: line.max(0) as u64,
+                column: row.get(12),
+                reason: row.get::<_, Option<String>>(13).unwrap_or_default(),
+            }),
+        },
         object_key: row.get(3),
         idempotency_key: row.get(4),
         sha256: row.get(5),
-        records: row.get(6),
-        inserted: row.get(7),
-        duplicates: row.get(8),
-        received_at: row.get(9),
-        loaded_at: row.get(10),
-        error: error_line.map(|line| RecordError {
-            line: line.max(0) as u64,
-            column: row.get(12),
-            reason: row.get::<_, Option<String>>(13).unwrap_or_default(),
-        }),
     })
 }
 

@@ -12,6 +12,12 @@ use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
 use super::diag::{FileId, Problem, Span};
 
+mod limits;
+pub use limits::{
+    MAX_ALIAS_BYTES, MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES, MAX_LINE_CHARS, MAX_NODES,
+};
+use limits::{Size, measure, oversized, too_deep, too_many_nodes};
+
 /// A parsed YAML node with its position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
@@ -116,39 +122,6 @@ impl<'a> Offsets<'a> {
     }
 }
 
-/// Most nodes that aliases may produce in one file, all aliases together; an
-/// alias produces a copy of every node under its anchor. Hand-written specs
-/// alias a few small blocks of defaults (tens of nodes); ten thousand leaves
-/// them a wide margin while a "billion laughs" of nested aliases, which would
-/// otherwise grow as 9^levels, stops after about a megabyte.
-pub const MAX_ALIAS_NODES: usize = 10_000;
-
-/// Most bytes of text (strings and keys) that aliases may copy in one file, so
-/// that many aliases of one long value cannot grow memory either.
-pub const MAX_ALIAS_BYTES: usize = 1 << 20;
-
-/// Most levels of collections nested in one another. Specs use about five;
-/// the tree and everything that reads it recurse once per level, so a limit
-/// keeps `[[[[...` or `- - - - ...` from overflowing the stack.
-pub const MAX_DEPTH: usize = 64;
-
-/// Most nodes in one file, aliases' copies included. The shipped specs hold a
-/// few hundred. A node takes about 100 bytes and the tree is copied a few
-/// times while an environment is loaded, and layering a file over its parent
-/// takes time growing with the square of a mapping's size (about 0.4 s for
-/// 10,000 keys), so the limit keeps memory and time small.
-pub const MAX_NODES: usize = 20_000;
-
-/// Longest spec file, in bytes. The shipped specs are a few kilobytes; a
-/// file is read whole, and every problem shown scans it again to find its
-/// line, so the limit keeps even a file full of mistakes quick to report.
-pub const MAX_FILE_BYTES: usize = 1 << 20;
-
-/// Longest line, in characters. Problems quote the line they point at, and
-/// the renderer cannot place a label beyond column 65,535; hand-written specs
-/// keep lines under a hundred characters or so.
-pub const MAX_LINE_CHARS: usize = 10_000;
-
 /// Where a node sits in the tree being built: the collection holding it (an
 /// index into [`Builder::places`]; `None` for the document, which holds the
 /// root at position 0) and its position there. A sequence's item `i` is at
@@ -223,46 +196,6 @@ fn descend<'t>(node: &'t Node, path: &[usize]) -> Option<&'t Node> {
         .try_fold(node, |node, &position| child(node, position))
 }
 
-/// The size of a tree, as an alias copying it would add it.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct Size {
-    nodes: usize,
-    /// Bytes of strings and keys.
-    bytes: usize,
-    /// Levels of collections: 0 for a scalar, 1 for `[x]`, 2 for `[[x]]`.
-    height: usize,
-}
-
-/// Measures `node` (at `level` collections below the aliased node), giving up
-/// once more than `limit` nodes are counted, so that an alias is never
-/// measured for longer than the budget it may use.
-fn measure(node: &Node, limit: usize, level: usize, size: &mut Size) {
-    size.nodes += 1;
-    match &node.value {
-        Value::Str(s) => size.bytes += s.len(),
-        Value::Seq(items) => {
-            size.height = size.height.max(level + 1);
-            for item in items {
-                if size.nodes > limit {
-                    return;
-                }
-                measure(item, limit, level + 1, size);
-            }
-        }
-        Value::Map(entries) => {
-            size.height = size.height.max(level + 1);
-            for entry in entries {
-                if size.nodes > limit {
-                    return;
-                }
-                size.bytes += entry.key.len();
-                measure(&entry.value, limit, level + 1, size);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Parses one YAML document. Syntax errors and duplicate keys are returned as
 /// problems; an empty document is an empty mapping. A document that passes
 /// one of the limits above gives one problem at the node that passed it, and
@@ -293,68 +226,6 @@ pub fn parse(file: FileId, text: &str) -> Result<Node, Vec<Problem>> {
             Err(builder.problems)
         }
     }
-}
-
-/// The first place where `text` passes [`MAX_LINE_CHARS`] or
-/// [`MAX_FILE_BYTES`], as a problem; only the text up to that place is read.
-fn oversized(file: FileId, text: &str) -> Option<Problem> {
-    let mut offset = 0;
-    for (index, line) in text.split('\n').enumerate() {
-        let at = |byte: usize, column: usize, message: String, help: &str| {
-            let span = Span {
-                file,
-                offset: offset + byte,
-                len: 0,
-                line: index + 1,
-                column,
-            };
-            Some(Problem::new(span, message, "the limit is passed here").with_help(help))
-        };
-        // A line has at least as many bytes as characters.
-        if line.len() > MAX_LINE_CHARS
-            && let Some((byte, _)) = line.char_indices().nth(MAX_LINE_CHARS)
-            && offset + byte <= MAX_FILE_BYTES
-        {
-            return at(
-                byte,
-                MAX_LINE_CHARS + 1,
-                format!("this line is longer than {MAX_LINE_CHARS} characters"),
-                "break a long value over several lines; inside double quotes, end each line with `\\`",
-            );
-        }
-        if text.len() > MAX_FILE_BYTES && offset + line.len() >= MAX_FILE_BYTES {
-            let mut byte = MAX_FILE_BYTES - offset;
-            while !line.is_char_boundary(byte) {
-                byte -= 1;
-            }
-            return at(
-                byte,
-                line[..byte].chars().count() + 1,
-                format!("this file is longer than {} MiB", MAX_FILE_BYTES >> 20),
-                "a spec holds one environment's settings; keep data and generated content out of it",
-            );
-        }
-        offset += line.len() + 1;
-    }
-    None
-}
-
-fn too_deep(span: Span, label: &str) -> Problem {
-    Problem::new(
-        span,
-        format!("values nest more than {MAX_DEPTH} levels deep"),
-        label,
-    )
-    .with_help("a spec needs only a few levels; look for brackets that are never closed or indentation that keeps growing")
-}
-
-fn too_many_nodes(span: Span) -> Problem {
-    Problem::new(
-        span,
-        format!("this file holds more than {MAX_NODES} values"),
-        "the limit is passed here",
-    )
-    .with_help("an environment needs a few hundred values; remove generated or repeated content")
 }
 
 impl Builder<'_> {
@@ -692,197 +563,4 @@ fn resolve(text: &str, style: ScalarStyle) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse_ok(text: &str) -> Node {
-        match parse(0, text) {
-            Ok(node) => node,
-            Err(problems) => panic!("unexpected problems: {problems:?}"),
-        }
-    }
-
-    #[test]
-    fn resolves_core_schema_scalars() {
-        let node = parse_ok("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 0x10\ng: text\nh: 1e3\n");
-        let json = node.to_json();
-        assert_eq!(
-            json,
-            serde_json::json!({"a": 1, "b": "1", "c": true, "d": null, "e": 1.5, "f": 16, "g": "text", "h": 1000.0})
-        );
-    }
-
-    #[test]
-    fn records_lines_and_columns() {
-        let node = parse_ok("top:\n  inner: 5\n");
-        let top = node.get("top").map(|e| &e.value);
-        let inner = top.and_then(|t| t.get("inner"));
-        let inner = inner.map(|e| {
-            (
-                e.key_span.line,
-                e.key_span.column,
-                e.value.span.line,
-                e.value.span.column,
-            )
-        });
-        assert_eq!(inner, Some((2, 3, 2, 10)));
-    }
-
-    #[test]
-    fn byte_offsets_follow_multibyte_text() {
-        let text = "name: \"héllo\"\nnext: 1\n";
-        let node = parse_ok(text);
-        let next = node.get("next").map(|e| e.key_span.offset);
-        assert_eq!(next.map(|o| &text[o..o + 4]), Some("next"));
-    }
-
-    #[test]
-    fn aliases_copy_the_anchored_node() {
-        let node = parse_ok("a: &x {k: 1}\nb: *x\n");
-        assert_eq!(
-            node.to_json(),
-            serde_json::json!({"a": {"k": 1}, "b": {"k": 1}})
-        );
-    }
-
-    #[test]
-    fn duplicate_keys_and_syntax_errors_are_problems() {
-        let problems = parse(0, "a: 1\na: 2\n").err().unwrap_or_default();
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].message, "key `a` appears twice in this mapping");
-        let problems = parse(0, "a: [1, 2\n").err().unwrap_or_default();
-        assert_eq!(problems.len(), 1);
-        assert!(problems[0].message.starts_with("this is not valid YAML: "));
-    }
-
-    #[test]
-    fn empty_document_is_an_empty_mapping() {
-        assert_eq!(
-            parse_ok("# only a comment\n").to_json(),
-            serde_json::json!({})
-        );
-    }
-
-    /// The one problem of a document that passes a limit: message, line, column.
-    fn limit_problem(text: &str) -> (String, usize, usize) {
-        match parse(0, text) {
-            Ok(_) => panic!("no problem"),
-            Err(problems) => {
-                assert_eq!(problems.len(), 1, "{problems:?}");
-                let p = &problems[0];
-                (p.message.clone(), p.span.line, p.span.column)
-            }
-        }
-    }
-
-    /// Nested aliases: `a` holds 9 scalars, each further level 9 aliases of
-    /// the one before, so level `n` expands to about 9^n nodes.
-    fn laughs(levels: usize) -> String {
-        let mut text = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n".to_string();
-        for level in 1..levels {
-            let items = vec![format!("*a{}", level - 1); 9].join(", ");
-            text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
-        }
-        text
-    }
-
-    #[test]
-    fn aliases_expand_within_a_budget() {
-        // Four levels copy 9*10 + 9*91 + 9*820 = 8289 nodes: allowed.
-        let node = parse_ok(&laughs(4));
-        let json = node.to_json();
-        assert_eq!(json["a3"][8][8][8][8], "x");
-        // The fifth level's first alias would copy 7381 more.
-        let (message, line, column) = limit_problem(&laughs(5));
-        assert_eq!(
-            (message.as_str(), line, column),
-            ("aliases expand to more than 10000 nodes", 5, 10)
-        );
-        // Many aliases of one long value copy too much text.
-        let long = "y".repeat(MAX_LINE_CHARS - 20);
-        let aliases = vec!["*s"; MAX_ALIAS_BYTES / long.len() + 1].join("\n  - ");
-        let (message, line, _) = limit_problem(&format!("s: &s {long}\nl:\n  - {aliases}\n"));
-        assert_eq!(message, "aliases copy more than 1 MiB of text");
-        assert_eq!(line, 2 + MAX_ALIAS_BYTES / long.len() + 1);
-    }
-
-    #[test]
-    fn aliases_find_anchors_anywhere_in_the_tree() {
-        let text = "a: &a\n  b: &b [1, &c {k: &d v}]\n  e: *c\n  f: [*b, *d]\nk: [&k key]\ng: {*k : 2, n: *a}\n";
-        let json = parse_ok(text).to_json();
-        let a =
-            serde_json::json!({"b": [1, {"k": "v"}], "e": {"k": "v"}, "f": [[1, {"k": "v"}], "v"]});
-        assert_eq!(
-            json,
-            serde_json::json!({"a": a, "k": ["key"], "g": {"key": 2, "n": a}})
-        );
-        let json =
-            parse_ok("x: &x\n  - &y [1]\n  - *y\nz: [*x, {m: &m 3, n: *m}]\n&q q: *y\nr: *q\n")
-                .to_json();
-        assert_eq!(
-            json,
-            serde_json::json!({"x": [[1], [1]], "z": [[[1], [1]], {"m": 3, "n": 3}], "q": [1], "r": "q"})
-        );
-    }
-
-    #[test]
-    fn nesting_is_limited() {
-        let flow = |levels: usize| format!("a: {}{}\n", "[".repeat(levels), "]".repeat(levels));
-        // The mapping is one level; 63 lists make 64.
-        parse_ok(&flow(MAX_DEPTH - 1));
-        let (message, line, column) = limit_problem(&flow(MAX_DEPTH));
-        assert_eq!(
-            (message.as_str(), line, column),
-            ("values nest more than 64 levels deep", 1, 67)
-        );
-        // Block lists nest without any bracket: `- - - x`.
-        let block = format!("a:\n  {}x\n", "- ".repeat(MAX_DEPTH));
-        let (message, line, column) = limit_problem(&block);
-        assert_eq!(
-            (message.as_str(), line, column),
-            ("values nest more than 64 levels deep", 2, 2 * MAX_DEPTH + 1)
-        );
-        // An alias may not nest its copy too deep either.
-        let text = format!(
-            "a: &a {}\nb: {}*a{}\n",
-            flow(40).trim_start_matches("a: ").trim_end(),
-            "[".repeat(30),
-            "]".repeat(30)
-        );
-        let (message, line, column) = limit_problem(&text);
-        assert_eq!(
-            (message.as_str(), line, column),
-            ("values nest more than 64 levels deep", 2, 34)
-        );
-    }
-
-    #[test]
-    fn files_and_lines_are_limited() {
-        let items = vec!["x"; MAX_NODES].join("\n- ");
-        let (message, line, column) = limit_problem(&format!("- {items}\n"));
-        assert_eq!(
-            (message.as_str(), line, column),
-            ("this file holds more than 20000 values", MAX_NODES, 3)
-        );
-        let text = format!("a: 1\nb: é{}\n", "x".repeat(MAX_LINE_CHARS));
-        let (message, line, column) = limit_problem(&text);
-        assert_eq!(
-            (message.as_str(), line, column),
-            ("this line is longer than 10000 characters", 2, 10_001)
-        );
-        let offset = match parse(0, &text) {
-            Err(problems) => problems[0].span.offset,
-            Ok(_) => 0,
-        };
-        assert_eq!(offset, 5 + 10_000 + 1);
-        // Lines of 100 bytes after 5: the 1 MiB limit falls in line 10487,
-        // 71 bytes after its start at 1048505.
-        let text = format!("a: 1\n{}", format!("# {}\n", "c".repeat(97)).repeat(11_000));
-        let (message, line, column) = limit_problem(&text);
-        assert_eq!(
-            (message.as_str(), line, column),
-            ("this file is longer than 1 MiB", 10_487, 72)
-        );
-        parse_ok(&text[..MAX_FILE_BYTES]);
-    }
-}
+mod tests;

@@ -1,0 +1,402 @@
+//! Streaming parsing and validation of batches (NDJSON or CSV with a header),
+//! producing rows in Postgres `COPY ... FROM STDIN` text format.
+//!
+//! A [`Decoder`] is fed the batch in chunks of any size and never holds more
+//! than one record beyond the chunk it is given, so memory stays bounded
+//! whatever the batch's size. Every invalid record is reported with its line,
+//! the column at fault and the reason.
+
+use crate::dataset::{Dataset, Format};
+
+mod copy;
+mod csv;
+mod json;
+
+pub use copy::encode_text;
+use copy::*;
+use csv::*;
+use json::*;
+
+/// Longest record accepted, in bytes.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Most errors a [`Decoder`] keeps (as many as a rejected batch's answer
+/// lists); it goes on counting past them.
+pub use pipeline_contract::MAX_ERRORS;
+
+/// A record that cannot be loaded: the contract's, as answers carry it.
+pub use pipeline_contract::RecordError;
+
+/// What a finished decode found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Summary {
+    /// Valid records, written to the output.
+    pub records: u64,
+    /// Invalid records (errors beyond [`MAX_ERRORS`] are counted, not kept).
+    pub invalid: u64,
+    pub errors: Vec<RecordError>,
+}
+
+impl Summary {
+    pub fn is_valid(&self) -> bool {
+        self.invalid == 0
+    }
+}
+
+/// Incremental decoder of one batch.
+pub struct Decoder<'d> {
+    dataset: &'d Dataset,
+    /// Bytes of a record not yet complete.
+    pending: Vec<u8>,
+    /// Whether a CSV quoted field is open at the end of `pending`.
+    in_quotes: bool,
+    /// Line the next record starts on.
+    line: u64,
+    /// Line breaks inside the pending record (quoted CSV fields).
+    inner_lines: u64,
+    /// The pending record went over the size limit; its bytes are dropped.
+    too_long: bool,
+    records: u64,
+    invalid: u64,
+    errors: Vec<RecordError>,
+    csv: Option<Csv>,
+    /// When loading a chunk of a batch: rows start with the chunk's number
+    /// and the record's line within the chunk, to order them later.
+    chunk: Option<u32>,
+    /// One row's encoded fields, reused from record to record.
+    row: Vec<Option<Vec<u8>>>,
+}
+
+impl<'d> Decoder<'d> {
+    pub fn new(dataset: &'d Dataset) -> Decoder<'d> {
+        let csv = (dataset.format == Format::Csv).then(|| Csv {
+            reader: csv_core::Reader::new(),
+            header: None,
+            field: vec![0; 4096],
+            ends: Vec::new(),
+        });
+        Decoder {
+            dataset,
+            pending: Vec::new(),
+            in_quotes: false,
+            line: 1,
+            inner_lines: 0,
+            too_long: false,
+            records: 0,
+            invalid: 0,
+            errors: Vec::new(),
+            csv,
+            row: vec![None; dataset.columns.len()],
+            chunk: None,
+        }
+    }
+
+    /// Rows for a chunk's staging table: each starts with `chunk` and the
+    /// record's line within the chunk.
+    pub fn for_chunk(mut self, chunk: u32) -> Decoder<'d> {
+        self.chunk = Some(chunk);
+        self
+    }
+
+    fn error(&mut self, line: u64, column: Option<&str>, reason: impl Into<String>) {
+        self.invalid += 1;
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(RecordError {
+                line,
+                column: column.map(str::to_string),
+                reason: reason.into(),
+            });
+        }
+    }
+
+    /// Errors found so far.
+    pub fn errors(&self) -> &[RecordError] {
+        &self.errors
+    }
+
+    /// Invalid records found so far.
+    pub fn invalid(&self) -> u64 {
+        self.invalid
+    }
+
+    /// Valid records found so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Decodes the complete records in `chunk` (with what earlier chunks left
+    /// over), appending valid rows to `out` in COPY text format.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let csv = self.csv.is_some();
+        let mut start = 0; // where the current record's bytes begin in `chunk`
+        let mut scan = 0; // where quote counting resumes
+        while let Some(pos) = memchr::memchr(b'\n', &chunk[scan..]).map(|p| scan + p) {
+            if csv {
+                let quotes = memchr::memchr_iter(b'"', &chunk[scan..pos]).count();
+                self.in_quotes ^= quotes % 2 == 1;
+            }
+            scan = pos + 1;
+            if self.in_quotes {
+                // A line break inside a quoted CSV field: the record goes on.
+                self.inner_lines += 1;
+                continue;
+            }
+            if self.pending.is_empty() && !self.too_long {
+                self.record(&chunk[start..pos], out, false);
+            } else {
+                let mut record = std::mem::take(&mut self.pending);
+                self.append(&mut record, &chunk[start..pos]);
+                self.record(&record, out, false);
+                record.clear();
+                self.pending = record;
+            }
+            start = scan;
+        }
+        if csv {
+            let quotes = memchr::memchr_iter(b'"', &chunk[scan..]).count();
+            self.in_quotes ^= quotes % 2 == 1;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        self.append(&mut pending, &chunk[start..]);
+        self.pending = pending;
+    }
+
+    /// Adds bytes to a pending record unless it is already too long to keep.
+    fn append(&mut self, record: &mut Vec<u8>, bytes: &[u8]) {
+        if self.too_long {
+            return;
+        }
+        if record.len() + bytes.len() > MAX_RECORD_BYTES + 2 {
+            self.too_long = true;
+            record.clear();
+        } else {
+            record.extend_from_slice(bytes);
+        }
+    }
+
+    /// Decodes what is left and returns the summary.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Summary {
+        if self.in_quotes {
+            let line = self.line;
+            self.error(
+                line,
+                None,
+                "a quoted field is not closed before the end of the batch",
+            );
+        } else if !self.pending.is_empty() || self.too_long {
+            let record = std::mem::take(&mut self.pending);
+            self.record(&record, out, true);
+        }
+        if self.records == 0 && self.invalid == 0 {
+            let line = self.line;
+            match &self.csv {
+                Some(Csv { header: None, .. }) => self.error(
+                    1,
+                    None,
+                    "the batch is empty: a CSV batch starts with a header line",
+                ),
+                Some(_) => self.error(line, None, "the batch holds a header but no records"),
+                None => self.error(1, None, "the batch is empty"),
+            }
+        }
+        Summary {
+            records: self.records,
+            invalid: self.invalid,
+            errors: self.errors,
+        }
+    }
+
+    /// One complete record, without its final `\n`.
+    fn record(&mut self, bytes: &[u8], out: &mut Vec<u8>, last: bool) {
+        let line = self.line;
+        self.line += 1 + self.inner_lines;
+        self.inner_lines = 0;
+        if std::mem::take(&mut self.too_long) || bytes.len() > MAX_RECORD_BYTES + 1 {
+            self.error(
+                line,
+                None,
+                format!("the record is longer than {MAX_RECORD_BYTES} bytes"),
+            );
+            return;
+        }
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if bytes.is_empty() {
+            if !last {
+                self.error(line, None, "empty line: every line must hold a record");
+            }
+            return;
+        }
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error(
+                    line,
+                    None,
+                    format!("invalid UTF-8 at byte {} of the line", e.valid_up_to() + 1),
+                );
+                return;
+            }
+        };
+        if self.csv.is_some() {
+            self.csv_record(text, line, out);
+        } else {
+            self.json_record(text, line, out);
+        }
+    }
+
+    fn json_record(&mut self, text: &str, line: u64, out: &mut Vec<u8>) {
+        let fields = match parse_object(text) {
+            Ok(f) => f,
+            Err(e) => {
+                self.error(line, None, format!("not a JSON object: {e}"));
+                return;
+            }
+        };
+        let dataset = self.dataset;
+        let before = self.invalid;
+        let mut seen = vec![false; dataset.columns.len()];
+        for (key, raw) in &fields {
+            let Some(index) = dataset.columns.iter().position(|c| c.name == *key) else {
+                self.error(line, Some(key), "unknown column");
+                continue;
+            };
+            if std::mem::replace(&mut seen[index], true) {
+                self.error(line, Some(key), "the column appears twice");
+                continue;
+            }
+            let column = &dataset.columns[index];
+            let value = raw.get();
+            if value == "null" {
+                self.row[index] = None;
+                if !column.nullable {
+                    self.error(line, Some(key), "null in a column that is not nullable");
+                }
+                continue;
+            }
+            let mut slot = self.row[index].take().unwrap_or_default();
+            slot.clear();
+            match encode_json(column.kind, value, &mut slot) {
+                Ok(()) => self.row[index] = Some(slot),
+                Err(reason) => self.error(line, Some(key), reason),
+            }
+        }
+        for (i, column) in dataset.columns.iter().enumerate() {
+            if !seen[i] {
+                self.row[i] = None;
+                if !column.nullable {
+                    self.error(line, Some(&column.name), "missing value");
+                }
+            }
+        }
+        if self.invalid == before {
+            self.emit(line, out);
+        }
+    }
+
+    fn emit(&mut self, line: u64, out: &mut Vec<u8>) {
+        if let Some(chunk) = self.chunk {
+            out.extend_from_slice(format!("{chunk}\t{line}\t").as_bytes());
+        }
+        for (i, value) in self.row.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            match value {
+                Some(bytes) => out.extend_from_slice(bytes),
+                None => out.extend_from_slice(b"\\N"),
+            }
+        }
+        out.push(b'\n');
+        self.records += 1;
+    }
+
+    fn csv_record(&mut self, text: &str, line: u64, out: &mut Vec<u8>) {
+        let Some(mut csv) = self.csv.take() else {
+            return;
+        };
+        if let Err(reason) = split_csv(&mut csv, text.as_bytes()) {
+            self.error(line, None, reason);
+            self.csv = Some(csv);
+            return;
+        }
+        let dataset = self.dataset;
+        match &csv.header {
+            None => {
+                let mut header = Vec::new();
+                let mut seen = vec![false; dataset.columns.len()];
+                for i in 0..csv.ends.len() {
+                    let name = String::from_utf8_lossy(field(&csv, i)).trim().to_string();
+                    match dataset.columns.iter().position(|c| c.name == name) {
+                        Some(index) if seen[index] => {
+                            self.error(line, Some(&name), "the column appears twice in the header");
+                            header.push(None);
+                        }
+                        Some(index) => {
+                            seen[index] = true;
+                            header.push(Some(index));
+                        }
+                        None => {
+                            self.error(line, Some(&name), "unknown column in the header");
+                            header.push(None);
+                        }
+                    }
+                }
+                for (i, column) in dataset.columns.iter().enumerate() {
+                    if !seen[i] && !column.nullable {
+                        self.error(
+                            line,
+                            Some(&column.name),
+                            "the header lacks this column, which is not nullable",
+                        );
+                    }
+                }
+                csv.header = Some(header);
+            }
+            Some(header) => {
+                let before = self.invalid;
+                if csv.ends.len() != header.len() {
+                    self.error(
+                        line,
+                        None,
+                        format!(
+                            "{} fields, but the header has {}",
+                            csv.ends.len(),
+                            header.len()
+                        ),
+                    );
+                } else {
+                    self.row.iter_mut().for_each(|v| *v = None);
+                    for (i, index) in header.iter().enumerate() {
+                        let Some(index) = *index else { continue };
+                        let column = &dataset.columns[index];
+                        let value = field(&csv, i);
+                        if value.is_empty() {
+                            if !column.nullable {
+                                self.error(
+                                    line,
+                                    Some(&column.name),
+                                    "empty value in a column that is not nullable",
+                                );
+                            }
+                            continue;
+                        }
+                        // The whole record is valid UTF-8, and fields split on ASCII bytes.
+                        let value = std::str::from_utf8(value).unwrap_or_default();
+                        let mut slot = Vec::new();
+                        match encode_text(column.kind, value, &mut slot) {
+                            Ok(()) => self.row[index] = Some(slot),
+                            Err(reason) => self.error(line, Some(&column.name), reason),
+                        }
+                    }
+                }
+                if self.invalid == before {
+                    self.emit(line, out);
+                }
+            }
+        }
+        self.csv = Some(csv);
+    }
+}
+
+#[cfg(test)]
+mod tests;

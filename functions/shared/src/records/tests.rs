@@ -1,0 +1,174 @@
+use super::*;
+use crate::dataset::ColumnType;
+use crate::dataset::{Column, OnConflict};
+
+fn dataset(format: Format) -> Dataset {
+    let col = |name: &str, kind, nullable| Column {
+        name: name.into(),
+        kind,
+        nullable,
+        description: None,
+    };
+    Dataset {
+        format,
+        columns: vec![
+            col("id", ColumnType::Uuid, false),
+            col("at", ColumnType::Timestamptz, false),
+            col("n", ColumnType::Int, false),
+            col("big", ColumnType::Bigint, true),
+            col("x", ColumnType::Float, true),
+            col("ok", ColumnType::Bool, true),
+            col("amount", ColumnType::Numeric, true),
+            col("day", ColumnType::Date, true),
+            col("note", ColumnType::Text, true),
+            col("doc", ColumnType::Jsonb, true),
+        ],
+        primary_key: vec!["id".into()],
+        on_conflict: OnConflict::Ignore,
+        filterable: vec![],
+        description: None,
+        allow_destructive_changes: false,
+    }
+}
+
+fn decode(format: Format, body: &[u8], chunk: usize) -> (String, Summary) {
+    let ds = dataset(format);
+    let mut decoder = Decoder::new(&ds);
+    let mut out = Vec::new();
+    for piece in body.chunks(chunk.max(1)) {
+        decoder.feed(piece, &mut out);
+    }
+    let summary = decoder.finish(&mut out);
+    (String::from_utf8(out).unwrap_or_default(), summary)
+}
+
+const ID: &str = "0190a0e4-8a3c-7d3e-9c1a-2b3c4d5e6f70";
+
+#[test]
+fn ndjson_rows_become_copy_lines() {
+    let body = format!(
+        "{{\"id\":\"{ID}\",\"at\":\"2024-01-31T12:00:00Z\",\"n\":7,\"big\":9007199254740993,\"x\":1.5,\"ok\":true,\
+             \"amount\":\"12.345\",\"day\":\"2024-02-29\",\"note\":\"tab\\there\\nnew \\\\ line\",\"doc\":{{\"a\":[1,2]}}}}\n\
+             {{\"id\":\"{ID}\",\"at\":\"2024-01-31T12:00:00+02:00\",\"n\":-1,\"note\":null}}\n"
+    );
+    let expected = format!(
+        "{ID}\t2024-01-31T12:00:00Z\t7\t9007199254740993\t1.5\tt\t12.345\t2024-02-29\ttab\\there\\nnew \\\\ line\t{{\"a\":[1,2]}}\n\
+             {ID}\t2024-01-31T12:00:00+02:00\t-1\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n"
+    );
+    for chunk in [1, 3, 64, 100_000] {
+        let (out, summary) = decode(Format::Ndjson, body.as_bytes(), chunk);
+        assert_eq!(out, expected, "chunk {chunk}");
+        assert_eq!(summary.records, 2);
+        assert!(summary.is_valid());
+    }
+}
+
+#[test]
+fn ndjson_errors_name_line_column_and_reason() {
+    let body = format!(
+        "{{\"id\":\"{ID}\",\"at\":\"2024-01-31T12:00:00Z\",\"n\":\"7\"}}\n\
+             {{\"id\":\"nope\",\"at\":\"yesterday\",\"n\":1,\"colour\":1}}\n\
+             \n\
+             [1,2]\n\
+             {{\"id\":\"{ID}\",\"n\":3000000000}}\n\
+             {{\"id\":\"{ID}\",\"at\":\"2024-01-31T12:00:00Z\",\"n\":null,\"ok\":\"yes\",\"day\":\"2024-02-30\"}}\n"
+    );
+    let (out, summary) = decode(Format::Ndjson, body.as_bytes(), 7);
+    assert_eq!(out, "");
+    let errors: Vec<String> = summary.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        vec![
+            "line 1, column `n`: expected a number, found a string",
+            "line 2, column `id`: expected a UUID, found `nope`",
+            "line 2, column `at`: expected an RFC 3339 timestamp such as 2024-01-31T12:00:00Z, found `yesterday`",
+            "line 2, column `colour`: unknown column",
+            "line 3: empty line: every line must hold a record",
+            "line 4: not a JSON object: invalid type: sequence, expected an object at line 1 column 0",
+            "line 5, column `n`: expected an integer from -2147483648 to 2147483647, found `3000000000`",
+            "line 5, column `at`: missing value",
+            "line 6, column `n`: null in a column that is not nullable",
+            "line 6, column `ok`: expected true or false",
+            "line 6, column `day`: expected a date such as 2024-01-31, found `2024-02-30`",
+        ]
+    );
+    assert_eq!(summary.records, 0);
+}
+
+#[test]
+fn bad_utf8_long_lines_and_empty_bodies() {
+    let (_, summary) = decode(Format::Ndjson, b"{\"note\":\"\xff\"}\n", 4);
+    assert_eq!(
+        summary.errors[0].to_string(),
+        "line 1: invalid UTF-8 at byte 10 of the line"
+    );
+    let long = format!(
+        "{{\"note\":\"{}\"}}\n{{\"id\":1}}\n",
+        "a".repeat(MAX_RECORD_BYTES + 10)
+    );
+    let (_, summary) = decode(Format::Ndjson, long.as_bytes(), 4096);
+    assert_eq!(
+        summary.errors[0].to_string(),
+        "line 1: the record is longer than 1048576 bytes"
+    );
+    assert_eq!(summary.errors[1].line, 2);
+    let (_, summary) = decode(Format::Ndjson, b"", 1);
+    assert_eq!(summary.errors[0].to_string(), "line 1: the batch is empty");
+    let (_, summary) = decode(Format::Csv, b"", 1);
+    assert_eq!(
+        summary.errors[0].to_string(),
+        "line 1: the batch is empty: a CSV batch starts with a header line"
+    );
+}
+
+#[test]
+fn csv_with_quotes_commas_and_line_breaks() {
+    let body = format!(
+        "n,id,at,note\r\n7,{ID},2024-01-31T12:00:00Z,\"a, \"\"quoted\"\"\nsecond line\"\r\n8,{ID},2024-01-31T12:00:00Z,\n"
+    );
+    let expected = format!(
+        "{ID}\t2024-01-31T12:00:00Z\t7\t\\N\t\\N\t\\N\t\\N\t\\N\ta, \"quoted\"\\nsecond line\t\\N\n\
+             {ID}\t2024-01-31T12:00:00Z\t8\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n"
+    );
+    for chunk in [1, 5, 1000] {
+        let (out, summary) = decode(Format::Csv, body.as_bytes(), chunk);
+        assert_eq!(out, expected, "chunk {chunk}");
+        assert_eq!(summary.records, 2);
+    }
+}
+
+#[test]
+fn csv_errors_keep_counting_lines_across_quoted_breaks() {
+    let body = format!(
+        "n,id,at,note,colour\n1,{ID},2024-01-31T12:00:00Z,\"two\nlines\",x\n2,{ID}\nabc,{ID},2024-01-31T12:00:00Z,,\n"
+    );
+    let (_, summary) = decode(Format::Csv, body.as_bytes(), 3);
+    let errors: Vec<String> = summary.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        vec![
+            "line 1, column `colour`: unknown column in the header",
+            "line 4: 2 fields, but the header has 5",
+            "line 5, column `n`: expected an integer from -2147483648 to 2147483647, found `abc`",
+        ]
+    );
+    let (_, summary) = decode(Format::Csv, b"n,id\n1,\"open\n", 2);
+    assert_eq!(
+        summary.errors[0].to_string(),
+        "line 1, column `at`: the header lacks this column, which is not nullable"
+    );
+    assert_eq!(
+        summary.errors[1].to_string(),
+        "line 2: a quoted field is not closed before the end of the batch"
+    );
+}
+
+#[test]
+fn decimals() {
+    for ok in ["1", "-1.5", "+.5", "1.", "1e10", "2.5E-3"] {
+        assert!(is_decimal(ok), "{ok}");
+    }
+    for bad in ["", ".", "e5", "1e", "1.2.3", "NaN", "0x10"] {
+        assert!(!is_decimal(bad), "{bad}");
+    }
+}

@@ -1,0 +1,165 @@
+//! Canary rollouts through the binary: alarms roll back, a killed rollout
+//! is promoted or aborted, failed migrations move no traffic.
+
+use super::*;
+
+fn shifted_to(percent: u64) -> impl Fn(&Value) -> bool {
+    move |v| v["event"] == "shifted" && v["percent"] == percent
+}
+
+#[test]
+fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
+    require!(Service::Moto);
+    let p = Project::new(&[("live.yaml", LIVE)]);
+    // The first versions take all the traffic at once: the aliases served
+    // `$LATEST`, which takes no weights.
+    let first = p.bootstrap_and_deploy("live");
+    assert_eq!(first["rollout"], "all-at-once promoted");
+    let ingest = first["outputs"]["IngestFunctionName"]
+        .as_str()
+        .expect("ingest")
+        .to_string();
+    assert_eq!(p.alias(&ingest), ("1".into(), vec![]));
+    // moto's CloudFormation skips alarms: the gate alarm is made here.
+    let alarm = "pipeline-live-ingest-errors";
+    p.cloudwatch(&[
+        ("Action", "PutMetricAlarm"),
+        ("Version", "2010-08-01"),
+        ("AlarmName", alarm),
+        ("Namespace", "AWS/Lambda"),
+        ("MetricName", "Errors"),
+        ("Statistic", "Sum"),
+        ("Period", "60"),
+        ("EvaluationPeriods", "1"),
+        ("Threshold", "1"),
+        ("ComparisonOperator", "GreaterThanThreshold"),
+    ]);
+
+    // The gate alarms watch every version behind the alias, outside a
+    // rollout, and the new version alone during its bake.
+    let monitoring = "pipeline-live-monitoring";
+    let gate = || p.parameter(monitoring, "IngestGateVersion");
+    assert_eq!(gate(), "all");
+
+    // New ingest code: 10% for the bake, until the alarm fires.
+    p.package("ingest", "v2");
+    let deploy = ["--output", "json", "deploy", "--env", "live", "--yes"];
+    let (child, _lines) = p.start_until(&deploy, shifted_to(10));
+    assert_eq!(p.alias(&ingest), ("1".into(), vec![("2".into(), 0.1)]));
+    assert_eq!(gate(), "2");
+    p.set_alarm(alarm, "ALARM", "Threshold Crossed: 1 datapoint [4.0] > 1.0");
+    let out = child.wait_with_output().expect("deploy");
+    assert_eq!(
+        failure(&out),
+        (
+            Some(3),
+            format!(
+                "the rollout was rolled back: {alarm} is in ALARM (Threshold Crossed: 1 datapoint [4.0] > 1.0)"
+            ),
+            "all traffic is on the previous versions; fix the cause and deploy again".into()
+        )
+    );
+    assert_eq!(p.alias(&ingest), ("1".into(), vec![]));
+    assert_eq!(gate(), "all");
+    p.set_alarm(alarm, "OK", "fixed");
+
+    // A deploy killed mid-bake leaves the rollout visible; promote ends it.
+    let (mut child, _lines) = p.start_until(&deploy, shifted_to(10));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert_eq!(
+        p.fails(&["deploy", "--env", "live", "--yes", "--force-unlock"]),
+        (
+            Some(2),
+            "a rollout of `live` is in flight: step 1/2, 10% on the new versions".into(),
+            "finish it first: `pipeline rollout promote --env live` or `pipeline rollout abort --env live`".into()
+        )
+    );
+    let state = p.json(&["--output", "json", "rollout", "status", "--env", "live"]);
+    assert_eq!(
+        (&state["phase"], &state["step"]),
+        (&"in_progress".into(), &0.into())
+    );
+    let text = p.ok(&["rollout", "status", "--env", "live"]);
+    assert!(
+        text.starts_with("canary rollout of live: in progress, step 1/2, new versions take 10%\n"),
+        "{text}"
+    );
+    // The killed deploy left the gates on the version it was baking.
+    assert_eq!(gate(), "2");
+    p.ok(&["rollout", "promote", "--env", "live"]);
+    assert_eq!(p.alias(&ingest), ("2".into(), vec![]));
+    assert_eq!(gate(), "all");
+
+    // Killed again with newer code: abort sends the traffic back.
+    p.package("ingest", "v3");
+    let unlock = [
+        "--output",
+        "json",
+        "deploy",
+        "--env",
+        "live",
+        "--yes",
+        "--force-unlock",
+    ];
+    let (mut child, _lines) = p.start_until(&unlock, shifted_to(10));
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert_eq!(p.alias(&ingest), ("2".into(), vec![("3".into(), 0.1)]));
+    assert_eq!(gate(), "3");
+    let text = p.ok(&["rollout", "abort", "--env", "live", "--function", "ingest"]);
+    assert!(
+        text.starts_with("rollout aborted: all traffic is on the previous versions (ingest 2→3)"),
+        "{text}"
+    );
+    assert_eq!(p.alias(&ingest), ("2".into(), vec![]));
+    assert_eq!(gate(), "all");
+    let state = p.json(&["--output", "json", "rollout", "status", "--env", "live"]);
+    assert_eq!(state["phase"], "aborted");
+}
+
+#[test]
+fn failed_migrations_or_smoke_invocations_move_no_traffic() {
+    require!(Service::Moto);
+    let p = Project::new(&[]);
+    let first = p.bootstrap_and_deploy("dev");
+    let loader = first["outputs"]["LoaderFunctionName"]
+        .as_str()
+        .expect("LoaderFunctionName")
+        .to_string();
+    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
+
+    p.package("loader", "v2");
+    let refused = r#"{"errorType":"MigrationRefused","errorMessage":"dropping column kind needs allow_destructive_changes"}"#;
+    p.lambda_results(&[refused]);
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(1),
+            format!("the migrations of loader version 2 failed: Unhandled: {refused}"),
+            "no traffic moved; the previous versions still serve".into()
+        )
+    );
+    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
+
+    // Migrations pass, the smoke invocation crashes.
+    let crashed = r#"{"errorType":"Runtime.ExitError","errorMessage":"RequestId: 1 Error: Runtime exited with error: signal: aborted"}"#;
+    p.lambda_results(&["{}", crashed]);
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(1),
+            format!("the smoke invocation of loader version 2 failed: Unhandled: {crashed}"),
+            "no traffic moved; the previous versions still serve".into()
+        )
+    );
+    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
+
+    // Both pass: the new version serves.
+    let deployed = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
+    assert_eq!(
+        deployed["versions_published"], 0,
+        "version 2 was published by the first try"
+    );
+    assert_eq!(p.alias(&loader), ("2".into(), vec![]));
+}
