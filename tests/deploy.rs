@@ -258,7 +258,7 @@ impl Project {
             .extend_pairs(form)
             .finish();
         let status = runtime().block_on(async {
-            reqwest::Client::new()
+            pipeline_cli::http::client()
                 .post(format!("{}/", self.moto.url))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .header(
@@ -287,7 +287,7 @@ impl Project {
     /// Queues what the next Lambda invocations answer (moto's scripted results).
     fn lambda_results(&self, results: &[&str]) {
         let status = runtime().block_on(async {
-            reqwest::Client::new()
+            pipeline_cli::http::client()
                 .post(format!(
                     "{}/moto-api/static/lambda-simple/response",
                     self.moto.url

@@ -259,7 +259,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn pusher(host: &str, repository: &str, user: (&str, &str)) -> oci::Registry {
     oci::Registry::new(
-        reqwest::Client::new(),
+        pipeline_cli::http::client(),
         host,
         repository,
         Some(oci::Credentials {

@@ -46,7 +46,7 @@ impl Local {
             api_key: String::new(),
             env,
             dir,
-            http: reqwest::Client::new(),
+            http: pipeline_cli::http::client(),
         };
         local.read_banner();
         local

@@ -20,7 +20,7 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("client");
+        let client = pipeline_cli::http::builder().pool_max_idle_per_host(256).build().expect("client");
         // Warm the connection pool and the server.
         for _ in 0..200 {
             let _ = client.get(url).header("x-api-key", key).send().await;

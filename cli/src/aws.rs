@@ -35,6 +35,7 @@ impl Clients {
             .clone()
             .unwrap_or_else(|| spec_region.to_string());
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(pipeline_shared::runtime::https_client())
             .region(aws_config::Region::new(region));
         if let Some(profile) = &args.profile {
             loader = loader.profile_name(profile);

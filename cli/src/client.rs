@@ -55,8 +55,7 @@ impl Api {
                     .map(|k| k.trim().to_string())
             }
         };
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("pipeline/", env!("CARGO_PKG_VERSION")))
+        let http = crate::http::builder()
             .build()
             .map_err(|e| client_error(format!("cannot build an HTTP client: {e}")))?;
         Ok(Api {

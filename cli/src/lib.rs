@@ -7,6 +7,7 @@ pub mod client;
 pub mod commands;
 pub mod deploy;
 pub mod error;
+pub mod http;
 pub mod image;
 pub mod local;
 pub mod output;

@@ -456,7 +456,7 @@ database:
 /// DescribeDBInstances query API answers (in XML).
 fn protected_instances(p: &Project) -> Vec<bool> {
     let body = runtime().block_on(async {
-        reqwest::Client::new()
+        pipeline_cli::http::client()
             .post(format!("{}/", p.moto.url))
             .header("content-type", "application/x-www-form-urlencoded")
             .header(

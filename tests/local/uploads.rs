@@ -254,7 +254,7 @@ async fn a_multipart_completion_with_a_missing_part_is_refused() {
     assert!(started.get("url").is_none(), "{started}");
     let parts = started["parts"].as_array().expect("parts");
     assert_eq!(parts.len(), body.len().div_ceil(100));
-    let http = reqwest::Client::new();
+    let http = pipeline_cli::http::client();
     let first = &parts[0];
     let response = http
         .put(first["url"].as_str().expect("url"))

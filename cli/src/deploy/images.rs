@@ -207,8 +207,7 @@ fn zip_files(zip: &Path) -> Result<Vec<(String, Vec<u8>, u32)>, Error> {
 }
 
 fn http_client() -> Result<reqwest::Client, Error> {
-    reqwest::Client::builder()
-        .user_agent(concat!("pipeline/", env!("CARGO_PKG_VERSION")))
+    crate::http::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
         .build()
         .map_err(|e| Error::Build {

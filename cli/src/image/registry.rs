@@ -523,7 +523,7 @@ mod tests {
             );
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let registry = Registry::new(
-            reqwest::Client::new(),
+            crate::http::client(),
             &address.to_string(),
             "lambda/provided",
             None,

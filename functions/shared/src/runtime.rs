@@ -345,6 +345,15 @@ pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient 
         .build_https()
 }
 
+/// Makes ring the process's default rustls crypto provider, for the
+/// clients that take the default (reqwest built without a provider of its
+/// own); the SDK's clients and the database's TLS name ring themselves.
+/// Calling it again does nothing.
+pub fn install_crypto_provider() {
+    // Err only when a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The standard AWS configuration (region, credentials,
 /// `AWS_ENDPOINT_URL`), with [`https_client`].
 pub async fn aws_config() -> aws_config::SdkConfig {

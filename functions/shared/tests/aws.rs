@@ -60,6 +60,12 @@ async fn collect(stream: ByteStream) -> Vec<u8> {
     parts.concat()
 }
 
+/// A plain HTTP client, on the ring provider the functions use.
+fn http() -> reqwest::Client {
+    pipeline_shared::runtime::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 #[tokio::test]
 async fn s3_store_puts_reads_ranges_and_presigns() {
     require!(Service::Moto);
@@ -110,7 +116,7 @@ async fn s3_store_puts_reads_ranges_and_presigns() {
         .await
         .expect("presign");
     assert!(url.contains("X-Amz-Signature="), "{url}");
-    let response = reqwest::Client::new()
+    let response = http()
         .put(&url)
         .body("uploaded\n")
         .send()
@@ -145,7 +151,7 @@ async fn s3_multipart_uploads_go_through_presigned_part_urls() {
         .expect("start");
     let sizes: Vec<u64> = upload.parts.iter().map(|p| p.size).collect();
     assert_eq!(sizes, vec![5 << 20, 5 << 20, 1 << 20]);
-    let http = reqwest::Client::new();
+    let http = http();
     let mut completed = Vec::new();
     // The last part's URL comes again from presign_parts, as for parts
     // beyond the first page of an upload's answer.
