@@ -99,7 +99,7 @@ impl Project {
     }
 
     async fn sdk(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
+        pipeline_cli::aws::config_loader()
             .region(aws_config::Region::new("eu-west-1"))
             .endpoint_url(&self.moto.url)
             .credentials_provider(aws_sdk_s3::config::Credentials::new(

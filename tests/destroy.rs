@@ -57,7 +57,7 @@ impl Project {
     }
 
     async fn s3(&self) -> aws_sdk_s3::Client {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let config = pipeline_cli::aws::config_loader()
             .region(aws_config::Region::new("eu-west-1"))
             .endpoint_url(&self.moto.url)
             .credentials_provider(aws_sdk_s3::config::Credentials::new(

@@ -15,7 +15,7 @@ use aws_sdk_cloudformation::types::{ChangeSetType, StackStatus};
 use serde_json::{Value, json};
 
 async fn cloudformation(moto: &common::moto::Moto) -> aws_sdk_cloudformation::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let config = pipeline_cli::aws::config_loader()
         .region(aws_config::Region::new("eu-west-1"))
         .endpoint_url(&moto.url)
         .credentials_provider(aws_sdk_cloudformation::config::Credentials::new(

@@ -723,7 +723,7 @@ fn deploy_pushes_images_and_names_them_by_digest() {
 
     let function = |name: &str| {
         runtime().block_on(async {
-            let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            let config = pipeline_cli::aws::config_loader()
                 .region(aws_config::Region::new("eu-west-1"))
                 .endpoint_url(&moto.url)
                 .credentials_provider(aws_sdk_lambda::config::Credentials::new(

@@ -27,6 +27,14 @@ pub struct Clients {
     pub ecr: aws_sdk_ecr::Client,
 }
 
+/// The SDK's configuration loader (credentials, region and endpoints from
+/// the environment and the AWS config files), on the one HTTPS client: rustls
+/// with ring, as the functions.
+pub fn config_loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(pipeline_shared::runtime::https_client())
+}
+
 impl Clients {
     /// Loads the configuration: `--region`, else the spec's region.
     pub async fn load(args: &AwsArgs, spec_region: &str) -> Clients {
@@ -34,9 +42,7 @@ impl Clients {
             .region
             .clone()
             .unwrap_or_else(|| spec_region.to_string());
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(pipeline_shared::runtime::https_client())
-            .region(aws_config::Region::new(region));
+        let mut loader = config_loader().region(aws_config::Region::new(region));
         if let Some(profile) = &args.profile {
             loader = loader.profile_name(profile);
         }

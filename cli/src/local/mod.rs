@@ -123,8 +123,33 @@ pub fn local_error(what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The environment's database pools, made by [`database`].
+struct Pools {
+    /// For everything but reads.
+    main: deadpool_postgres::Pool,
+    /// For the query handler: each statement stopped after
+    /// `READ_TIMEOUT_MS`, as the `pipeline_query` role's setting does in AWS.
+    reads: deadpool_postgres::Pool,
+    /// The database's name.
+    name: String,
+}
+
+fn pool(config: tokio_postgres::Config, size: usize) -> Result<deadpool_postgres::Pool, Error> {
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .build()
+        .map_err(|e| local_error("cannot build the connection pool", e))
+}
+
 /// Connects to `DATABASE_URL`, creating the environment's database if needed.
-async fn database(url: &str, env: &str) -> Result<(deadpool_postgres::Pool, String), Error> {
+async fn database(url: &str, env: &str) -> Result<Pools, Error> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| local_error("DATABASE_URL is not a Postgres URL", e))?;
@@ -156,18 +181,17 @@ async fn database(url: &str, env: &str) -> Result<(deadpool_postgres::Pool, Stri
     drop(client);
     let _ = task.await;
     config.dbname(&name);
-    let manager = deadpool_postgres::Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
-    let pool = deadpool_postgres::Pool::builder(manager)
-        .max_size(16)
-        .build()
-        .map_err(|e| local_error("cannot build the connection pool", e))?;
-    Ok((pool, name))
+    let mut reads = config.clone();
+    let options = reads.get_options().unwrap_or_default().to_string();
+    reads.options(format!(
+        "{options} -c statement_timeout={}",
+        pipeline_contract::READ_TIMEOUT_MS
+    ));
+    Ok(Pools {
+        main: pool(config, 16)?,
+        reads: pool(reads, 16)?,
+        name,
+    })
 }
 
 /// Runs the pipeline of `env` on this machine until Ctrl-C (or SIGTERM):
@@ -178,7 +202,11 @@ pub async fn serve(
     ui: &Ui,
 ) -> Result<(), Error> {
     let spec = &env.spec;
-    let (pool, db_name) = database(&settings.database_url, &env.name).await?;
+    let Pools {
+        main: pool,
+        reads,
+        name: db_name,
+    } = database(&settings.database_url, &env.name).await?;
     let data_dir = settings
         .data_dir
         .clone()
@@ -291,6 +319,10 @@ pub async fn serve(
         .collect();
 
     let app = axum::Router::new().fallback(dispatch).with_state(Server {
+        reads: Context {
+            pool: reads,
+            ..ctx.clone()
+        },
         ctx,
         objects,
         uploads_dir,

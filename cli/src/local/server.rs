@@ -7,6 +7,8 @@ use super::*;
 #[derive(Clone)]
 pub(super) struct Server {
     pub(super) ctx: Context,
+    /// The query handler's context: `ctx` with the pool for reads.
+    pub(super) reads: Context,
     /// The object store, for uploads through presigned URLs.
     pub(super) objects: LocalStore,
     pub(super) uploads_dir: PathBuf,
@@ -62,7 +64,7 @@ pub(super) async fn dispatch(
     let response = if request.method() == http::Method::POST {
         ingest::handle(&server.ctx, request).await
     } else {
-        ::query::handle(&server.ctx, request).await
+        ::query::handle(&server.reads, request).await
     };
     respond(response)
 }

@@ -160,6 +160,13 @@ pub fn allowed_methods(parts: &[&str]) -> &'static [&'static str] {
 /// The most records one page of `GET .../records` holds (`limit`).
 pub const MAX_PAGE: u32 = 1000;
 
+/// Longest a records read may run, in milliseconds: the database stops a
+/// longer one and the API answers 503. A page is one range scan of an index
+/// and takes milliseconds; the limit keeps a read that would scan without
+/// bound (a filter whose index is missing) from holding a connection and
+/// starving the other readers.
+pub const READ_TIMEOUT_MS: u32 = 5_000;
+
 /// The records of a page when the request gives no `limit`.
 pub const DEFAULT_PAGE: u32 = 100;
 

@@ -157,6 +157,21 @@ impl Dataset {
         self.columns.iter().find(|c| c.name == name)
     }
 
+    /// The columns records are read in: the primary key, or, with a range
+    /// filter, its column and then the key. Every filterable column has an
+    /// index in this order (the key's own index serves the key order), so
+    /// that a page of records is one range scan of one index, whatever the
+    /// filters.
+    pub fn read_order<'a>(&'a self, range: Option<&'a str>) -> Vec<&'a str> {
+        let mut order: Vec<&str> = range.into_iter().collect();
+        for key in &self.primary_key {
+            if !order.contains(&key.as_str()) {
+                order.push(key);
+            }
+        }
+        order
+    }
+
     /// Checks the rules that span several fields: unique column names, a
     /// primary key and filters that name existing columns.
     pub fn problems(&self) -> Vec<DatasetProblem> {
@@ -262,6 +277,15 @@ mod tests {
     #[test]
     fn valid_dataset_has_no_problems() {
         assert_eq!(dataset(&["id"], &["note"]).problems(), vec![]);
+    }
+
+    #[test]
+    fn records_are_read_in_the_range_column_then_the_key() {
+        let d = dataset(&["sensor_id", "read_at"], &[]);
+        assert_eq!(d.read_order(None), ["sensor_id", "read_at"]);
+        assert_eq!(d.read_order(Some("read_at")), ["read_at", "sensor_id"]);
+        assert_eq!(d.read_order(Some("sensor_id")), ["sensor_id", "read_at"]);
+        assert_eq!(d.read_order(Some("day")), ["day", "sensor_id", "read_at"]);
     }
 
     #[test]

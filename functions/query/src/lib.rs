@@ -3,10 +3,10 @@
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use pipeline_contract::{ErrorCode, RecordsPage};
+use pipeline_contract::{ErrorCode, READ_TIMEOUT_MS, RecordsPage};
 use pipeline_shared::api::{self, Context};
 use pipeline_shared::dataset::Dataset;
-use pipeline_shared::db::{self, DbError, Filter};
+use pipeline_shared::db::{self, Cursor, DbError, Filter};
 
 /// The function's name as the spec and the templates know it.
 pub const NAME: &str = "query";
@@ -51,6 +51,23 @@ async fn batch(ctx: &Context, id: &str) -> Response<Bytes> {
             ErrorCode::NotFound,
             format!("there is no batch {id}"),
         ),
+        Err(DbError::Cursor) => bad_request(
+            "`cursor` belongs to a read with other range filters; read from the first page, without `cursor`",
+        ),
+        // query_canceled: the role's (or local's) statement_timeout.
+        Err(DbError::Postgres(e))
+            if e.as_db_error().is_some_and(|d| d.code().code() == "57014") =>
+        {
+            tracing::warn!(error = %e, "a read passed its time limit");
+            api::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                format!(
+                    "the read took longer than {} s and was stopped; narrow it with filters",
+                    READ_TIMEOUT_MS / 1000
+                ),
+            )
+        }
         Err(e) => api::unavailable("the database", &e),
     }
 }
@@ -63,8 +80,8 @@ fn bad_request(message: impl Into<String>) -> Response<Bytes> {
 #[derive(Debug, PartialEq)]
 struct RecordsQuery {
     filters: Vec<Filter>,
-    /// Key of the last record of the previous page.
-    after: Option<Vec<String>>,
+    /// Where the previous page ended.
+    after: Option<Cursor>,
     limit: u32,
 }
 
@@ -88,7 +105,8 @@ fn parse_query(dataset: &Dataset, query: Option<&str>) -> Result<RecordsQuery, S
             }
             "cursor" => {
                 cursor = Some(
-                    decode_cursor(&value).ok_or("`cursor` is not a cursor this API returned")?,
+                    decode_cursor(dataset, &value)
+                        .ok_or("`cursor` is not a cursor this API returned")?,
                 )
             }
             other => {
@@ -137,11 +155,11 @@ async fn records(ctx: &Context, name: &str, query: Option<&str>) -> Response<Byt
         Ok(c) => c,
         Err(e) => return api::unavailable("the database", &e),
     };
-    match db::records(&**client, name, dataset, &filters, after.as_deref(), limit).await {
+    match db::records(&**client, name, dataset, &filters, after.as_ref(), limit).await {
         Ok(page) => api::json(
             StatusCode::OK,
             &RecordsPage {
-                next_cursor: page.last_key.map(|k| encode_cursor(&k)),
+                next_cursor: page.next.as_ref().map(encode_cursor),
                 records: page.records,
             },
         ),
@@ -159,43 +177,68 @@ async fn records(ctx: &Context, name: &str, query: Option<&str>) -> Response<Byt
     }
 }
 
-/// A cursor is the last key's values as a JSON array of strings, hex-encoded.
-fn encode_cursor(key: &[serde_json::Value]) -> String {
-    let texts: Vec<String> = key
-        .iter()
-        .map(|v| match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect();
-    let json = serde_json::to_vec(&texts).unwrap_or_default();
+/// A cursor is where a page ended ([`Cursor`]) as JSON, hex-encoded.
+fn encode_cursor(cursor: &Cursor) -> String {
+    let json = serde_json::to_vec(cursor).unwrap_or_default();
     json.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_cursor(text: &str) -> Option<Vec<String>> {
+/// Reads a cursor; one of earlier versions, the last key's values alone,
+/// continues a read in key order.
+fn decode_cursor(dataset: &Dataset, text: &str) -> Option<Cursor> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..text.len())
+    let bytes: Vec<u8> = (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect();
-    serde_json::from_slice(&bytes?).ok()
+        .collect::<Option<_>>()?;
+    if let Ok(cursor) = serde_json::from_slice::<Cursor>(&bytes) {
+        return Some(cursor);
+    }
+    let after: Vec<String> = serde_json::from_slice(&bytes).ok()?;
+    Some(Cursor {
+        by: dataset.primary_key.clone(),
+        after,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn dataset() -> Dataset {
+        serde_json::from_value(serde_json::json!({
+            "format": "ndjson",
+            "columns": [
+                {"name": "id", "type": "int"},
+                {"name": "at", "type": "timestamptz"}
+            ],
+            "primary_key": ["id"],
+            "on_conflict": "ignore",
+            "filterable": ["at"]
+        }))
+        .expect("dataset")
+    }
+
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let key = vec![serde_json::json!("a b"), serde_json::json!(7)];
-        let cursor = encode_cursor(&key);
+        let d = dataset();
+        let cursor = Cursor {
+            by: vec!["at".into(), "id".into()],
+            after: vec!["2024-01-31T10:00:00+00:00".into(), "7".into()],
+        };
+        assert_eq!(decode_cursor(&d, &encode_cursor(&cursor)), Some(cursor));
+        assert_eq!(decode_cursor(&d, "zz"), None);
+        assert_eq!(decode_cursor(&d, "abc"), None);
+        // An earlier version's cursor: the key's values, in key order.
+        let legacy: String = br#"["7"]"#.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
-            decode_cursor(&cursor),
-            Some(vec!["a b".to_string(), "7".to_string()])
+            decode_cursor(&d, &legacy),
+            Some(Cursor {
+                by: vec!["id".into()],
+                after: vec!["7".into()],
+            })
         );
-        assert_eq!(decode_cursor("zz"), None);
-        assert_eq!(decode_cursor("abc"), None);
     }
 }

@@ -268,6 +268,7 @@ async fn the_administrators_secret_is_read_from_secrets_manager() {
     let config = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
         .region(aws_sdk_secretsmanager::config::Region::new("eu-west-1"))
+        .http_client(pipeline_shared::runtime::https_client())
         .endpoint_url(&moto.url)
         .credentials_provider(credentials)
         .build();

@@ -154,7 +154,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
         report.statements,
         vec![
             "CREATE TABLE public.\"events\" (\"id\" bigint NOT NULL, \"kind\" text NOT NULL, \"amount\" numeric, PRIMARY KEY (\"id\"))",
-            "CREATE INDEX IF NOT EXISTS \"events_kind_idx\" ON public.\"events\" (\"kind\")",
+            "CREATE INDEX IF NOT EXISTS \"events_kind_key_idx\" ON public.\"events\" (\"kind\", \"id\")",
         ]
     );
     // Unchanged: nothing to do.
@@ -164,6 +164,24 @@ async fn migrations_add_and_refuse_destructive_changes() {
             .expect("again")
             .statements
             .is_empty()
+    );
+    // A table of an earlier version, with a one-column filter index: it
+    // gives way to the index in read order.
+    client
+        .batch_execute(
+            "DROP INDEX events_kind_key_idx; CREATE INDEX events_kind_idx ON public.events (kind)",
+        )
+        .await
+        .expect("earlier index");
+    assert_eq!(
+        db::migrate(&mut client, &datasets(&ds))
+            .await
+            .expect("upgrade")
+            .statements,
+        vec![
+            "DROP INDEX IF EXISTS public.\"events_kind_idx\"",
+            "CREATE INDEX IF NOT EXISTS \"events_kind_key_idx\" ON public.\"events\" (\"kind\", \"id\")",
+        ]
     );
     // Additive: a nullable column and an index.
     ds.columns.push(column("note", ColumnType::Text, true));
@@ -175,7 +193,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
         report.statements,
         vec![
             "ALTER TABLE public.\"events\" ADD COLUMN \"note\" text",
-            "CREATE INDEX IF NOT EXISTS \"events_note_idx\" ON public.\"events\" (\"note\")",
+            "CREATE INDEX IF NOT EXISTS \"events_note_key_idx\" ON public.\"events\" (\"note\", \"id\")",
         ]
     );
     // Destructive: refused, and nothing changes.
@@ -197,7 +215,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     // Allowed explicitly: applied.
     bad.columns[1].kind = ColumnType::Text;
     bad.allow_destructive_changes = true;
@@ -223,6 +241,21 @@ async fn migrations_add_and_refuse_destructive_changes() {
         let allowed: bool = client.query_one(&sql, &[]).await.expect("privilege").get(0);
         assert_eq!(allowed, expected, "{user} {privilege} {table}");
     }
+    // Reads are bounded by the server, in this database.
+    let timeout: String = client
+        .query_one(
+            "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s
+             JOIN pg_roles r ON r.oid = s.setrole JOIN pg_database d ON d.oid = s.setdatabase
+             WHERE r.rolname = 'pipeline_query' AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("role setting")
+        .get(0);
+    assert_eq!(
+        timeout,
+        format!("statement_timeout={}", pipeline_contract::READ_TIMEOUT_MS)
+    );
 }
 
 #[tokio::test]
@@ -432,12 +465,7 @@ async fn records_page_by_key_with_filters() {
         .collect();
     assert_eq!(ids, vec![3, 5]);
     assert_eq!(page.records[0]["amount"], "3.5");
-    let after: Vec<String> = page
-        .last_key
-        .expect("more")
-        .iter()
-        .map(|v| v.to_string())
-        .collect();
+    let after = page.next.expect("more");
     let page = db::records(&client, "events", &ds, &filters, Some(&after), 2)
         .await
         .expect("page 2");
@@ -447,7 +475,7 @@ async fn records_page_by_key_with_filters() {
         .filter_map(|r| r["id"].as_i64())
         .collect();
     assert_eq!(ids, vec![7]);
-    assert!(page.last_key.is_none());
+    assert!(page.next.is_none());
     // A value that is not of the column's type is a database error, not an injection.
     let bad = vec![Filter::Eq("id".into(), "1; DROP TABLE events".into())];
     assert!(
@@ -455,6 +483,143 @@ async fn records_page_by_key_with_filters() {
             .await
             .is_err()
     );
+}
+
+/// The plan's nodes, depth first.
+fn plan_nodes<'a>(node: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+    out.push(node);
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        plan_nodes(child, out);
+    }
+}
+
+/// Before, a page was read in key order whatever the filters: with a
+/// filter on `user_id` Postgres walked the key's index and discarded every
+/// row of other users until the page was full. Each page is now one range
+/// scan of an index in the order records are read in (or, for a common
+/// value, of the key's): no node scans the table, and no page reads more
+/// than a few pages' worth of rows.
+#[tokio::test]
+async fn every_filter_reads_a_page_from_one_index_range() {
+    require!(Service::Postgres);
+    let (_db, mut client) = TestDb::new().await;
+    let ds = Dataset {
+        format: Format::Ndjson,
+        columns: vec![
+            column("id", ColumnType::Bigint, false),
+            column("kind", ColumnType::Text, false),
+            column("user_id", ColumnType::Bigint, false),
+            column("at", ColumnType::Timestamptz, false),
+        ],
+        primary_key: vec!["id".into()],
+        on_conflict: OnConflict::Ignore,
+        filterable: vec!["kind".into(), "user_id".into(), "at".into()],
+        description: None,
+        allow_destructive_changes: false,
+    };
+    db::migrate(&mut client, &datasets(&ds))
+        .await
+        .expect("migrate");
+    // 200,000 rows: three kinds, 10 rows per user, one every 30 s (2,880 a day).
+    client
+        .batch_execute(
+            "INSERT INTO public.events
+             SELECT g, (ARRAY['view', 'click', 'purchase'])[g % 3 + 1], g % 20000,
+                    timestamptz '2024-01-01 00:00:00+00' + g * interval '30 seconds'
+             FROM generate_series(1, 200000) g;
+             ANALYZE public.events;",
+        )
+        .await
+        .expect("rows");
+    let day = || {
+        vec![
+            Filter::Gte("at".into(), "2024-01-20T00:00:00Z".into()),
+            Filter::Lt("at".into(), "2024-01-21T00:00:00Z".into()),
+        ]
+    };
+    let cases: Vec<(&str, Vec<Filter>, usize)> = vec![
+        ("no filter", vec![], 100),
+        (
+            "a common value",
+            vec![Filter::Eq("kind".into(), "purchase".into())],
+            100,
+        ),
+        (
+            "10 rows in 200,000",
+            vec![Filter::Eq("user_id".into(), "4242".into())],
+            10,
+        ),
+        ("a one-day range", day(), 100),
+        (
+            "a value and a range",
+            [day(), vec![Filter::Eq("kind".into(), "click".into())]].concat(),
+            100,
+        ),
+    ];
+    for (what, filters, expected) in cases {
+        let first = db::records(&client, "events", &ds, &filters, None, 100)
+            .await
+            .expect("page");
+        assert_eq!(first.records.len(), expected, "{what}");
+        for after in [None, first.next.as_ref()] {
+            let read = db::read("events", &ds, &filters, after, 100).expect("read");
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = read
+                .params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let plan: serde_json::Value = client
+                .query_one(
+                    &format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", read.sql),
+                    &refs,
+                )
+                .await
+                .expect("explain")
+                .get(0);
+            let explained = plan.to_string();
+            let mut nodes = Vec::new();
+            plan_nodes(&plan[0]["Plan"], &mut nodes);
+            let mut read_rows = 0;
+            for node in nodes {
+                let kind = node["Node Type"].as_str().unwrap_or_default();
+                assert_ne!(kind, "Seq Scan", "{what}: {explained}");
+                if kind.contains("Scan") && kind != "Subquery Scan" {
+                    read_rows += node["Actual Rows"].as_u64().unwrap_or(0)
+                        + node["Rows Removed by Filter"].as_u64().unwrap_or(0)
+                        + node["Rows Removed by Index Recheck"].as_u64().unwrap_or(0);
+                }
+            }
+            // A common value may be read off the key's index, skipping the
+            // other values' rows: a few pages' worth, never the table.
+            assert!(
+                read_rows <= 5 * 101,
+                "{what}: {read_rows} rows read: {explained}"
+            );
+        }
+        // The next page follows on where the first ended: both are the
+        // first 200 records of the same read.
+        if let Some(after) = &first.next {
+            let second = db::records(&client, "events", &ds, &filters, Some(after), 100)
+                .await
+                .expect("page 2");
+            let both = db::records(&client, "events", &ds, &filters, None, 200)
+                .await
+                .expect("200");
+            assert_eq!(
+                [first.records.clone(), second.records].concat(),
+                both.records,
+                "{what}"
+            );
+        }
+    }
+    // A cursor from a read in another order is refused, not misread.
+    let by_day = db::records(&client, "events", &ds, &day(), None, 10)
+        .await
+        .expect("page");
+    let err = db::records(&client, "events", &ds, &[], by_day.next.as_ref(), 10)
+        .await
+        .expect_err("other order");
+    assert!(matches!(err, db::DbError::Cursor), "{err}");
 }
 
 /// Whether the connection is encrypted, as the server sees it.

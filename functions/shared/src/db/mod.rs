@@ -42,6 +42,9 @@ pub enum DbError {
     Foreign(String),
     #[error("no batch {0}")]
     NoBatch(uuid::Uuid),
+    /// A records cursor from a read in another order (other range filters).
+    #[error("the cursor belongs to a read with other range filters")]
+    Cursor,
     /// A status the schema's CHECK constraint does not allow: the table was
     /// changed by hand.
     #[error("pipeline.batches holds {0}")]

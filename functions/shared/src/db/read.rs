@@ -10,13 +10,21 @@ pub enum Filter {
     Lt(String, String),
 }
 
-/// One page of records, as JSON objects, and the key of the last one.
+/// Where a page of records ended: the columns the records were read in
+/// ([`Dataset::read_order`]) and the last record's values of them, as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Cursor {
+    pub by: Vec<String>,
+    pub after: Vec<String>,
+}
+
+/// One page of records, as JSON objects, and where it ended when more may
+/// follow.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Page {
     pub records: Vec<serde_json::Value>,
-    /// Key values of the last record when more may follow.
     #[serde(skip)]
-    pub last_key: Option<Vec<serde_json::Value>>,
+    pub next: Option<Cursor>,
 }
 
 /// The Postgres type a text parameter is cast to for comparison.
@@ -24,17 +32,78 @@ fn cast(kind: ColumnType) -> &'static str {
     kind.postgres()
 }
 
-/// Reads a page of records in key order, after `after` (the previous page's
-/// last key), with equality and range filters. Values travel as text
-/// parameters cast to the column's type: never spliced into the SQL.
+/// A value of a record as JSON gives it, as the text Postgres reads back.
+fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Reads a page of records after `after` (where the previous page ended),
+/// with equality and range filters. Records come in key order, or, with a
+/// range filter, in its column's order and then the key's, so that the
+/// page is one range scan of the filter's index and never a walk that
+/// discards rows until the page is full. Values travel as text parameters
+/// cast to the column's type: never spliced into the SQL.
 pub async fn records(
     client: &impl GenericClient,
     name: &str,
     dataset: &Dataset,
     filters: &[Filter],
-    after: Option<&[String]>,
+    after: Option<&Cursor>,
     limit: u32,
 ) -> Result<Page, DbError> {
+    let read = read(name, dataset, filters, after, limit)?;
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = read
+        .params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let rows = client.query(&read.sql, &refs).await?;
+    let mut records: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap_or(serde_json::Value::Null))
+        .collect();
+    let more = records.len() > limit as usize;
+    records.truncate(limit as usize);
+    let next = match records.last() {
+        Some(last) if more => Some(Cursor {
+            after: read.by.iter().map(|c| text(&last[c])).collect(),
+            by: read.by,
+        }),
+        _ => None,
+    };
+    Ok(Page { records, next })
+}
+
+/// The statement that reads a page of records, and its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    pub sql: String,
+    /// Each travels as text, cast in the statement.
+    pub params: Vec<String>,
+    /// The columns the records come in.
+    pub by: Vec<String>,
+}
+
+/// The statement [`records`] runs, so that its plan can be examined.
+pub fn read(
+    name: &str,
+    dataset: &Dataset,
+    filters: &[Filter],
+    after: Option<&Cursor>,
+    limit: u32,
+) -> Result<Read, DbError> {
+    let range = filters.iter().find_map(|f| match f {
+        Filter::Gte(c, _) | Filter::Lt(c, _) => Some(c.as_str()),
+        Filter::Eq(..) => None,
+    });
+    let order: Vec<&crate::dataset::Column> = dataset
+        .read_order(range)
+        .into_iter()
+        .filter_map(|c| dataset.column(c))
+        .collect();
     let mut clauses = Vec::new();
     let mut params: Vec<String> = Vec::new();
     for filter in filters {
@@ -54,21 +123,20 @@ pub async fn records(
             cast(col.kind)
         ));
     }
-    let key_cols: Vec<&crate::dataset::Column> = dataset
-        .primary_key
-        .iter()
-        .filter_map(|k| dataset.column(k))
-        .collect();
+    let columns: Vec<String> = order.iter().map(|c| ident(&c.name)).collect();
     if let Some(after) = after {
+        let by: Vec<&str> = order.iter().map(|c| c.name.as_str()).collect();
+        if after.by != by || after.after.len() != order.len() {
+            return Err(DbError::Cursor);
+        }
         let mut placeholders = Vec::new();
-        for (col, value) in key_cols.iter().zip(after) {
+        for (col, value) in order.iter().zip(&after.after) {
             params.push(value.clone());
             placeholders.push(format!("${}::text::{}", params.len(), cast(col.kind)));
         }
-        let key: Vec<String> = key_cols.iter().map(|c| ident(&c.name)).collect();
         clauses.push(format!(
             "({}) > ({})",
-            key.join(", "),
+            columns.join(", "),
             placeholders.join(", ")
         ));
     }
@@ -77,7 +145,6 @@ pub async fn records(
     } else {
         format!("WHERE {}", clauses.join(" AND "))
     };
-    let order: Vec<String> = key_cols.iter().map(|c| ident(&c.name)).collect();
     params.push((limit + 1).to_string());
     // Numerics travel as strings so that no precision is lost in JSON.
     let select: Vec<String> = dataset
@@ -92,28 +159,14 @@ pub async fn records(
         "SELECT row_to_json(t)::text FROM (SELECT {} FROM {} {where_sql} ORDER BY {} LIMIT ${}::text::bigint) t",
         select.join(", "),
         table(name),
-        order.join(", "),
+        columns.join(", "),
         params.len()
     );
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-        .iter()
-        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    let rows = client.query(&sql, &refs).await?;
-    let mut records: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap_or(serde_json::Value::Null))
-        .collect();
-    let more = records.len() > limit as usize;
-    records.truncate(limit as usize);
-    let last_key = if more {
-        records
-            .last()
-            .map(|r| key_cols.iter().map(|c| r[&c.name].clone()).collect())
-    } else {
-        None
-    };
-    Ok(Page { records, last_key })
+    Ok(Read {
+        sql,
+        params,
+        by: order.iter().map(|c| c.name.clone()).collect(),
+    })
 }
 
 /// Whether the database answers.

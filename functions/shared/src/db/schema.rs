@@ -71,33 +71,86 @@ fn create_table(name: &str, dataset: &Dataset) -> Vec<String> {
         })
         .collect();
     let key: Vec<String> = dataset.primary_key.iter().map(|k| ident(k)).collect();
-    let mut out = vec![format!(
+    vec![format!(
         "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
         table(name),
         columns.join(", "),
         key.join(", ")
-    )];
-    for column in &dataset.filterable {
-        out.push(create_index(name, column));
-    }
-    out
+    )]
 }
 
-fn index_name(dataset: &str, column: &str) -> String {
-    let name = format!("{dataset}_{column}_idx");
+fn index_name(dataset: &str, suffix: &str) -> String {
+    let name = format!("{dataset}_{suffix}_idx");
     name.chars().take(63).collect()
 }
 
-/// An index for a filterable column. (Appending the key would serve the
-/// records endpoint's key order from one range scan, but with random keys
-/// it costs loads far more than it saves reads: measured with bench-e2e.)
-fn create_index(dataset: &str, column: &str) -> String {
-    format!(
+/// The index that serves the filters on `column`: its name and the
+/// statement that makes it, over the columns records are read in with such
+/// a filter (see [`Dataset::read_order`]), so that a page is one range scan
+/// whether the filter is an equality or a range; `None` when the primary
+/// key's index is in that order already.
+fn filter_index(name: &str, dataset: &Dataset, column: &str) -> Option<(String, String)> {
+    let order = dataset.read_order(Some(column));
+    if order
+        .iter()
+        .copied()
+        .eq(dataset.primary_key.iter().map(String::as_str))
+    {
+        return None;
+    }
+    let index = index_name(name, &format!("{column}_key"));
+    let columns: Vec<String> = order.iter().map(|c| ident(c)).collect();
+    let sql = format!(
         "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-        ident(&index_name(dataset, column)),
-        table(dataset),
-        ident(column)
-    )
+        ident(&index),
+        table(name),
+        columns.join(", ")
+    );
+    Some((index, sql))
+}
+
+/// The statements that give the table the filter indexes of `new` and drop
+/// the pipeline's other indexes on it: those of filters `old` had, and the
+/// one-column indexes of earlier versions. `existing` names the table's
+/// indexes, so that nothing is made or dropped twice.
+fn index_statements(
+    name: &str,
+    old: Option<&Dataset>,
+    new: &Dataset,
+    existing: &[String],
+) -> Vec<String> {
+    let wanted: Vec<(String, String)> = new
+        .filterable
+        .iter()
+        .filter_map(|c| filter_index(name, new, c))
+        .collect();
+    let mut ours: Vec<String> = Vec::new();
+    let filters = old
+        .into_iter()
+        .flat_map(|o| &o.filterable)
+        .chain(&new.filterable);
+    for column in filters {
+        for index in [
+            index_name(name, column),
+            index_name(name, &format!("{column}_key")),
+        ] {
+            if !ours.contains(&index) {
+                ours.push(index);
+            }
+        }
+    }
+    let mut statements = Vec::new();
+    for index in ours {
+        if existing.contains(&index) && !wanted.iter().any(|(w, _)| *w == index) {
+            statements.push(format!("DROP INDEX IF EXISTS public.{}", ident(&index)));
+        }
+    }
+    for (index, sql) in wanted {
+        if !existing.contains(&index) {
+            statements.push(sql);
+        }
+    }
+    statements
 }
 
 /// The statements that take a table from `old` to `new`, and the changes
@@ -167,19 +220,6 @@ fn diff(name: &str, old: &Dataset, new: &Dataset) -> (Vec<String>, Vec<String>) 
             key.join(", ")
         ));
     }
-    for column in &old.filterable {
-        if !new.filterable.contains(column) {
-            statements.push(format!(
-                "DROP INDEX IF EXISTS public.{}",
-                ident(&index_name(name, column))
-            ));
-        }
-    }
-    for column in &new.filterable {
-        if !old.filterable.contains(column) {
-            statements.push(create_index(name, column));
-        }
-    }
     (statements, destructive)
 }
 
@@ -197,6 +237,14 @@ fn grants(datasets: &BTreeMap<String, Dataset>) -> String {
     sql.push_str(&format!(
         "  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam') THEN GRANT rds_iam TO {}; END IF;\nEND $$;\n",
         USERS.join(", ")
+    ));
+    // Reads run as pipeline_query, on the primary or a replica (roles'
+    // settings replicate), each statement bounded by the server. Set for
+    // this database only, so that the environments one server holds do not
+    // update one catalog row at once.
+    sql.push_str(&format!(
+        "DO $$ BEGIN EXECUTE format('ALTER ROLE pipeline_query IN DATABASE %I SET statement_timeout = {}', current_database()); END $$;\n",
+        pipeline_contract::READ_TIMEOUT_MS
     ));
     sql.push_str(&format!(
         "GRANT USAGE ON SCHEMA pipeline, public TO {};\n",
@@ -241,7 +289,16 @@ pub async fn migrate(
                 &[name],
             )
             .await?;
-        let (statements, version) = match stored {
+        let existing: Vec<String> = tx
+            .query(
+                "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1",
+                &[name],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let (mut statements, version, old) = match stored {
             None => {
                 let exists: bool = tx
                     .query_one(
@@ -253,7 +310,7 @@ pub async fn migrate(
                 if exists {
                     return Err(DbError::Foreign(name.clone()));
                 }
-                (create_table(name, dataset), 1)
+                (create_table(name, dataset), 1, None)
             }
             Some(row) => {
                 let definition: serde_json::Value = row.get(0);
@@ -267,9 +324,10 @@ pub async fn migrate(
                         changes: destructive.join("; "),
                     });
                 }
-                (statements, version + 1)
+                (statements, version + 1, Some(old))
             }
         };
+        statements.extend(index_statements(name, old.as_ref(), dataset, &existing));
         if statements.is_empty() {
             continue;
         }
