@@ -329,6 +329,9 @@ pub async fn serve(
         api_key: api_key.clone(),
         openapi: Bytes::from(openapi),
     });
+    // Handlers in place before anyone is told where to send requests (or
+    // signals): a Ctrl-C right after "listening" stops cleanly too.
+    let shutdown = shutdown_signal().map_err(|e| local_error("cannot handle signals", e))?;
     ui.event(&Listening {
         event: "listening",
         url: format!("http://{addr}"),
@@ -338,7 +341,7 @@ pub async fn serve(
         api_key,
     });
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| local_error("the HTTP server failed", e))?;
     // Requests are done; let loads in flight finish.
@@ -366,18 +369,16 @@ async fn local_api_key(data_dir: &std::path::Path) -> Result<String, Error> {
     }
 }
 
-/// Ctrl-C, or SIGTERM as sent by process managers.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Ctrl-C (SIGINT), or SIGTERM as sent by process managers: the handlers
+/// are installed at once, the returned future ends on the first signal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    })
 }
