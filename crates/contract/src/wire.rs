@@ -372,7 +372,8 @@ pub enum HealthStatus {
     Ok,
 }
 
-/// A page of records, in key order.
+/// A page of records: in key order, or, with a range filter, in its
+/// column's order and then the key's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "schema", schemars(rename = "RecordsPage"))]

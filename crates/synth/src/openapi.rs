@@ -262,7 +262,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             format!("/v1/datasets/{name}/records"),
             json!({"get": op(Target::Query, json!({
                 "operationId": format!("listRecords{model}"),
-                "summary": format!("Read `{name}` records from a read replica, a page at a time in key order."),
+                "summary": format!("Read `{name}` records from a read replica, a page at a time: in key order, or, with a range filter, in its column's order and then the key's."),
                 "parameters": params,
                 "responses": {
                     "200": json_response("A page of records.", schema_ref(&format!("RecordsPage{model}"))),
