@@ -51,23 +51,6 @@ async fn batch(ctx: &Context, id: &str) -> Response<Bytes> {
             ErrorCode::NotFound,
             format!("there is no batch {id}"),
         ),
-        Err(DbError::Cursor) => bad_request(
-            "`cursor` belongs to a read with other range filters; read from the first page, without `cursor`",
-        ),
-        // query_canceled: the role's (or local's) statement_timeout.
-        Err(DbError::Postgres(e))
-            if e.as_db_error().is_some_and(|d| d.code().code() == "57014") =>
-        {
-            tracing::warn!(error = %e, "a read passed its time limit");
-            api::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                format!(
-                    "the read took longer than {} s and was stopped; narrow it with filters",
-                    READ_TIMEOUT_MS / 1000
-                ),
-            )
-        }
         Err(e) => api::unavailable("the database", &e),
     }
 }
@@ -172,6 +155,23 @@ async fn records(ctx: &Context, name: &str, query: Option<&str>) -> Response<Byt
                 .map(|d| d.message().to_string())
                 .unwrap_or_default();
             bad_request(format!("a filter value does not fit its column: {detail}"))
+        }
+        Err(DbError::Cursor) => bad_request(
+            "`cursor` belongs to a read with other range filters; read from the first page, without `cursor`",
+        ),
+        // query_canceled: the role's (or local's) statement_timeout.
+        Err(DbError::Postgres(e))
+            if e.as_db_error().is_some_and(|d| d.code().code() == "57014") =>
+        {
+            tracing::warn!(error = %e, "a read passed its time limit");
+            api::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                format!(
+                    "the read took longer than {} s and was stopped; narrow it with filters",
+                    READ_TIMEOUT_MS / 1000
+                ),
+            )
         }
         Err(e) => api::unavailable("the database", &e),
     }
