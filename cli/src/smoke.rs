@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::client::Api;
-use pipeline_shared::dataset::{ColumnType, Dataset, Format};
+use pipeline_shared::dataset::{ColumnType, Dataset, DecimalMark, Format, sample_value};
 
 /// The dataset the write check goes to.
 pub const SMOKE_DATASET: &str = "smoke";
@@ -61,13 +61,27 @@ pub fn record(dataset: &Dataset) -> serde_json::Map<String, Value> {
         .columns
         .iter()
         .map(|c| {
+            let comma = c.decimal == Some(DecimalMark::Comma);
             let value = match c.kind {
                 ColumnType::Text => json!(format!("smoke-{id}")),
                 ColumnType::Int => json!((now.timestamp_millis() % i64::from(i32::MAX)) as i32),
                 ColumnType::Bigint => json!(now.timestamp_micros()),
+                ColumnType::Float | ColumnType::Numeric if comma => json!("1,5"),
                 ColumnType::Float => json!(1.5),
-                ColumnType::Bool => json!(true),
+                ColumnType::Bool => match &c.true_values {
+                    Some(words) if !words.is_empty() => json!(words[0]),
+                    _ => json!(true),
+                },
                 ColumnType::Numeric => json!("1.5"),
+                // Values in the column's own format, as its batches write them.
+                ColumnType::Date | ColumnType::Timestamptz if c.format.is_some() => {
+                    match (c.time_format(), sample_value(c)) {
+                        (format, Some(v)) if format.is_epoch() => {
+                            v.parse::<i64>().map_or_else(|_| json!(v), |n| json!(n))
+                        }
+                        (_, v) => json!(v),
+                    }
+                }
                 ColumnType::Date => json!(now.date_naive().to_string()),
                 ColumnType::Timestamptz => json!(now.to_rfc3339()),
                 ColumnType::Uuid => json!(id.to_string()),
@@ -83,23 +97,34 @@ fn batch(dataset: &Dataset, record: &serde_json::Map<String, Value>) -> String {
     match dataset.format {
         Format::Ndjson => format!("{}\n", Value::Object(record.clone())),
         Format::Csv => {
-            let header: Vec<&str> = dataset.columns.iter().map(|c| c.name.as_str()).collect();
-            let values: Vec<String> = dataset
+            let csv = dataset.csv();
+            let (delimiter, quote) = (csv.delimiter_byte() as char, csv.quote_byte() as char);
+            let field = |v: String| {
+                if v.contains([delimiter, quote, '\n', '\r']) {
+                    let doubled = v.replace(quote, &format!("{quote}{quote}"));
+                    format!("{quote}{doubled}{quote}")
+                } else {
+                    v
+                }
+            };
+            let line = |fields: Vec<String>| fields.join(&delimiter.to_string()) + "\n";
+            let header = dataset
+                .columns
+                .iter()
+                .map(|c| field(c.name.clone()))
+                .collect();
+            let values = dataset
                 .columns
                 .iter()
                 .map(|c| match &record[&c.name] {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string().replace('"', "\"\""),
-                })
-                .map(|v| {
-                    if v.contains([',', '"', '\n']) {
-                        format!("\"{v}\"")
-                    } else {
-                        v
-                    }
+                    Value::String(s) => field(s.clone()),
+                    other => field(other.to_string()),
                 })
                 .collect();
-            format!("{}\n{}\n", header.join(","), values.join(","))
+            match csv.header {
+                true => line(header) + &line(values),
+                false => line(values),
+            }
         }
     }
 }

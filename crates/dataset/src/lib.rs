@@ -2,6 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+mod csv;
+mod value;
+
+pub use csv::{CsvOptions, HeaderMatch, normalize_header};
+pub use value::{
+    DecimalMark, FALSE_VALUES, TRUE_VALUES, TimeFormat, Timezone, pattern_has_offset, sample_value,
+};
+
 /// How a dataset's batches are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -35,10 +43,11 @@ pub enum OnConflict {
 }
 
 /// The type of a column, named as in the spec; each maps to one Postgres type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ColumnType {
+    #[default]
     Text,
     Int,
     Bigint,
@@ -95,7 +104,7 @@ impl ColumnType {
 }
 
 /// One column of a dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Column {
@@ -114,6 +123,35 @@ pub struct Column {
     /// What the column holds, shown in the API documentation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// How batches write a date or timestamp: a strftime pattern such as
+    /// `%Y/%m/%d` or `%d.%m.%Y %H:%M`, or `epoch_seconds` / `epoch_millis`
+    /// for timestamps (default: ISO 8601, as the API answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// The time zone of timestamps whose `format` has no offset: `UTC` (the
+    /// default), an offset such as `+01:00`, or a name such as `Europe/Paris`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// The decimal mark of numeric and float values: `point` (default) or `comma`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decimal: Option<DecimalMark>,
+    /// The words read as true, ignoring case (default: true, t, 1, yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub true_values: Option<Vec<String>>,
+    /// The words read as false, ignoring case (default: false, f, 0, no).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_values: Option<Vec<String>>,
+}
+
+impl Column {
+    /// A column with no options: not nullable, values in the API's form.
+    pub fn new(name: &str, kind: ColumnType) -> Column {
+        Column {
+            name: name.to_string(),
+            kind,
+            ..Column::default()
+        }
+    }
 }
 
 /// A dataset: one Postgres table fed by batches of records.
@@ -123,6 +161,9 @@ pub struct Column {
 pub struct Dataset {
     /// The encoding of the dataset's batches.
     pub format: Format,
+    /// The CSV dialect, for `format: csv` (default: `,`, `"`, a header line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<CsvOptions>,
     /// The columns, in the order a CSV header lists them.
     #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub columns: Vec<Column>,
@@ -155,6 +196,14 @@ impl Dataset {
     /// The column named `name`, if any.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The CSV dialect (the default one when the spec gives none).
+    pub fn csv(&self) -> std::borrow::Cow<'_, CsvOptions> {
+        match &self.csv {
+            Some(options) => std::borrow::Cow::Borrowed(options),
+            None => std::borrow::Cow::Owned(CsvOptions::default()),
+        }
     }
 
     /// The columns records are read in: the primary key, or, with a range
@@ -213,6 +262,27 @@ impl Dataset {
         };
         check_refs("primary_key", &self.primary_key);
         check_refs("filterable", &self.filterable);
+        for (i, column) in self.columns.iter().enumerate() {
+            for mut problem in column.value_problems() {
+                let mut path = vec!["columns".to_string(), i.to_string()];
+                path.append(&mut problem.path);
+                problem.path = path;
+                out.push(problem);
+            }
+        }
+        if let Some(csv) = &self.csv {
+            if self.format != Format::Csv {
+                out.push(DatasetProblem {
+                    path: vec!["csv".into()],
+                    message: "`csv` options are for datasets with `format: csv`".into(),
+                    help: Some("remove `csv`, or set `format: csv`".into()),
+                });
+            }
+            for mut problem in csv.problems() {
+                problem.path.insert(0, "csv".into());
+                out.push(problem);
+            }
+        }
         out
     }
 
@@ -252,18 +322,12 @@ mod tests {
     fn dataset(primary_key: &[&str], filterable: &[&str]) -> Dataset {
         Dataset {
             format: Format::Ndjson,
+            csv: None,
             columns: vec![
+                Column::new("id", ColumnType::Uuid),
                 Column {
-                    name: "id".into(),
-                    kind: ColumnType::Uuid,
-                    nullable: false,
-                    description: None,
-                },
-                Column {
-                    name: "note".into(),
-                    kind: ColumnType::Text,
                     nullable: true,
-                    description: None,
+                    ..Column::new("note", ColumnType::Text)
                 },
             ],
             primary_key: primary_key.iter().map(|s| s.to_string()).collect(),

@@ -561,6 +561,32 @@ fn datasets(r: &mut Rules, spec: &Spec) {
                 help,
             );
         }
+        for (i, column) in dataset.columns.iter().enumerate() {
+            let Some(pipeline_dataset::Timezone::Named(zone)) = column
+                .timezone
+                .as_deref()
+                .and_then(pipeline_dataset::Timezone::parse)
+            else {
+                continue;
+            };
+            if zone.parse::<chrono_tz::Tz>().is_err() {
+                let index = i.to_string();
+                let names = chrono_tz::TZ_VARIANTS.iter().map(|t| t.name());
+                let help = match crate::diag::did_you_mean(&zone, names) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => "use a name from the IANA time zone database, such as `Europe/Paris`, or an offset such as `+01:00`".into(),
+                };
+                r.at(
+                    &["datasets", name, "columns", &index, "timezone"],
+                    format!(
+                        "dataset `{name}`: column `{}`: `{zone}` is not a known time zone",
+                        column.name
+                    ),
+                    "unknown time zone",
+                    help,
+                );
+            }
+        }
         for (i, column) in dataset.filterable.iter().enumerate() {
             if dataset
                 .column(column)

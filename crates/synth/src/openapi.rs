@@ -136,6 +136,28 @@ fn record_schema(name: &str, dataset: &Dataset) -> Value {
     })
 }
 
+/// How a dataset's batches write their records, where they differ from
+/// the records the API answers: the CSV dialect and the columns' formats.
+fn dialect(dataset: &Dataset) -> String {
+    let mut out = String::new();
+    if dataset.format == pipeline_dataset::Format::Csv {
+        let csv = dataset.csv();
+        out.push_str(match csv.header {
+            true => ", with a header line",
+            false => ", without a header line",
+        });
+        if let Some(described) = csv.describe() {
+            out.push_str(&format!(" ({described})"));
+        }
+    }
+    for column in &dataset.columns {
+        if let Some(written) = column.written_as() {
+            out.push_str(&format!("; `{}` is {written}", column.name));
+        }
+    }
+    out
+}
+
 /// The query parameters that filter a dataset's records.
 fn filter_parameters(dataset: &Dataset) -> Vec<Value> {
     let mut params = Vec::new();
@@ -217,7 +239,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
                 "operationId": format!("postBatch{model}"),
                 "summary": format!("Send a batch of `{name}` records inline."),
                 "description": format!("The body holds the records as {media_type}{}. Every record is checked; a batch with any invalid record is rejected whole and nothing is stored. A batch whose body, written as a JSON string (quotes and line breaks escaped, as Lambda receives it), is above {} KiB goes through an upload.",
-                    if media_type == "text/csv" { ", with a header line" } else { "" },
+                    dialect(dataset),
                     spec.api.max_inline_batch_kib),
                 "parameters": [
                     {"name": "Idempotency-Key", "in": "header", "required": false,

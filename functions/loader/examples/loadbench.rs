@@ -19,13 +19,12 @@ use pipeline_shared::store::{LocalStore, Store};
 
 fn dataset() -> Dataset {
     let col = |name: &str, kind, nullable| Column {
-        name: name.into(),
-        kind,
         nullable,
-        description: None,
+        ..Column::new(name, kind)
     };
     Dataset {
         format: Format::Ndjson,
+        csv: None,
         columns: vec![
             col("event_id", ColumnType::Uuid, false),
             col("occurred_at", ColumnType::Timestamptz, false),

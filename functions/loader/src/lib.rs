@@ -144,10 +144,13 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
             };
             let (ranges, header) = match dataset.format {
                 Format::Ndjson => (chunks::plan(&ctx.store, key, size, chunk_bytes).await, None),
-                Format::Csv => match chunks::plan_csv(&ctx.store, key, size, chunk_bytes).await {
-                    Ok((ranges, header)) => (Ok(ranges), Some(header)),
-                    Err(e) => (Err(e), None),
-                },
+                Format::Csv => {
+                    match chunks::plan_csv(&ctx.store, key, size, chunk_bytes, &dataset.csv()).await
+                    {
+                        Ok((ranges, header)) => (Ok(ranges), header),
+                        Err(e) => (Err(e), None),
+                    }
+                }
             };
             let ranges = ranges.map_err(DbError::from)?;
             let begun =

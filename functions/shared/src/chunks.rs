@@ -25,11 +25,12 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
+use crate::dataset::CsvOptions;
 use crate::dataset::Dataset;
 use crate::db::{
     Copied, DbError, LoadOutcome, column_list, copy_decoded, ident, lock_batch, merge_stage,
 };
-use crate::records::{Decoder, MAX_RECORD_BYTES, RecordError};
+use crate::records::{BOM, Decoder, MAX_RECORD_BYTES, RecordEnds, RecordError};
 use crate::store::{ByteStream, Store, StoreError};
 
 /// One chunk to load: a message of the queue.
@@ -161,39 +162,38 @@ pub async fn plan(
 }
 
 /// Cuts a CSV object into ranges of about `chunk_bytes` that start on record
-/// boundaries, and returns its header line. A quoted field may hold a line
-/// break, so the object is read once from the start, following the quotes.
+/// boundaries, and returns its header line (without a byte-order mark), if
+/// the dialect has one. A quoted field may hold a line break, so the object
+/// is read once from the start, following the quotes.
 pub async fn plan_csv(
     store: &Store,
     key: &str,
     size: u64,
     chunk_bytes: u64,
-) -> Result<(Vec<(u64, u64)>, String), StoreError> {
+    options: &CsvOptions,
+) -> Result<(Vec<(u64, u64)>, Option<String>), StoreError> {
     let mut stream = store.get(key).await?;
     let mut starts = vec![0u64];
+    // The header line once complete; until then, its first bytes.
     let mut header: Option<Vec<u8>> = None;
     let mut header_bytes = Vec::new();
-    let mut in_quotes = false;
+    let mut ends_at = RecordEnds::new(options);
     let mut offset = 0u64;
     let mut target = chunk_bytes;
     while let Some(piece) = stream.next().await {
         let piece = piece?;
-        if header.is_none() {
+        if options.header && header.is_none() {
             let keep = (MAX_RECORD_BYTES + 1)
                 .saturating_sub(header_bytes.len())
                 .min(piece.len());
             header_bytes.extend_from_slice(&piece[..keep]);
         }
-        for pos in memchr::memchr2_iter(b'"', b'\n', &piece) {
-            if piece[pos] == b'"' {
-                in_quotes = !in_quotes;
-                continue;
-            }
-            if in_quotes {
-                continue;
+        ends_at.scan(&piece, |pos, ends_record| {
+            if !ends_record {
+                return;
             }
             let next = offset + pos as u64 + 1;
-            if header.is_none() {
+            if options.header && header.is_none() {
                 let len = (next as usize).min(header_bytes.len());
                 header = Some(header_bytes[..len].to_vec());
                 header_bytes = Vec::new();
@@ -202,13 +202,16 @@ pub async fn plan_csv(
                 starts.push(next);
                 target = next + chunk_bytes;
             }
-        }
+        });
         offset += piece.len() as u64;
     }
-    let header = header.unwrap_or(header_bytes);
-    let header = String::from_utf8_lossy(&header)
-        .trim_end_matches(['\n', '\r'])
-        .to_string();
+    let header = options.header.then(|| {
+        let header = header.unwrap_or(header_bytes);
+        let header = header.strip_prefix(BOM).unwrap_or(&header);
+        String::from_utf8_lossy(header)
+            .trim_end_matches(['\n', '\r'])
+            .to_string()
+    });
     let mut ranges = Vec::with_capacity(starts.len());
     for (i, start) in starts.iter().enumerate() {
         ranges.push((*start, starts.get(i + 1).copied().unwrap_or(size)));

@@ -72,16 +72,15 @@ async fn connect(config: &str) -> Client {
 
 fn column(name: &str, kind: ColumnType, nullable: bool) -> Column {
     Column {
-        name: name.into(),
-        kind,
         nullable,
-        description: None,
+        ..Column::new(name, kind)
     }
 }
 
 fn events(on_conflict: OnConflict) -> Dataset {
     Dataset {
         format: Format::Ndjson,
+        csv: None,
         columns: vec![
             column("id", ColumnType::Bigint, false),
             column("kind", ColumnType::Text, false),
@@ -505,6 +504,7 @@ async fn every_filter_reads_a_page_from_one_index_range() {
     let (_db, mut client) = TestDb::new().await;
     let ds = Dataset {
         format: Format::Ndjson,
+        csv: None,
         columns: vec![
             column("id", ColumnType::Bigint, false),
             column("kind", ColumnType::Text, false),

@@ -158,6 +158,26 @@ fn each_rule_reports_its_problem_at_its_place() {
             "datasets:\n  Events:\n    format: csv\n    columns: [{name: id, type: bigint}]\n    primary_key: [id]\n    on_conflict: ignore",
             "case.yaml:3:3 dataset name `Events` cannot name a table",
         ),
+        (
+            "datasets:\n  trips:\n    format: csv\n    columns:\n      - {name: at, type: timestamptz, format: \"%Y-%m-%d %H:%M\", timezone: Europe/Pari}\n    primary_key: [at]\n    on_conflict: ignore",
+            "case.yaml:6:75 dataset `trips`: column `at`: `Europe/Pari` is not a known time zone",
+        ),
+        (
+            "datasets:\n  trips:\n    format: csv\n    columns:\n      - {name: at, type: int, format: \"%Y\"}\n    primary_key: [at]\n    on_conflict: ignore",
+            "case.yaml:6:39 dataset `trips`: column `at` is integer: only date and timestamptz columns take a `format`",
+        ),
+        (
+            "datasets:\n  trips:\n    format: csv\n    columns:\n      - {name: at, type: date, format: \"%Y/%m\"}\n    primary_key: [at]\n    on_conflict: ignore",
+            "case.yaml:6:40 dataset `trips`: column `at`: the format `%Y/%m` does not give a whole date",
+        ),
+        (
+            "datasets:\n  trips:\n    format: ndjson\n    csv: {header: false}\n    columns:\n      - {name: at, type: int, nullable: false}\n    primary_key: [at]\n    on_conflict: ignore",
+            "case.yaml:5:10 dataset `trips`: `csv` options are for datasets with `format: csv`",
+        ),
+        (
+            "datasets:\n  trips:\n    format: csv\n    csv: {delimiter: \";;\"}\n    columns:\n      - {name: at, type: int, nullable: false}\n    primary_key: [at]\n    on_conflict: ignore",
+            "case.yaml:5:22 dataset `trips`: `delimiter` must be one character, found `;;`",
+        ),
     ];
     let mut wrong = Vec::new();
     for (overlay, expected) in cases {

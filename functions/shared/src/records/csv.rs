@@ -1,12 +1,122 @@
-//! CSV records: one record split into fields, with the header's mapping
-//! onto the dataset's columns.
+//! CSV records: where records end, one record split into fields, and the
+//! header's mapping onto the dataset's columns, in the dataset's dialect.
+
+use crate::dataset::{CsvOptions, Dataset, HeaderMatch, normalize_header};
 
 pub(super) struct Csv {
     pub(super) reader: csv_core::Reader,
-    /// For each header field, the dataset column it fills; `None` until the header is read.
+    pub(super) ends_at: RecordEnds,
+    /// For each field, the dataset column it fills; `None` until the header is read.
     pub(super) header: Option<Vec<Option<usize>>>,
+    /// Whether the first line is a header (else fields come in column order).
+    pub(super) has_header: bool,
+    pub(super) header_match: HeaderMatch,
+    pub(super) nulls: Vec<Vec<u8>>,
     pub(super) field: Vec<u8>,
     pub(super) ends: Vec<usize>,
+}
+
+impl Csv {
+    pub(super) fn new(dataset: &Dataset) -> Csv {
+        let options = dataset.csv();
+        let header = (!options.header).then(|| (0..dataset.columns.len()).map(Some).collect());
+        Csv {
+            reader: csv_core::ReaderBuilder::new()
+                .delimiter(options.delimiter_byte())
+                .quote(options.quote_byte())
+                .escape(options.escape_byte())
+                .build(),
+            ends_at: RecordEnds::new(&options),
+            header,
+            has_header: options.header,
+            header_match: options.header_match,
+            nulls: options
+                .null_values
+                .iter()
+                .map(|n| n.as_bytes().to_vec())
+                .collect(),
+            field: vec![0; 4096],
+            ends: Vec::new(),
+        }
+    }
+
+    /// Whether a field stands for null.
+    pub(super) fn is_null(&self, field: &[u8]) -> bool {
+        self.nulls.iter().any(|n| n == field)
+    }
+
+    /// The column a header name names.
+    pub(super) fn column_of(&self, dataset: &Dataset, name: &str) -> Option<usize> {
+        match self.header_match {
+            HeaderMatch::Exact => dataset.columns.iter().position(|c| c.name == name),
+            HeaderMatch::Normalized => {
+                let name = normalize_header(name);
+                dataset
+                    .columns
+                    .iter()
+                    .position(|c| normalize_header(&c.name) == name)
+            }
+        }
+    }
+}
+
+/// Finds the line breaks that end CSV records: those outside quoted fields.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordEnds {
+    quote: u8,
+    escape: Option<u8>,
+    in_quotes: bool,
+    /// The last byte was the escape character, inside quotes.
+    escaped: bool,
+}
+
+impl RecordEnds {
+    pub fn new(options: &CsvOptions) -> RecordEnds {
+        RecordEnds {
+            quote: options.quote_byte(),
+            escape: options.escape_byte(),
+            in_quotes: false,
+            escaped: false,
+        }
+    }
+
+    /// Whether a quoted field is open at the end of what was scanned.
+    pub fn in_quotes(&self) -> bool {
+        self.in_quotes
+    }
+
+    /// Calls `line_break(position, ends_record)` for each `\n` in `bytes`;
+    /// the quoting state carries over from one call to the next.
+    pub fn scan(&mut self, bytes: &[u8], mut line_break: impl FnMut(usize, bool)) {
+        let quote = self.quote;
+        match self.escape {
+            None => {
+                for pos in memchr::memchr2_iter(quote, b'\n', bytes) {
+                    if bytes[pos] == quote {
+                        self.in_quotes = !self.in_quotes;
+                    } else {
+                        line_break(pos, !self.in_quotes);
+                    }
+                }
+            }
+            Some(escape) => {
+                for pos in memchr::memchr3_iter(quote, escape, b'\n', bytes) {
+                    let b = bytes[pos];
+                    if std::mem::take(&mut self.escaped) {
+                        if b == b'\n' {
+                            line_break(pos, false);
+                        }
+                    } else if b == escape && self.in_quotes {
+                        self.escaped = true;
+                    } else if b == quote {
+                        self.in_quotes = !self.in_quotes;
+                    } else if b == b'\n' {
+                        line_break(pos, !self.in_quotes);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Field `i` of the record last split.

@@ -1,5 +1,6 @@
-//! Streaming parsing and validation of batches (NDJSON or CSV with a header),
-//! producing rows in Postgres `COPY ... FROM STDIN` text format.
+//! Streaming parsing and validation of batches (NDJSON, or CSV in the
+//! dataset's dialect), producing rows in Postgres `COPY ... FROM STDIN` text
+//! format. A byte-order mark and CRLF line ends are accepted in both.
 //!
 //! A [`Decoder`] is fed the batch in chunks of any size and never holds more
 //! than one record beyond the chunk it is given, so memory stays bounded
@@ -11,11 +12,15 @@ use crate::dataset::{Dataset, Format};
 mod copy;
 mod csv;
 mod json;
+mod value;
 
-pub use copy::encode_text;
-use copy::*;
+pub use csv::RecordEnds;
 use csv::*;
 use json::*;
+use value::Codec;
+
+/// The UTF-8 byte-order mark some exports begin with.
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Longest record accepted, in bytes.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -46,10 +51,10 @@ impl Summary {
 /// Incremental decoder of one batch.
 pub struct Decoder<'d> {
     dataset: &'d Dataset,
+    /// How each column's values are read.
+    codecs: Vec<Codec>,
     /// Bytes of a record not yet complete.
     pending: Vec<u8>,
-    /// Whether a CSV quoted field is open at the end of `pending`.
-    in_quotes: bool,
     /// Line the next record starts on.
     line: u64,
     /// Line breaks inside the pending record (quoted CSV fields).
@@ -69,16 +74,11 @@ pub struct Decoder<'d> {
 
 impl<'d> Decoder<'d> {
     pub fn new(dataset: &'d Dataset) -> Decoder<'d> {
-        let csv = (dataset.format == Format::Csv).then(|| Csv {
-            reader: csv_core::Reader::new(),
-            header: None,
-            field: vec![0; 4096],
-            ends: Vec::new(),
-        });
+        let csv = (dataset.format == Format::Csv).then(|| Csv::new(dataset));
         Decoder {
             dataset,
+            codecs: dataset.columns.iter().map(Codec::new).collect(),
             pending: Vec::new(),
-            in_quotes: false,
             line: 1,
             inner_lines: 0,
             too_long: false,
@@ -127,38 +127,42 @@ impl<'d> Decoder<'d> {
     /// Decodes the complete records in `chunk` (with what earlier chunks left
     /// over), appending valid rows to `out` in COPY text format.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let csv = self.csv.is_some();
         let mut start = 0; // where the current record's bytes begin in `chunk`
-        let mut scan = 0; // where quote counting resumes
-        while let Some(pos) = memchr::memchr(b'\n', &chunk[scan..]).map(|p| scan + p) {
-            if csv {
-                let quotes = memchr::memchr_iter(b'"', &chunk[scan..pos]).count();
-                self.in_quotes ^= quotes % 2 == 1;
+        if let Some(mut ends_at) = self.csv.as_ref().map(|c| c.ends_at) {
+            ends_at.scan(chunk, |pos, ends_record| {
+                if ends_record {
+                    self.complete(&chunk[start..pos], out);
+                    start = pos + 1;
+                } else {
+                    // A line break inside a quoted field: the record goes on.
+                    self.inner_lines += 1;
+                }
+            });
+            if let Some(csv) = self.csv.as_mut() {
+                csv.ends_at = ends_at;
             }
-            scan = pos + 1;
-            if self.in_quotes {
-                // A line break inside a quoted CSV field: the record goes on.
-                self.inner_lines += 1;
-                continue;
+        } else {
+            for pos in memchr::memchr_iter(b'\n', chunk) {
+                self.complete(&chunk[start..pos], out);
+                start = pos + 1;
             }
-            if self.pending.is_empty() && !self.too_long {
-                self.record(&chunk[start..pos], out, false);
-            } else {
-                let mut record = std::mem::take(&mut self.pending);
-                self.append(&mut record, &chunk[start..pos]);
-                self.record(&record, out, false);
-                record.clear();
-                self.pending = record;
-            }
-            start = scan;
-        }
-        if csv {
-            let quotes = memchr::memchr_iter(b'"', &chunk[scan..]).count();
-            self.in_quotes ^= quotes % 2 == 1;
         }
         let mut pending = std::mem::take(&mut self.pending);
         self.append(&mut pending, &chunk[start..]);
         self.pending = pending;
+    }
+
+    /// A record ends with `tail`, after what is pending.
+    fn complete(&mut self, tail: &[u8], out: &mut Vec<u8>) {
+        if self.pending.is_empty() && !self.too_long {
+            self.record(tail, out, false);
+        } else {
+            let mut record = std::mem::take(&mut self.pending);
+            self.append(&mut record, tail);
+            self.record(&record, out, false);
+            record.clear();
+            self.pending = record;
+        }
     }
 
     /// Adds bytes to a pending record unless it is already too long to keep.
@@ -176,7 +180,7 @@ impl<'d> Decoder<'d> {
 
     /// Decodes what is left and returns the summary.
     pub fn finish(mut self, out: &mut Vec<u8>) -> Summary {
-        if self.in_quotes {
+        if self.csv.as_ref().is_some_and(|c| c.ends_at.in_quotes()) {
             let line = self.line;
             self.error(
                 line,
@@ -190,13 +194,19 @@ impl<'d> Decoder<'d> {
         if self.records == 0 && self.invalid == 0 {
             let line = self.line;
             match &self.csv {
-                Some(Csv { header: None, .. }) => self.error(
+                Some(Csv {
+                    header: None,
+                    has_header: true,
+                    ..
+                }) => self.error(
                     1,
                     None,
                     "the batch is empty: a CSV batch starts with a header line",
                 ),
-                Some(_) => self.error(line, None, "the batch holds a header but no records"),
-                None => self.error(1, None, "the batch is empty"),
+                Some(Csv {
+                    has_header: true, ..
+                }) => self.error(line, None, "the batch holds a header but no records"),
+                _ => self.error(1, None, "the batch is empty"),
             }
         }
         Summary {
@@ -220,6 +230,11 @@ impl<'d> Decoder<'d> {
             return;
         }
         let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        // A byte-order mark opens the batch, not a chunk after the first.
+        let bytes = match line == 1 && self.chunk.unwrap_or(0) == 0 {
+            true => bytes.strip_prefix(BOM).unwrap_or(bytes),
+            false => bytes,
+        };
         if bytes.is_empty() {
             if !last {
                 self.error(line, None, "empty line: every line must hold a record");
@@ -275,7 +290,7 @@ impl<'d> Decoder<'d> {
             }
             let mut slot = self.row[index].take().unwrap_or_default();
             slot.clear();
-            match encode_json(column.kind, value, &mut slot) {
+            match self.codecs[index].encode_json(value, &mut slot) {
                 Ok(()) => self.row[index] = Some(slot),
                 Err(reason) => self.error(line, Some(key), reason),
             }
@@ -326,7 +341,7 @@ impl<'d> Decoder<'d> {
                 let mut seen = vec![false; dataset.columns.len()];
                 for i in 0..csv.ends.len() {
                     let name = String::from_utf8_lossy(field(&csv, i)).trim().to_string();
-                    match dataset.columns.iter().position(|c| c.name == name) {
+                    match csv.column_of(dataset, &name) {
                         Some(index) if seen[index] => {
                             self.error(line, Some(&name), "the column appears twice in the header");
                             header.push(None);
@@ -355,14 +370,14 @@ impl<'d> Decoder<'d> {
             Some(header) => {
                 let before = self.invalid;
                 if csv.ends.len() != header.len() {
+                    let expected = match csv.has_header {
+                        true => format!("the header has {}", header.len()),
+                        false => format!("the dataset has {} columns", header.len()),
+                    };
                     self.error(
                         line,
                         None,
-                        format!(
-                            "{} fields, but the header has {}",
-                            csv.ends.len(),
-                            header.len()
-                        ),
+                        format!("{} fields, but {expected}", csv.ends.len()),
                     );
                 } else {
                     self.row.iter_mut().for_each(|v| *v = None);
@@ -370,20 +385,24 @@ impl<'d> Decoder<'d> {
                         let Some(index) = *index else { continue };
                         let column = &dataset.columns[index];
                         let value = field(&csv, i);
-                        if value.is_empty() {
+                        if csv.is_null(value) {
                             if !column.nullable {
-                                self.error(
-                                    line,
-                                    Some(&column.name),
-                                    "empty value in a column that is not nullable",
-                                );
+                                let reason = match value.is_empty() {
+                                    true => "empty value in a column that is not nullable".into(),
+                                    false => format!(
+                                        "`{}` stands for null, in a column that is not nullable",
+                                        String::from_utf8_lossy(value)
+                                    ),
+                                };
+                                self.error(line, Some(&column.name), reason);
                             }
                             continue;
                         }
                         // The whole record is valid UTF-8, and fields split on ASCII bytes.
                         let value = std::str::from_utf8(value).unwrap_or_default();
-                        let mut slot = Vec::new();
-                        match encode_text(column.kind, value, &mut slot) {
+                        let mut slot = self.row[index].take().unwrap_or_default();
+                        slot.clear();
+                        match self.codecs[index].encode_text(value, &mut slot) {
                             Ok(()) => self.row[index] = Some(slot),
                             Err(reason) => self.error(line, Some(&column.name), reason),
                         }

@@ -1,16 +1,16 @@
+use super::copy::is_decimal;
 use super::*;
 use crate::dataset::ColumnType;
 use crate::dataset::{Column, OnConflict};
 
 fn dataset(format: Format) -> Dataset {
     let col = |name: &str, kind, nullable| Column {
-        name: name.into(),
-        kind,
         nullable,
-        description: None,
+        ..Column::new(name, kind)
     };
     Dataset {
         format,
+        csv: None,
         columns: vec![
             col("id", ColumnType::Uuid, false),
             col("at", ColumnType::Timestamptz, false),
@@ -171,4 +171,176 @@ fn decimals() {
     for bad in ["", ".", "e5", "1e", "1.2.3", "NaN", "0x10"] {
         assert!(!is_decimal(bad), "{bad}");
     }
+}
+
+/// Decodes `body` for a dataset given as JSON, whole and one byte at a time,
+/// and checks that both give the same.
+fn decode_as(dataset: serde_json::Value, body: &[u8]) -> (String, Summary) {
+    let ds: Dataset = serde_json::from_value(dataset).expect("dataset");
+    assert_eq!(ds.problems(), vec![]);
+    let run = |size: usize| {
+        let mut decoder = Decoder::new(&ds);
+        let mut out = Vec::new();
+        for piece in body.chunks(size) {
+            decoder.feed(piece, &mut out);
+        }
+        let summary = decoder.finish(&mut out);
+        (String::from_utf8(out).unwrap_or_default(), summary)
+    };
+    let whole = run(body.len().max(1));
+    assert_eq!(run(1), whole, "fed a byte at a time");
+    whole
+}
+
+fn reasons(summary: &Summary) -> Vec<(u64, Option<&str>, &str)> {
+    summary
+        .errors
+        .iter()
+        .map(|e| (e.line, e.column.as_deref(), e.reason.as_str()))
+        .collect()
+}
+
+#[test]
+fn csv_dialects_read_semicolons_decimal_commas_na_nulls_and_a_bom_with_crlf() {
+    let ds = serde_json::json!({
+        "format": "csv",
+        "csv": {"delimiter": ";", "null_values": ["", "NA"], "header_match": "normalized"},
+        "columns": [
+            {"name": "station_id", "type": "text"},
+            {"name": "day", "type": "date", "format": "%d.%m.%Y"},
+            {"name": "rain_mm", "type": "numeric", "decimal": "comma", "nullable": true},
+            {"name": "temp", "type": "float", "decimal": "comma", "nullable": true},
+        ],
+        "primary_key": ["station_id", "day"],
+        "on_conflict": "ignore",
+    });
+    let body = "\u{feff}Station ID;Day;Rain (mm);TEMP\r\nA1;01.01.2012;12,5;-3,25\r\n\"A;2\";29.02.2012;NA;\r\n";
+    let (out, summary) = decode_as(ds.clone(), body.as_bytes());
+    assert_eq!(reasons(&summary), vec![]);
+    assert_eq!(
+        out,
+        "A1\t2012-01-01\t12.5\t-3.25\nA;2\t2012-02-29\t\\N\t\\N\n"
+    );
+    let bad = "station_id;day;rain_mm;temp\nA1;2012-01-01;1.5;x\n";
+    let (out, summary) = decode_as(ds, bad.as_bytes());
+    assert_eq!(out, "");
+    assert_eq!(
+        reasons(&summary),
+        vec![
+            (
+                2,
+                Some("day"),
+                "expected a date written as `%d.%m.%Y`, such as 31.01.2024, found `2012-01-01`"
+            ),
+            (
+                2,
+                Some("rain_mm"),
+                "expected a number with a decimal comma, such as 1234,5, found `1.5`"
+            ),
+            (
+                2,
+                Some("temp"),
+                "expected a number with a decimal comma, such as 1234,5, found `x`"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn csv_without_a_header_reads_fields_in_column_order_with_tabs_and_escapes() {
+    let ds = serde_json::json!({
+        "format": "csv",
+        "csv": {"delimiter": "\t", "quote": "'", "escape": "\\", "header": false},
+        "columns": [
+            {"name": "id", "type": "int"},
+            {"name": "note", "type": "text", "nullable": true},
+            {"name": "ok", "type": "bool", "true_values": ["Y"], "false_values": ["N"]},
+        ],
+        "primary_key": ["id"],
+        "on_conflict": "ignore",
+    });
+    let body = "1\t'it\\'s\na tab\there'\ty\n2\t\tN\n";
+    let (out, summary) = decode_as(ds.clone(), body.as_bytes());
+    assert_eq!(reasons(&summary), vec![]);
+    assert_eq!(out, "1\tit's\\na tab\\there\tt\n2\t\\N\tf\n");
+    let (_, summary) = decode_as(ds.clone(), b"3\tx\tyes\n4\tx\n");
+    assert_eq!(
+        reasons(&summary),
+        vec![
+            (
+                1,
+                Some("ok"),
+                "expected one of `Y` (true) or `N` (false), found `yes`"
+            ),
+            (2, None, "2 fields, but the dataset has 3 columns"),
+        ]
+    );
+    let (_, summary) = decode_as(ds, b"");
+    assert_eq!(reasons(&summary), vec![(1, None, "the batch is empty")]);
+}
+
+#[test]
+fn timestamps_read_epochs_and_patterns_in_a_time_zone() {
+    let ds = serde_json::json!({
+        "format": "ndjson",
+        "columns": [
+            {"name": "id", "type": "int"},
+            {"name": "s", "type": "timestamptz", "format": "epoch_seconds", "nullable": true},
+            {"name": "ms", "type": "timestamptz", "format": "epoch_millis", "nullable": true},
+            {"name": "local", "type": "timestamptz", "format": "%d/%m/%Y %H:%M", "timezone": "Europe/Paris", "nullable": true},
+            {"name": "off", "type": "timestamptz", "format": "%Y-%m-%d %H:%M:%S %z", "nullable": true},
+            {"name": "day", "type": "date", "format": "%Y/%m/%d", "nullable": true},
+            {"name": "ok", "type": "bool", "true_values": ["oui"], "nullable": true},
+        ],
+        "primary_key": ["id"],
+        "on_conflict": "ignore",
+    });
+    let body = concat!(
+        r#"{"id":1,"s":1325376000,"ms":"1325376000123","local":"01/07/2012 14:30","off":"2012-01-01 10:00:00 +0530","day":"2012/01/01","ok":"OUI"}"#,
+        "\n",
+        r#"{"id":2,"s":"-0.25","ms":-1,"ok":false}"#,
+        "\n",
+    );
+    let (out, summary) = decode_as(ds.clone(), body.as_bytes());
+    assert_eq!(reasons(&summary), vec![]);
+    assert_eq!(
+        out,
+        "1\t2012-01-01T00:00:00Z\t2012-01-01T00:00:00.123Z\t2012-07-01 14:30:00 Europe/Paris\t2012-01-01T10:00:00+05:30\t2012-01-01\tt\n\
+         2\t1969-12-31T23:59:59.750Z\t1969-12-31T23:59:59.999Z\t\\N\t\\N\t\\N\tf\n"
+    );
+    let body = concat!(
+        r#"{"id":3,"s":"soon","ms":1.5,"local":"2012-07-01 14:30","day":"01/01/2012","ok":"non"}"#,
+        "\n"
+    );
+    let (_, summary) = decode_as(ds, body.as_bytes());
+    assert_eq!(
+        reasons(&summary),
+        vec![
+            (
+                1,
+                Some("s"),
+                "expected seconds since 1970-01-01 UTC, such as 1706708730 or 1706708730.25, found `soon`"
+            ),
+            (
+                1,
+                Some("ms"),
+                "expected whole milliseconds since 1970-01-01 UTC, such as 1706708730000, found `1.5`"
+            ),
+            (
+                1,
+                Some("local"),
+                "expected a timestamp written as `%d/%m/%Y %H:%M`, such as 31/01/2024 13:45, in Europe/Paris, found `2012-07-01 14:30`"
+            ),
+            (
+                1,
+                Some("day"),
+                "expected a date written as `%Y/%m/%d`, such as 2024/01/31, found `01/01/2012`"
+            ),
+            (
+                1,
+                Some("ok"),
+                "expected one of `oui` (true) or `false`, `f`, `0`, `no` (false), found `non`"
+            ),
+        ]
+    );
 }
