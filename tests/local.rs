@@ -260,6 +260,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 mod chunks;
+mod dialects;
 mod inline;
 mod smoke;
 mod uploads;

@@ -73,8 +73,8 @@ pub struct Settings {
     /// [default: the queue's visibility timeout, at most 30].
     #[arg(long, value_name = "SECONDS")]
     pub retry_after: Option<u64>,
-    /// NDJSON objects larger than this many bytes load in parallel chunks of
-    /// about this size (0: never).
+    /// Objects (NDJSON or CSV) larger than this many bytes load in parallel
+    /// chunks of about this size (0: never).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_BYTES)]
     pub chunk_size: u64,
     /// Uploads larger than this many bytes are multipart uploads, in parts of

@@ -63,6 +63,8 @@ pub struct Decoder<'d> {
     too_long: bool,
     records: u64,
     invalid: u64,
+    /// The line of the last error, so that a record is counted invalid once.
+    invalid_line: Option<u64>,
     errors: Vec<RecordError>,
     csv: Option<Csv>,
     /// When loading a chunk of a batch: rows start with the chunk's number
@@ -84,6 +86,7 @@ impl<'d> Decoder<'d> {
             too_long: false,
             records: 0,
             invalid: 0,
+            invalid_line: None,
             errors: Vec::new(),
             csv,
             row: vec![None; dataset.columns.len()],
@@ -99,7 +102,11 @@ impl<'d> Decoder<'d> {
     }
 
     fn error(&mut self, line: u64, column: Option<&str>, reason: impl Into<String>) {
-        self.invalid += 1;
+        // A record counts once, however many of its values are wrong.
+        if self.invalid_line != Some(line) {
+            self.invalid += 1;
+            self.invalid_line = Some(line);
+        }
         if self.errors.len() < MAX_ERRORS {
             self.errors.push(RecordError {
                 line,
@@ -191,7 +198,9 @@ impl<'d> Decoder<'d> {
             let record = std::mem::take(&mut self.pending);
             self.record(&record, out, true);
         }
-        if self.records == 0 && self.invalid == 0 {
+        // A chunk may hold no record (a CSV chunk of the header alone); the
+        // batch it belongs to is not empty.
+        if self.records == 0 && self.invalid == 0 && self.chunk.is_none() {
             let line = self.line;
             match &self.csv {
                 Some(Csv {
