@@ -260,6 +260,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 mod chunks;
+mod compressed;
 mod dialects;
 mod inline;
 mod smoke;

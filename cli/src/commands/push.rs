@@ -2,7 +2,8 @@
 
 use pipeline_contract::{
     Batch, BatchAccepted, BatchRejected, BatchStatus, CompleteRequest, Completed, CompletedPart,
-    PART_URLS_PER_ANSWER, PartUrls, PartsRequest, RejectionCode, Upload, UploadPart, UploadRequest,
+    ContentEncoding, PART_URLS_PER_ANSWER, PartUrls, PartsRequest, RejectionCode, Upload,
+    UploadPart, UploadRequest,
 };
 use std::fmt;
 use std::io::IsTerminal;
@@ -23,8 +24,13 @@ pub struct Args {
     /// Dataset the records belong to.
     #[arg(short, long)]
     pub dataset: String,
-    /// The batch: NDJSON or CSV with a header, as the dataset's format says.
+    /// The batch: NDJSON or CSV, as the dataset's format says; or such a
+    /// file compressed with gzip or zstd, sent as it is.
     pub file: PathBuf,
+    /// Send inline batches as they are: by default, one above 64 KiB is
+    /// compressed with gzip on the way (API Gateway decodes it).
+    #[arg(long)]
+    pub no_compress: bool,
     /// Wait until the batch is loaded (or failed), and report it.
     #[arg(long)]
     pub wait: bool,
@@ -116,22 +122,38 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
                 source,
             })?
             .len();
-        // The inline limit counts the body as Lambda gets it, escaped in a
-        // JSON string: a file just under the limit may need an upload.
-        let body = if bytes <= inline_limit {
-            let body = tokio::fs::read(&args.file)
-                .await
-                .map_err(|source| Error::Read {
-                    path: args.file.display().to_string(),
-                    source,
-                })?;
-            (pipeline_shared::api::event_body_len(&body) <= inline_limit).then_some(body)
-        } else {
-            None
+        let encoding = sniff(&args.file).await?;
+        // The inline limit counts the body as Lambda gets it (decoded by
+        // API Gateway), escaped in a JSON string: a file just under the
+        // limit may need an upload. zstd goes through an upload always:
+        // API Gateway decodes gzip and deflate only.
+        let body = match encoding {
+            None | Some(ContentEncoding::Gzip | ContentEncoding::Deflate)
+                if bytes <= inline_limit =>
+            {
+                let body = tokio::fs::read(&args.file)
+                    .await
+                    .map_err(|source| Error::Read {
+                        path: args.file.display().to_string(),
+                        source,
+                    })?;
+                let fits = match encoding {
+                    None => pipeline_shared::api::event_body_len(&body) <= inline_limit,
+                    Some(e) => decoded_fits(e, &body, inline_limit),
+                };
+                fits.then_some(body)
+            }
+            _ => None,
         };
         let (batch_id, via) = match body {
-            Some(body) => (inline(&api, args, content_type, body).await?, "inline"),
-            None => (upload(&api, args, content_type, bytes, ui).await?, "upload"),
+            Some(body) => (
+                inline(&api, args, content_type, body, encoding).await?,
+                "inline",
+            ),
+            None => (
+                upload(&api, args, content_type, bytes, encoding, ui).await?,
+                "upload",
+            ),
         };
         let mut pushed = Pushed {
             batch_id,
@@ -158,12 +180,70 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
     Ok(())
 }
 
+/// Inline bodies above this many bytes are compressed, unless told not to.
+const COMPRESS_ABOVE: usize = 64 * 1024;
+
+/// How the file is compressed, from its first bytes.
+async fn sniff(path: &std::path::Path) -> Result<Option<ContentEncoding>, Error> {
+    use tokio::io::AsyncReadExt;
+    let read_error = |source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    let mut magic = [0u8; 4];
+    let mut n = 0;
+    while n < magic.len() {
+        match file.read(&mut magic[n..]).await.map_err(read_error)? {
+            0 => break,
+            read => n += read,
+        }
+    }
+    Ok(match &magic[..n] {
+        [0x1f, 0x8b, ..] => Some(ContentEncoding::Gzip),
+        [0x28, 0xb5, 0x2f, 0xfd] => Some(ContentEncoding::Zstd),
+        _ => None,
+    })
+}
+
+/// Whether a compressed body decodes to one that fits the inline limit.
+fn decoded_fits(encoding: ContentEncoding, body: &[u8], limit: u64) -> bool {
+    let mut decoded = Vec::new();
+    let result = pipeline_shared::compression::decode(encoding, body, |piece| {
+        decoded.extend_from_slice(piece);
+        if decoded.len() as u64 > limit {
+            Err(())
+        } else {
+            Ok(())
+        }
+    });
+    // A body that does not decode goes up inline, to be answered with why.
+    result.is_err() && decoded.len() as u64 <= limit
+        || pipeline_shared::api::event_body_len(&decoded) <= limit
+}
+
 async fn inline(
     api: &Api,
     args: &Args,
     content_type: &str,
     body: Vec<u8>,
+    encoding: Option<ContentEncoding>,
 ) -> Result<String, Error> {
+    let (body, encoding) = match encoding {
+        None if !args.no_compress && body.len() > COMPRESS_ABOVE => {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            let compressed = gz.write_all(&body).and_then(|()| gz.finish());
+            match compressed {
+                Ok(compressed) => (compressed, Some(ContentEncoding::Gzip)),
+                Err(_) => (body, None),
+            }
+        }
+        other => (body, other),
+    };
     let mut request = api
         .request(
             reqwest::Method::POST,
@@ -171,6 +251,9 @@ async fn inline(
         )
         .header("content-type", content_type)
         .body(body);
+    if let Some(encoding) = encoding {
+        request = request.header("content-encoding", encoding.name());
+    }
     if let Some(key) = &args.idempotency_key {
         request = request.header("idempotency-key", key);
     }
@@ -212,6 +295,7 @@ async fn upload(
     args: &Args,
     content_type: &str,
     bytes: u64,
+    encoding: Option<ContentEncoding>,
     ui: &Ui,
 ) -> Result<String, Error> {
     let request = api
@@ -222,6 +306,7 @@ async fn upload(
         .json(&UploadRequest {
             size_bytes: bytes,
             content_type: content_type.to_string(),
+            content_encoding: encoding,
             idempotency_key: args.idempotency_key.clone(),
         });
     let answer: Upload = api.call(request, 201).await?;

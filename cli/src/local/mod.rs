@@ -36,6 +36,10 @@ use server::*;
 
 /// The largest request body the local server takes, as API Gateway (10 MB).
 const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+/// The most a compressed request body may decode to (as much as a plain
+/// one may be); the ingest handler refuses a decoded body above the
+/// environment's inline limit with its own 413.
+const MAX_DECODED_BYTES: usize = 10 * 1024 * 1024;
 /// Locally, a failed message is retried after at most this long.
 const MAX_LOCAL_RETRY: Duration = Duration::from_secs(30);
 /// How often idle workers look for messages they were not told about.

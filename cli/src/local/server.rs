@@ -60,6 +60,11 @@ pub(super) async fn dispatch(
             ));
         }
     };
+    let mut parts = parts;
+    let body = match decode_body(&mut parts.headers, body) {
+        Ok(body) => body,
+        Err(answer) => return respond(*answer),
+    };
     let request = http::Request::from_parts(parts, body);
     let response = if request.method() == http::Method::POST {
         ingest::handle(&server.ctx, request).await
@@ -67,6 +72,67 @@ pub(super) async fn dispatch(
         ::query::handle(&server.reads, request).await
     };
     respond(response)
+}
+
+/// What API Gateway does with a request body's `Content-Encoding`: `gzip`
+/// and `deflate` are decoded before the function sees the body (the header
+/// goes); another coding, or a body that is not in the coding it names, is
+/// answered 415 by the gateway itself.
+fn decode_body(
+    headers: &mut http::HeaderMap,
+    body: Bytes,
+) -> Result<Bytes, Box<http::Response<Bytes>>> {
+    use pipeline_shared::compression::{ContentEncoding, DecodeError, decode};
+    let refuse = |message: String| {
+        Box::new(pipeline_shared::api::error(
+            http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            pipeline_shared::api::ErrorCode::UnsupportedMediaType,
+            message,
+        ))
+    };
+    let Some(coding) = headers.get(http::header::CONTENT_ENCODING) else {
+        return Ok(body);
+    };
+    let coding = coding
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let encoding = match ContentEncoding::from_name(&coding) {
+        _ if coding.is_empty() || coding == "identity" => None,
+        Some(e @ (ContentEncoding::Gzip | ContentEncoding::Deflate)) => Some(e),
+        _ => {
+            return Err(refuse(format!(
+                "API Gateway decodes request bodies in gzip or deflate only, not `{coding}`; send other encodings through an upload"
+            )));
+        }
+    };
+    headers.remove(http::header::CONTENT_ENCODING);
+    let Some(encoding) = encoding else {
+        return Ok(body);
+    };
+    let mut decoded = Vec::new();
+    let result = decode(encoding, &body[..], |piece| {
+        if decoded.len() + piece.len() > MAX_DECODED_BYTES {
+            return Err(());
+        }
+        decoded.extend_from_slice(piece);
+        Ok(())
+    });
+    match result {
+        Ok(_) => {
+            headers.remove(http::header::CONTENT_LENGTH);
+            Ok(Bytes::from(decoded))
+        }
+        Err(DecodeError::Corrupt(corrupt)) => Err(refuse(format!(
+            "the body is not valid {encoding}: {corrupt}"
+        ))),
+        Err(DecodeError::Sink(())) => Err(Box::new(pipeline_shared::api::error(
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            pipeline_shared::api::ErrorCode::TooLarge,
+            format!("the body decodes to more than {MAX_DECODED_BYTES} bytes; use an upload"),
+        ))),
+    }
 }
 
 /// `PUT /local-uploads/<key>?[uploadId=..&partNumber=..&]expires=..&signature=..`:

@@ -191,6 +191,56 @@ pub struct Batch {
     pub error: Option<RecordError>,
 }
 
+/// How a batch's bytes are compressed: `Content-Encoding` of an inline
+/// batch (`gzip` or `deflate`, which API Gateway decodes before the
+/// function sees the body), or `content_encoding` of an upload (`gzip` or
+/// `zstd`, decoded by the loader while it streams the object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ContentEncoding {
+    Gzip,
+    Deflate,
+    Zstd,
+}
+
+impl ContentEncoding {
+    /// The name, as HTTP and the API write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ContentEncoding::Gzip => "gzip",
+            ContentEncoding::Deflate => "deflate",
+            ContentEncoding::Zstd => "zstd",
+        }
+    }
+
+    /// The encoding a name stands for (compared ignoring case).
+    pub fn from_name(name: &str) -> Option<ContentEncoding> {
+        [
+            ContentEncoding::Gzip,
+            ContentEncoding::Deflate,
+            ContentEncoding::Zstd,
+        ]
+        .into_iter()
+        .find(|e| e.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// The suffix of an object stored with this encoding.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ContentEncoding::Gzip => "gz",
+            ContentEncoding::Deflate => "zz",
+            ContentEncoding::Zstd => "zst",
+        }
+    }
+}
+
+impl std::fmt::Display for ContentEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The request for an upload of a large batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -201,11 +251,21 @@ pub struct UploadRequest {
     pub size_bytes: u64,
     /// The dataset's media type.
     pub content_type: String,
+    /// How the uploaded bytes are compressed (`gzip`, `zstd` or `deflate`), if
+    /// they are; `size_bytes` is then the compressed size. A compressed
+    /// object loads as one stream, never in chunks.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "ContentEncoding"))]
+    pub content_encoding: Option<ContentEncoding>,
     /// A retry with the same key answers the same upload.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        deserialize_with = "some_string"
+        deserialize_with = "present"
     )]
     #[cfg_attr(
         feature = "schema",
@@ -214,10 +274,12 @@ pub struct UploadRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// An optional field that is a string when present: `null` is refused as
+/// An optional field that, when present, holds a value: `null` is refused as
 /// any other wrong type is.
-fn some_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    String::deserialize(d).map(Some)
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Either `url`, for a batch that fits in one part, or `upload_id`, `parts`

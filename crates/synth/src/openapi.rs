@@ -244,7 +244,10 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
                 "parameters": [
                     {"name": "Idempotency-Key", "in": "header", "required": false,
                      "description": "A retry with the same key returns the first answer and stores nothing new.",
-                     "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}}
+                     "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}},
+                    {"name": "Content-Encoding", "in": "header", "required": false,
+                     "description": "How the body is compressed: API Gateway decodes `gzip` and `deflate` before the batch is checked, and the inline limit counts the decoded body. zstd batches go through an upload.",
+                     "schema": {"type": "string", "enum": ["gzip", "deflate", "identity"]}}
                 ],
                 "requestBody": {
                     "required": true,
@@ -255,7 +258,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
                     "400": json_response("Invalid records (`invalid_batch`, with each record's line and column) or an invalid Idempotency-Key (`bad_request`); nothing was stored.", schema_ref("BatchRejected")),
                     "409": error_response("The Idempotency-Key was used for a batch with a different body."),
                     "413": error_response("The batch is larger than the inline limit; use an upload."),
-                    "415": error_response(&format!("The content type is not `{media_type}`.")),
+                    "415": error_response(&format!("The content type is not `{media_type}`, or the body is not in the `Content-Encoding` it names (answered by API Gateway).")),
                 }
             }))}),
         );

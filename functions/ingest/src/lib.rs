@@ -292,11 +292,12 @@ async fn create_upload(
         },
     };
     let batch_id = uuid::Uuid::now_v7();
-    let key = api::object_key(
+    let key = api::compressed_object_key(
         name,
         dataset.format,
         batch_id,
         chrono::Utc::now().date_naive(),
+        upload.content_encoding,
     );
     let client = match ctx.pool.get().await {
         Ok(c) => c,

@@ -10,6 +10,7 @@ use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use pipeline_shared::api::{self, Context};
 use pipeline_shared::chunks::{self, Begin, ChunkBody, ChunkOutcome};
+use pipeline_shared::compression;
 use pipeline_shared::dataset::Format;
 use pipeline_shared::db::{self, DbError, LoadOutcome};
 
@@ -122,7 +123,10 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         .get()
         .await
         .map_err(|e| MessageError::Pool(e.to_string()))?;
-    if let Some(queue) = ctx.chunk_queue.as_ref() {
+    // A compressed object cannot be cut at byte offsets: it loads as one
+    // stream, decoded on the way.
+    let encoding = api::object_encoding(key);
+    if let Some(queue) = ctx.chunk_queue.as_ref().filter(|_| encoding.is_none()) {
         // A batch begun in chunks goes on in chunks, whatever the chunk size
         // is now (a restart with another `--chunk-size`, say).
         let planned = chunks::planned(&client, batch_id).await?;
@@ -201,7 +205,13 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
     let outcome = db::load(&mut client, name, dataset, batch_id, || {
         let store = store.clone();
         let object = object.clone();
-        async move { store.get(&object).await }
+        async move {
+            let stream = store.get(&object).await?;
+            Ok(match encoding {
+                Some(encoding) => compression::decompress(encoding, stream),
+                None => stream,
+            })
+        }
     })
     .await;
     match outcome {

@@ -155,6 +155,35 @@ pub fn object_key(
     format!("raw/{dataset}/{}/{batch_id}.{ext}", date.format("%Y-%m-%d"))
 }
 
+/// The object key of a batch stored compressed: the encoding's suffix
+/// after the format's, as in `raw/events/2024-01-31/<id>.ndjson.gz`.
+pub fn compressed_object_key(
+    dataset: &str,
+    format: crate::dataset::Format,
+    batch_id: uuid::Uuid,
+    date: chrono::NaiveDate,
+    encoding: Option<crate::compression::ContentEncoding>,
+) -> String {
+    let key = object_key(dataset, format, batch_id, date);
+    match encoding {
+        Some(e) => format!("{key}.{}", e.extension()),
+        None => key,
+    }
+}
+
+/// How the object at `key` is compressed, from its suffix.
+pub fn object_encoding(key: &str) -> Option<crate::compression::ContentEncoding> {
+    use crate::compression::ContentEncoding;
+    let ext = key.rsplit_once('.')?.1;
+    [
+        ContentEncoding::Gzip,
+        ContentEncoding::Deflate,
+        ContentEncoding::Zstd,
+    ]
+    .into_iter()
+    .find(|e| e.extension() == ext)
+}
+
 /// The dataset and batch id of an object key made by [`object_key`].
 pub fn parse_object_key(key: &str) -> Option<(&str, uuid::Uuid)> {
     let mut parts = key.split('/');
@@ -210,5 +239,19 @@ mod tests {
         assert_eq!(key, format!("raw/events/2024-02-29/{id}.csv"));
         assert_eq!(parse_object_key(&key), Some(("events", id)));
         assert_eq!(parse_object_key("raw/events/x.csv"), None);
+        assert_eq!(object_encoding(&key), None);
+        let key = compressed_object_key(
+            "events",
+            crate::dataset::Format::Csv,
+            id,
+            date,
+            Some(crate::compression::ContentEncoding::Zstd),
+        );
+        assert_eq!(key, format!("raw/events/2024-02-29/{id}.csv.zst"));
+        assert_eq!(parse_object_key(&key), Some(("events", id)));
+        assert_eq!(
+            object_encoding(&key),
+            Some(crate::compression::ContentEncoding::Zstd)
+        );
     }
 }

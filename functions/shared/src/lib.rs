@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod chunks;
+pub mod compression;
 pub mod db;
 pub mod iam;
 #[cfg(feature = "lambda")]

@@ -53,7 +53,19 @@ pub(crate) async fn copy_decoded(
         }
     };
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            // A compressed object that cannot be decoded fails its batch
+            // where decoding stopped; the COPY is aborted with the sink.
+            Err(StoreError::Corrupt(reason)) => {
+                return Ok(Copied::Invalid(RecordError {
+                    line: decoder.line(),
+                    column: None,
+                    reason,
+                }));
+            }
+            Err(e) => return Err(e.into()),
+        };
         decoder.feed(&chunk, &mut out);
         if let Some(first) = decoder.errors().first() {
             // Dropping the sink unfinished aborts the COPY.

@@ -126,6 +126,11 @@ impl<'d> Decoder<'d> {
         self.invalid
     }
 
+    /// The line the next record starts on.
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
     /// Valid records found so far.
     pub fn records(&self) -> u64 {
         self.records

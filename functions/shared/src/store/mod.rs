@@ -27,6 +27,10 @@ pub enum StoreError {
     /// finished, a part missing, or a part's ETag that does not match.
     #[error("{0}")]
     InvalidUpload(String),
+    /// A compressed object whose data cannot be decoded (see
+    /// [`crate::compression`]): the batch fails, it is not retried.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 /// Uploads larger than this go in parts of this size: a single S3 PUT takes

@@ -1,0 +1,239 @@
+//! Compressed batches: gzip and deflate inline (decoded by the gateway, as
+//! API Gateway does), gzip and zstd uploads (decoded by the loader while it
+//! streams), corrupt streams, and the inline limit counted on the decoded
+//! body.
+
+use super::*;
+use std::io::Write;
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+}
+
+fn events(from: u32, to: u32) -> String {
+    (from..=to).map(|i| event(i, "zip")).collect()
+}
+
+async fn rows(local: &Local) -> i64 {
+    count(&local.db().await, "SELECT count(*) FROM public.events").await
+}
+
+#[tokio::test]
+async fn inline_batches_in_gzip_or_deflate_are_decoded_at_the_gateway() {
+    require!(Service::Postgres);
+    let local = Local::start("api:\n  max_inline_batch_kib: 64\n").await;
+    let gz = gzip(events(1, 100).as_bytes());
+    let (status, accepted) = local
+        .post_with(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            gz.clone(),
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(
+        (status, accepted["records"].clone()),
+        (202, json!(100)),
+        "{accepted}"
+    );
+    let batch = local
+        .settled(accepted["batch_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(batch["inserted"], 100, "{batch}");
+
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(events(101, 150).as_bytes()).expect("deflate");
+    let (status, accepted) = local
+        .post_with(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            z.finish().expect("deflate"),
+            &[("content-encoding", "deflate")],
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    local
+        .settled(accepted["batch_id"].as_str().expect("id"))
+        .await;
+    assert_eq!(rows(&local).await, 150);
+
+    // API Gateway decodes gzip and deflate only, and refuses a body that is
+    // not in the coding it names: 415, before any function runs.
+    let (status, answer) = local
+        .post_with(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            zstd(events(151, 160).as_bytes()),
+            &[("content-encoding", "zstd")],
+        )
+        .await;
+    assert_eq!(status, 415, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "API Gateway decodes request bodies in gzip or deflate only, not `zstd`; send other encodings through an upload"
+    );
+    let mut corrupt = gz.clone();
+    corrupt.truncate(corrupt.len() / 2);
+    let (status, answer) = local
+        .post_with(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            corrupt,
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(status, 415, "{answer}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("the body is not valid gzip: the gzip stream is corrupt at byte "),
+        "{message}"
+    );
+    // The inline limit counts the decoded body: 1,000 events are some
+    // 200 KiB, and a few KiB compressed.
+    let big = gzip(events(1000, 2000).as_bytes());
+    assert!(big.len() < 64 * 1024);
+    let (status, answer) = local
+        .post_with(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            big,
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(rows(&local).await, 150);
+}
+
+/// Uploads in gzip and zstd load as one stream each (never in chunks, as
+/// compressed bytes cannot be cut at offsets), exactly once; a corrupt one
+/// fails its batch with the byte offset and loads nothing.
+#[tokio::test]
+async fn gzip_and_zstd_uploads_load_once_and_a_corrupt_one_fails_with_its_offset() {
+    require!(Service::Postgres);
+    let local = Local::start_with(
+        "api:\n  max_inline_batch_kib: 16\n",
+        &["--chunk-size", "4096"],
+    )
+    .await;
+    let db = local.db().await;
+    let mut total = 0;
+    for (file, body, suffix) in [
+        ("a.ndjson.gz", gzip(events(1, 1000).as_bytes()), "ndjson.gz"),
+        (
+            "b.ndjson.zst",
+            zstd(events(1001, 2500).as_bytes()),
+            "ndjson.zst",
+        ),
+        (
+            "c.ndjson.zst",
+            [
+                zstd(events(2501, 2600).as_bytes()),
+                zstd(events(2601, 2700).as_bytes()),
+            ]
+            .concat(),
+            "ndjson.zst",
+        ),
+    ] {
+        std::fs::write(local.dir.path().join(file), &body).expect("write");
+        for attempt in 0..2 {
+            // The second push is a retry with the same key: the same batch.
+            let out = client(
+                &local,
+                &[
+                    "--output",
+                    "json",
+                    "push",
+                    "-d",
+                    "events",
+                    file,
+                    "--wait",
+                    "--idempotency-key",
+                    file,
+                ],
+            );
+            let pushed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            assert_eq!(
+                (pushed["via"].clone(), pushed["status"].clone()),
+                (json!("upload"), json!("loaded")),
+                "{file} #{attempt}: {pushed}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let id = pushed["batch_id"].as_str().unwrap_or_default().to_string();
+            let key: String = db
+                .query_one(
+                    "SELECT object_key FROM pipeline.batches WHERE batch_id = $1::text::uuid",
+                    &[&id],
+                )
+                .await
+                .expect("batch")
+                .get(0);
+            assert!(key.ends_with(suffix), "{key}");
+            let chunks = count(
+                &db,
+                &format!("SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = '{id}'"),
+            )
+            .await;
+            assert_eq!(chunks, 0, "{file} was loaded in chunks");
+        }
+        total += body.len().min(1) as i64;
+    }
+    assert_eq!(total, 3);
+    assert_eq!(rows(&local).await, 2700);
+
+    let mut corrupt = zstd(events(3001, 4000).as_bytes());
+    let at = corrupt.len() / 2;
+    corrupt.truncate(at);
+    std::fs::write(local.dir.path().join("bad.ndjson.zst"), &corrupt).expect("write");
+    let out = client(
+        &local,
+        &["push", "-d", "events", "bad.ndjson.zst", "--wait"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(" failed: line ") && stdout.contains("the zstd stream is corrupt at byte "),
+        "{stdout}"
+    );
+    assert_eq!(rows(&local).await, 2700);
+}
+
+/// `push` compresses inline batches on the way unless told not to; both
+/// load the same.
+#[tokio::test]
+async fn push_compresses_inline_batches_by_default() {
+    require!(Service::Postgres);
+    let local = Local::start("api:\n  max_inline_batch_kib: 1024\n").await;
+    std::fs::write(local.dir.path().join("a.ndjson"), events(1, 1000)).expect("write");
+    std::fs::write(local.dir.path().join("b.ndjson"), events(1001, 2000)).expect("write");
+    for args in [
+        &[
+            "--output", "json", "push", "-d", "events", "a.ndjson", "--wait",
+        ][..],
+        &[
+            "--output",
+            "json",
+            "push",
+            "-d",
+            "events",
+            "b.ndjson",
+            "--wait",
+            "--no-compress",
+        ],
+    ] {
+        let out = client(&local, args);
+        let pushed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert_eq!(
+            (pushed["via"].clone(), pushed["status"].clone()),
+            (json!("inline"), json!("loaded")),
+            "{args:?}: {pushed}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(rows(&local).await, 2000);
+}
