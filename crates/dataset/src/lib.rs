@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 mod csv;
+mod query_value;
 mod value;
 
 pub use csv::{CsvOptions, HeaderMatch, normalize_header};

@@ -106,6 +106,12 @@ fn parse_query(dataset: &Dataset, query: Option<&str>) -> Result<RecordsQuery, S
                         "`{other}` is not a filter of this dataset; the filterable columns are: {allowed}"
                     ));
                 }
+                if let Some(problem) = dataset
+                    .column(column)
+                    .and_then(|c| c.kind.query_value_problem(&value))
+                {
+                    return Err(format!("`{other}`: {problem}"));
+                }
                 let value = value.into_owned();
                 filters.push(match op {
                     "gte" => Filter::Gte(column.to_string(), value),

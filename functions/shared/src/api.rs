@@ -162,7 +162,7 @@ pub fn compressed_object_key(
     format: crate::dataset::Format,
     batch_id: uuid::Uuid,
     date: chrono::NaiveDate,
-    encoding: Option<crate::compression::ContentEncoding>,
+    encoding: Option<pipeline_contract::ContentEncoding>,
 ) -> String {
     let key = object_key(dataset, format, batch_id, date);
     match encoding {
@@ -172,8 +172,8 @@ pub fn compressed_object_key(
 }
 
 /// How the object at `key` is compressed, from its suffix.
-pub fn object_encoding(key: &str) -> Option<crate::compression::ContentEncoding> {
-    use crate::compression::ContentEncoding;
+pub fn object_encoding(key: &str) -> Option<pipeline_contract::ContentEncoding> {
+    use pipeline_contract::ContentEncoding;
     let ext = key.rsplit_once('.')?.1;
     [
         ContentEncoding::Gzip,
@@ -245,13 +245,13 @@ mod tests {
             crate::dataset::Format::Csv,
             id,
             date,
-            Some(crate::compression::ContentEncoding::Zstd),
+            Some(pipeline_contract::ContentEncoding::Zstd),
         );
         assert_eq!(key, format!("raw/events/2024-02-29/{id}.csv.zst"));
         assert_eq!(parse_object_key(&key), Some(("events", id)));
         assert_eq!(
             object_encoding(&key),
-            Some(crate::compression::ContentEncoding::Zstd)
+            Some(pipeline_contract::ContentEncoding::Zstd)
         );
     }
 }

@@ -28,7 +28,8 @@ use tokio_postgres::Client;
 use crate::dataset::CsvOptions;
 use crate::dataset::Dataset;
 use crate::db::{
-    Copied, DbError, LoadOutcome, column_list, copy_decoded, ident, lock_batch, merge_stage,
+    Copied, CopyTimes, DbError, LoadOutcome, column_list, copy_decoded, ident, lock_batch,
+    merge_stage,
 };
 use crate::records::{BOM, Decoder, MAX_RECORD_BYTES, RecordEnds, RecordError};
 use crate::store::{ByteStream, Store, StoreError};
@@ -376,8 +377,20 @@ where
             .chain(stream)
             .boxed();
     }
-    let error = match copy_decoded(&tx, &sql, decoder, stream).await? {
+    let started = std::time::Instant::now();
+    let mut times = CopyTimes::default();
+    let error = match copy_decoded(&tx, &sql, decoder, stream, &mut times).await? {
         Copied::Rows(records) => {
+            tracing::info!(
+                batch_id = %message.batch_id,
+                chunk = message.chunk,
+                records,
+                total_ms = CopyTimes::ms(started.elapsed()),
+                read_ms = CopyTimes::ms(times.read),
+                decode_ms = CopyTimes::ms(times.decode),
+                copy_ms = CopyTimes::ms(times.copy),
+                "chunk load timings"
+            );
             let n = records as i64;
             tx.execute(
                 "UPDATE pipeline.batch_chunks SET status = 'loaded', records = $3 WHERE batch_id = $1 AND chunk = $2",
@@ -481,6 +494,7 @@ where
         let cols = column_list(dataset);
         let table = format!("public.{}", ident(name));
         let stage = staging(batch_id);
+        let merging = std::time::Instant::now();
         // Usually no key is stored already nor repeated: a plain insert, under
         // a savepoint; on a conflict, the merge with the conflict rule.
         tx.batch_execute("SAVEPOINT plain").await?;
@@ -510,6 +524,13 @@ where
                 .await?
             }
         };
+        tracing::info!(
+            batch_id = %batch_id,
+            dataset = name,
+            records,
+            merge_ms = CopyTimes::ms(merging.elapsed()),
+            "merge timings"
+        );
         let inserted_i = inserted as i64;
         tx.execute(
             "UPDATE pipeline.batches SET status = 'loaded', records = $2, inserted = $3, duplicates = $2::bigint - $3::bigint,

@@ -17,6 +17,23 @@ pub enum LoadOutcome {
     Invalid { error: RecordError },
 }
 
+/// Where a COPY's time went: waiting for the object's bytes, decoding and
+/// checking them into COPY rows, and waiting for Postgres to take the rows
+/// (the COPY itself, as seen from here). Logged with each load, for the
+/// benchmark and for an operator asking why a load was slow.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CopyTimes {
+    pub read: std::time::Duration,
+    pub decode: std::time::Duration,
+    pub copy: std::time::Duration,
+}
+
+impl CopyTimes {
+    pub(crate) fn ms(d: std::time::Duration) -> u64 {
+        d.as_millis() as u64
+    }
+}
+
 /// Outcome of streaming an object into a COPY.
 pub(crate) enum Copied {
     Rows(u64),
@@ -29,9 +46,10 @@ async fn copy_object(
     into: &str,
     dataset: &Dataset,
     stream: ByteStream,
+    times: &mut CopyTimes,
 ) -> Result<Copied, DbError> {
     let sql = format!("COPY {into} ({}) FROM STDIN", column_list(dataset));
-    copy_decoded(client, &sql, Decoder::new(dataset), stream).await
+    copy_decoded(client, &sql, Decoder::new(dataset), stream, times).await
 }
 
 /// Streams an object through a decoder into a COPY. On an invalid record the
@@ -41,8 +59,12 @@ pub(crate) async fn copy_decoded(
     sql: &str,
     mut decoder: Decoder<'_>,
     mut stream: ByteStream,
+    times: &mut CopyTimes,
 ) -> Result<Copied, DbError> {
+    use std::time::Instant;
+    let started = Instant::now();
     let sink = client.copy_in::<_, Bytes>(sql).await?;
+    times.copy += started.elapsed();
     futures_util::pin_mut!(sink);
     let mut out = Vec::with_capacity(COPY_PIECE + 64 * 1024);
     let conflict = |e: tokio_postgres::Error| -> Result<Copied, DbError> {
@@ -52,7 +74,13 @@ pub(crate) async fn copy_decoded(
             Err(e.into())
         }
     };
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let waited = Instant::now();
+        let Some(chunk) = stream.next().await else {
+            times.read += waited.elapsed();
+            break;
+        };
+        times.read += waited.elapsed();
         let chunk = match chunk {
             Ok(chunk) => chunk,
             // A compressed object that cannot be decoded fails its batch
@@ -66,7 +94,9 @@ pub(crate) async fn copy_decoded(
             }
             Err(e) => return Err(e.into()),
         };
+        let decoding = Instant::now();
         decoder.feed(&chunk, &mut out);
+        times.decode += decoding.elapsed();
         if let Some(first) = decoder.errors().first() {
             // Dropping the sink unfinished aborts the COPY.
             return Ok(Copied::Invalid(first.clone()));
@@ -76,22 +106,33 @@ pub(crate) async fn copy_decoded(
                 &mut out,
                 Vec::with_capacity(COPY_PIECE + 64 * 1024),
             ));
-            if let Err(e) = sink.send(piece).await {
+            let sending = Instant::now();
+            let sent = sink.send(piece).await;
+            times.copy += sending.elapsed();
+            if let Err(e) = sent {
                 return conflict(e);
             }
         }
     }
+    let decoding = Instant::now();
     let summary = decoder.finish(&mut out);
+    times.decode += decoding.elapsed();
     if let Some(first) = summary.errors.first() {
         return Ok(Copied::Invalid(first.clone()));
     }
-    if !out.is_empty()
-        && let Err(e) = sink.send(Bytes::from(out)).await
-    {
-        return conflict(e);
-    }
-    match sink.finish().await {
-        Ok(_) => Ok(Copied::Rows(summary.records)),
+    let finishing = Instant::now();
+    let finished = if out.is_empty() {
+        Ok(())
+    } else {
+        sink.send(Bytes::from(out)).await
+    };
+    let finished = match finished {
+        Ok(()) => sink.finish().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    times.copy += finishing.elapsed();
+    match finished {
+        Ok(()) => Ok(Copied::Rows(summary.records)),
         Err(e) => conflict(e),
     }
 }
@@ -116,6 +157,8 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<ByteStream, StoreError>>,
 {
+    let started = std::time::Instant::now();
+    let mut times = CopyTimes::default();
     // Visible progress, outside the transaction; harmless if repeated.
     client
         .execute(
@@ -128,7 +171,11 @@ where
         return Ok(LoadOutcome::AlreadyDone { status });
     }
     tx.batch_execute("SAVEPOINT direct").await?;
-    let (records, inserted) = match copy_object(&tx, &table(name), dataset, open().await?).await? {
+    let copying = std::time::Instant::now();
+    let mut merged = std::time::Duration::ZERO;
+    let copied = copy_object(&tx, &table(name), dataset, open().await?, &mut times).await?;
+    let copied_in = copying.elapsed();
+    let (records, inserted) = match copied {
         Copied::Rows(n) => {
             tx.batch_execute("RELEASE SAVEPOINT direct").await?;
             (n, n)
@@ -147,7 +194,10 @@ where
         }
         Copied::KeyConflict => {
             tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
-            merge(&tx, name, dataset, open().await?).await?
+            let merging = std::time::Instant::now();
+            let result = merge(&tx, name, dataset, open().await?, &mut times).await?;
+            merged = merging.elapsed();
+            result
         }
     };
     let (records_i, inserted_i) = (records as i64, inserted as i64);
@@ -158,6 +208,19 @@ where
     )
     .await?;
     tx.commit().await?;
+    let total = started.elapsed();
+    tracing::info!(
+        batch_id = %batch_id,
+        dataset = name,
+        records,
+        total_ms = CopyTimes::ms(total),
+        read_ms = CopyTimes::ms(times.read),
+        decode_ms = CopyTimes::ms(times.decode),
+        copy_ms = CopyTimes::ms(times.copy),
+        merge_ms = CopyTimes::ms(merged),
+        bookkeeping_ms = CopyTimes::ms(total.saturating_sub(copied_in + merged)),
+        "load timings"
+    );
     Ok(LoadOutcome::Loaded {
         records,
         inserted,
@@ -192,6 +255,7 @@ async fn merge(
     name: &str,
     dataset: &Dataset,
     stream: ByteStream,
+    times: &mut CopyTimes,
 ) -> Result<(u64, u64), DbError> {
     tx.batch_execute(&format!(
         "CREATE TEMP TABLE IF NOT EXISTS pipeline_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP;
@@ -199,7 +263,7 @@ async fn merge(
         table(name)
     ))
     .await?;
-    let records = match copy_object(tx, "pipeline_stage", dataset, stream).await? {
+    let records = match copy_object(tx, "pipeline_stage", dataset, stream, times).await? {
         Copied::Rows(n) => n,
         // The object read the same the first time; it cannot be invalid now.
         Copied::Invalid(e) => {

@@ -27,8 +27,8 @@ pub enum StoreError {
     /// finished, a part missing, or a part's ETag that does not match.
     #[error("{0}")]
     InvalidUpload(String),
-    /// A compressed object whose data cannot be decoded (see
-    /// [`crate::compression`]): the batch fails, it is not retried.
+    /// A compressed object whose data cannot be decoded: the batch fails,
+    /// it is not retried.
     #[error("{0}")]
     Corrupt(String),
 }
