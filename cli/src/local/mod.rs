@@ -78,14 +78,34 @@ pub struct Settings {
     #[arg(long, value_name = "SECONDS")]
     pub retry_after: Option<u64>,
     /// Objects (NDJSON or CSV) larger than this many bytes load in parallel
-    /// chunks of about this size (0: never).
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_BYTES)]
-    pub chunk_size: u64,
+    /// chunks of about this size (0: never) [default: 64 MiB with at least 2
+    /// workers on at least 4 cores, else 0: one stream].
+    #[arg(long, value_name = "BYTES")]
+    pub chunk_size: Option<u64>,
     /// Uploads larger than this many bytes are multipart uploads, in parts of
     /// this size.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_UPLOAD_PART_BYTES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_part_size: u64,
+}
+
+impl Settings {
+    /// The chunk size, or the one that loads fastest here: chunks stage their
+    /// rows in parallel, but the merge into the table that follows is one
+    /// statement, about as long as one stream's COPY (on 2 cores, 1,000,000
+    /// events: 13.4 s of merge after 1.4 s of staging, against 15.7 s of
+    /// COPY). They can only win where a core is left for each of two
+    /// workers beside Postgres.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_size.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if self.workers >= 2 && cores >= 4 {
+                DEFAULT_CHUNK_BYTES
+            } else {
+                0
+            }
+        })
+    }
 }
 
 /// Printed once the server listens.
@@ -248,7 +268,7 @@ pub async fn serve(
         store: Store::Local(objects.clone()),
         pool: pool.clone(),
         max_inline_bytes: spec.api.max_inline_batch_kib as usize * 1024,
-        chunk_bytes: settings.chunk_size,
+        chunk_bytes: settings.chunk_bytes(),
         upload_part_bytes: settings.upload_part_size,
         chunk_queue: Some(queue),
     };

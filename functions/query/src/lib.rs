@@ -144,7 +144,7 @@ async fn records(ctx: &Context, name: &str, query: Option<&str>) -> Response<Byt
         Ok(c) => c,
         Err(e) => return api::unavailable("the database", &e),
     };
-    match db::records(&**client, name, dataset, &filters, after.as_ref(), limit).await {
+    match db::records_cached(&client, name, dataset, &filters, after.as_ref(), limit).await {
         Ok(page) => api::json(
             StatusCode::OK,
             &RecordsPage {

@@ -561,22 +561,65 @@ async fn every_filter_reads_a_page_from_one_index_range() {
             .await
             .expect("page");
         assert_eq!(first.records.len(), expected, "{what}");
-        for after in [None, first.next.as_ref()] {
+        // Custom plans, and the generic plans a cached statement may get.
+        for (after, mode) in [None, first.next.as_ref()]
+            .into_iter()
+            .flat_map(|a| [(a, "auto"), (a, "force_generic_plan")])
+        {
+            client
+                .batch_execute(&format!("SET plan_cache_mode = {mode}"))
+                .await
+                .expect("plan mode");
             let read = db::read("events", &ds, &filters, after, 100).expect("read");
             let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = read
                 .params
                 .iter()
                 .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
                 .collect();
-            let plan: serde_json::Value = client
-                .query_one(
-                    &format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", read.sql),
-                    &refs,
-                )
-                .await
-                .expect("explain")
-                .get(0);
+            let plan: serde_json::Value = if mode == "auto" {
+                client
+                    .query_one(
+                        &format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", read.sql),
+                        &refs,
+                    )
+                    .await
+                    .expect("explain")
+                    .get(0)
+            } else {
+                // A named statement, as the pool's cache keeps them (an
+                // unnamed one is planned for its values whatever the mode).
+                let values: Vec<String> = read
+                    .params
+                    .iter()
+                    .map(|p| format!("'{}'", p.replace('\'', "''")))
+                    .collect();
+                let args = if values.is_empty() {
+                    String::new()
+                } else {
+                    format!("({})", values.join(", "))
+                };
+                client
+                    .batch_execute(&format!("PREPARE page AS {}", read.sql))
+                    .await
+                    .expect("prepare");
+                let plan = client
+                    .query_one(
+                        &format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE page{args}"),
+                        &[],
+                    )
+                    .await
+                    .expect("explain")
+                    .get(0);
+                client
+                    .batch_execute("DEALLOCATE page")
+                    .await
+                    .expect("deallocate");
+                plan
+            };
             let explained = plan.to_string();
+            if mode != "auto" && !read.params.is_empty() {
+                assert!(explained.contains("$1"), "{what}: not generic: {explained}");
+            }
             let mut nodes = Vec::new();
             plan_nodes(&plan[0]["Plan"], &mut nodes);
             let mut read_rows = 0;
