@@ -54,6 +54,10 @@ async fn copy_object(
 
 /// Streams an object through a decoder into a COPY. On an invalid record the
 /// COPY is aborted (its sink dropped unfinished) before this returns.
+///
+/// Decoding runs ahead of the COPY, up to [`COPY_AHEAD`] pieces: while
+/// Postgres takes one piece (the COPY's pace on a busy server), the next
+/// ones are decoded, so the decoding costs no time of its own.
 pub(crate) async fn copy_decoded(
     client: &Transaction<'_>,
     sql: &str,
@@ -61,12 +65,87 @@ pub(crate) async fn copy_decoded(
     mut stream: ByteStream,
     times: &mut CopyTimes,
 ) -> Result<Copied, DbError> {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
     let started = Instant::now();
     let sink = client.copy_in::<_, Bytes>(sql).await?;
     times.copy += started.elapsed();
     futures_util::pin_mut!(sink);
-    let mut out = Vec::with_capacity(COPY_PIECE + 64 * 1024);
+    let (pieces, mut ready) = tokio::sync::mpsc::channel::<Bytes>(COPY_AHEAD);
+    // What the decoding side ends with: the records, an invalid record, a
+    // store error, or nothing when the COPY side stopped first.
+    let produce = async {
+        let (mut read, mut decode) = (Duration::ZERO, Duration::ZERO);
+        let mut out = Vec::with_capacity(COPY_PIECE + 64 * 1024);
+        let end = loop {
+            let waited = Instant::now();
+            let chunk = stream.next().await;
+            read += waited.elapsed();
+            let chunk = match chunk {
+                None => break None,
+                Some(Ok(chunk)) => chunk,
+                // A compressed object that cannot be decoded fails its batch
+                // where decoding stopped; the COPY is aborted with the sink.
+                Some(Err(StoreError::Corrupt(reason))) => {
+                    break Some(Ok(Copied::Invalid(RecordError {
+                        line: decoder.line(),
+                        column: None,
+                        reason,
+                    })));
+                }
+                Some(Err(e)) => break Some(Err(DbError::from(e))),
+            };
+            let decoding = Instant::now();
+            decoder.feed(&chunk, &mut out);
+            decode += decoding.elapsed();
+            if let Some(first) = decoder.errors().first() {
+                break Some(Ok(Copied::Invalid(first.clone())));
+            }
+            if out.len() >= COPY_PIECE {
+                let piece = std::mem::replace(&mut out, Vec::with_capacity(COPY_PIECE + 64 * 1024));
+                if pieces.send(Bytes::from(piece)).await.is_err() {
+                    break Some(Ok(Copied::Rows(0)));
+                }
+            }
+        };
+        let end = match end {
+            Some(end) => end,
+            None => {
+                let decoding = Instant::now();
+                let summary = decoder.finish(&mut out);
+                decode += decoding.elapsed();
+                match summary.errors.first() {
+                    Some(first) => Ok(Copied::Invalid(first.clone())),
+                    None => {
+                        if !out.is_empty() {
+                            // A closed channel: the COPY side says why.
+                            let _ = pieces.send(Bytes::from(out)).await;
+                        }
+                        Ok(Copied::Rows(summary.records))
+                    }
+                }
+            }
+        };
+        drop(pieces);
+        (end, read, decode)
+    };
+    let consume = async {
+        let mut copy = Duration::ZERO;
+        while let Some(piece) = ready.recv().await {
+            let sending = Instant::now();
+            let sent = sink.send(piece).await;
+            copy += sending.elapsed();
+            if let Err(e) = sent {
+                // The decoding side stops at its next piece.
+                ready.close();
+                return (Err(e), copy);
+            }
+        }
+        (Ok(()), copy)
+    };
+    let ((end, read, decode), (sent, copy)) = futures_util::future::join(produce, consume).await;
+    times.read += read;
+    times.decode += decode;
+    times.copy += copy;
     let conflict = |e: tokio_postgres::Error| -> Result<Copied, DbError> {
         if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
             Ok(Copied::KeyConflict)
@@ -74,66 +153,21 @@ pub(crate) async fn copy_decoded(
             Err(e.into())
         }
     };
-    loop {
-        let waited = Instant::now();
-        let Some(chunk) = stream.next().await else {
-            times.read += waited.elapsed();
-            break;
-        };
-        times.read += waited.elapsed();
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            // A compressed object that cannot be decoded fails its batch
-            // where decoding stopped; the COPY is aborted with the sink.
-            Err(StoreError::Corrupt(reason)) => {
-                return Ok(Copied::Invalid(RecordError {
-                    line: decoder.line(),
-                    column: None,
-                    reason,
-                }));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let decoding = Instant::now();
-        decoder.feed(&chunk, &mut out);
-        times.decode += decoding.elapsed();
-        if let Some(first) = decoder.errors().first() {
-            // Dropping the sink unfinished aborts the COPY.
-            return Ok(Copied::Invalid(first.clone()));
-        }
-        if out.len() >= COPY_PIECE {
-            let piece = Bytes::from(std::mem::replace(
-                &mut out,
-                Vec::with_capacity(COPY_PIECE + 64 * 1024),
-            ));
-            let sending = Instant::now();
-            let sent = sink.send(piece).await;
-            times.copy += sending.elapsed();
-            if let Err(e) = sent {
-                return conflict(e);
+    if let Err(e) = sent {
+        return conflict(e);
+    }
+    match end? {
+        // Dropping the sink unfinished aborts the COPY.
+        Copied::Rows(records) => {
+            let finishing = Instant::now();
+            let finished = sink.finish().await;
+            times.copy += finishing.elapsed();
+            match finished {
+                Ok(_) => Ok(Copied::Rows(records)),
+                Err(e) => conflict(e),
             }
         }
-    }
-    let decoding = Instant::now();
-    let summary = decoder.finish(&mut out);
-    times.decode += decoding.elapsed();
-    if let Some(first) = summary.errors.first() {
-        return Ok(Copied::Invalid(first.clone()));
-    }
-    let finishing = Instant::now();
-    let finished = if out.is_empty() {
-        Ok(())
-    } else {
-        sink.send(Bytes::from(out)).await
-    };
-    let finished = match finished {
-        Ok(()) => sink.finish().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    times.copy += finishing.elapsed();
-    match finished {
-        Ok(()) => Ok(Copied::Rows(summary.records)),
-        Err(e) => conflict(e),
+        other => Ok(other),
     }
 }
 

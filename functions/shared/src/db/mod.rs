@@ -29,6 +29,8 @@ pub use schema::*;
 
 /// Rows are sent to Postgres in pieces of about this size.
 const COPY_PIECE: usize = 1024 * 1024;
+/// Pieces decoded ahead of the COPY, at most.
+const COPY_AHEAD: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
