@@ -386,6 +386,47 @@ async fn an_invalid_object_fails_the_batch_and_loads_nothing() {
         .expect("exists");
     assert_eq!(batch.answer.status, BatchStatus::Failed);
     assert_eq!(batch.answer.error.map(|e| e.line), Some(40001));
+
+    // A key repeated early makes the first COPY fail on it while the bad
+    // record is still to be read: the batch is still the bad record's.
+    let id = new_batch(&client, "raw/events/repeated-then-bad").await;
+    let mut body = String::from("{\"id\":1,\"kind\":\"k\"}\n");
+    body.extend((1..=100_000).map(|i| format!("{{\"id\":{i},\"kind\":\"k\"}}\n")));
+    body.push_str("{\"id\":\"x\",\"kind\":\"k\"}\n");
+    let outcome = db::load(&mut client, "events", &ds, id, object(&body))
+        .await
+        .expect("load");
+    let LoadOutcome::Invalid { error } = outcome else {
+        panic!("expected invalid, got {outcome:?}")
+    };
+    assert_eq!(
+        error.to_string(),
+        "line 100002, column `id`: expected a number, found a string"
+    );
+    assert_eq!(rows(&client).await, vec![]);
+
+    // The same with a key already in the table: whether the COPY stops on
+    // the key first (and the merge's COPY finds the bad record) or the
+    // decoder reaches the bad record first, the batch is the bad record's.
+    let first = new_batch(&client, "raw/events/first").await;
+    db::load(
+        &mut client,
+        "events",
+        &ds,
+        first,
+        object("{\"id\":1,\"kind\":\"k\"}\n"),
+    )
+    .await
+    .expect("first");
+    let id = new_batch(&client, "raw/events/known-then-bad").await;
+    let outcome = db::load(&mut client, "events", &ds, id, object(&body))
+        .await
+        .expect("load");
+    let LoadOutcome::Invalid { error } = outcome else {
+        panic!("expected invalid, got {outcome:?}")
+    };
+    assert_eq!(error.line, 100002);
+    assert_eq!(rows(&client).await.len(), 1);
 }
 
 #[tokio::test]

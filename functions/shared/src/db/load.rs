@@ -209,13 +209,28 @@ where
     let mut merged = std::time::Duration::ZERO;
     let copied = copy_object(&tx, &table(name), dataset, open().await?, &mut times).await?;
     let copied_in = copying.elapsed();
-    let (records, inserted) = match copied {
+    let merged_or_invalid = match copied {
         Copied::Rows(n) => {
             tx.batch_execute("RELEASE SAVEPOINT direct").await?;
-            (n, n)
+            Ok((n, n))
         }
         Copied::Invalid(error) => {
             tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
+            Err(error)
+        }
+        Copied::KeyConflict => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
+            let merging = std::time::Instant::now();
+            // A key conflict can stop the COPY before the decoder reaches
+            // an invalid record further on: the merge finds it then.
+            let result = merge(&tx, name, dataset, open().await?, &mut times).await?;
+            merged = merging.elapsed();
+            result
+        }
+    };
+    let (records, inserted) = match merged_or_invalid {
+        Ok(counts) => counts,
+        Err(error) => {
             let line = error.line as i64;
             tx.execute(
                 "UPDATE pipeline.batches SET status = 'failed', inserted = 0, duplicates = 0, loaded_at = now(),
@@ -225,13 +240,6 @@ where
             .await?;
             tx.commit().await?;
             return Ok(LoadOutcome::Invalid { error });
-        }
-        Copied::KeyConflict => {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
-            let merging = std::time::Instant::now();
-            let result = merge(&tx, name, dataset, open().await?, &mut times).await?;
-            merged = merging.elapsed();
-            result
         }
     };
     let (records_i, inserted_i) = (records as i64, inserted as i64);
@@ -283,34 +291,33 @@ pub(crate) async fn lock_batch(
 }
 
 /// Copies into a staging table and merges with the conflict rule. Returns
-/// (records, inserted).
+/// (records, inserted), or the first invalid record.
 async fn merge(
     tx: &Transaction<'_>,
     name: &str,
     dataset: &Dataset,
     stream: ByteStream,
     times: &mut CopyTimes,
-) -> Result<(u64, u64), DbError> {
+) -> Result<Result<(u64, u64), RecordError>, DbError> {
     tx.batch_execute(&format!(
-        "CREATE TEMP TABLE IF NOT EXISTS pipeline_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP;
+        "SAVEPOINT merge;
+         CREATE TEMP TABLE IF NOT EXISTS pipeline_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP;
          ALTER TABLE pipeline_stage ADD COLUMN pipeline_seq bigserial",
         table(name)
     ))
     .await?;
     let records = match copy_object(tx, "pipeline_stage", dataset, stream, times).await? {
         Copied::Rows(n) => n,
-        // The object read the same the first time; it cannot be invalid now.
-        Copied::Invalid(e) => {
-            return Err(DbError::Store(StoreError::Io {
-                key: name.to_string(),
-                source: std::io::Error::other(format!("the object changed while loading: {e}")),
-            }));
+        Copied::Invalid(error) => {
+            // Undoes the aborted COPY and the staging table.
+            tx.batch_execute("ROLLBACK TO SAVEPOINT merge").await?;
+            return Ok(Err(error));
         }
         Copied::KeyConflict => 0,
     };
     let inserted = merge_stage(tx, name, dataset, "pipeline_stage", &["pipeline_seq"]).await?;
     tx.batch_execute("DROP TABLE pipeline_stage").await?;
-    Ok((records, inserted))
+    Ok(Ok((records, inserted)))
 }
 
 /// Inserts a staging table's rows into the dataset's table with the
