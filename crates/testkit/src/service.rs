@@ -38,12 +38,12 @@ impl Service {
                 TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_ok()
             }
             Service::Moto => moto_python().exists(),
-            Service::Registry => {
-                std::env::var_os("DOCKER_REGISTRY")
-                    .map(PathBuf::from)
-                    .is_some_and(|p| p.exists())
-                    || on_path("docker-registry")
-            }
+            // The program the registry helper starts: `$DOCKER_REGISTRY` when
+            // set, else docker-registry on PATH.
+            Service::Registry => match std::env::var_os("DOCKER_REGISTRY") {
+                Some(program) => PathBuf::from(program).exists(),
+                None => on_path("docker-registry"),
+            },
             Service::Skopeo => on_path("skopeo"),
             Service::Strace => on_path("strace"),
             Service::CargoLambda => cargo_lambda_dir().join("cargo-lambda").exists(),
