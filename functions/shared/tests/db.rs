@@ -369,12 +369,7 @@ async fn an_invalid_object_fails_the_batch_and_loads_nothing() {
         .map(|i| format!("{{\"id\":{i},\"kind\":\"k\"}}\n"))
         .collect();
     body.push_str("{\"id\":\"x\",\"kind\":\"k\"}\n");
-    let outcome = db::load(&mut client, "events", &ds, id, object(&body))
-        .await
-        .expect("load");
-    let LoadOutcome::Invalid { error } = outcome else {
-        panic!("expected invalid, got {outcome:?}")
-    };
+    let error = load_invalid(&mut client, &ds, id, &body).await;
     assert_eq!(
         error.to_string(),
         "line 40001, column `id`: expected a number, found a string"
@@ -393,12 +388,7 @@ async fn an_invalid_object_fails_the_batch_and_loads_nothing() {
     let mut body = String::from("{\"id\":1,\"kind\":\"k\"}\n");
     body.extend((1..=100_000).map(|i| format!("{{\"id\":{i},\"kind\":\"k\"}}\n")));
     body.push_str("{\"id\":\"x\",\"kind\":\"k\"}\n");
-    let outcome = db::load(&mut client, "events", &ds, id, object(&body))
-        .await
-        .expect("load");
-    let LoadOutcome::Invalid { error } = outcome else {
-        panic!("expected invalid, got {outcome:?}")
-    };
+    let error = load_invalid(&mut client, &ds, id, &body).await;
     assert_eq!(
         error.to_string(),
         "line 100002, column `id`: expected a number, found a string"
@@ -419,14 +409,25 @@ async fn an_invalid_object_fails_the_batch_and_loads_nothing() {
     .await
     .expect("first");
     let id = new_batch(&client, "raw/events/known-then-bad").await;
-    let outcome = db::load(&mut client, "events", &ds, id, object(&body))
+    let error = load_invalid(&mut client, &ds, id, &body).await;
+    assert_eq!(error.line, 100002);
+    assert_eq!(rows(&client).await.len(), 1);
+}
+
+/// Loads a batch that must come out invalid; its first error.
+async fn load_invalid(
+    client: &mut Client,
+    ds: &Dataset,
+    id: uuid::Uuid,
+    body: &str,
+) -> pipeline_shared::records::RecordError {
+    let outcome = db::load(client, "events", ds, id, object(body))
         .await
         .expect("load");
     let LoadOutcome::Invalid { error } = outcome else {
         panic!("expected invalid, got {outcome:?}")
     };
-    assert_eq!(error.line, 100002);
-    assert_eq!(rows(&client).await.len(), 1);
+    error
 }
 
 #[tokio::test]
