@@ -146,3 +146,149 @@ async fn api_gateway_and_sqs_events_drive_the_handlers() {
         .await
         .expect("drop database");
 }
+
+/// The functions' own executables (debug builds), each started against the local Lambda Runtime API
+/// with the environment Lambda and the app template give it: the schema
+/// through the loader's migrate action, a batch posted to ingest, its S3
+/// notification loaded by the loader, the record read back through query.
+/// A failure comes back as Lambda reports it: an invocation's error with
+/// its kind and message, an init that fails with the reason on its log.
+#[tokio::test]
+async fn the_bootstraps_answer_their_events_through_the_lambda_runtime_api() {
+    use common::runtime_api::{Lab, fixture, post_batch, sqs_event};
+    require!(Service::Postgres, Service::Moto);
+    // The executables are no target of the test build (they set `test =
+    // false`): build them as `cargo build` does, a no-op after scripts/test.
+    let status = std::process::Command::new(env!("CARGO"))
+        .current_dir(common::repo())
+        .args(["build", "--workspace", "--bins", "--locked", "--quiet"])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo build --workspace --bins failed");
+    let binaries = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(std::path::Path::to_path_buf))
+        .expect("the target directory");
+    let name = format!("pipeline_bootstraps_{}", uuid::Uuid::new_v4().simple());
+    let admin = connect(ADMIN).await;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let outcome = async {
+        let lab = Lab::new(&binaries, &admin, &name).await?;
+        let migrated = lab.migrate().await?;
+        assert!(
+            migrated["statements"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty()),
+            "{migrated}"
+        );
+
+        let mut ingest = lab.start("ingest").await?;
+        ingest.ready().await?;
+        let (_, answer) = ingest
+            .invoke(&post_batch(&fixture("apigw-post-batch.json")?))
+            .await?;
+        ingest.stop().await;
+        assert_eq!(answer["statusCode"], 202, "{answer}");
+        let accepted: Value = serde_json::from_str(answer["body"].as_str().unwrap_or_default())?;
+        assert_eq!(accepted["records"], 2, "{accepted}");
+        let batch_id = uuid::Uuid::parse_str(accepted["batch_id"].as_str().unwrap_or_default())?;
+
+        let client = connect(&format!(
+            "host=127.0.0.1 port=5432 user=postgres dbname={name}"
+        ))
+        .await;
+        let key: String = client
+            .query_one(
+                "SELECT object_key FROM pipeline.batches WHERE batch_id = $1",
+                &[&batch_id],
+            )
+            .await?
+            .get(0);
+        let mut loader = lab.start("loader").await?;
+        loader.ready().await?;
+        let (_, answer) = loader
+            .invoke(&sqs_event(&fixture("sqs-s3-events.json")?, &key)?)
+            .await?;
+        loader.stop().await;
+        assert_eq!(answer, serde_json::json!({"batchItemFailures": []}));
+        let row = client
+            .query_one(
+                "SELECT status, inserted FROM pipeline.batches WHERE batch_id = $1",
+                &[&batch_id],
+            )
+            .await?;
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, Option<i64>>(1)),
+            ("loaded".to_string(), Some(2))
+        );
+
+        let mut query = lab.start("query").await?;
+        query.ready().await?;
+        let (_, answer) = query.invoke(&fixture("apigw-get-records.json")?).await?;
+        query.stop().await;
+        assert_eq!(answer["statusCode"], 200, "{answer}");
+        let page: Value = serde_json::from_str(answer["body"].as_str().unwrap_or_default())?;
+        let users: Vec<&Value> = page["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| &r["user_id"])
+            .collect();
+        assert_eq!(users, vec![&Value::from(7)]);
+
+        // A migration whose secret is not there fails the invocation.
+        let mut loader = lab
+            .start_with("loader", |env| {
+                env.insert("DB_SECRET_ARN".into(), "pipeline-missing".into());
+            })
+            .await?;
+        loader.ready().await?;
+        let answer = loader
+            .send(&serde_json::json!({"action": "migrate"}))
+            .await?;
+        loader.stop().await;
+        assert!(answer.error, "{}", answer.body);
+        assert_eq!(answer.body["errorType"], "ConfigError");
+        let message = answer.body["errorMessage"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(
+                "the database secret pipeline-missing: service error: ResourceNotFoundException"
+            ),
+            "{message}"
+        );
+
+        // Without its environment, the init fails before asking for an event.
+        let mut query = lab
+            .start_with("query", |env| {
+                env.remove("PIPELINE_ENV");
+            })
+            .await?;
+        let (status, log, asked) = query.exited().await?;
+        assert!(!status.success());
+        assert!(!asked);
+        let line: Value = serde_json::from_str(log.trim())?;
+        assert_eq!(
+            (&line["level"], &line["fields"]),
+            (
+                &Value::from("ERROR"),
+                &serde_json::json!({
+                    "message": "init failed",
+                    "error": "environment variable PIPELINE_ENV is not set"
+                })
+            ),
+            "{log}"
+        );
+        Ok::<_, common::runtime_api::Fail>(())
+    }
+    .await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .expect("drop database");
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+}

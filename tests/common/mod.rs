@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a scratch workspace and the real binary.
 #![allow(dead_code)]
 
+pub mod runtime_api;
+
 pub use pipeline_testkit::{moto, registry, repo};
 
 use std::path::Path;

@@ -7,7 +7,7 @@ use pipeline_shared::{lambda, runtime};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     runtime::init_logs();
-    let ctx = runtime::context_from_env().await?;
+    let ctx = runtime::context_or_exit().await;
     let ctx = &ctx;
     lambda_http::run(service_fn(move |request| async move {
         let response = ingest::handle(ctx, lambda::request(request)).await;

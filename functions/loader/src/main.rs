@@ -3,26 +3,38 @@
 
 #![recursion_limit = "256"]
 
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use pipeline_shared::runtime;
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     runtime::init_logs();
-    let ctx = runtime::context_from_env().await?;
+    let ctx = runtime::context_or_exit().await;
     let ctx = &ctx;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         if loader::is_action(&event.payload) {
             // Migrations run as the database's administrator.
-            let admin = runtime::admin_context(ctx).await?;
+            let admin = runtime::admin_context(ctx)
+                .await
+                .map_err(|e| diagnostic("ConfigError", e))?;
             return loader::invoke(&admin, event.payload)
                 .await
-                .map_err(Error::from);
+                .map_err(|e| diagnostic("MessageError", e));
         }
         loader::invoke(ctx, event.payload)
             .await
-            .map_err(Error::from)
+            .map_err(|e| diagnostic("MessageError", e))
     }))
     .await
+}
+
+/// An invocation's error as Lambda reports it: the error's kind (rather
+/// than the Rust type name the runtime would give a boxed error) and its
+/// message.
+fn diagnostic(kind: &str, error: impl std::fmt::Display) -> Diagnostic {
+    Diagnostic {
+        error_type: kind.into(),
+        error_message: error.to_string(),
+    }
 }

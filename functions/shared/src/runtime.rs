@@ -422,6 +422,20 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
     })
 }
 
+/// [`context_from_env`] for a function's `main`: when the environment is
+/// wrong, the reason goes to the log as an error and the process exits
+/// with status 1 before asking for an event (Lambda then reports
+/// `Runtime.ExitError` with that log line).
+pub async fn context_or_exit() -> Context {
+    match context_from_env().await {
+        Ok(ctx) => ctx,
+        Err(error) => {
+            tracing::error!(%error, "init failed");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// JSON log lines for CloudWatch, filtered by `RUST_LOG`.
 pub fn init_logs() {
     tracing_subscriber::fmt()
