@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -26,9 +26,9 @@ use tokio::sync::{Mutex, mpsc};
 
 pub const REGION: &str = "eu-west-1";
 
-pub const BUCKET: &str = "pipeline-bench-raw";
+pub const BUCKET: &str = "pipeline-lab-raw";
 
-pub const SECRET: &str = "pipeline-bench-db";
+pub const SECRET: &str = "pipeline-lab-db";
 
 /// How long any one step may take before the run is abandoned.
 pub const STEP: Duration = Duration::from_secs(30);
@@ -36,7 +36,7 @@ pub const STEP: Duration = Duration::from_secs(30);
 pub type Fail = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the runtime interface saw, in order.
-pub enum Seen {
+enum Seen {
     Next(Instant),
     Answer {
         at: Instant,
@@ -47,12 +47,12 @@ pub enum Seen {
 }
 
 #[derive(Clone)]
-pub struct Runtime {
+struct Runtime {
     events: Arc<Mutex<mpsc::UnboundedReceiver<Vec<u8>>>>,
     seen: mpsc::UnboundedSender<Seen>,
 }
 
-pub async fn next(State(rt): State<Runtime>) -> (HeaderMap, Vec<u8>) {
+async fn next(State(rt): State<Runtime>) -> (HeaderMap, Vec<u8>) {
     let _ = rt.seen.send(Seen::Next(Instant::now()));
     let event = rt.events.lock().await.recv().await;
     // No more events: hold the request open, as Lambda does until it
@@ -86,35 +86,17 @@ pub async fn next(State(rt): State<Runtime>) -> (HeaderMap, Vec<u8>) {
     (headers, event)
 }
 
-pub async fn response(
-    State(rt): State<Runtime>,
-    UrlPath(_id): UrlPath<String>,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let at = Instant::now();
+/// An invocation's answer, to `.../response` or (`error`) `.../error`.
+async fn answer(rt: Runtime, body: axum::body::Bytes, error: bool) -> StatusCode {
     let _ = rt.seen.send(Seen::Answer {
-        at,
+        at: Instant::now(),
         body: body.to_vec(),
-        error: false,
+        error,
     });
     StatusCode::ACCEPTED
 }
 
-pub async fn error(
-    State(rt): State<Runtime>,
-    UrlPath(_id): UrlPath<String>,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let at = Instant::now();
-    let _ = rt.seen.send(Seen::Answer {
-        at,
-        body: body.to_vec(),
-        error: true,
-    });
-    StatusCode::ACCEPTED
-}
-
-pub async fn init_error(State(rt): State<Runtime>, body: axum::body::Bytes) -> StatusCode {
+async fn init_error(State(rt): State<Runtime>, body: axum::body::Bytes) -> StatusCode {
     let _ = rt.seen.send(Seen::InitError(body.to_vec()));
     StatusCode::ACCEPTED
 }
@@ -158,9 +140,12 @@ impl Start {
             .route("/2018-06-01/runtime/invocation/next", get(next))
             .route(
                 "/2018-06-01/runtime/invocation/{id}/response",
-                post(response),
+                post(|State(rt): State<Runtime>, body| answer(rt, body, false)),
             )
-            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/error",
+                post(|State(rt): State<Runtime>, body| answer(rt, body, true)),
+            )
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state(runtime);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
