@@ -265,10 +265,15 @@ fn whoever_sends_to_the_encrypted_queue_may_make_data_keys_with_its_key() {
 fn the_functions_that_read_raw_batches_may_list_the_raw_prefix() {
     for env in SHIPPED {
         let app = template(env, "app.template.json");
-        for (role, lists) in [
-            ("IngestRole", true),
-            ("LoaderRole", true),
-            ("QueryRole", false),
+        for (role, lists, prefixes) in [
+            ("IngestRole", true, serde_json::json!(["raw/*"])),
+            // The loader also looks up its decoded copies.
+            (
+                "LoaderRole",
+                true,
+                serde_json::json!(["raw/*", "decoded/*"]),
+            ),
+            ("QueryRole", false, serde_json::json!([])),
         ] {
             let listing: Vec<serde_json::Value> = role_statements(&app, role)
                 .into_iter()
@@ -288,7 +293,7 @@ fn the_functions_that_read_raw_batches_may_list_the_raw_prefix() {
             );
             assert_eq!(
                 s["Condition"],
-                serde_json::json!({"StringLike": {"s3:prefix": ["raw/*"]}}),
+                serde_json::json!({"StringLike": {"s3:prefix": prefixes}}),
                 "{env} {role}"
             );
         }

@@ -1,7 +1,7 @@
 //! Compressed batches: gzip and deflate inline (decoded by the gateway, as
 //! API Gateway does), gzip and zstd uploads (decoded by the loader while it
-//! streams), corrupt streams, and the inline limit counted on the decoded
-//! body.
+//! streams, or into a copy that loads in chunks), corrupt streams, and the
+//! inline limit counted on the decoded body.
 
 use super::*;
 use std::io::Write;
@@ -113,6 +113,16 @@ async fn inline_batches_in_gzip_or_deflate_are_decoded_at_the_gateway() {
 /// Uploads in gzip and zstd load as one stream each (never in chunks, as
 /// compressed bytes cannot be cut at offsets), exactly once; a corrupt one
 /// fails its batch with the byte offset and loads nothing.
+/// Where `pipeline local` keeps the decoded copy of the object at `key`.
+fn decoded_copy(local: &Local, key: &str) -> std::path::PathBuf {
+    let decoded = pipeline_shared::api::decoded_object_key(key).unwrap_or_default();
+    local.dir.path().join("data/objects").join(decoded)
+}
+
+/// With chunks in use (here 4 KiB), a compressed upload above an eighth of
+/// the chunk size loads in chunks of its decoded copy, made once; a smaller
+/// one loads as one stream, decoded on the way. Either way once, retries
+/// included; a corrupt one fails with its offset and leaves no copy.
 #[tokio::test]
 async fn gzip_and_zstd_uploads_load_once_and_a_corrupt_one_fails_with_its_offset() {
     require!(Service::Postgres);
@@ -122,13 +132,18 @@ async fn gzip_and_zstd_uploads_load_once_and_a_corrupt_one_fails_with_its_offset
     )
     .await;
     let db = local.db().await;
-    let mut total = 0;
-    for (file, body, suffix) in [
-        ("a.ndjson.gz", gzip(events(1, 1000).as_bytes()), "ndjson.gz"),
+    for (file, body, suffix, chunked) in [
+        (
+            "a.ndjson.gz",
+            gzip(events(1, 1000).as_bytes()),
+            "ndjson.gz",
+            true,
+        ),
         (
             "b.ndjson.zst",
             zstd(events(1001, 2500).as_bytes()),
             "ndjson.zst",
+            true,
         ),
         (
             "c.ndjson.zst",
@@ -138,6 +153,14 @@ async fn gzip_and_zstd_uploads_load_once_and_a_corrupt_one_fails_with_its_offset
             ]
             .concat(),
             "ndjson.zst",
+            true,
+        ),
+        // 2 events: under 512 bytes compressed (zstd goes as an upload).
+        (
+            "d.ndjson.zst",
+            zstd(events(2701, 2702).as_bytes()),
+            "ndjson.zst",
+            false,
         ),
     ] {
         std::fs::write(local.dir.path().join(file), &body).expect("write");
@@ -179,12 +202,11 @@ async fn gzip_and_zstd_uploads_load_once_and_a_corrupt_one_fails_with_its_offset
                 &format!("SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = '{id}'"),
             )
             .await;
-            assert_eq!(chunks, 0, "{file} was loaded in chunks");
+            assert_eq!(chunks > 1, chunked, "{file}: {chunks} chunks");
+            assert_eq!(decoded_copy(&local, &key).is_file(), chunked, "{file}");
         }
-        total += body.len().min(1) as i64;
     }
-    assert_eq!(total, 3);
-    assert_eq!(rows(&local).await, 2700);
+    assert_eq!(rows(&local).await, 2702);
 
     let mut corrupt = zstd(events(3001, 4000).as_bytes());
     let at = corrupt.len() / 2;
@@ -200,7 +222,23 @@ async fn gzip_and_zstd_uploads_load_once_and_a_corrupt_one_fails_with_its_offset
         stdout.contains(" failed: line ") && stdout.contains("the zstd stream is corrupt at byte "),
         "{stdout}"
     );
-    assert_eq!(rows(&local).await, 2700);
+    assert_eq!(rows(&local).await, 2702);
+    let key: String = db
+        .query_one(
+            "SELECT object_key FROM pipeline.batches WHERE status = 'failed'",
+            &[],
+        )
+        .await
+        .expect("the failed batch")
+        .get(0);
+    assert!(!decoded_copy(&local, &key).exists(), "{key}");
+    let leftovers: Vec<_> = std::fs::read_dir(decoded_copy(&local, &key).parent().expect("dir"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 /// `push` compresses inline batches on the way unless told not to; both

@@ -60,6 +60,11 @@ impl Notify for QueueNotify {
     fn stored(&self, key: &str, size: u64) -> BoxFuture<'_, Result<(), String>> {
         let key = key.to_string();
         Box::pin(async move {
+            // The raw bucket notifies the queue of objects under `raw/` only
+            // (the data stack's filter); the loader's decoded copies are not.
+            if !key.starts_with("raw/") {
+                return Ok(());
+            }
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
             client
                 .execute(

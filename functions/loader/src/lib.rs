@@ -123,9 +123,16 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         .get()
         .await
         .map_err(|e| MessageError::Pool(e.to_string()))?;
-    // A compressed object cannot be cut at byte offsets: it loads as one
-    // stream, decoded on the way.
-    let encoding = api::object_encoding(key);
+    // A compressed object cannot be cut at byte offsets: when chunks are in
+    // use, a large one is loaded from its decoded copy, in chunks; else it
+    // loads as one stream, decoded on the way.
+    let mut encoding = api::object_encoding(key);
+    let mut object = key.to_string();
+    if let Some(decoded) = decoded_copy(ctx, &client, key, batch_id).await? {
+        object = decoded;
+        encoding = None;
+    }
+    let key = object.as_str();
     if let Some(queue) = ctx.chunk_queue.as_ref().filter(|_| encoding.is_none()) {
         // A batch begun in chunks goes on in chunks, whatever the chunk size
         // is now (a restart with another `--chunk-size`, say).
@@ -221,6 +228,62 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         }),
         Err(DbError::NoBatch(_)) => Ok(skipped("no batch was recorded for this object")),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The key of the decoded copy of a compressed object, made now if it is
+/// not there yet, when chunks are in use and the object is above an eighth
+/// of the chunk size (it likely decodes to more than a chunk). `None` when
+/// it should load as one stream: chunks are off, the object is small, its
+/// batch is done, or its data is corrupt (the stream's load then fails the
+/// batch with the offset, as for any compressed object). A copy is stored
+/// whole or not at all, so a loader that dies meanwhile leaves none.
+async fn decoded_copy(
+    ctx: &Context,
+    client: &tokio_postgres::Client,
+    key: &str,
+    batch_id: uuid::Uuid,
+) -> Result<Option<String>, MessageError> {
+    let (Some(encoding), Some(decoded)) = (api::object_encoding(key), api::decoded_object_key(key))
+    else {
+        return Ok(None);
+    };
+    if ctx.chunk_queue.is_none() || ctx.chunk_bytes == 0 {
+        return Ok(None);
+    }
+    if ctx
+        .store
+        .head(&decoded)
+        .await
+        .map_err(DbError::from)?
+        .is_some()
+    {
+        return Ok(Some(decoded));
+    }
+    let size = ctx
+        .store
+        .head(key)
+        .await
+        .map_err(DbError::from)?
+        .map_or(0, |i| i.size);
+    if size <= ctx.chunk_bytes / 8 {
+        return Ok(None);
+    }
+    match db::batch(client, batch_id).await? {
+        Some(batch) if !batch.answer.status.is_final() => {}
+        _ => return Ok(None),
+    }
+    let stream =
+        compression::decompress(encoding, ctx.store.get(key).await.map_err(DbError::from)?);
+    let metadata =
+        std::collections::BTreeMap::from([("decoded-from".to_string(), key.to_string())]);
+    match ctx.store.put_stream(&decoded, stream, &metadata).await {
+        Ok(bytes) => {
+            tracing::info!(key, decoded, bytes, "stored the decoded copy");
+            Ok(Some(decoded))
+        }
+        Err(pipeline_shared::store::StoreError::Corrupt(_)) => Ok(None),
+        Err(e) => Err(DbError::from(e).into()),
     }
 }
 

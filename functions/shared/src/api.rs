@@ -171,6 +171,17 @@ pub fn compressed_object_key(
     }
 }
 
+/// Where the loader keeps the decoded copy of a compressed batch object,
+/// so that it can load in chunks: `raw/events/<date>/<id>.ndjson.gz` has
+/// its copy at `decoded/events/<date>/<id>.ndjson`, outside `raw/`, so that
+/// storing it starts no notification (the data stack expires such copies).
+/// `None` for an object that is not compressed.
+pub fn decoded_object_key(key: &str) -> Option<String> {
+    object_encoding(key)?;
+    let plain = key.strip_prefix("raw/")?.rsplit_once('.')?.0;
+    Some(format!("decoded/{plain}"))
+}
+
 /// How the object at `key` is compressed, from its suffix.
 pub fn object_encoding(key: &str) -> Option<pipeline_contract::ContentEncoding> {
     use pipeline_contract::ContentEncoding;
@@ -203,6 +214,24 @@ pub fn parse_object_key(key: &str) -> Option<(&str, uuid::Uuid)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compressed_objects_have_their_decoded_copy_outside_raw() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            decoded_object_key(&format!("raw/events/2024-02-29/{id}.ndjson.gz")),
+            Some(format!("decoded/events/2024-02-29/{id}.ndjson"))
+        );
+        assert_eq!(
+            decoded_object_key(&format!("raw/events/2024-02-29/{id}.csv.zst")),
+            Some(format!("decoded/events/2024-02-29/{id}.csv"))
+        );
+        assert_eq!(
+            decoded_object_key(&format!("raw/events/2024-02-29/{id}.csv")),
+            None
+        );
+        assert_eq!(decoded_object_key("elsewhere/a.ndjson.gz"), None);
+    }
 
     #[test]
     fn routes_ignore_a_stage_prefix() {

@@ -301,3 +301,81 @@ async fn the_administrators_secret_is_read_from_secrets_manager() {
     );
     assert!(admin_secret(&client, "no-such-secret").await.is_err());
 }
+
+/// `count` pieces of 1 MiB, each filled with its number, then `end`.
+fn pieces(count: u8, end: Option<StoreError>) -> ByteStream {
+    let items = (0..count)
+        .map(|i| Ok(Bytes::from(vec![b'a' + i % 26; 1 << 20])))
+        .chain(end.map(Err));
+    futures_util::stream::iter(items.collect::<Vec<_>>()).boxed()
+}
+
+/// A stream stored on S3 in 16 MiB parts, whole; one that fails stores
+/// nothing and leaves no upload open (moto keeps multipart state as S3
+/// does, so ListMultipartUploads shows an upload left behind).
+#[tokio::test]
+async fn s3_store_puts_a_stream_whole_or_not_at_all() {
+    require!(Service::Moto);
+    let moto = start_moto();
+    let store = raw_bucket(&moto.url).await;
+    let meta = BTreeMap::from([("decoded-from".to_string(), "raw/a.ndjson.gz".to_string())]);
+    let key = "decoded/events/2024-01-01/x.ndjson";
+    // 17 MiB: one full part and a last one.
+    let size = store
+        .put_stream(key, pieces(17, None), &meta)
+        .await
+        .expect("put a stream");
+    assert_eq!(size, 17 << 20);
+    assert_eq!(
+        store.head(key).await.expect("head"),
+        Some(ObjectInfo {
+            size: 17 << 20,
+            metadata: meta.clone()
+        })
+    );
+    let body = collect(store.get(key).await.expect("get")).await;
+    let expected: Vec<u8> = (0..17u8).flat_map(|i| vec![b'a' + i; 1 << 20]).collect();
+    assert!(body == expected, "the object differs from the stream");
+
+    // An empty stream is an empty object.
+    let empty = "decoded/events/2024-01-01/empty.ndjson";
+    assert_eq!(
+        store
+            .put_stream(empty, pieces(0, None), &meta)
+            .await
+            .expect("put nothing"),
+        0
+    );
+    assert_eq!(
+        store.head(empty).await.expect("head").map(|i| i.size),
+        Some(0)
+    );
+
+    // A stream that fails after a part was sent.
+    let failed = "decoded/events/2024-01-01/failed.ndjson";
+    let outcome = store
+        .put_stream(
+            failed,
+            pieces(
+                20,
+                Some(StoreError::Corrupt(
+                    "the gzip stream is corrupt at byte 9".into(),
+                )),
+            ),
+            &meta,
+        )
+        .await;
+    assert!(
+        matches!(&outcome, Err(StoreError::Corrupt(reason)) if reason == "the gzip stream is corrupt at byte 9"),
+        "{outcome:?}"
+    );
+    assert_eq!(store.head(failed).await.expect("head"), None);
+    let open = client(&moto.url)
+        .await
+        .list_multipart_uploads()
+        .bucket("raw")
+        .send()
+        .await
+        .expect("list uploads");
+    assert!(open.uploads().is_empty(), "{:?}", open.uploads());
+}

@@ -43,6 +43,10 @@ pub struct FunctionContext {
     /// there: without it S3 answers HeadObject of a missing key with 403,
     /// not 404 (Amazon S3 API Reference, HeadObject: Permissions).
     pub lists_raw: bool,
+    /// Whether it keeps decoded copies of compressed batches under
+    /// `decoded/` (the loader, to load them in chunks): it writes, reads and
+    /// looks them up there.
+    pub decodes_raw: bool,
     pub consumes_queue: bool,
     /// Whether it sends messages to the KMS-encrypted queue (the loader's chunk fan-out).
     pub sends_to_queue: bool,
@@ -236,6 +240,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
                 reads_raw: *name == FunctionId::Loader,
                 writes_raw,
                 lists_raw: matches!(*name, FunctionId::Ingest | FunctionId::Loader),
+                decodes_raw: *name == FunctionId::Loader,
                 consumes_queue: *name == FunctionId::Loader,
                 sends_to_queue,
                 makes_data_keys: writes_raw || sends_to_queue,

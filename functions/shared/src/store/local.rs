@@ -373,6 +373,51 @@ impl LocalStore {
         self.announce(key, size).await
     }
 
+    /// Stores a stream's bytes through a file beside the object, renamed
+    /// into place once all are written.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        mut stream: ByteStream,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<u64, StoreError> {
+        let path = self.path(key)?;
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(Self::io(key))?;
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!("{name}.tmp-{}", uuid::Uuid::new_v4()));
+        let written = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(Self::io(key))?;
+            let mut size = 0;
+            while let Some(piece) = stream.next().await {
+                let piece = piece?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &piece)
+                    .await
+                    .map_err(Self::io(key))?;
+                size += piece.len() as u64;
+            }
+            file.sync_all().await.map_err(Self::io(key))?;
+            Ok(size)
+        }
+        .await;
+        match written {
+            Ok(size) => {
+                self.put_file(key, &tmp, metadata).await?;
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(e)
+            }
+        }
+    }
+
     /// Size and metadata, or `None` when there is no such object.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let path = self.path(key)?;

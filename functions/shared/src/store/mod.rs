@@ -42,6 +42,10 @@ pub use pipeline_contract::{
     CompletedPart, MAX_OBJECT_BYTES, MAX_PARTS, PART_URLS_PER_ANSWER, UploadPart, hex,
 };
 
+/// The parts [`Store::put_stream`] sends to S3: 16 MiB, so that an object
+/// of up to 160 GiB fits in [`MAX_PARTS`] while little is held in memory.
+pub const STREAM_PART_BYTES: usize = 16 * 1024 * 1024;
+
 /// A started multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MultipartUpload {
@@ -146,6 +150,23 @@ impl Store {
         match self {
             Store::Local(store) => store.get_range(key, start, end).await,
             Store::S3(store) => store.get_range(key, start, end).await,
+        }
+    }
+
+    /// Stores what a stream yields as one object, holding at most a part of
+    /// it at a time: locally a file written as the bytes come, on S3 a
+    /// multipart upload in parts of [`STREAM_PART_BYTES`]. The object
+    /// appears whole or not at all: when the stream fails, nothing is stored
+    /// (the upload is aborted) and its error is returned. Answers the size.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        stream: ByteStream,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Local(store) => store.put_stream(key, stream, metadata).await,
+            Store::S3(store) => store.put_stream(key, stream, metadata).await,
         }
     }
 

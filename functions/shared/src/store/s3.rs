@@ -100,6 +100,105 @@ impl S3Store {
         Ok(stream.boxed())
     }
 
+    /// Stores a stream's bytes with a multipart upload, aborted when the
+    /// stream or a part fails.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        mut stream: ByteStream,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<u64, StoreError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
+        let started = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_metadata(Some(metadata.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        let upload_id = started
+            .upload_id()
+            .ok_or_else(|| s3_error(key, "S3 answered no upload id"))?
+            .to_string();
+        let uploaded = async {
+            let mut parts = Vec::new();
+            let mut buffer = bytes::BytesMut::new();
+            let mut size = 0u64;
+            loop {
+                let piece = stream.next().await.transpose()?;
+                if let Some(piece) = &piece {
+                    buffer.extend_from_slice(piece);
+                    size += piece.len() as u64;
+                }
+                let last = piece.is_none();
+                // Every part but the last takes at least 5 MiB; an empty
+                // object is one empty part.
+                if buffer.len() >= STREAM_PART_BYTES
+                    || (last && (!buffer.is_empty() || parts.is_empty()))
+                {
+                    if parts.len() as u64 >= MAX_PARTS {
+                        return Err(s3_error(
+                            key,
+                            format!("more than {MAX_PARTS} parts of {STREAM_PART_BYTES} bytes"),
+                        ));
+                    }
+                    let number = parts.len() as i32 + 1;
+                    let out = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .body(aws_sdk_s3::primitives::ByteStream::from(
+                            buffer.split().freeze(),
+                        ))
+                        .send()
+                        .await
+                        .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                    parts.push(
+                        S3Part::builder()
+                            .part_number(number)
+                            .set_e_tag(out.e_tag().map(str::to_string))
+                            .build(),
+                    );
+                }
+                if last {
+                    break;
+                }
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            Ok(size)
+        }
+        .await;
+        if uploaded.is_err() {
+            // Best effort: the bucket's lifecycle rule aborts what is left.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        uploaded
+    }
+
     /// A presigned PUT URL of the object, valid until `expires` (Unix seconds).
     pub async fn presign_put(&self, key: &str, expires: i64) -> Result<String, StoreError> {
         let config = presigning(key, expires)?;

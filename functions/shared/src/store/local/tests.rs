@@ -202,3 +202,61 @@ mod uploads {
         ));
     }
 }
+
+#[tokio::test]
+async fn a_stream_is_stored_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = LocalStore::new(dir.path());
+    let meta = BTreeMap::from([("decoded-from".to_string(), "raw/a/b.ndjson.gz".to_string())]);
+    let pieces = |end: Option<StoreError>| {
+        futures_util::stream::iter(
+            [
+                Ok(Bytes::from_static(b"01234")),
+                Ok(Bytes::from_static(b"56789")),
+            ]
+            .into_iter()
+            .chain(end.map(Err))
+            .collect::<Vec<_>>(),
+        )
+        .boxed()
+    };
+    let key = "decoded/a/b.ndjson";
+    assert_eq!(
+        store
+            .put_stream(key, pieces(None), &meta)
+            .await
+            .expect("put"),
+        10
+    );
+    let info = store.head(key).await.expect("head").expect("stored");
+    assert_eq!((info.size, info.metadata), (10, meta.clone()));
+    let parts: Vec<Bytes> = store
+        .get(key)
+        .await
+        .expect("get")
+        .map(|r| r.expect("chunk"))
+        .collect()
+        .await;
+    assert_eq!(parts.concat(), b"0123456789");
+
+    let failed = "decoded/a/c.ndjson";
+    let outcome = store
+        .put_stream(
+            failed,
+            pieces(Some(StoreError::Corrupt("corrupt at byte 3".into()))),
+            &meta,
+        )
+        .await;
+    assert!(
+        matches!(outcome, Err(StoreError::Corrupt(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(store.head(failed).await.expect("head"), None);
+    // Nothing of it is left beside the objects.
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("decoded/a"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["b.ndjson"]);
+}
