@@ -4,7 +4,7 @@
 use super::*;
 
 /// Polls until `sql` (a count) is above zero, or fails after 30 s with `what`.
-async fn wait_for(db: &tokio_postgres::Client, sql: &str, what: &str) {
+pub(super) async fn wait_for(db: &tokio_postgres::Client, sql: &str, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while count(db, sql).await == 0 {
         assert!(Instant::now() < deadline, "{what} never happened");
@@ -14,7 +14,7 @@ async fn wait_for(db: &tokio_postgres::Client, sql: &str, what: &str) {
 
 /// Waits until a statement starting with `prefix` of `pipeline local` waits
 /// for a lock the test holds.
-async fn wait_for_lock(db: &tokio_postgres::Client, prefix: &str) {
+pub(super) async fn wait_for_lock(db: &tokio_postgres::Client, prefix: &str) {
     wait_for(
         db,
         &format!(

@@ -275,3 +275,62 @@ async fn push_compresses_inline_batches_by_default() {
     }
     assert_eq!(rows(&local).await, 2000);
 }
+
+/// A compressed batch whose loader dies once its decoded copy is stored,
+/// before its chunks begin (their staging table waits for the dataset's
+/// table), loads exactly once after a restart, in chunks of that copy.
+#[tokio::test]
+async fn a_compressed_batch_killed_after_its_decoded_copy_loads_once_from_it() {
+    use super::chunks::wait_for_lock;
+    require!(Service::Postgres);
+    let mut local = Local::start_with("", &["--chunk-size", "20000", "--workers", "2"]).await;
+    let db = local.db().await;
+    let blocker = local.db().await;
+    const RECORDS: i64 = 3000;
+    std::fs::write(
+        local.dir.path().join("big.ndjson.zst"),
+        zstd(events(1, RECORDS as u32).as_bytes()),
+    )
+    .expect("write");
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE public.events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let out = client(
+        &local,
+        &["--output", "json", "push", "-d", "events", "big.ndjson.zst"],
+    );
+    let pushed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(pushed["via"], "upload", "{pushed}");
+    let batch_id = pushed["batch_id"].as_str().unwrap_or_default().to_string();
+    wait_for_lock(&db, "CREATE UNLOGGED TABLE").await;
+    local.kill();
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    let key: String = db
+        .query_one(
+            "SELECT object_key FROM pipeline.batches WHERE batch_id = $1::text::uuid",
+            &[&batch_id],
+        )
+        .await
+        .expect("batch")
+        .get(0);
+    assert!(decoded_copy(&local, &key).is_file(), "no copy of {key}");
+    let chunks_sql =
+        format!("SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = '{batch_id}'");
+    assert_eq!(count(&db, &chunks_sql).await, 0);
+    assert_eq!(rows(&local).await, 0);
+
+    local.restart();
+    let batch = local.settled(&batch_id).await;
+    assert_eq!(
+        (
+            batch["status"].clone(),
+            batch["records"].clone(),
+            batch["inserted"].clone()
+        ),
+        (json!("loaded"), json!(RECORDS), json!(RECORDS))
+    );
+    assert!(count(&db, &chunks_sql).await > 1);
+    let distinct = count(&db, "SELECT count(DISTINCT event_id) FROM public.events").await;
+    assert_eq!((rows(&local).await, distinct), (RECORDS, RECORDS));
+}
