@@ -273,13 +273,21 @@ async fn decoded_copy(
         Some(batch) if !batch.answer.status.is_final() => {}
         _ => return Ok(None),
     }
+    let started = std::time::Instant::now();
     let stream =
         compression::decompress(encoding, ctx.store.get(key).await.map_err(DbError::from)?);
     let metadata =
         std::collections::BTreeMap::from([("decoded-from".to_string(), key.to_string())]);
     match ctx.store.put_stream(&decoded, stream, &metadata).await {
         Ok(bytes) => {
-            tracing::info!(key, decoded, bytes, "stored the decoded copy");
+            let decoded_copy_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(
+                key,
+                decoded,
+                bytes,
+                decoded_copy_ms,
+                "stored the decoded copy"
+            );
             Ok(Some(decoded))
         }
         Err(pipeline_shared::store::StoreError::Corrupt(_)) => Ok(None),
