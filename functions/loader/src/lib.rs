@@ -231,8 +231,8 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
     }
 }
 
-/// The key of the decoded copy of a compressed object, made now if it is
-/// not there yet, when chunks are in use and the object is above an eighth
+/// The key of the decoded copy of a compressed object: the one made before,
+/// or one made now when chunks are in use and the object is above an eighth
 /// of the chunk size (it likely decodes to more than a chunk). `None` when
 /// it should load as one stream: chunks are off, the object is small, its
 /// batch is done, or its data is corrupt (the stream's load then fails the
@@ -248,9 +248,8 @@ async fn decoded_copy(
     else {
         return Ok(None);
     };
-    if ctx.chunk_queue.is_none() || ctx.chunk_bytes == 0 {
-        return Ok(None);
-    }
+    // A copy made before is used whatever the settings are now: its batch
+    // may have begun in chunks of it.
     if ctx
         .store
         .head(&decoded)
@@ -259,6 +258,9 @@ async fn decoded_copy(
         .is_some()
     {
         return Ok(Some(decoded));
+    }
+    if ctx.chunk_queue.is_none() || ctx.chunk_bytes == 0 {
+        return Ok(None);
     }
     let size = ctx
         .store
