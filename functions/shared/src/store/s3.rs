@@ -100,6 +100,27 @@ impl S3Store {
         Ok(stream.boxed())
     }
 
+    /// Starts a multipart upload of the object: its upload id.
+    async fn create_upload(
+        &self,
+        key: &str,
+        metadata: Option<&BTreeMap<String, String>>,
+    ) -> Result<String, StoreError> {
+        let started = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_metadata(metadata.map(|m| m.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(started
+            .upload_id()
+            .ok_or_else(|| s3_error(key, "S3 answered no upload id"))?
+            .to_string())
+    }
+
     /// Stores a stream's bytes with a multipart upload, aborted when the
     /// stream or a part fails.
     pub async fn put_stream(
@@ -109,19 +130,7 @@ impl S3Store {
         metadata: &BTreeMap<String, String>,
     ) -> Result<u64, StoreError> {
         use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
-        let started = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_metadata(Some(metadata.clone().into_iter().collect()))
-            .send()
-            .await
-            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
-        let upload_id = started
-            .upload_id()
-            .ok_or_else(|| s3_error(key, "S3 answered no upload id"))?
-            .to_string();
+        let upload_id = self.create_upload(key, Some(metadata)).await?;
         let uploaded = async {
             let mut parts = Vec::new();
             let mut buffer = bytes::BytesMut::new();
@@ -221,18 +230,7 @@ impl S3Store {
         part_bytes: u64,
         expires: i64,
     ) -> Result<MultipartUpload, StoreError> {
-        let started = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
-        let upload_id = started
-            .upload_id()
-            .ok_or_else(|| s3_error(key, "S3 answered no upload id"))?
-            .to_string();
+        let upload_id = self.create_upload(key, None).await?;
         let (mut parts, first) = unsigned_parts(size, part_bytes);
         let urls = self.presign_parts(key, &upload_id, &first, expires).await?;
         for (part, url) in parts.iter_mut().zip(urls) {
