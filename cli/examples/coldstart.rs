@@ -225,7 +225,11 @@ async fn main() {
         eprintln!("usage: coldstart TASK_BINARIES_DIR [starts per function]");
         std::process::exit(2);
     };
-    let starts: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let starts: usize = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20)
+        .max(1);
     let admin = match connect("").await {
         Ok(admin) => admin,
         Err(e) => {
