@@ -387,11 +387,7 @@ impl LocalStore {
                 .await
                 .map_err(Self::io(key))?;
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!("{name}.tmp-{}", uuid::Uuid::new_v4()));
+        let tmp = temp_beside(&path);
         let written = async {
             let mut file = tokio::fs::File::create(&tmp).await.map_err(Self::io(key))?;
             let mut size = 0;
@@ -520,12 +516,18 @@ impl LocalStore {
     }
 }
 
-async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// A fresh name beside `path` to write a file under before it is renamed
+/// into place.
+fn temp_beside(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!("{name}.tmp-{}", uuid::Uuid::new_v4()));
+    path.with_file_name(format!("{name}.tmp-{}", uuid::Uuid::new_v4()))
+}
+
+async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temp_beside(path);
     let mut file = tokio::fs::File::create(&tmp).await?;
     tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
     file.sync_all().await?;

@@ -129,7 +129,6 @@ impl S3Store {
         mut stream: ByteStream,
         metadata: &BTreeMap<String, String>,
     ) -> Result<u64, StoreError> {
-        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart as S3Part};
         let upload_id = self.create_upload(key, Some(metadata)).await?;
         let uploaded = async {
             let mut parts = Vec::new();
@@ -153,44 +152,30 @@ impl S3Store {
                             format!("more than {MAX_PARTS} parts of {STREAM_PART_BYTES} bytes"),
                         ));
                     }
-                    let number = parts.len() as i32 + 1;
+                    let number = parts.len() as u32 + 1;
                     let out = self
                         .client
                         .upload_part()
                         .bucket(&self.bucket)
                         .key(key)
                         .upload_id(&upload_id)
-                        .part_number(number)
+                        .part_number(number as i32)
                         .body(aws_sdk_s3::primitives::ByteStream::from(
                             buffer.split().freeze(),
                         ))
                         .send()
                         .await
                         .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
-                    parts.push(
-                        S3Part::builder()
-                            .part_number(number)
-                            .set_e_tag(out.e_tag().map(str::to_string))
-                            .build(),
-                    );
+                    parts.push(CompletedPart {
+                        part_number: number,
+                        etag: out.e_tag().unwrap_or_default().to_string(),
+                    });
                 }
                 if last {
                     break;
                 }
             }
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            self.complete_multipart(key, &upload_id, &parts).await?;
             Ok(size)
         }
         .await;
