@@ -8,6 +8,7 @@ mod common;
 
 mod build;
 mod cli;
+mod deliveries;
 mod deploy;
 mod destroy;
 mod emulator;

@@ -259,8 +259,10 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+mod burst;
 mod chunks;
 mod compressed;
+mod deliveries;
 mod dialects;
 mod inline;
 mod smoke;

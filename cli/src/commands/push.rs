@@ -76,6 +76,12 @@ impl fmt::Display for Pushed {
             }) if self.status == BatchStatus::Failed => {
                 writeln!(f, "batch {} failed: {error}", self.batch_id)
             }
+            Some(Batch {
+                failure: Some(reason),
+                ..
+            }) if self.status == BatchStatus::Failed => {
+                writeln!(f, "batch {} failed: {reason}", self.batch_id)
+            }
             _ => writeln!(
                 f,
                 "sent batch {} to {} ({} bytes, {}); status: {}",

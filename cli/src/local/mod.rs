@@ -70,6 +70,12 @@ pub struct Settings {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub database_url: String,
+    /// Connections to Postgres for the API and the loader workers, and as
+    /// many again for reads. A request that finds every connection in use
+    /// waits up to 5 s, then gets 503 with `Retry-After`.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub pool_size: u16,
     /// Loader workers running at once.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -156,6 +162,8 @@ struct Pools {
     reads: deadpool_postgres::Pool,
     /// The database's name.
     name: String,
+    /// How to connect to it, for the connection that holds the run's lock.
+    config: tokio_postgres::Config,
 }
 
 fn pool(config: tokio_postgres::Config, size: usize) -> Result<deadpool_postgres::Pool, Error> {
@@ -166,14 +174,12 @@ fn pool(config: tokio_postgres::Config, size: usize) -> Result<deadpool_postgres
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
     );
-    deadpool_postgres::Pool::builder(manager)
-        .max_size(size)
-        .build()
+    pipeline_shared::runtime::bounded_pool(manager, size)
         .map_err(|e| local_error("cannot build the connection pool", e))
 }
 
 /// Connects to `DATABASE_URL`, creating the environment's database if needed.
-async fn database(url: &str, env: &str) -> Result<Pools, Error> {
+async fn database(url: &str, env: &str, size: usize) -> Result<Pools, Error> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| local_error("DATABASE_URL is not a Postgres URL", e))?;
@@ -212,9 +218,10 @@ async fn database(url: &str, env: &str) -> Result<Pools, Error> {
         pipeline_contract::READ_TIMEOUT_MS
     ));
     Ok(Pools {
-        main: pool(config, 16)?,
-        reads: pool(reads, 16)?,
+        main: pool(config.clone(), size)?,
+        reads: pool(reads, size)?,
         name,
+        config,
     })
 }
 
@@ -230,7 +237,13 @@ pub async fn serve(
         main: pool,
         reads,
         name: db_name,
-    } = database(&settings.database_url, &env.name).await?;
+        config,
+    } = database(
+        &settings.database_url,
+        &env.name,
+        usize::from(settings.pool_size),
+    )
+    .await?;
     let data_dir = settings
         .data_dir
         .clone()
@@ -271,6 +284,7 @@ pub async fn serve(
         chunk_bytes: settings.chunk_bytes(),
         upload_part_bytes: settings.upload_part_size,
         chunk_queue: Some(queue),
+        max_receives: Some(spec.queue.max_receives),
     };
     let report = loader::migrate(&ctx)
         .await
@@ -285,8 +299,13 @@ pub async fn serve(
             .await
             .map_err(|e| local_error("cannot create the local queue", e))?;
     }
-    // This run's lock, held by a connection kept until the process ends.
-    let run_lock = pool.get().await.map_err(|e| local_error("database", e))?;
+    // This run's lock, held by a connection of its own (outside the pool)
+    // kept until the process ends.
+    let (run_lock, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| local_error("database", e))?;
+    let lock_task = tokio::spawn(connection);
     let run = loop {
         let run = uuid::Uuid::new_v4().as_u128() as i32;
         let locked: bool = run_lock
@@ -374,6 +393,7 @@ pub async fn serve(
         let _ = w.await;
     }
     drop(run_lock);
+    let _ = lock_task.await;
     ui.info("stopped");
     Ok(())
 }

@@ -218,28 +218,45 @@ pub(super) async fn receive_and_load(
     settings: QueueSettings,
 ) -> Result<usize, String> {
     let client = ctx.pool.get().await.map_err(|e| e.to_string())?;
+    // As SQS does, a message whose deliveries are spent goes to the
+    // dead-letter queue when it would be received once more (its last
+    // delivery was abandoned: the process died, say); its batch fails.
+    let spent = client
+        .query(
+            "UPDATE pipeline.local_queue SET dead = true
+             WHERE id IN (SELECT id FROM pipeline.local_queue WHERE NOT dead AND visible_at <= now() AND receives >= $1
+                          FOR UPDATE SKIP LOCKED)
+             RETURNING id, body, receives",
+            &[&settings.max_receives],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     let retry = settings.retry_after.as_secs_f64();
     let rows = client
         .query(
             "UPDATE pipeline.local_queue SET receives = receives + 1, visible_at = now() + make_interval(secs => $2), leased_by = $3
-             WHERE id IN (SELECT id FROM pipeline.local_queue WHERE NOT dead AND visible_at <= now()
+             WHERE id IN (SELECT id FROM pipeline.local_queue WHERE NOT dead AND visible_at <= now() AND receives < $4
                           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING id, body, receives",
-            &[&settings.batch_size, &retry, &settings.run],
+            &[&settings.batch_size, &retry, &settings.run, &settings.max_receives],
         )
         .await
         .map_err(|e| e.to_string())?;
     drop(client);
+    for row in &spent {
+        let message = sqs_message(row);
+        tracing::error!(
+            message_id = row.get::<_, i64>(0),
+            receives = row.get::<_, i32>(2),
+            "message moved to the dead-letter queue"
+        );
+        loader::dead_lettered(ctx, &message).await;
+    }
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(spent.len());
     }
     let mut event = SqsEvent::default();
-    for row in &rows {
-        let mut message = SqsMessage::default();
-        message.message_id = Some(row.get::<_, i64>(0).to_string());
-        message.body = Some(row.get(1));
-        event.records.push(message);
-    }
+    event.records = rows.iter().map(sqs_message).collect();
     let response = match settings.pause_after_chunks {
         None => loader::handle(ctx, event).await,
         Some(limit) => handle_until_paused(ctx, event, limit).await,
@@ -274,6 +291,18 @@ pub(super) async fn receive_and_load(
         }
     }
     Ok(rows.len())
+}
+
+/// A queue row (id, body, receives) as SQS hands a message to Lambda.
+fn sqs_message(row: &tokio_postgres::Row) -> SqsMessage {
+    let mut message = SqsMessage::default();
+    message.message_id = Some(row.get::<_, i64>(0).to_string());
+    message.body = Some(row.get(1));
+    message.attributes.insert(
+        "ApproximateReceiveCount".into(),
+        row.get::<_, i32>(2).to_string(),
+    );
+    message
 }
 
 /// The test hook [`PAUSE_AFTER_CHUNKS`]: hands the messages to the loader one

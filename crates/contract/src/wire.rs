@@ -189,6 +189,10 @@ pub struct Batch {
         schemars(with = "RecordError", extend("nullable" = true))
     )]
     pub error: Option<RecordError>,
+    /// Why a failed batch failed when no record is at fault: its load could
+    /// not finish (the last error once its deliveries were spent, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// How a batch's bytes are compressed: `Content-Encoding` of an inline

@@ -71,10 +71,14 @@ fn common_responses(responses: &mut Value) {
             "429".into(),
             error_response("Too many requests: slow down and retry."),
         );
-        map.insert(
-            "503".into(),
-            error_response("The database or storage does not answer; retry later."),
+        let mut unavailable = error_response(
+            "The database or storage does not answer, or is busy (every connection in use); retry after `Retry-After` seconds.",
         );
+        unavailable["headers"] = json!({"Retry-After": {
+            "description": "Seconds to wait before retrying. Absent when retrying cannot help (a read stopped at its time limit).",
+            "schema": {"type": "integer", "minimum": 0}
+        }});
+        map.insert("503".into(), unavailable);
     }
 }
 

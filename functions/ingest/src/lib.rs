@@ -151,10 +151,6 @@ async fn post_batch(
     );
     let sha256 = hex(&Sha256::digest(body));
     let records = summary.records as i64;
-    let client = match ctx.pool.get().await {
-        Ok(c) => c,
-        Err(e) => return api::unavailable("the database", &e),
-    };
     let new = NewBatch {
         batch_id,
         dataset: name,
@@ -164,7 +160,11 @@ async fn post_batch(
         sha256: Some(&sha256),
         size_bytes: Some(body.len() as i64),
     };
-    let batch = match db::insert_batch(&**client, &new).await {
+    // The connection goes back to the pool before the object is stored:
+    // storing notifies the queue, which may need a connection of its own
+    // (locally, the same pool), and a request never holds one resource
+    // while it waits for another.
+    let batch = match insert(ctx, &new).await {
         Ok(Ok(batch)) => batch,
         // A retry: the first answer again, nothing new stored.
         Ok(Err(earlier)) => {
@@ -213,9 +213,7 @@ async fn post_batch(
     let metadata = object_metadata(batch_id, name, records, &sha256);
     if let Err(e) = ctx.store.put(&key, body.clone(), &metadata).await {
         // Forget the batch so that a retry with the same key stores it.
-        if let Err(e) = db::delete_batch(&**client, batch.answer.batch_id).await {
-            tracing::error!(%e, %batch_id, "could not forget a batch whose object was not stored");
-        }
+        forget(ctx, batch.answer.batch_id).await;
         return api::unavailable("storage", &e);
     }
     tracing::info!(%batch_id, dataset = name, records, bytes = body.len(), "batch accepted");
@@ -229,6 +227,29 @@ async fn post_batch(
             status_url: format!("{prefix}/v1/batches/{batch_id}"),
         },
     )
+}
+
+/// Records a received batch on a connection held for that statement only.
+async fn insert(ctx: &Context, new: &NewBatch<'_>) -> Result<Result<db::Batch, db::Batch>, String> {
+    let client = ctx.pool.get().await.map_err(|e| e.to_string())?;
+    let inserted = db::insert_batch(&**client, new).await;
+    if inserted.is_err() {
+        db::discard(client);
+    }
+    inserted.map_err(|e| e.to_string())
+}
+
+/// Forgets a batch whose object could not be stored (logged if it cannot).
+async fn forget(ctx: &Context, batch_id: uuid::Uuid) {
+    let deleted = match ctx.pool.get().await {
+        Ok(client) => db::delete_batch(&**client, batch_id)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = deleted {
+        tracing::error!(%e, %batch_id, "could not forget a batch whose object was not stored");
+    }
 }
 
 /// How long an upload URL stays valid.
@@ -299,10 +320,6 @@ async fn create_upload(
         chrono::Utc::now().date_naive(),
         upload.content_encoding,
     );
-    let client = match ctx.pool.get().await {
-        Ok(c) => c,
-        Err(e) => return api::unavailable("the database", &e),
-    };
     let new = NewBatch {
         batch_id,
         dataset: name,
@@ -312,7 +329,7 @@ async fn create_upload(
         sha256: None,
         size_bytes: Some(upload.size_bytes as i64),
     };
-    let batch = match db::insert_batch(&**client, &new).await {
+    let batch = match insert(ctx, &new).await {
         Ok(Ok(b)) | Ok(Err(b)) => b,
         Err(e) => return api::unavailable("the database", &e),
     };

@@ -66,7 +66,13 @@ pub async fn handle(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
                 }
             }
             Err(e) => {
-                tracing::warn!(message_id = %id, error = %e, "message will be retried");
+                let receives = receive_count(&message);
+                if ctx.max_receives.is_some_and(|max| receives >= max)
+                    && give_up(ctx, &message, receives, &e).await
+                {
+                    continue;
+                }
+                tracing::warn!(message_id = %id, receives, error = %e, "message will be retried");
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = id;
                 response.batch_item_failures.push(failure);
@@ -74,6 +80,88 @@ pub async fn handle(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
         }
     }
     response
+}
+
+/// How many times SQS has delivered the message, this time included
+/// (`ApproximateReceiveCount`; 1 when the event does not say).
+pub fn receive_count(message: &SqsMessage) -> u32 {
+    message
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// The last delivery of a message failed: rather than leave its batches
+/// `loading` while SQS moves the message to the dead-letter queue, they are
+/// marked `failed` with the error, and the message is done. `false` when
+/// that could not be recorded (the database is down): the message is then
+/// reported failed and dead-lettered.
+async fn give_up(ctx: &Context, message: &SqsMessage, receives: u32, error: &MessageError) -> bool {
+    let reason = format!("gave up after {receives} deliveries: {error}");
+    fail_batches(ctx, message, &reason).await
+}
+
+/// A message its queue dead-lettered without its last delivery finishing
+/// (the process running it died): its batches fail, saying so.
+pub async fn dead_lettered(ctx: &Context, message: &SqsMessage) -> bool {
+    let receives = receive_count(message);
+    let reason = format!(
+        "its message was dead-lettered after {receives} deliveries; the last one did not finish"
+    );
+    fail_batches(ctx, message, &reason).await
+}
+
+/// Marks the unfinished batches of a message `failed` for `reason`; whether
+/// that was recorded for every one of them.
+async fn fail_batches(ctx: &Context, message: &SqsMessage, reason: &str) -> bool {
+    let batches = message_batches(message);
+    if batches.is_empty() {
+        return false;
+    }
+    let Ok(mut client) = ctx.pool.get().await else {
+        return false;
+    };
+    for batch_id in batches {
+        match db::give_up(&mut client, batch_id, reason).await {
+            Ok(changed) => tracing::error!(%batch_id, changed, reason, "batch failed"),
+            Err(e) => {
+                tracing::error!(%batch_id, error = %e, "could not mark a batch failed");
+                db::discard(client);
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The batches a message is about: a chunk's, or those of the objects an
+/// S3 notification announces.
+fn message_batches(message: &SqsMessage) -> Vec<uuid::Uuid> {
+    let body = message.body.as_deref().unwrap_or("");
+    if let Ok(ChunkBody { chunk }) = serde_json::from_str::<ChunkBody>(body) {
+        return vec![chunk.batch_id];
+    }
+    let Ok(event) = serde_json::from_str::<S3Event>(body) else {
+        return Vec::new();
+    };
+    event
+        .records
+        .iter()
+        .filter_map(|r| r.s3.object.key.as_deref())
+        .filter_map(|raw| {
+            let key = decode_key(raw);
+            api::parse_object_key(&key).map(|(_, id)| id)
+        })
+        .collect()
+}
+
+/// An S3 notification's key as stored: they come URL-encoded, with `+` for
+/// spaces.
+fn decode_key(raw: &str) -> String {
+    form_urlencoded::parse(format!("k={raw}").as_bytes())
+        .next()
+        .map_or_else(|| raw.to_string(), |(_, v)| v.into_owned())
 }
 
 /// Loads the objects an SQS message announces.
@@ -96,17 +184,16 @@ pub async fn handle_message(
         let Some(raw_key) = record.s3.object.key.clone() else {
             continue;
         };
-        // S3 notifications carry keys URL-encoded, with `+` for spaces.
-        let key: String = form_urlencoded::parse(format!("k={raw_key}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or(raw_key);
-        out.push(load_key(ctx, &key).await?);
+        out.push(load_key(ctx, &decode_key(&raw_key)).await?);
     }
     Ok(out)
 }
 
 /// Loads the batch stored under `key`.
+///
+/// The connection is held for the database's work only: it is closed rather
+/// than pooled after an error, and returned before chunk messages are sent
+/// (locally the queue is in the same pool) or a decoded copy is made.
 pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError> {
     let skipped = |reason: &str| Handled::Skipped {
         key: key.to_string(),
@@ -118,98 +205,78 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
     let Some(dataset) = ctx.datasets.get(name) else {
         return Ok(skipped("no such dataset"));
     };
+    // A compressed object cannot be cut at byte offsets: when chunks are in
+    // use, a large one is loaded from its decoded copy, in chunks; else it
+    // loads as one stream, decoded on the way.
+    let (object, encoding) = match decoded_copy(ctx, key, batch_id).await? {
+        Some(decoded) => (decoded, None),
+        None => (key.to_string(), api::object_encoding(key)),
+    };
+    let target = Target {
+        name,
+        dataset,
+        batch_id,
+        key: &object,
+        encoding,
+    };
     let mut client = ctx
         .pool
         .get()
         .await
         .map_err(|e| MessageError::Pool(e.to_string()))?;
-    // A compressed object cannot be cut at byte offsets: when chunks are in
-    // use, a large one is loaded from its decoded copy, in chunks; else it
-    // loads as one stream, decoded on the way.
-    let mut encoding = api::object_encoding(key);
-    let mut object = key.to_string();
-    if let Some(decoded) = decoded_copy(ctx, &client, key, batch_id).await? {
-        object = decoded;
-        encoding = None;
-    }
-    let key = object.as_str();
-    if let Some(queue) = ctx.chunk_queue.as_ref().filter(|_| encoding.is_none()) {
-        // A batch begun in chunks goes on in chunks, whatever the chunk size
-        // is now (a restart with another `--chunk-size`, say).
-        let planned = chunks::planned(&client, batch_id).await?;
-        let size = if planned || ctx.chunk_bytes > 0 {
-            ctx.store
-                .head(key)
-                .await
-                .map_err(DbError::from)?
-                .map_or(0, |i| i.size)
-        } else {
-            0
-        };
-        if planned || (ctx.chunk_bytes > 0 && size > ctx.chunk_bytes) {
-            // The chunks recorded are kept: planning again only finds the CSV header.
-            let chunk_bytes = if planned {
-                size.max(1)
-            } else {
-                ctx.chunk_bytes
-            };
-            let (ranges, header) = match dataset.format {
-                Format::Ndjson => (chunks::plan(&ctx.store, key, size, chunk_bytes).await, None),
-                Format::Csv => {
-                    match chunks::plan_csv(&ctx.store, key, size, chunk_bytes, &dataset.csv()).await
-                    {
-                        Ok((ranges, header)) => (Ok(ranges), header),
-                        Err(e) => (Err(e), None),
-                    }
-                }
-            };
-            let ranges = ranges.map_err(DbError::from)?;
-            let begun =
-                chunks::begin(&mut client, name, batch_id, key, &ranges, header.as_deref()).await;
-            return match begun {
-                Ok(Begin::Done { status }) => Ok(Handled::Loaded {
-                    key: key.to_string(),
-                    outcome: LoadOutcome::AlreadyDone { status },
-                }),
-                // Every chunk is in, but the batch was not merged (the loader
-                // of its last chunk died, say): merge it now.
-                Ok(Begin::Pending(messages)) if messages.is_empty() => {
-                    let store = &ctx.store;
-                    let finished = chunks::finish(&mut client, name, dataset, batch_id, |end| {
-                        store.get_range(key, 0, Some(end))
-                    })
-                    .await;
-                    match finished {
-                        Ok(Some(outcome)) => Ok(Handled::Loaded {
-                            key: key.to_string(),
-                            outcome,
-                        }),
-                        Ok(None) => Ok(Handled::Chunked {
-                            key: key.to_string(),
-                            chunks: 0,
-                        }),
-                        Err(DbError::NoBatch(_)) => {
-                            Ok(skipped("no batch was recorded for this object"))
-                        }
-                        Err(e) => Err(e.into()),
-                    }
-                }
-                Ok(Begin::Pending(messages)) => {
-                    let chunks = messages.len();
-                    queue.send(messages).await.map_err(MessageError::Pool)?;
-                    Ok(Handled::Chunked {
-                        key: key.to_string(),
-                        chunks,
-                    })
-                }
-                Err(DbError::NoBatch(_)) => Ok(skipped("no batch was recorded for this object")),
-                Err(e) => Err(e.into()),
-            };
+    let step = load_object(ctx, &mut client, &target).await;
+    db::release(client, &step);
+    let key = object.clone();
+    match step {
+        Ok(Step::Done(handled)) => Ok(handled),
+        Ok(Step::Send(messages)) => {
+            let chunks = messages.len();
+            if let Some(queue) = &ctx.chunk_queue {
+                queue.send(messages).await.map_err(MessageError::Pool)?;
+            }
+            Ok(Handled::Chunked { key, chunks })
         }
+        Err(MessageError::Db(DbError::NoBatch(_))) => Ok(Handled::Skipped {
+            key,
+            reason: "no batch was recorded for this object".into(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// The object a message's batch loads from.
+struct Target<'a> {
+    name: &'a str,
+    dataset: &'a pipeline_shared::dataset::Dataset,
+    batch_id: uuid::Uuid,
+    /// The object's key (its decoded copy's, when there is one).
+    key: &'a str,
+    encoding: Option<pipeline_contract::ContentEncoding>,
+}
+
+/// What loading an object on a connection came to.
+enum Step {
+    Done(Handled),
+    /// Chunk messages to send, once the connection is released.
+    Send(Vec<chunks::ChunkMessage>),
+}
+
+/// Loads an object as one stream, or begins (or merges) its load in chunks.
+async fn load_object(
+    ctx: &Context,
+    client: &mut tokio_postgres::Client,
+    target: &Target<'_>,
+) -> Result<Step, MessageError> {
+    if ctx.chunk_queue.is_some()
+        && target.encoding.is_none()
+        && let Some(step) = load_in_chunks(ctx, client, target).await?
+    {
+        return Ok(step);
     }
     let store = ctx.store.clone();
-    let object = key.to_string();
-    let outcome = db::load(&mut client, name, dataset, batch_id, || {
+    let object = target.key.to_string();
+    let encoding = target.encoding;
+    let outcome = db::load(client, target.name, target.dataset, target.batch_id, || {
         let store = store.clone();
         let object = object.clone();
         async move {
@@ -220,15 +287,89 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
             })
         }
     })
-    .await;
-    match outcome {
-        Ok(outcome) => Ok(Handled::Loaded {
-            key: key.to_string(),
-            outcome,
-        }),
-        Err(DbError::NoBatch(_)) => Ok(skipped("no batch was recorded for this object")),
-        Err(e) => Err(e.into()),
+    .await?;
+    Ok(Step::Done(Handled::Loaded {
+        key: object,
+        outcome,
+    }))
+}
+
+/// A batch begun in chunks goes on in chunks, whatever the chunk size is now
+/// (a restart with another `--chunk-size`, say); an object above the chunk
+/// size begins in chunks. `None`: it loads as one stream.
+async fn load_in_chunks(
+    ctx: &Context,
+    client: &mut tokio_postgres::Client,
+    target: &Target<'_>,
+) -> Result<Option<Step>, MessageError> {
+    let key = target.key;
+    let planned = chunks::planned(client, target.batch_id).await?;
+    if !planned && ctx.chunk_bytes == 0 {
+        return Ok(None);
     }
+    let size = ctx
+        .store
+        .head(key)
+        .await
+        .map_err(DbError::from)?
+        .map_or(0, |i| i.size);
+    if !planned && size <= ctx.chunk_bytes {
+        return Ok(None);
+    }
+    // The chunks recorded are kept: planning again only finds the CSV header.
+    let chunk_bytes = if planned {
+        size.max(1)
+    } else {
+        ctx.chunk_bytes
+    };
+    let (ranges, header) = match target.dataset.format {
+        Format::Ndjson => (chunks::plan(&ctx.store, key, size, chunk_bytes).await, None),
+        Format::Csv => {
+            let csv = target.dataset.csv();
+            match chunks::plan_csv(&ctx.store, key, size, chunk_bytes, &csv).await {
+                Ok((ranges, header)) => (Ok(ranges), header),
+                Err(e) => (Err(e), None),
+            }
+        }
+    };
+    let ranges = ranges.map_err(DbError::from)?;
+    let begun = chunks::begin(
+        client,
+        target.name,
+        target.batch_id,
+        key,
+        &ranges,
+        header.as_deref(),
+    )
+    .await?;
+    let loaded = |outcome| Handled::Loaded {
+        key: key.to_string(),
+        outcome,
+    };
+    Ok(Some(match begun {
+        Begin::Done { status } => Step::Done(loaded(LoadOutcome::AlreadyDone { status })),
+        // Every chunk is in, but the batch was not merged (the loader of its
+        // last chunk died, say): merge it now.
+        Begin::Pending(messages) if messages.is_empty() => {
+            let store = &ctx.store;
+            let finished = chunks::finish(
+                client,
+                target.name,
+                target.dataset,
+                target.batch_id,
+                |end| store.get_range(key, 0, Some(end)),
+            )
+            .await?;
+            Step::Done(match finished {
+                Some(outcome) => loaded(outcome),
+                None => Handled::Chunked {
+                    key: key.to_string(),
+                    chunks: 0,
+                },
+            })
+        }
+        Begin::Pending(messages) => Step::Send(messages),
+    }))
 }
 
 /// The key of the decoded copy of a compressed object: the one made before,
@@ -240,7 +381,6 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
 /// whole or not at all, so a loader that dies meanwhile leaves none.
 async fn decoded_copy(
     ctx: &Context,
-    client: &tokio_postgres::Client,
     key: &str,
     batch_id: uuid::Uuid,
 ) -> Result<Option<String>, MessageError> {
@@ -271,7 +411,14 @@ async fn decoded_copy(
     if size <= ctx.chunk_bytes / 8 {
         return Ok(None);
     }
-    match db::batch(client, batch_id).await? {
+    let client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let batch = db::batch(&**client, batch_id).await;
+    db::release(client, &batch);
+    match batch? {
         Some(batch) if !batch.answer.status.is_final() => {}
         _ => return Ok(None),
     }
@@ -313,25 +460,33 @@ pub async fn load_chunk(
         .get()
         .await
         .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let handled = chunk_on(ctx, &mut client, dataset, message).await;
+    db::release(client, &handled);
+    handled
+}
+
+async fn chunk_on(
+    ctx: &Context,
+    client: &mut tokio_postgres::Client,
+    dataset: &pipeline_shared::dataset::Dataset,
+    message: &chunks::ChunkMessage,
+) -> Result<Handled, MessageError> {
     let store = &ctx.store;
-    let outcome = chunks::load_chunk(&mut client, dataset, message, || {
+    let outcome = chunks::load_chunk(client, dataset, message, || {
         store.get_range(&message.key, message.start, Some(message.end))
     })
     .await?;
-    let finished = match chunks::finish(
-        &mut client,
-        &message.dataset,
-        dataset,
-        message.batch_id,
-        |end| store.get_range(&message.key, 0, Some(end)),
-    )
-    .await
-    {
-        Ok(finished) => finished,
-        // The batch is gone (its object could not be stored): nothing to merge.
-        Err(DbError::NoBatch(_)) => None,
-        Err(e) => return Err(e.into()),
-    };
+    let finished =
+        match chunks::finish(client, &message.dataset, dataset, message.batch_id, |end| {
+            store.get_range(&message.key, 0, Some(end))
+        })
+        .await
+        {
+            Ok(finished) => finished,
+            // The batch is gone (its object could not be stored): nothing to merge.
+            Err(DbError::NoBatch(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
     Ok(Handled::Chunk {
         key: message.key.clone(),
         chunk: message.chunk,

@@ -31,6 +31,10 @@ pub struct Context {
     pub upload_part_bytes: u64,
     /// Where chunk messages go; without one, every object loads as a whole.
     pub chunk_queue: Option<std::sync::Arc<dyn crate::chunks::ChunkQueue>>,
+    /// Deliveries of a message before its queue dead-letters it (the
+    /// redrive policy's `maxReceiveCount`): on the last one, a message that
+    /// still fails fails its batch instead. `None`: never given up here.
+    pub max_receives: Option<u32>,
 }
 
 impl std::fmt::Debug for Context {
@@ -111,14 +115,24 @@ pub fn no_route(method: &http::Method, path: &str) -> Response<Bytes> {
     )
 }
 
-/// 503 when a dependency fails; the details go to the log, not the caller.
+/// Seconds a client is asked to wait before retrying a 503
+/// (`Retry-After`): about the pool's wait for a connection.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// 503 when a dependency fails or is busy (a full connection pool), with
+/// `Retry-After`; the details go to the log, not the caller.
 pub fn unavailable(what: &str, detail: &dyn std::fmt::Display) -> Response<Bytes> {
     tracing::error!(%detail, "{what} failed");
-    error(
+    let mut answer = error(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Unavailable,
         format!("{what} is unavailable; try again"),
-    )
+    );
+    answer.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(RETRY_AFTER_SECONDS),
+    );
+    answer
 }
 
 /// `GET /v1/health`: 200 when the database answers, else 503. Both API

@@ -29,7 +29,7 @@ use crate::dataset::CsvOptions;
 use crate::dataset::Dataset;
 use crate::db::{
     Copied, CopyTimes, DbError, LoadOutcome, column_list, copy_decoded, ident, lock_batch,
-    merge_stage,
+    merge_stage, staging,
 };
 use crate::records::{BOM, Decoder, MAX_RECORD_BYTES, RecordEnds, RecordError};
 use crate::store::{ByteStream, Store, StoreError};
@@ -111,13 +111,6 @@ impl ChunkQueue for SqsChunkQueue {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ChunkBody {
     pub chunk: ChunkMessage,
-}
-
-fn staging(batch_id: uuid::Uuid) -> String {
-    format!(
-        "pipeline.{}",
-        ident(&format!("stage_{}", batch_id.simple()))
-    )
 }
 
 /// Cuts an object of `size` bytes into ranges of about `chunk_bytes`, each

@@ -99,18 +99,37 @@ fn config_pool(
     build(manager, size, what)
 }
 
+/// The longest a request waits for a free connection of a pool: a full
+/// pool answers 503 with `Retry-After` after this, instead of holding the
+/// request (and whatever it holds) until a connection frees up.
+pub const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest making a new connection may take (TCP, TLS, authentication).
+pub const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A pool of at most `size` connections whose waits are bounded
+/// ([`POOL_WAIT`], [`CONNECT_WAIT`]): nothing waits for a connection forever.
+pub fn bounded_pool(
+    manager: deadpool_postgres::Manager,
+    size: usize,
+) -> Result<deadpool_postgres::Pool, deadpool_postgres::BuildError> {
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_WAIT))
+        .recycle_timeout(Some(CONNECT_WAIT))
+        .build()
+}
+
 fn build(
     manager: deadpool_postgres::Manager,
     size: usize,
     what: &str,
 ) -> Result<deadpool_postgres::Pool, ConfigError> {
-    deadpool_postgres::Pool::builder(manager)
-        .max_size(size)
-        .build()
-        .map_err(|e| ConfigError::Invalid {
-            what: what.into(),
-            detail: e.to_string(),
-        })
+    bounded_pool(manager, size).map_err(|e| ConfigError::Invalid {
+        what: what.into(),
+        detail: e.to_string(),
+    })
 }
 
 /// A pool of IAM-authenticated TLS connections: each new connection signs a
@@ -410,6 +429,9 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6080 * 1024);
+    let max_receives = std::env::var("MAX_RECEIVES")
+        .ok()
+        .and_then(|v| v.parse().ok());
     Ok(Context {
         env,
         datasets,
@@ -419,6 +441,7 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         chunk_bytes,
         upload_part_bytes,
         chunk_queue,
+        max_receives,
     })
 }
 

@@ -17,6 +17,8 @@ pub struct AppContext {
     pub max_concurrency: Option<u32>,
     /// The ingest function's inline limit, in bytes.
     pub max_inline_bytes: u64,
+    /// The queue's `maxReceiveCount`: the loader fails a batch on the last delivery.
+    pub max_receives: u32,
     pub access_log_format: String,
     pub proxy: bool,
     pub db_name: String,
@@ -276,6 +278,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
         batch_size: spec.queue.batch_size,
         max_inline_bytes: u64::from(spec.api.max_inline_batch_kib) * 1024,
         max_concurrency: spec.queue.max_concurrency,
+        max_receives: spec.queue.max_receives,
         access_log_format: ACCESS_LOG_FORMAT.to_string(),
         proxy: spec.database.proxy,
         db_name: spec.database.name.clone(),

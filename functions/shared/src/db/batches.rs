@@ -32,6 +32,11 @@ fn batch_from_row(row: &tokio_postgres::Row) -> Result<Batch, DbError> {
                 column: row.get(12),
                 reason: row.get::<_, Option<String>>(13).unwrap_or_default(),
             }),
+            // A reason without a line is the load's, not a record's.
+            failure: match error_line {
+                Some(_) => None,
+                None => row.get(13),
+            },
         },
         object_key: row.get(3),
         idempotency_key: row.get(4),
@@ -140,4 +145,43 @@ pub async fn delete_batch(
         )
         .await?;
     Ok(())
+}
+
+/// How long [`give_up`] waits for a load that holds the batch.
+const GIVE_UP_LOCK_TIMEOUT: &str = "5s";
+
+/// Marks an unfinished batch `failed` for a reason that is no record's (its
+/// message's deliveries are spent, say): nothing of it is in its table, its
+/// chunks still pending are skipped and its staging table is dropped, in
+/// one transaction. Waits at most [`GIVE_UP_LOCK_TIMEOUT`] for a load that
+/// holds the batch (an error then). Returns whether the batch was unfinished.
+pub async fn give_up(
+    client: &mut Client,
+    batch_id: uuid::Uuid,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{GIVE_UP_LOCK_TIMEOUT}'"
+    ))
+    .await?;
+    let changed = tx
+        .execute(
+            "UPDATE pipeline.batches SET status = 'failed', inserted = 0, duplicates = 0, loaded_at = now(),
+             error_line = NULL, error_column = NULL, error_reason = $2
+             WHERE batch_id = $1 AND status IN ('received', 'loading')",
+            &[&batch_id, &reason],
+        )
+        .await?;
+    if changed > 0 {
+        tx.execute(
+            "UPDATE pipeline.batch_chunks SET status = 'skipped' WHERE batch_id = $1 AND status = 'pending'",
+            &[&batch_id],
+        )
+        .await?;
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(changed > 0)
 }

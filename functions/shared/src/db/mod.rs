@@ -89,6 +89,30 @@ impl DbError {
     }
 }
 
+/// Closes a pooled connection instead of returning it to the pool: after an
+/// error its session may be anywhere (inside a COPY or a transaction, or in
+/// a protocol state the client lost track of), so the next user of the pool
+/// gets a new connection rather than this one.
+pub fn discard(client: deadpool_postgres::Object) {
+    drop(deadpool_postgres::Object::take(client));
+}
+
+/// Returns the connection to the pool after a success, closes it after an
+/// error (see [`discard`]).
+pub fn release<T, E>(client: deadpool_postgres::Object, result: &Result<T, E>) {
+    if result.is_err() {
+        discard(client);
+    }
+}
+
+/// The staging table of a batch loaded in chunks.
+pub(crate) fn staging(batch_id: uuid::Uuid) -> String {
+    format!(
+        "pipeline.{}",
+        ident(&format!("stage_{}", batch_id.simple()))
+    )
+}
+
 /// `"name"`: dataset and column names are validated identifiers
 /// (lower case letters, digits and `_`), so quoting them is enough.
 pub(crate) fn ident(name: &str) -> String {

@@ -1,0 +1,86 @@
+//! The local queue delivers a message at most `max_receives` times, as SQS
+//! does, and no batch is left `loading` behind a spent message: the
+//! loader's last delivery fails it with its error, and a message whose last
+//! delivery was abandoned fails its batch as it goes to the dead letters.
+
+use super::*;
+
+/// Records a batch whose object was never stored, and puts the S3
+/// notification of that object on the local queue, received `receives`
+/// times already: its batch id and object key.
+async fn unreadable_batch(db: &tokio_postgres::Client, receives: i32) -> (String, String) {
+    let batch_id = uuid::Uuid::now_v7();
+    let key = format!("raw/events/2024-01-31/{batch_id}.ndjson");
+    db.execute(
+        "INSERT INTO pipeline.batches (batch_id, dataset, object_key, status) VALUES ($1, 'events', $2, 'received')",
+        &[&batch_id, &key],
+    )
+    .await
+    .expect("record the batch");
+    // As S3 writes it (and `pipeline local` after it), field for field.
+    let notification = json!({"Records": [{
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": "local",
+        "eventTime": "2024-01-31T12:00:00.000Z",
+        "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "local"},
+        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {"x-amz-request-id": "local", "x-amz-id-2": "local"},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "raw-batches",
+            "bucket": {"name": "local", "ownerIdentity": {"principalId": "local"}, "arn": "arn:aws:s3:::local"},
+            "object": {"key": key, "size": 1, "eTag": "", "sequencer": "0000000000000001"},
+        },
+    }]});
+    db.execute(
+        "INSERT INTO pipeline.local_queue (body, object_key, receives) VALUES ($1, $2, $3)",
+        &[&notification.to_string(), &key, &receives],
+    )
+    .await
+    .expect("queue the notification");
+    (batch_id.to_string(), key)
+}
+
+#[tokio::test]
+async fn a_message_is_delivered_at_most_max_receives_times_and_its_batch_fails() {
+    require!(Service::Postgres);
+    let local = Local::start("queue:\n  max_receives: 3\n").await;
+    let db = local.db().await;
+
+    // Delivered three times, failing each time: the third fails the batch.
+    let (spent, key) = unreadable_batch(&db, 0).await;
+    let batch = local.settled(&spent).await;
+    assert_eq!(batch["status"], "failed", "{batch}");
+    assert_eq!(batch["error"], Value::Null);
+    let failure = batch["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.starts_with("gave up after 3 deliveries: ") && failure.contains(&key),
+        "{failure}"
+    );
+    let queued = count(
+        &db,
+        &format!("SELECT count(*) FROM pipeline.local_queue WHERE object_key = '{key}'"),
+    )
+    .await;
+    assert_eq!(queued, 0, "the message was left on the queue");
+
+    // Received three times already, by a process that died with it: never
+    // delivered again, but dead-lettered, and its batch fails saying so.
+    let (abandoned, key) = unreadable_batch(&db, 3).await;
+    let batch = local.settled(&abandoned).await;
+    assert_eq!(batch["status"], "failed", "{batch}");
+    assert_eq!(
+        batch["failure"],
+        "its message was dead-lettered after 3 deliveries; the last one did not finish"
+    );
+    let row = db
+        .query_one(
+            "SELECT receives, dead FROM pipeline.local_queue WHERE object_key = $1",
+            &[&key],
+        )
+        .await
+        .expect("the dead letter");
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (3, true));
+}
