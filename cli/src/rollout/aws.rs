@@ -19,7 +19,14 @@ pub struct Lambda {
     pub client: aws_sdk_lambda::Client,
 }
 
-/// What makes a version: its code and the configuration it runs with.
+/// What a published version freezes of a function (the Lambda guide's
+/// "Lambda function versions": its code, runtime and architecture, and all
+/// its settings, environment variables included), so that `$LATEST` and the
+/// newest version with the same snapshot need no new version, and any other
+/// change gets one. Reserved concurrency belongs to the function, not to a
+/// version; what differs between `$LATEST` and a version by nature (ARN,
+/// version, revision, timestamps, SnapStart's optimisation status, the
+/// description PublishVersion sets) is left out.
 fn fingerprint(
     c: &aws_sdk_lambda::operation::get_function_configuration::GetFunctionConfigurationOutput,
 ) -> String {
@@ -28,15 +35,61 @@ fn fingerprint(
         .and_then(|e| e.variables())
         .map(|v| v.iter().collect())
         .unwrap_or_default();
+    let sorted = |items: &[String]| {
+        let mut items = items.to_vec();
+        items.sort();
+        items
+    };
+    let vpc = c.vpc_config().map(|v| {
+        serde_json::json!({
+            "subnets": sorted(v.subnet_ids()),
+            "security_groups": sorted(v.security_group_ids()),
+            "ipv6": v.ipv6_allowed_for_dual_stack(),
+        })
+    });
+    let logging = c.logging_config().map(|l| {
+        serde_json::json!({
+            "group": l.log_group(),
+            "format": l.log_format().map(|f| f.as_str()),
+            "application_level": l.application_log_level().map(|f| f.as_str()),
+            "system_level": l.system_log_level().map(|f| f.as_str()),
+        })
+    });
+    let image = c
+        .image_config_response()
+        .and_then(|i| i.image_config())
+        .map(|i| {
+            serde_json::json!({
+                "entry_point": i.entry_point(),
+                "command": i.command(),
+                "working_directory": i.working_directory(),
+            })
+        });
+    let file_systems: Vec<_> = c
+        .file_system_configs()
+        .iter()
+        .map(|f| (f.arn(), f.local_mount_path()))
+        .collect();
     serde_json::json!({
         "code": c.code_sha256(),
+        "package": c.package_type().map(|p| p.as_str()),
         "memory": c.memory_size(),
         "timeout": c.timeout(),
+        "ephemeral_storage": c.ephemeral_storage().map(|e| e.size()),
         "role": c.role(),
         "handler": c.handler(),
         "runtime": c.runtime().map(|r| r.as_str()),
         "architectures": c.architectures().iter().map(|a| a.as_str()).collect::<Vec<_>>(),
         "environment": env,
+        "kms_key": c.kms_key_arn(),
+        "vpc": vpc,
+        "tracing": c.tracing_config().and_then(|t| t.mode()).map(|m| m.as_str()),
+        "logging": logging,
+        "layers": c.layers().iter().map(|l| l.arn()).collect::<Vec<_>>(),
+        "image": image,
+        "dead_letter": c.dead_letter_config().and_then(|d| d.target_arn()),
+        "file_systems": file_systems,
+        "snap_start": c.snap_start().and_then(|s| s.apply_on()).map(|a| a.as_str()),
     })
     .to_string()
 }
