@@ -77,12 +77,18 @@ impl pipeline_cli::rollout::Store for Memory {
     ) -> Result<Option<pipeline_cli::rollout::State>, pipeline_cli::rollout::CallError> {
         Ok(self.0.borrow().clone())
     }
+    /// Conditional on the tag, as S3Store's writes are.
     async fn save(
         &self,
-        state: &pipeline_cli::rollout::State,
-    ) -> Result<(), pipeline_cli::rollout::CallError> {
+        state: &mut pipeline_cli::rollout::State,
+    ) -> Result<bool, pipeline_cli::rollout::CallError> {
+        let stored = self.0.borrow().as_ref().and_then(|s| s.tag.clone());
+        if stored != state.tag {
+            return Ok(false);
+        }
+        state.tag = Some(uuid::Uuid::new_v4().to_string());
         *self.0.borrow_mut() = Some(state.clone());
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -161,6 +167,8 @@ fn a_linear_rollout_moves_moto_aliases_step_by_step_to_the_new_version() {
             to: "2".into(),
         }],
         alarms: vec![],
+        finished: vec![],
+        tag: None,
     };
     let observed = Observed {
         lambda: pipeline_cli::rollout::aws::Lambda {

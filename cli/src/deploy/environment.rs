@@ -404,6 +404,11 @@ async fn roll_out(
     } else {
         strategy
     };
+    let previous_tag = store
+        .load(&session.env.name)
+        .await
+        .map_err(call)?
+        .and_then(|s| s.tag);
     let now = chrono::Utc::now().to_rfc3339();
     let mut state = State {
         environment: session.env.name.clone(),
@@ -415,6 +420,10 @@ async fn roll_out(
         updated_at: now,
         targets,
         alarms: Vec::new(),
+        finished: Vec::new(),
+        // The rollout's record replaces the previous one: saved only if
+        // that is still the one read before (else another deploy started).
+        tag: previous_tag,
     };
     match rollouts.run(&mut state).await.map_err(call)? {
         Outcome::RolledBack(firing) => {
@@ -429,7 +438,12 @@ async fn roll_out(
                 ),
             });
         }
-        Outcome::Promoted => {}
+        Outcome::Ended(Phase::Aborted | Phase::RolledBack) => {
+            return Err(Error::RolledBack {
+                message: "the rollout was aborted by `pipeline rollout abort` while it ran; the previous versions serve".into(),
+            });
+        }
+        Outcome::Promoted | Outcome::Ended(_) => {}
     }
     // Post-traffic: the API end to end; a failure sends the traffic back.
     let smoke = post_traffic_smoke(session, &app).await?;

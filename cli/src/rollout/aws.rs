@@ -322,29 +322,48 @@ impl Store for S3Store {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(call_error("cannot read the rollout's state", e)),
         };
+        let tag = out.e_tag().map(str::to_string);
         let bytes = out
             .body
             .collect()
             .await
             .map_err(|e| call_error("cannot read the rollout's state", e))?
             .into_bytes();
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| CallError(format!("the rollout's state is not valid: {e}")))
+        let mut state: State = serde_json::from_slice(&bytes)
+            .map_err(|e| CallError(format!("the rollout's state is not valid: {e}")))?;
+        state.tag = tag;
+        Ok(Some(state))
     }
 
-    async fn save(&self, state: &State) -> Result<(), CallError> {
+    /// A conditional PutObject: `If-Match` the tag read, or `If-None-Match:
+    /// *` for a first record. S3 answers 412 when the condition fails, and
+    /// 409 when a conflicting write is under way (retry after reading).
+    async fn save(&self, state: &mut State) -> Result<bool, CallError> {
         let body = serde_json::to_vec_pretty(state).unwrap_or_default();
-        self.client
+        let put = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key(&state.environment))
             .content_type("application/json")
-            .body(body.into())
-            .send()
-            .await
-            .map_err(|e| call_error("cannot save the rollout's state", e))?;
-        Ok(())
+            .body(body.into());
+        let put = match &state.tag {
+            Some(tag) => put.if_match(tag),
+            None => put.if_none_match("*"),
+        };
+        match put.send().await {
+            Ok(out) => {
+                state.tag = out.e_tag().map(str::to_string);
+                Ok(true)
+            }
+            Err(e)
+                if e.raw_response()
+                    .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(call_error("cannot save the rollout's state", e)),
+        }
     }
 }
 

@@ -103,6 +103,23 @@ pub struct State {
     /// The alarms that sent traffic back, with their reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alarms: Vec<Firing>,
+    /// Targets finished early, one function at a time (`rollout promote`
+    /// or `abort` with `--function`), and the share they were left at.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finished: Vec<Finished>,
+    /// Which stored record this copy was read or written as (S3's ETag):
+    /// a save is conditional on it, so that a record another process wrote
+    /// meanwhile (a promote, an abort) is never written over.
+    #[serde(skip)]
+    pub tag: Option<String>,
+}
+
+/// A target finished before the rest of its rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub target: Target,
+    /// 100 when promoted, 0 when aborted.
+    pub percent: u8,
 }
 
 impl State {
@@ -189,8 +206,13 @@ pub trait Watch {
 /// Where the rollout's state is kept.
 #[allow(async_fn_in_trait)]
 pub trait Store {
+    /// The stored record, with its tag.
     async fn load(&self, environment: &str) -> Result<Option<State>, CallError>;
-    async fn save(&self, state: &State) -> Result<(), CallError>;
+    /// Saves `state` if the stored record is still the one `state.tag`
+    /// names (or there is none, for no tag), and gives `state` the new
+    /// record's tag; `Ok(false)`, saving nothing, when another process wrote
+    /// the record since.
+    async fn save(&self, state: &mut State) -> Result<bool, CallError>;
 }
 
 /// Time, so that tests need not wait.
@@ -218,6 +240,9 @@ impl Clock for SystemClock {
 pub enum Outcome {
     Promoted,
     RolledBack(Vec<Firing>),
+    /// Another process ended the rollout (`pipeline rollout promote` or
+    /// `abort`) while it ran; traffic is where that left it.
+    Ended(Phase),
 }
 
 #[cfg(test)]

@@ -57,9 +57,50 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
         Ok(())
     }
 
-    async fn save(&self, state: &mut State) -> Result<(), CallError> {
+    /// Saves the state if no other process wrote it since it was read;
+    /// `false` when one did.
+    async fn save(&self, state: &mut State) -> Result<bool, CallError> {
         state.updated_at = self.clock.now().to_rfc3339();
         self.store.save(state).await
+    }
+
+    /// Reads the stored record again: when another process wrote it since
+    /// (a promote or an abort), traffic is routed as it says and `state`
+    /// becomes it; `Some(outcome)` when that ended the rollout.
+    async fn reread(&self, state: &mut State) -> Result<Option<Outcome>, CallError> {
+        let Some(stored) = self.store.load(&state.environment).await? else {
+            return Ok(None);
+        };
+        if stored.tag == state.tag {
+            return Ok(None);
+        }
+        // Where the other process put traffic; a shift of ours may have
+        // come after its own.
+        self.shift(&stored.targets, stored.percent()).await?;
+        for f in &stored.finished {
+            self.shift(std::slice::from_ref(&f.target), f.percent)
+                .await?;
+        }
+        *state = stored;
+        Ok(match state.phase {
+            Phase::InProgress => None,
+            phase => Some(Outcome::Ended(phase)),
+        })
+    }
+
+    /// Saves the state, or, when another process wrote the record since,
+    /// takes that record instead: `Some(outcome)` when it ended the rollout.
+    async fn commit(&self, state: &mut State) -> Result<Option<Outcome>, CallError> {
+        if self.save(state).await? {
+            return Ok(None);
+        }
+        match self.reread(state).await? {
+            Some(ended) => Ok(Some(ended)),
+            // Written by another process, yet the same as ours when read.
+            None => Err(CallError(
+                "the rollout's state changed while it was saved; run the command again".into(),
+            )),
+        }
     }
 
     /// Checks that every gate alarm exists, before any traffic moves: a
@@ -103,52 +144,40 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
     /// Runs (or resumes) a rollout from its state's step to the end. The
     /// gate alarms must all exist, else no traffic moves. When a step bakes,
     /// the gates watch the new versions alone from before the first shift
-    /// until the rollout ends, either way.
+    /// until the rollout ends, either way. Each step is recorded before its
+    /// traffic moves, and the record is read again after the shift and at
+    /// every poll of a bake: a promote or an abort by another process holds.
     pub async fn run(&self, state: &mut State) -> Result<Outcome, CallError> {
         self.check_gates().await?;
         let bakes = state.steps.iter().any(|s| s.bake_seconds > 0);
         if bakes {
             self.watch(&state.targets, true).await?;
         }
+        let outcome = self.steps(state).await?;
+        if bakes {
+            self.watch(&state.targets, false).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn steps(&self, state: &mut State) -> Result<Outcome, CallError> {
         while state.step < state.steps.len() {
+            if let Some(ended) = self.commit(state).await? {
+                return Ok(ended);
+            }
             let step = state.steps[state.step];
             self.shift(&state.targets, step.percent).await?;
-            self.save(state).await?;
+            if let Some(ended) = self.reread(state).await? {
+                return Ok(ended);
+            }
             self.reporter.report(&Event::Shifted {
                 step: state.step,
                 steps: state.steps.len(),
                 percent: step.percent,
                 targets: state.targets.clone(),
             });
-            let end = self.clock.now() + chrono::Duration::seconds(step.bake_seconds as i64);
-            loop {
-                let firing = self.firing().await?;
-                if !firing.is_empty() {
-                    self.shift(&state.targets, 0).await?;
-                    state.phase = Phase::RolledBack;
-                    state.alarms = firing.clone();
-                    self.save(state).await?;
-                    self.reporter.report(&Event::RolledBack {
-                        alarms: firing.clone(),
-                    });
-                    if bakes {
-                        self.watch(&state.targets, false).await?;
-                    }
-                    return Ok(Outcome::RolledBack(firing));
-                }
-                let left = (end - self.clock.now()).num_seconds().max(0) as u64;
-                if left == 0 {
-                    break;
-                }
-                self.reporter.report(&Event::Baking {
-                    step: state.step,
-                    percent: step.percent,
-                    remaining_seconds: left,
-                    alarms: self.alarms.len(),
-                });
-                self.clock
-                    .sleep(self.poll.min(Duration::from_secs(left)))
-                    .await;
+            if let Some(outcome) = self.bake(state, step).await? {
+                return Ok(outcome);
             }
             if state.step + 1 == state.steps.len() {
                 break;
@@ -156,14 +185,50 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
             state.step += 1;
         }
         state.phase = Phase::Promoted;
-        self.save(state).await?;
+        if let Some(ended) = self.commit(state).await? {
+            return Ok(ended);
+        }
         self.reporter.report(&Event::Promoted {
             targets: state.targets.clone(),
         });
-        if bakes {
-            self.watch(&state.targets, false).await?;
-        }
         Ok(Outcome::Promoted)
+    }
+
+    /// Watches the gates for a step's bake: `Some(outcome)` when an alarm
+    /// sent traffic back or another process ended the rollout.
+    async fn bake(&self, state: &mut State, step: Step) -> Result<Option<Outcome>, CallError> {
+        let end = self.clock.now() + chrono::Duration::seconds(step.bake_seconds as i64);
+        loop {
+            let firing = self.firing().await?;
+            if !firing.is_empty() {
+                self.shift(&state.targets, 0).await?;
+                state.phase = Phase::RolledBack;
+                state.alarms = firing.clone();
+                if let Some(ended) = self.commit(state).await? {
+                    return Ok(Some(ended));
+                }
+                self.reporter.report(&Event::RolledBack {
+                    alarms: firing.clone(),
+                });
+                return Ok(Some(Outcome::RolledBack(firing)));
+            }
+            let left = (end - self.clock.now()).num_seconds().max(0) as u64;
+            if left == 0 {
+                return Ok(None);
+            }
+            self.reporter.report(&Event::Baking {
+                step: state.step,
+                percent: step.percent,
+                remaining_seconds: left,
+                alarms: self.alarms.len(),
+            });
+            self.clock
+                .sleep(self.poll.min(Duration::from_secs(left)))
+                .await;
+            if let Some(ended) = self.reread(state).await? {
+                return Ok(Some(ended));
+            }
+        }
     }
 
     /// Finishes a rollout at once: all traffic to the new versions (of one
@@ -186,38 +251,35 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
         self.finish(state, function, 0).await
     }
 
+    /// Records the finish first, conditionally (another process may be
+    /// rolling out: on a conflict, the record is read again and the finish
+    /// applied to it), then moves the traffic; a deploy that is rolling out
+    /// finds the record changed and follows it.
     async fn finish(
         &self,
         state: &mut State,
         function: Option<FunctionId>,
         percent: u8,
     ) -> Result<(), CallError> {
-        let (chosen, rest): (Vec<Target>, Vec<Target>) = state
-            .targets
-            .iter()
-            .cloned()
-            .partition(|t| function.is_none_or(|f| t.function == f));
-        if chosen.is_empty() {
-            let taking_part: Vec<&str> =
-                state.targets.iter().map(|t| t.function.as_str()).collect();
-            return Err(CallError(format!(
-                "`{}` takes no part in the rollout; its functions are: {}",
-                function.map_or("", FunctionId::as_str),
-                taking_part.join(", ")
-            )));
-        }
+        let chosen = loop {
+            let (next, chosen) = finished(state, function, percent)?;
+            let mut next = next;
+            if self.save(&mut next).await? {
+                *state = next;
+                break chosen;
+            }
+            match self.store.load(&state.environment).await? {
+                Some(stored) if stored.phase == Phase::InProgress => *state = stored,
+                Some(stored) => {
+                    return Err(CallError(format!(
+                        "the rollout ended meanwhile ({})",
+                        phase_name(stored.phase)
+                    )));
+                }
+                None => return Err(CallError("the rollout's state is gone".into())),
+            }
+        };
         self.shift(&chosen, percent).await?;
-        if rest.is_empty() {
-            state.phase = if percent == 100 {
-                state.step = state.steps.len().saturating_sub(1);
-                Phase::Promoted
-            } else {
-                Phase::Aborted
-            };
-        } else {
-            state.targets = rest;
-        }
-        self.save(state).await?;
         self.reporter.report(&if percent == 100 {
             Event::Promoted {
                 targets: chosen.clone(),
@@ -228,5 +290,53 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
             }
         });
         self.watch(&chosen, false).await
+    }
+}
+
+/// The state once `function`'s targets (all, without one) are finished at
+/// `percent`, and those targets.
+pub(super) fn finished(
+    state: &State,
+    function: Option<FunctionId>,
+    percent: u8,
+) -> Result<(State, Vec<Target>), CallError> {
+    let (chosen, rest): (Vec<Target>, Vec<Target>) = state
+        .targets
+        .iter()
+        .cloned()
+        .partition(|t| function.is_none_or(|f| t.function == f));
+    if chosen.is_empty() {
+        let taking_part: Vec<&str> = state.targets.iter().map(|t| t.function.as_str()).collect();
+        return Err(CallError(format!(
+            "`{}` takes no part in the rollout; its functions are: {}",
+            function.map_or("", FunctionId::as_str),
+            taking_part.join(", ")
+        )));
+    }
+    let mut next = state.clone();
+    if rest.is_empty() {
+        next.phase = if percent == 100 {
+            next.step = next.steps.len().saturating_sub(1);
+            Phase::Promoted
+        } else {
+            Phase::Aborted
+        };
+    } else {
+        next.targets = rest;
+        next.finished.extend(chosen.iter().map(|target| Finished {
+            target: target.clone(),
+            percent,
+        }));
+    }
+    Ok((next, chosen))
+}
+
+/// A phase as the state file writes it.
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::InProgress => "in progress",
+        Phase::Promoted => "promoted",
+        Phase::RolledBack => "rolled back",
+        Phase::Aborted => "aborted",
     }
 }

@@ -78,18 +78,46 @@ impl Gates for FakeGates {
     }
 }
 
+/// The state object, with S3's conditional writes: each record gets a new
+/// tag, and a save whose tag is not the stored record's is refused.
 #[derive(Default)]
 struct FakeStore {
     saved: RefCell<Vec<State>>,
+    /// Another process's write, made at the load with this number (from 1).
+    meddle: RefCell<Option<(usize, Box<dyn Fn(&mut State)>)>>,
+    loads: Cell<usize>,
+}
+
+impl FakeStore {
+    fn write(&self, state: &mut State) {
+        state.tag = Some(format!("t{}", self.saved.borrow().len() + 1));
+        self.saved.borrow_mut().push(state.clone());
+    }
 }
 
 impl Store for FakeStore {
     async fn load(&self, _environment: &str) -> Result<Option<State>, CallError> {
+        self.loads.set(self.loads.get() + 1);
+        let due = matches!(&*self.meddle.borrow(), Some((n, _)) if *n == self.loads.get());
+        if due && let Some((_, change)) = self.meddle.borrow_mut().take() {
+            let mut other = self
+                .saved
+                .borrow()
+                .last()
+                .cloned()
+                .expect("a record to change");
+            change(&mut other);
+            self.write(&mut other);
+        }
         Ok(self.saved.borrow().last().cloned())
     }
-    async fn save(&self, state: &State) -> Result<(), CallError> {
-        self.saved.borrow_mut().push(state.clone());
-        Ok(())
+    async fn save(&self, state: &mut State) -> Result<bool, CallError> {
+        let stored = self.saved.borrow().last().and_then(|s| s.tag.clone());
+        if stored != state.tag {
+            return Ok(false);
+        }
+        self.write(state);
+        Ok(true)
     }
 }
 
@@ -152,6 +180,8 @@ fn state(strategy: Strategy) -> State {
             },
         ],
         alarms: vec![],
+        finished: vec![],
+        tag: None,
     }
 }
 
@@ -748,5 +778,91 @@ fn a_failed_version_stops_the_wait_with_its_reason() {
     assert_eq!(
         readiness(&version_state("Active", None, None)),
         Readiness::Ready
+    );
+}
+
+/// `pipeline rollout abort` from another process in the middle of a linear
+/// rollout's bake: the deploy's next read of the record finds it, puts the
+/// traffic where the abort did (after any shift of its own), ends with the
+/// abort, and never writes over it (before, the bake kept its own copy and
+/// went on to the next step and `promoted`).
+#[test]
+fn an_abort_from_another_process_during_a_bake_holds() {
+    let world = World::new(None);
+    *world.store.meddle.borrow_mut() = Some((
+        3,
+        Box::new(|other: &mut State| {
+            other.phase = Phase::Aborted;
+        }),
+    ));
+    let mut state = state(Strategy::Linear);
+    let outcome = run(world.rollouts().run(&mut state)).expect("rollout");
+    assert_eq!(outcome, Outcome::Ended(Phase::Aborted));
+    let history = world.aliases.history.borrow();
+    assert_eq!(
+        history[history.len() - 3..],
+        [
+            "pipeline-uat-ingest: 3",
+            "pipeline-uat-query: 7",
+            "gates watch ingest=all, query=all",
+        ]
+    );
+    assert!(
+        !history.iter().any(|h| h.ends_with("@0.2")),
+        "the next step moved traffic: {history:?}"
+    );
+    let saved = world.store.saved.borrow();
+    assert_eq!(saved.last().map(|s| s.phase), Some(Phase::Aborted));
+    assert_eq!(state.phase, Phase::Aborted);
+}
+
+/// A promote of one function from another process mid-bake: the deploy
+/// goes on with the other function alone, and leaves the promoted one on
+/// its new version.
+#[test]
+fn a_promote_of_one_function_from_another_process_is_followed() {
+    let world = World::new(None);
+    *world.store.meddle.borrow_mut() = Some((
+        3,
+        Box::new(|other: &mut State| {
+            let (next, _) =
+                super::rollouts::finished(other, Some(FunctionId::Ingest), 100).expect("finish");
+            *other = next;
+        }),
+    ));
+    let mut state = state(Strategy::Linear);
+    let outcome = run(world.rollouts().run(&mut state)).expect("rollout");
+    assert_eq!(outcome, Outcome::Promoted);
+    let history = world.aliases.history.borrow();
+    let adopted = history
+        .iter()
+        .position(|h| h == "pipeline-uat-ingest: 4")
+        .expect("ingest promoted");
+    assert!(
+        !history[adopted + 1..]
+            .iter()
+            .any(|h| h.starts_with("pipeline-uat-ingest: 3 +")),
+        "ingest was moved back into the rollout: {history:?}"
+    );
+    assert!(history.iter().any(|h| h == "pipeline-uat-query: 7 + 8@0.2"));
+    assert_eq!(state.targets.len(), 1);
+    assert_eq!(state.finished.len(), 1);
+}
+
+/// An abort whose copy of the record is stale (the deploy moved on since it
+/// was read) is saved over the fresh record, not refused nor lost.
+#[test]
+fn an_abort_with_a_stale_record_reads_it_again() {
+    let world = World::new(None);
+    let mut first = state(Strategy::Linear);
+    run(world.store.save(&mut first)).expect("save");
+    let mut moved = first.clone();
+    moved.step = 1;
+    run(world.store.save(&mut moved)).expect("save");
+    run(world.rollouts().abort(&mut first, None)).expect("abort");
+    let saved = world.store.saved.borrow();
+    assert_eq!(
+        saved.last().map(|s| (s.step, s.phase)),
+        Some((1, Phase::Aborted))
     );
 }
