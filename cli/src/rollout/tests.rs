@@ -78,13 +78,16 @@ impl Gates for FakeGates {
     }
 }
 
+/// Another process's change to the stored record.
+type Meddle = Box<dyn Fn(&mut State)>;
+
 /// The state object, with S3's conditional writes: each record gets a new
 /// tag, and a save whose tag is not the stored record's is refused.
 #[derive(Default)]
 struct FakeStore {
     saved: RefCell<Vec<State>>,
     /// Another process's write, made at the load with this number (from 1).
-    meddle: RefCell<Option<(usize, Box<dyn Fn(&mut State)>)>>,
+    meddle: RefCell<Option<(usize, Meddle)>>,
     loads: Cell<usize>,
 }
 
