@@ -343,6 +343,47 @@ fn functions(r: &mut Rules, spec: &Spec) {
             "a message must stay hidden while the loader retries it, or it is delivered again mid-load; AWS advises six times the function timeout",
         );
     }
+    loader_concurrency(r, spec);
+}
+
+/// Invocations of the loader the deploy makes besides the queue's: its
+/// health check and its migration (the reserved concurrency must leave room).
+pub const LOADER_DEPLOY_INVOCATIONS: u32 = 2;
+
+/// A reserved concurrency for the loader is shared by the queue's
+/// invocations and the deploy's own: the queue must be held below it, or a
+/// busy queue throttles the deploy (and AWS advises reserved concurrency at
+/// least the event source's maximum concurrency).
+fn loader_concurrency(r: &mut Rules, spec: &Spec) {
+    let Some(reserved) = spec.functions.loader.reserved_concurrency else {
+        return;
+    };
+    let needed = spec
+        .queue
+        .max_concurrency
+        .map(|m| m + LOADER_DEPLOY_INVOCATIONS);
+    match needed {
+        Some(needed) if reserved >= needed => {}
+        Some(needed) => r.at(
+            &["functions", "loader", "reserved_concurrency"],
+            format!(
+                "`functions.loader.reserved_concurrency` must be at least `queue.max_concurrency` + {LOADER_DEPLOY_INVOCATIONS} ({needed}), found {reserved}"
+            ),
+            "the queue can take all of it",
+            format!(
+                "the queue's invocations stop at `queue.max_concurrency`; the deploy's own invocations of the loader need {LOADER_DEPLOY_INVOCATIONS} more, or a busy queue throttles them and the deploy fails"
+            ),
+        ),
+        None => r.at(
+            &["functions", "loader", "reserved_concurrency"],
+            "`functions.loader.reserved_concurrency` is set, but `queue.max_concurrency` is not".to_string(),
+            "the queue can take all of it",
+            format!(
+                "set `queue.max_concurrency` at most {}, so that the deploy's own invocations of the loader are not throttled",
+                reserved.saturating_sub(LOADER_DEPLOY_INVOCATIONS)
+            ),
+        ),
+    }
 }
 
 fn database(r: &mut Rules, spec: &Spec) {

@@ -95,6 +95,10 @@ fn each_rule_reports_its_problem_at_its_place() {
             "case.yaml:3:31 `queue.visibility_timeout_seconds` must be at least 6 times the loader's timeout (1800), found 600",
         ),
         (
+            "functions:\n  loader:\n    reserved_concurrency: 10\nqueue:\n  max_concurrency: 10",
+            "case.yaml:4:27 `functions.loader.reserved_concurrency` must be at least `queue.max_concurrency` + 2 (12), found 10",
+        ),
+        (
             "database:\n  engine_version: \"12.4\"",
             "case.yaml:3:19 Postgres 12.4 is not supported",
         ),
