@@ -130,13 +130,30 @@ fn failed_migrations_or_smoke_invocations_move_no_traffic() {
     assert_eq!(p.alias(&loader), ("1".into(), vec![]));
 
     p.package("loader", "v2");
-    let refused = r#"{"errorType":"MigrationRefused","errorMessage":"dropping column kind needs allow_destructive_changes"}"#;
-    p.lambda_results(&[refused]);
+    // A migration that can lose data is refused as the loader reports it
+    // (its error kind and message): exit 2, the setting named.
+    let message = "migrating dataset `events` needs changes that can lose data: drop column `kind`; set `datasets.events.allow_destructive_changes: true` to make them";
+    let refused = format!(r#"{{"errorType":"MigrationRefused","errorMessage":"{message}"}}"#);
+    p.lambda_results(&[&refused]);
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(2),
+            message.to_string(),
+            "no traffic moved; the previous versions still serve".into()
+        )
+    );
+    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
+
+    // Other migration failures are failures (exit 1).
+    let failed =
+        r#"{"errorType":"MessageError","errorMessage":"database: deadlock detected (40P01)"}"#;
+    p.lambda_results(&[failed]);
     assert_eq!(
         p.fails(&["deploy", "--env", "dev", "--yes"]),
         (
             Some(1),
-            format!("the migrations of loader version 2 failed: Unhandled: {refused}"),
+            format!("the migrations of loader version 2 failed: Unhandled: {failed}"),
             "no traffic moved; the previous versions still serve".into()
         )
     );
@@ -150,6 +167,19 @@ fn failed_migrations_or_smoke_invocations_move_no_traffic() {
         (
             Some(1),
             format!("the smoke invocation of loader version 2 failed: Unhandled: {crashed}"),
+            "no traffic moved; the previous versions still serve".into()
+        )
+    );
+    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
+
+    // Migrations pass, the loader's health action cannot reach its database.
+    let unreachable = r#"{"errorType":"MessageError","errorMessage":"the database pool: Timeout occurred while creating a new object"}"#;
+    p.lambda_results(&["{}", unreachable]);
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(1),
+            format!("the smoke invocation of loader version 2 failed: Unhandled: {unreachable}"),
             "no traffic moved; the previous versions still serve".into()
         )
     );

@@ -439,3 +439,72 @@ async fn ctrl_c_stops_cleanly() {
     let exit = local.child.wait().expect("wait");
     assert_eq!(exit.code(), Some(0));
 }
+
+/// A dataset change that can lose data (a retype) is refused when
+/// `pipeline local` starts, as `deploy` refuses it: exit 2, a message naming
+/// `allow_destructive_changes`, and the table as it was.
+#[tokio::test]
+async fn a_retype_is_refused_at_start_with_exit_2_naming_the_setting() {
+    require!(Service::Postgres);
+    let notes = |kind: &str| {
+        format!(
+            "datasets:\n  notes:\n    format: ndjson\n    columns:\n      - {{name: id, type: bigint}}\n      - {{name: body, type: {kind}}}\n    primary_key: [id]\n    on_conflict: ignore\n"
+        )
+    };
+    let mut local = Local::start(&notes("text")).await;
+    let (status, _) = local
+        .post(
+            "/v1/datasets/notes/batches",
+            "application/x-ndjson",
+            "{\"id\": 1, \"body\": \"kept\"}\n",
+        )
+        .await;
+    assert_eq!(status, 202);
+    local.kill();
+    let spec = local
+        .dir
+        .path()
+        .join("environments")
+        .join(format!("{}.yaml", local.env));
+    std::fs::write(&spec, format!("extends: dev\n{}", notes("int"))).expect("spec");
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args([
+            "--output",
+            "json",
+            "local",
+            "--env",
+            &local.env,
+            "--port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(local.dir.path().join("data"))
+        .current_dir(local.dir.path())
+        .env("NO_COLOR", "1")
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
+        .output()
+        .expect("run pipeline local");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let error: Value = stderr
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON error: {stderr}"));
+    assert_eq!(
+        error["error"]["message"],
+        "migrating dataset `notes` needs changes that can lose data: change column `body` from text to integer; set `datasets.notes.allow_destructive_changes: true` to make them"
+    );
+    let db = local.db().await;
+    let kind: String = db
+        .query_one(
+            "SELECT data_type::text FROM information_schema.columns WHERE table_name = 'notes' AND column_name = 'body'",
+            &[],
+        )
+        .await
+        .expect("column")
+        .get(0);
+    assert_eq!(kind, "text");
+}

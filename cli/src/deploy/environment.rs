@@ -19,7 +19,7 @@ use super::{Bootstrap, Note, Session, function_key, options, write_json};
 use crate::rollout::aws::{CloudWatch, Lambda, S3Store};
 use crate::rollout::{
     ACTIVE_TIMEOUT, CallError, Outcome, Phase, Rollouts, State, Store, SystemClock, Target,
-    gate_alarms, invocation_problem, steps, wait_active,
+    gate_alarms, invocation_problem, migration_refused, smoke_problem, steps, wait_active,
 };
 use crate::spec::model::{FunctionId, Strategy};
 use crate::synth::{ManifestStack, StackKind};
@@ -376,6 +376,12 @@ async fn roll_out(
             .invoke(&loader.name, &loader.to, &migrate)
             .await
             .map_err(call)?;
+        if let Some(message) = migration_refused(&answer) {
+            return Err(Error::Refused {
+                message,
+                help: no_traffic(),
+            });
+        }
         if let Some(e) = invocation_problem(FunctionId::Loader, &answer) {
             return Err(Error::Deploy {
                 message: format!("the migrations of loader version {} failed: {e}", loader.to),
@@ -386,7 +392,7 @@ async fn roll_out(
     for t in &targets {
         let event = crate::rollout::smoke_event(t.function);
         let answer = lambda.invoke(&t.name, &t.to, &event).await.map_err(call)?;
-        if let Some(e) = invocation_problem(t.function, &answer) {
+        if let Some(e) = smoke_problem(t.function, &answer) {
             return Err(Error::Deploy {
                 message: format!(
                     "the smoke invocation of {} version {} failed: {e}",

@@ -153,6 +153,22 @@ pub fn local_error(what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// A migration that failed; one refused for losing data is refused here
+/// as by `deploy` (exit 2), nothing changed.
+fn migration_error(e: loader::MessageError) -> Error {
+    match e {
+        loader::MessageError::Db(pipeline_shared::db::DbError::Destructive { .. }) => {
+            Error::Refused {
+                message: e.to_string(),
+                help: Some(
+                    "nothing was changed; the data and the previous tables are as they were".into(),
+                ),
+            }
+        }
+        e => local_error("migration failed", e),
+    }
+}
+
 /// The environment's database pools, made by [`database`].
 struct Pools {
     /// For everything but reads.
@@ -286,9 +302,7 @@ pub async fn serve(
         chunk_queue: Some(queue),
         max_receives: Some(spec.queue.max_receives),
     };
-    let report = loader::migrate(&ctx)
-        .await
-        .map_err(|e| local_error("migration failed", e))?;
+    let report = loader::migrate(&ctx).await.map_err(migration_error)?;
     for statement in &report.statements {
         ui.info(format_args!("migrated: {statement}"));
     }

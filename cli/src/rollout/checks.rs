@@ -3,11 +3,13 @@
 
 use super::*;
 
-/// The API Gateway event a smoke invocation of an API function sends:
-/// `GET /v1/health`.
+/// The event a smoke invocation sends: to an API function, the API Gateway
+/// event of `GET /v1/health`; to the loader, its `health` action, which
+/// connects to the database as the loader does (IAM, through the proxy in
+/// environments that have one) and pings it.
 pub fn smoke_event(function: FunctionId) -> serde_json::Value {
     if !function.serves_api() {
-        return serde_json::json!({"Records": []});
+        return serde_json::json!({"action": "health"});
     }
     serde_json::json!({
         "resource": "/v1/health",
@@ -81,6 +83,37 @@ pub fn invocation_problem(function: FunctionId, invocation: &Invocation) -> Opti
             short(payload)
         )),
     }
+}
+
+/// What went wrong in a smoke invocation ([`smoke_event`]): as
+/// [`invocation_problem`], and the loader must answer `{"status": "ok"}`.
+pub fn smoke_problem(function: FunctionId, invocation: &Invocation) -> Option<String> {
+    if let Some(problem) = invocation_problem(function, invocation) {
+        return Some(problem);
+    }
+    if function.serves_api() {
+        return None;
+    }
+    let answer: serde_json::Value = serde_json::from_str(&invocation.payload).unwrap_or_default();
+    (answer["status"] != "ok").then(|| {
+        format!(
+            "the health action answered {}, not {{\"status\": \"ok\"}}",
+            invocation.payload
+        )
+    })
+}
+
+/// The loader's refusal of a migration that can lose data
+/// (`MigrationRefused`): its message, naming the setting that allows it.
+pub fn migration_refused(invocation: &Invocation) -> Option<String> {
+    invocation.function_error.as_ref()?;
+    let answer: serde_json::Value = serde_json::from_str(&invocation.payload).ok()?;
+    (answer["errorType"] == "MigrationRefused").then(|| {
+        answer["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    })
 }
 
 /// A published version's state, as GetFunctionConfiguration reports it.

@@ -673,6 +673,47 @@ fn an_api_function_must_answer_its_health_route_with_2xx() {
     assert!(invocation_problem(FunctionId::Loader, &answer(Some("Unhandled"), crashed)).is_some());
 }
 
+/// The loader's smoke invocation is its health action, which connects as
+/// the loader does: an answer other than `{"status": "ok"}` (an echo of the
+/// event, say, or before: an empty SQS batch that never connected) fails it.
+#[test]
+fn the_loader_must_answer_its_health_action_with_ok() {
+    assert_eq!(
+        smoke_event(FunctionId::Loader),
+        serde_json::json!({"action": "health"})
+    );
+    assert_eq!(
+        smoke_problem(FunctionId::Loader, &answer(None, r#"{"status":"ok"}"#)),
+        None
+    );
+    assert_eq!(
+        smoke_problem(FunctionId::Loader, &answer(None, r#"{"action":"health"}"#)).as_deref(),
+        Some(r#"the health action answered {"action":"health"}, not {"status": "ok"}"#)
+    );
+    let unreachable =
+        r#"{"errorType":"MessageError","errorMessage":"the database pool: timed out"}"#;
+    assert_eq!(
+        smoke_problem(FunctionId::Loader, &answer(Some("Unhandled"), unreachable)).as_deref(),
+        Some(format!("Unhandled: {unreachable}").as_str())
+    );
+    let ok =
+        r#"{"statusCode":200,"headers":{},"body":"{\"status\":\"ok\"}","isBase64Encoded":false}"#;
+    assert_eq!(smoke_problem(FunctionId::Query, &answer(None, ok)), None);
+}
+
+#[test]
+fn a_refused_migration_is_told_from_a_failed_one() {
+    let refused =
+        r#"{"errorType":"MigrationRefused","errorMessage":"set `allow_destructive_changes`"}"#;
+    assert_eq!(
+        migration_refused(&answer(Some("Unhandled"), refused)).as_deref(),
+        Some("set `allow_destructive_changes`")
+    );
+    let failed = r#"{"errorType":"MessageError","errorMessage":"deadlock"}"#;
+    assert_eq!(migration_refused(&answer(Some("Unhandled"), failed)), None);
+    assert_eq!(migration_refused(&answer(None, refused)), None);
+}
+
 /// Versions whose states come from a script, one a poll.
 struct FakeVersions {
     states: RefCell<Vec<VersionState>>,

@@ -511,11 +511,44 @@ pub async fn migrate(ctx: &Context) -> Result<db::MigrationReport, MessageError>
 enum Action {
     /// Run the migrations; answers with the statements run.
     Migrate,
+    /// Connect to the database as the loader does and ping it; answers
+    /// `{"status": "ok"}` (the deploy's check of a new version).
+    Health,
 }
 
 /// Whether a payload is an action (from the deploy) rather than an SQS event.
 pub fn is_action(payload: &serde_json::Value) -> bool {
     payload.get("action").is_some()
+}
+
+/// Whether a payload asks for the migrations, which run as the database's
+/// administrator.
+pub fn is_migration(payload: &serde_json::Value) -> bool {
+    payload.get("action").and_then(|a| a.as_str()) == Some("migrate")
+}
+
+/// The health action: a connection of the loader's pool answers.
+pub async fn health(ctx: &Context) -> Result<serde_json::Value, MessageError> {
+    let client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let pinged = db::ping(&**client).await;
+    db::release(client, &pinged);
+    pinged?;
+    Ok(serde_json::json!({"status": "ok"}))
+}
+
+impl MessageError {
+    /// The error's kind as Lambda reports it (`errorType`): the deploy tells
+    /// a migration refused for losing data from a failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MessageError::Db(DbError::Destructive { .. }) => "MigrationRefused",
+            _ => "MessageError",
+        }
+    }
 }
 
 /// Handles any invocation: an SQS event (the queue), or an action (the deploy).
@@ -528,6 +561,7 @@ pub async fn invoke(
             serde_json::from_value(payload).map_err(|e| MessageError::NotS3(e.to_string()))?;
         return match action {
             Action::Migrate => Ok(serde_json::to_value(migrate(ctx).await?).unwrap_or_default()),
+            Action::Health => health(ctx).await,
         };
     }
     let event: SqsEvent =

@@ -13,18 +13,18 @@ async fn main() -> Result<(), Error> {
     let ctx = runtime::context_or_exit().await;
     let ctx = &ctx;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        if loader::is_action(&event.payload) {
+        if loader::is_migration(&event.payload) {
             // Migrations run as the database's administrator.
             let admin = runtime::admin_context(ctx)
                 .await
                 .map_err(|e| diagnostic("ConfigError", e))?;
             return loader::invoke(&admin, event.payload)
                 .await
-                .map_err(|e| diagnostic("MessageError", e));
+                .map_err(|e| diagnostic(e.kind(), e));
         }
         loader::invoke(ctx, event.payload)
             .await
-            .map_err(|e| diagnostic("MessageError", e))
+            .map_err(|e| diagnostic(e.kind(), e))
     }))
     .await
 }

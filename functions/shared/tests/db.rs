@@ -204,7 +204,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
         .expect_err("destructive");
     assert_eq!(
         err.to_string(),
-        "migrating dataset `events` needs changes that can lose data: drop column `amount`; change column `kind` from text to integer"
+        "migrating dataset `events` needs changes that can lose data: drop column `amount`; change column `kind` from text to integer; set `datasets.events.allow_destructive_changes: true` to make them"
     );
     let version: i32 = client
         .query_one(

@@ -38,7 +38,9 @@ pub enum DbError {
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("migrating dataset `{dataset}` needs changes that can lose data: {changes}")]
+    #[error(
+        "migrating dataset `{dataset}` needs changes that can lose data: {changes}; set `datasets.{dataset}.allow_destructive_changes: true` to make them"
+    )]
     Destructive { dataset: String, changes: String },
     #[error("table `{0}` exists but was not created by the pipeline")]
     Foreign(String),
