@@ -3,7 +3,7 @@
 //! delivery SQS allows a message fails its batch with the error instead of
 //! leaving it `loading` behind a dead letter.
 
-use crate::common;
+use crate::common::{self, Scratch, connect};
 
 use pipeline_testkit::{Service, require};
 
@@ -13,59 +13,6 @@ use pipeline_shared::api::Context;
 use pipeline_shared::db;
 use pipeline_shared::store::{LocalStore, Store};
 use std::time::{Duration, Instant};
-
-const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
-
-async fn connect(config: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(config, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-}
-
-/// A database of its own, dropped when the test ends, passed or not.
-struct Scratch {
-    name: String,
-}
-
-impl Scratch {
-    async fn new() -> Scratch {
-        let name = format!("pipeline_loader_{}", uuid::Uuid::new_v4().simple());
-        connect(ADMIN)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        Scratch { name }
-    }
-
-    fn config(&self) -> String {
-        format!(
-            "host=127.0.0.1 port=5432 user=postgres dbname={}",
-            self.name
-        )
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let _ = connect(ADMIN)
-                    .await
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
-    }
-}
 
 /// dev's datasets on one pooled connection whose statements give up on a
 /// lock after 200 ms; objects in `objects`; messages dead-lettered after 5
@@ -145,7 +92,7 @@ async fn backend_pid(ctx: &Context) -> i32 {
 #[tokio::test]
 async fn a_connection_that_saw_an_error_is_closed_not_pooled() {
     require!(Service::Postgres);
-    let db = Scratch::new().await;
+    let db = Scratch::new("loader").await;
     let objects = tempfile::tempdir().expect("temp dir");
     let ctx = context(&db, objects.path()).await;
     let (batch_id, key) = post(&ctx).await;
@@ -171,7 +118,7 @@ async fn a_connection_that_saw_an_error_is_closed_not_pooled() {
     assert_ne!(before, after, "the connection that failed was pooled again");
     tx.rollback().await.expect("rollback");
 
-    let admin = connect(ADMIN).await;
+    let admin = connect(common::ADMIN).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let open: i64 = admin
@@ -207,7 +154,7 @@ async fn a_connection_that_saw_an_error_is_closed_not_pooled() {
 #[tokio::test]
 async fn the_last_delivery_fails_the_batch_with_its_error() {
     require!(Service::Postgres);
-    let db = Scratch::new().await;
+    let db = Scratch::new("loader").await;
     let objects = tempfile::tempdir().expect("temp dir");
     let ctx = context(&db, objects.path()).await;
     let (batch_id, key) = post(&ctx).await;

@@ -16,4 +16,5 @@ mod events;
 mod image;
 mod lint;
 mod local;
+mod skew;
 mod synth;

@@ -38,6 +38,62 @@ pub fn command(dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// The server's maintenance database, for creating and dropping others.
+pub const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+
+pub async fn connect(config: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(config, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of its own, dropped when the test ends, passed or not.
+pub struct Scratch {
+    pub name: String,
+}
+
+impl Scratch {
+    /// A database `pipeline_<what>_<random>`.
+    pub async fn new(what: &str) -> Scratch {
+        let name = format!("pipeline_{what}_{}", uuid::Uuid::new_v4().simple());
+        connect(ADMIN)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        Scratch { name }
+    }
+
+    /// Its libpq connection string.
+    pub fn config(&self) -> String {
+        format!(
+            "host=127.0.0.1 port=5432 user=postgres dbname={}",
+            self.name
+        )
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let _ = connect(ADMIN)
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -193,3 +193,35 @@ fn failed_migrations_or_smoke_invocations_move_no_traffic() {
     );
     assert_eq!(p.alias(&loader), ("2".into(), vec![]));
 }
+
+/// A migration the dataset allowed although previous versions cannot load
+/// into its tables (a retype, as the loader's migrate action reports it):
+/// the canary environment's traffic moves all at once.
+#[test]
+fn a_migration_old_versions_cannot_share_moves_all_traffic_at_once() {
+    require!(Service::Moto);
+    let p = Project::new(&[("live.yaml", LIVE)]);
+    let first = p.bootstrap_and_deploy("live");
+    let loader = first["outputs"]["LoaderFunctionName"]
+        .as_str()
+        .expect("LoaderFunctionName")
+        .to_string();
+    p.cloudwatch(&[
+        ("Action", "PutMetricAlarm"),
+        ("Version", "2010-08-01"),
+        ("AlarmName", "pipeline-live-ingest-errors"),
+        ("Namespace", "AWS/Lambda"),
+        ("MetricName", "Errors"),
+        ("Statistic", "Sum"),
+        ("Period", "60"),
+        ("EvaluationPeriods", "1"),
+        ("Threshold", "1"),
+        ("ComparisonOperator", "GreaterThanThreshold"),
+    ]);
+    p.package("loader", "v2");
+    let report = r#"{"statements":["ALTER TABLE public.\"events\" ALTER COLUMN \"kind\" TYPE integer USING \"kind\"::integer"],"destructive":["dataset `events`: change column `kind` from text to integer"]}"#;
+    p.lambda_results(&[report]);
+    let deployed = p.json(&["--output", "json", "deploy", "--env", "live", "--yes"]);
+    assert_eq!(deployed["rollout"], "all-at-once promoted");
+    assert_eq!(p.alias(&loader), ("2".into(), vec![]));
+}

@@ -370,6 +370,7 @@ async fn roll_out(
         ),
     })?;
     // Pre-traffic: any failure here leaves all traffic where it is.
+    let mut destructive: Vec<String> = Vec::new();
     if let Some(loader) = targets.iter().find(|t| t.function == FunctionId::Loader) {
         let migrate = serde_json::json!({"action": "migrate"});
         let answer = lambda
@@ -388,6 +389,8 @@ async fn roll_out(
                 help: no_traffic(),
             });
         }
+        let report: serde_json::Value = serde_json::from_str(&answer.payload).unwrap_or_default();
+        destructive = serde_json::from_value(report["destructive"].clone()).unwrap_or_default();
     }
     for t in &targets {
         let event = crate::rollout::smoke_event(t.function);
@@ -406,6 +409,14 @@ async fn roll_out(
     // (from `$LATEST`) moves all at once.
     let strategy = request.strategy.unwrap_or(spec.rollout.strategy);
     let strategy = if targets.iter().any(|t| t.from == "$LATEST") {
+        crate::spec::model::Strategy::AllAtOnce
+    } else if !destructive.is_empty() && strategy != crate::spec::model::Strategy::AllAtOnce {
+        // Old and new versions cannot share a table changed this way: the
+        // old loader cannot load into a retyped or dropped column.
+        progress.line(&format!(
+            "all traffic moves at once: the migration made changes that the previous versions cannot load into ({})",
+            destructive.join("; ")
+        ));
         crate::spec::model::Strategy::AllAtOnce
     } else {
         strategy

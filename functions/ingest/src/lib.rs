@@ -151,6 +151,7 @@ async fn post_batch(
     );
     let sha256 = hex(&Sha256::digest(body));
     let records = summary.records as i64;
+    let revision = db::revision(dataset);
     let new = NewBatch {
         batch_id,
         dataset: name,
@@ -159,6 +160,7 @@ async fn post_batch(
         records: Some(records),
         sha256: Some(&sha256),
         size_bytes: Some(body.len() as i64),
+        dataset_revision: Some(&revision),
     };
     // The connection goes back to the pool before the object is stored:
     // storing notifies the queue, which may need a connection of its own
@@ -313,6 +315,7 @@ async fn create_upload(
         },
     };
     let batch_id = uuid::Uuid::now_v7();
+    let revision = db::revision(dataset);
     let key = api::compressed_object_key(
         name,
         dataset.format,
@@ -328,6 +331,7 @@ async fn create_upload(
         records: None,
         sha256: None,
         size_bytes: Some(upload.size_bytes as i64),
+        dataset_revision: Some(&revision),
     };
     let batch = match insert(ctx, &new).await {
         Ok(Ok(b)) | Ok(Err(b)) => b,

@@ -212,19 +212,24 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         Some(decoded) => (decoded, None),
         None => (key.to_string(), api::object_encoding(key)),
     };
-    let target = Target {
-        name,
-        dataset,
-        batch_id,
-        key: &object,
-        encoding,
-    };
     let mut client = ctx
         .pool
         .get()
         .await
         .map_err(|e| MessageError::Pool(e.to_string()))?;
-    let step = load_object(ctx, &mut client, &target).await;
+    let step = match db::batch_definition(&**client, batch_id, dataset).await {
+        Ok(dataset) => {
+            let target = Target {
+                name,
+                dataset: &dataset,
+                batch_id,
+                key: &object,
+                encoding,
+            };
+            load_object(ctx, &mut client, &target).await
+        }
+        Err(e) => Err(e.into()),
+    };
     db::release(client, &step);
     let key = object.clone();
     match step {
@@ -471,6 +476,8 @@ async fn chunk_on(
     dataset: &pipeline_shared::dataset::Dataset,
     message: &chunks::ChunkMessage,
 ) -> Result<Handled, MessageError> {
+    // The definition the batch was accepted under, for its chunks and its merge.
+    let dataset = &*db::batch_definition(&*client, message.batch_id, dataset).await?;
     let store = &ctx.store;
     let outcome = chunks::load_chunk(client, dataset, message, || {
         store.get_range(&message.key, message.start, Some(message.end))

@@ -120,6 +120,7 @@ async fn new_batch(client: &Client, key: &str) -> uuid::Uuid {
         records: None,
         sha256: None,
         size_bytes: None,
+        dataset_revision: None,
     };
     db::insert_batch(client, &batch)
         .await
@@ -191,11 +192,13 @@ async fn migrations_add_and_refuse_destructive_changes() {
     assert_eq!(
         report.statements,
         vec![
-            "ALTER TABLE public.\"events\" ADD COLUMN \"note\" text",
+            "ALTER TABLE public.\"events\" ADD COLUMN IF NOT EXISTS \"note\" text",
             "CREATE INDEX IF NOT EXISTS \"events_note_key_idx\" ON public.\"events\" (\"note\", \"id\")",
         ]
     );
-    // Destructive: refused, and nothing changes.
+    // Destructive: refused, and nothing changes. A column removed is no
+    // change that loses data: it is retired (kept, nullable), so that
+    // batches of the definitions that have it still load.
     let mut bad = ds.clone();
     bad.columns.retain(|c| c.name != "amount");
     bad.columns[1].kind = ColumnType::Int;
@@ -204,7 +207,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
         .expect_err("destructive");
     assert_eq!(
         err.to_string(),
-        "migrating dataset `events` needs changes that can lose data: drop column `amount`; change column `kind` from text to integer; set `datasets.events.allow_destructive_changes: true` to make them"
+        "migrating dataset `events` needs changes that can lose data: change column `kind` from text to integer; set `datasets.events.allow_destructive_changes: true` to make them"
     );
     let version: i32 = client
         .query_one(
@@ -215,6 +218,23 @@ async fn migrations_add_and_refuse_destructive_changes() {
         .expect("version")
         .get(0);
     assert_eq!(version, 3);
+    // Removed alone: retired, kept with its data (nullable already, so
+    // nothing to run).
+    let mut retired = ds.clone();
+    retired.columns.retain(|c| c.name != "amount");
+    let report = db::migrate(&mut client, &datasets(&retired))
+        .await
+        .expect("retired");
+    assert_eq!(report.statements, Vec::<String>::new());
+    let kept: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'events' AND column_name = 'amount'",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .get(0);
+    assert_eq!(kept, 1, "the removed column was dropped");
     // Allowed explicitly: applied.
     bad.columns[1].kind = ColumnType::Text;
     bad.allow_destructive_changes = true;

@@ -54,6 +54,9 @@ pub struct NewBatch<'a> {
     pub records: Option<i64>,
     pub sha256: Option<&'a str>,
     pub size_bytes: Option<i64>,
+    /// The revision of the dataset's definition the batch is checked
+    /// against ([`revision`]): the loader decodes it with that one.
+    pub dataset_revision: Option<&'a str>,
 }
 
 /// Records a received batch. With an idempotency key already used for the
@@ -63,8 +66,8 @@ pub async fn insert_batch(
     new: &NewBatch<'_>,
 ) -> Result<Result<Batch, Batch>, DbError> {
     let sql = format!(
-        "INSERT INTO pipeline.batches (batch_id, dataset, object_key, status, idempotency_key, records, sha256, size_bytes)
-         VALUES ($1, $2, $3, 'received', $4, $5, $6, $7)
+        "INSERT INTO pipeline.batches (batch_id, dataset, object_key, status, idempotency_key, records, sha256, size_bytes, dataset_revision)
+         VALUES ($1, $2, $3, 'received', $4, $5, $6, $7, $8)
          ON CONFLICT (dataset, idempotency_key) DO NOTHING
          RETURNING {BATCH_COLUMNS}"
     );
@@ -79,6 +82,7 @@ pub async fn insert_batch(
                 &new.records,
                 &new.sha256,
                 &new.size_bytes,
+                &new.dataset_revision,
             ],
         )
         .await?;

@@ -20,11 +20,13 @@ use crate::store::{ByteStream, StoreError};
 mod batches;
 mod load;
 mod read;
+mod revisions;
 mod schema;
 
 pub use batches::*;
 pub use load::*;
 pub use read::*;
+pub use revisions::*;
 pub use schema::*;
 
 /// Rows are sent to Postgres in pieces of about this size.
@@ -46,6 +48,14 @@ pub enum DbError {
     Foreign(String),
     #[error("no batch {0}")]
     NoBatch(uuid::Uuid),
+    /// The revision of a dataset that a batch was accepted under cannot be
+    /// used here.
+    #[error("batch of dataset `{dataset}` revision {revision}: {reason}")]
+    Revision {
+        dataset: String,
+        revision: String,
+        reason: String,
+    },
     /// A records cursor from a read in another order (other range filters).
     #[error("the cursor belongs to a read with other range filters")]
     Cursor,
@@ -84,6 +94,7 @@ impl DbError {
                     || *code == SqlState::ADMIN_SHUTDOWN
                     || *code == SqlState::TOO_MANY_CONNECTIONS
             }),
+            DbError::Revision { .. } => true,
             DbError::Store(StoreError::NotFound(_)) => false,
             DbError::Store(_) => true,
             _ => false,

@@ -48,6 +48,16 @@ CREATE TABLE IF NOT EXISTS pipeline.batch_chunks (
     PRIMARY KEY (batch_id, chunk)
 );
 CREATE INDEX IF NOT EXISTS batches_status_idx ON pipeline.batches (status) WHERE status IN ('received', 'loading');
+-- Every definition a migration moved a dataset to, by revision (see
+-- `revisions`), and the revision each batch was accepted under.
+CREATE TABLE IF NOT EXISTS pipeline.dataset_revisions (
+    dataset text NOT NULL,
+    revision text NOT NULL,
+    definition jsonb NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (dataset, revision)
+);
+ALTER TABLE pipeline.batches ADD COLUMN IF NOT EXISTS dataset_revision text;
 "#;
 
 /// What a migration did.
@@ -55,6 +65,11 @@ CREATE INDEX IF NOT EXISTS batches_status_idx ON pipeline.batches (status) WHERE
 pub struct MigrationReport {
     /// Statements run, in order.
     pub statements: Vec<String>,
+    /// The changes among them that the dataset allowed although they can
+    /// lose data (a retype, a dropped column): batches of the previous
+    /// definition may no longer load, so a deploy moves all traffic at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destructive: Vec<String>,
 }
 
 fn create_table(name: &str, dataset: &Dataset) -> Vec<String> {
@@ -160,10 +175,20 @@ fn diff(name: &str, old: &Dataset, new: &Dataset) -> (Vec<String>, Vec<String>) 
     let mut statements = Vec::new();
     let mut destructive = Vec::new();
     for column in &old.columns {
-        if new.column(&column.name).is_none() {
+        if new.column(&column.name).is_some() {
+            continue;
+        }
+        if new.allow_destructive_changes {
             destructive.push(format!("drop column `{}`", column.name));
             statements.push(format!(
                 "ALTER TABLE {t} DROP COLUMN {}",
+                ident(&column.name)
+            ));
+        } else if !column.nullable {
+            // Retired, not dropped: batches of the revisions that have it
+            // still load into it, and new ones leave it empty.
+            statements.push(format!(
+                "ALTER TABLE {t} ALTER COLUMN {} DROP NOT NULL",
                 ident(&column.name)
             ));
         }
@@ -175,8 +200,9 @@ fn diff(name: &str, old: &Dataset, new: &Dataset) -> (Vec<String>, Vec<String>) 
                 if !column.nullable {
                     destructive.push(format!("add column `{}` that is not nullable", column.name));
                 }
+                // A column retired before may still be there.
                 statements.push(format!(
-                    "ALTER TABLE {t} ADD COLUMN {c} {}{}",
+                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {}{}",
                     column.kind.postgres(),
                     if column.nullable { "" } else { " NOT NULL" }
                 ));
@@ -254,6 +280,7 @@ fn grants(datasets: &BTreeMap<String, Dataset>) -> String {
         "GRANT SELECT, INSERT, DELETE ON pipeline.batches TO pipeline_ingest;
          GRANT SELECT, UPDATE ON pipeline.batches TO pipeline_loader;
          GRANT SELECT, INSERT, UPDATE ON pipeline.batch_chunks TO pipeline_loader;
+         GRANT SELECT ON pipeline.dataset_revisions TO pipeline_loader;
          GRANT CREATE ON SCHEMA pipeline TO pipeline_loader;
          GRANT SELECT ON pipeline.batches TO pipeline_query;\n",
     );
@@ -324,10 +351,16 @@ pub async fn migrate(
                         changes: destructive.join("; "),
                     });
                 }
+                report.destructive.extend(
+                    destructive
+                        .into_iter()
+                        .map(|change| format!("dataset `{name}`: {change}")),
+                );
                 (statements, version + 1, Some(old))
             }
         };
         statements.extend(index_statements(name, old.as_ref(), dataset, &existing));
+        record_revision(&tx, name, dataset).await?;
         if statements.is_empty() {
             continue;
         }

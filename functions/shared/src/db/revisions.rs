@@ -1,0 +1,82 @@
+//! Dataset revisions: each batch loads with the definition it was accepted
+//! under, whatever version of the loader meets it.
+//!
+//! During a rollout two versions of each function serve side by side, and
+//! each version ships its own `datasets.json`: a batch accepted by the new
+//! ingest may be loaded by the old loader, and after a rollback every batch
+//! the new version accepted is. So every migration records the definitions
+//! it migrated to under their revision (a hash of the definition), ingest
+//! records the revision it checked a batch against, and the loader decodes a
+//! batch with that revision's definition, read from the database when it is
+//! not its own. Migrations only expand a table while a rollout may still be
+//! loading older revisions: a column removed from a dataset is kept (made
+//! nullable) so that batches of the revisions that had it still load.
+
+use std::borrow::Cow;
+
+use super::*;
+
+/// A definition's revision: the first 16 hex digits of the SHA-256 of its
+/// JSON (which serialises fields in declaration order).
+pub fn revision(dataset: &Dataset) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(dataset).unwrap_or_default();
+    pipeline_contract::hex(&Sha256::digest(&json))[..16].to_string()
+}
+
+/// Records the definition under its revision (once).
+pub(crate) async fn record_revision(
+    tx: &Transaction<'_>,
+    name: &str,
+    dataset: &Dataset,
+) -> Result<(), DbError> {
+    let definition = serde_json::to_value(dataset).unwrap_or_default();
+    tx.execute(
+        "INSERT INTO pipeline.dataset_revisions (dataset, revision, definition) VALUES ($1, $2, $3)
+         ON CONFLICT (dataset, revision) DO NOTHING",
+        &[&name, &revision(dataset), &definition],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The definition `batch_id` loads with: the one it was accepted under, or
+/// `own` (this version's) when that is the same or the batch predates
+/// revisions. A revision this version cannot read (written by a newer
+/// version of the pipeline, with options it does not know) is an error to
+/// retry: a loader of that version will take it.
+pub async fn batch_definition<'d>(
+    client: &impl GenericClient,
+    batch_id: uuid::Uuid,
+    own: &'d Dataset,
+) -> Result<Cow<'d, Dataset>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT b.dataset, b.dataset_revision, r.definition FROM pipeline.batches b
+             LEFT JOIN pipeline.dataset_revisions r ON r.dataset = b.dataset AND r.revision = b.dataset_revision
+             WHERE b.batch_id = $1",
+            &[&batch_id],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(DbError::NoBatch(batch_id));
+    };
+    let dataset: String = row.get(0);
+    let Some(wanted) = row.get::<_, Option<String>>(1) else {
+        return Ok(Cow::Borrowed(own));
+    };
+    if wanted == revision(own) {
+        return Ok(Cow::Borrowed(own));
+    }
+    let unknown = |reason: String| DbError::Revision {
+        dataset: dataset.clone(),
+        revision: wanted.clone(),
+        reason,
+    };
+    let definition: serde_json::Value = row
+        .get::<_, Option<serde_json::Value>>(2)
+        .ok_or_else(|| unknown("no migration recorded it".into()))?;
+    serde_json::from_value(definition)
+        .map(Cow::Owned)
+        .map_err(|e| unknown(format!("this version cannot read it ({e})")))
+}

@@ -1,0 +1,205 @@
+//! Two versions side by side, as during every canary and after a rollback:
+//! the handlers of the previous version (its datasets) and of the new one
+//! over the same database and objects, the migrations run as a deploy runs
+//! them (the new version's, before it takes traffic). Whichever ingest
+//! accepts a batch and whichever loader meets it, the batch loads, exactly
+//! once, with the values it was sent with.
+
+use crate::common::{self, Scratch};
+
+use pipeline_testkit::{Service, require};
+
+use bytes::Bytes;
+use pipeline_shared::api::Context;
+use pipeline_shared::db;
+use pipeline_shared::store::{LocalStore, Store};
+use pipeline_shared::{Column, ColumnType, Dataset};
+use serde_json::Value;
+
+/// dev's `events`, as the previous version ships it.
+fn events() -> Dataset {
+    let mut loader = pipeline_cli::spec::Loader::new(Some(common::repo().join("environments")));
+    let env = loader.load("dev").expect("dev");
+    env.spec.datasets["events"].clone()
+}
+
+fn context(db: &Scratch, objects: &std::path::Path, events: Dataset) -> Context {
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", db.name);
+    Context {
+        env: "dev".into(),
+        datasets: [("events".to_string(), events)].into(),
+        store: Store::Local(LocalStore::new(objects)),
+        pool: pipeline_shared::runtime::pool(&url, 2).expect("pool"),
+        max_inline_bytes: 1 << 20,
+        chunk_bytes: 0,
+        upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
+        chunk_queue: None,
+        max_receives: Some(5),
+    }
+}
+
+/// The previous and the new version, migrated as a deploy does.
+struct Versions {
+    old: Context,
+    new: Context,
+    _db: Scratch,
+    _objects: tempfile::TempDir,
+}
+
+async fn versions(new: Dataset) -> Versions {
+    let db = Scratch::new("skew").await;
+    let objects = tempfile::tempdir().expect("temp dir");
+    let old = context(&db, objects.path(), events());
+    loader::migrate(&old)
+        .await
+        .expect("the previous version's migration");
+    let new = context(&db, objects.path(), new);
+    loader::migrate(&new)
+        .await
+        .expect("the new version's migration");
+    Versions {
+        old,
+        new,
+        _db: db,
+        _objects: objects,
+    }
+}
+
+/// Posts one record to `ingest`'s version, then has `loader`'s version load
+/// it from its S3 notification: the batch as the API answers it.
+async fn through(ingest: &Context, loader: &Context, record: Value) -> Value {
+    let request = http::Request::post("/v1/datasets/events/batches")
+        .header("content-type", "application/x-ndjson")
+        .body(Bytes::from(format!("{record}\n")))
+        .expect("request");
+    let response = ingest::handle(ingest, request).await;
+    let answer: Value = serde_json::from_slice(response.body()).expect("json");
+    assert_eq!(response.status(), 202, "{answer}");
+    let batch_id: uuid::Uuid = answer["batch_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("batch id");
+    let key = {
+        let client = loader.pool.get().await.expect("client");
+        db::batch(&**client, batch_id)
+            .await
+            .expect("batch")
+            .expect("recorded")
+            .object_key
+    };
+    let text = std::fs::read_to_string(common::repo().join("tests/fixtures/sqs-s3-events.json"))
+        .expect("fixture");
+    let mut event: aws_lambda_events::event::sqs::SqsEvent =
+        serde_json::from_str(&text.replace("OBJECT_KEY", &key)).expect("SQS event");
+    event.records.truncate(1);
+    let handled = loader::handle(loader, event).await;
+    assert!(
+        handled.batch_item_failures.is_empty(),
+        "the load was retried"
+    );
+    let request = http::Request::get(format!("/v1/batches/{batch_id}"))
+        .body(Bytes::new())
+        .expect("request");
+    serde_json::from_slice(query::handle(loader, request).await.body()).expect("json")
+}
+
+fn record(n: u32) -> Value {
+    serde_json::json!({
+        "event_id": format!("00000000-0000-4000-8000-{n:012}"),
+        "occurred_at": "2024-01-31T12:00:00Z",
+        "source": "web",
+        "kind": "click",
+        "user_id": n,
+    })
+}
+
+/// A row of the table, as text.
+async fn row(ctx: &Context, n: u32, columns: &str) -> Vec<Option<String>> {
+    let client = ctx.pool.get().await.expect("client");
+    let id: uuid::Uuid = format!("00000000-0000-4000-8000-{n:012}")
+        .parse()
+        .expect("uuid");
+    let row = client
+        .query_one(
+            &format!("SELECT {columns} FROM public.events WHERE event_id = $1"),
+            &[&id],
+        )
+        .await
+        .expect("row");
+    (0..row.len()).map(|i| row.get(i)).collect()
+}
+
+fn assert_loaded(batch: &Value) {
+    assert_eq!(
+        (&batch["status"], &batch["inserted"]),
+        (&Value::from("loaded"), &Value::from(1)),
+        "{batch}"
+    );
+}
+
+/// A nullable column added: the previous loader loads the new ingest's
+/// batches with it (before: "unknown column", the batch failed for good),
+/// and the new loader loads the previous ingest's without it.
+#[tokio::test]
+async fn batches_load_across_versions_when_a_column_is_added() {
+    require!(Service::Postgres);
+    let mut added = events();
+    added.columns.push(Column {
+        nullable: true,
+        ..Column::new("note", ColumnType::Text)
+    });
+    let v = versions(added).await;
+    let mut with_note = record(1);
+    with_note["note"] = "from the new version".into();
+    assert_loaded(&through(&v.new, &v.old, with_note).await);
+    assert_loaded(&through(&v.old, &v.new, record(2)).await);
+    assert_loaded(&through(&v.new, &v.new, record(3)).await);
+    assert_eq!(
+        row(&v.new, 1, "note").await,
+        [Some("from the new version".into())]
+    );
+    assert_eq!(row(&v.new, 2, "note").await, [None]);
+}
+
+/// A required column removed: it is kept, nullable, so that the previous
+/// ingest's batches (which carry it) load with the new loader, and the new
+/// ingest's (which do not) with the previous loader; no data is lost.
+#[tokio::test]
+async fn batches_load_across_versions_when_a_column_is_removed() {
+    require!(Service::Postgres);
+    let mut removed = events();
+    removed.columns.retain(|c| c.name != "source");
+    removed.filterable.retain(|c| c != "source");
+    let v = versions(removed).await;
+    assert_loaded(&through(&v.old, &v.new, record(1)).await);
+    let mut without = record(2);
+    without
+        .as_object_mut()
+        .map(|o| o.remove("source"))
+        .expect("an object");
+    assert_loaded(&through(&v.new, &v.old, without).await);
+    assert_eq!(row(&v.new, 1, "source").await, [Some("web".into())]);
+    assert_eq!(row(&v.new, 2, "source").await, [None]);
+}
+
+/// A column's format changed: each batch is read with the format it was
+/// checked against, whichever loader meets it.
+#[tokio::test]
+async fn batches_load_across_versions_when_a_format_changes() {
+    require!(Service::Postgres);
+    let mut reformatted = events();
+    for c in &mut reformatted.columns {
+        if c.name == "occurred_at" {
+            c.format = Some("%d.%m.%Y %H:%M:%S".into());
+            c.timezone = Some("Europe/Paris".into());
+        }
+    }
+    let v = versions(reformatted).await;
+    let mut new_format = record(1);
+    new_format["occurred_at"] = "31.01.2024 13:00:00".into();
+    assert_loaded(&through(&v.new, &v.old, new_format).await);
+    assert_loaded(&through(&v.old, &v.new, record(2)).await);
+    let at = "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')";
+    assert_eq!(row(&v.new, 1, at).await, [Some("2024-01-31 12:00".into())]);
+    assert_eq!(row(&v.new, 2, at).await, [Some("2024-01-31 12:00".into())]);
+}
