@@ -455,6 +455,21 @@ async fn roll_out(
                 ),
             });
         }
+        Outcome::Blocked(firing) => {
+            return Err(Error::Refused {
+                message: format!(
+                    "gate alarms are in ALARM before any traffic moved: {}",
+                    firing
+                        .iter()
+                        .map(|a| format!("{} ({})", a.name, a.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                help: Some(
+                    "no traffic moved; the previous versions still serve. Find what the alarms say, then deploy again".into(),
+                ),
+            });
+        }
         Outcome::Ended(Phase::Aborted | Phase::RolledBack) => {
             return Err(Error::RolledBack {
                 message: "the rollout was aborted by `pipeline rollout abort` while it ran; the previous versions serve".into(),

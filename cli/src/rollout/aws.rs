@@ -575,7 +575,9 @@ fn backoff(attempt: u32) -> std::time::Duration {
 impl CloudWatch {
     /// One DescribeAlarms call, tried again on throttling and transient
     /// errors; the answer's text.
-    async fn describe_page(&self, form: String) -> Result<String, CallError> {
+    /// One query-API call, retried with backoff when throttled or failing
+    /// on the server's side: the answer's body.
+    async fn query(&self, action: &str, form: String) -> Result<String, CallError> {
         let mut attempt = 0;
         loop {
             let request = self.signed(form.clone()).await?;
@@ -589,19 +591,19 @@ impl CloudWatch {
             let failure = match answer {
                 Ok((status, text)) if status.is_success() => return Ok(text),
                 Ok((status, text)) if retryable(status.as_u16(), &text) => CallError(format!(
-                    "CloudWatch answered {status} to DescribeAlarms: {}",
+                    "CloudWatch answered {status} to {action}: {}",
                     error_message(&text)
                 )),
                 Ok((status, text)) => {
                     return Err(CallError(format!(
-                        "CloudWatch answered {status} to DescribeAlarms: {}",
+                        "CloudWatch answered {status} to {action}: {}",
                         error_message(&text)
                     )));
                 }
                 Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
-                    call_error("cannot read the gate alarms", e)
+                    call_error(&format!("cannot call CloudWatch's {action}"), e)
                 }
-                Err(e) => return Err(call_error("cannot read the gate alarms", e)),
+                Err(e) => return Err(call_error(&format!("cannot call CloudWatch's {action}"), e)),
             };
             attempt += 1;
             if attempt >= ATTEMPTS {
@@ -637,7 +639,7 @@ impl Gates for CloudWatch {
                 if let Some(t) = &token {
                     form.append_pair("NextToken", t);
                 }
-                let page = parse_alarms(&self.describe_page(form.finish()).await?);
+                let page = parse_alarms(&self.query("DescribeAlarms", form.finish()).await?);
                 alarms.extend(page.alarms);
                 match page.next_token {
                     Some(next) if Some(&next) != token.as_ref() => token = Some(next),
@@ -646,6 +648,19 @@ impl Gates for CloudWatch {
             }
         }
         Ok(alarms)
+    }
+
+    async fn reset(&self, names: &[String], reason: &str) -> Result<(), CallError> {
+        for name in names {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("Action", "SetAlarmState")
+                .append_pair("Version", "2010-08-01")
+                .append_pair("AlarmName", name)
+                .append_pair("StateValue", "INSUFFICIENT_DATA")
+                .append_pair("StateReason", reason);
+            self.query("SetAlarmState", form.finish()).await?;
+        }
+        Ok(())
     }
 }
 

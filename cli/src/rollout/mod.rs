@@ -169,6 +169,12 @@ pub trait Gates {
     /// with their states; an alarm that does not exist is left out (as
     /// DescribeAlarms leaves out the names it does not know).
     async fn describe(&self, names: &[String]) -> Result<Vec<Alarm>, CallError>;
+    /// Sets the alarms to `INSUFFICIENT_DATA` with `reason` (CloudWatch's
+    /// SetAlarmState): an alarm pointed at another metric keeps the state
+    /// of the one it watched before (PutMetricAlarm: "When you update an
+    /// existing alarm, its state is left unchanged"), until CloudWatch
+    /// evaluates the new one.
+    async fn reset(&self, names: &[String], reason: &str) -> Result<(), CallError>;
 }
 
 /// The names among `wanted` that `found` lacks.
@@ -243,6 +249,8 @@ pub enum Outcome {
     /// Another process ended the rollout (`pipeline rollout promote` or
     /// `abort`) while it ran; traffic is where that left it.
     Ended(Phase),
+    /// Gate alarms were in ALARM before any traffic moved: nothing moved.
+    Blocked(Vec<Firing>),
 }
 
 #[cfg(test)]

@@ -103,6 +103,35 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
         }
     }
 
+    /// The gate alarms pointed at the targets' new versions (each function's
+    /// `-errors` and `-duration`) start from `INSUFFICIENT_DATA`: the state
+    /// they kept is the previous version's, which would roll back a healthy
+    /// canary (or pass a broken one) until CloudWatch evaluates them again.
+    async fn reset_repointed(&self, targets: &[Target]) -> Result<(), CallError> {
+        let repointed: Vec<String> = self
+            .alarms
+            .iter()
+            .filter(|name| targets.iter().any(|t| repointed(name, t.function)))
+            .cloned()
+            .collect();
+        if repointed.is_empty() {
+            return Ok(());
+        }
+        let versions: Vec<String> = targets
+            .iter()
+            .map(|t| format!("{} {}", t.function, t.to))
+            .collect();
+        self.gates
+            .reset(
+                &repointed,
+                &format!(
+                    "now watching the new version alone: {}",
+                    versions.join(", ")
+                ),
+            )
+            .await
+    }
+
     /// Checks that every gate alarm exists, before any traffic moves: a
     /// name DescribeAlarms does not know is silently left out of its answer.
     pub async fn check_gates(&self) -> Result<(), CallError> {
@@ -152,6 +181,19 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
         let bakes = state.steps.iter().any(|s| s.bake_seconds > 0);
         if bakes {
             self.watch(&state.targets, true).await?;
+            self.reset_repointed(&state.targets).await?;
+        }
+        // Every gate is read before the first shift: one in ALARM (the API's
+        // errors, an external alarm) judges the state before the rollout,
+        // which no traffic should move into.
+        if state.step == 0 {
+            let firing = self.firing().await?;
+            if !firing.is_empty() {
+                if bakes {
+                    self.watch(&state.targets, false).await?;
+                }
+                return Ok(Outcome::Blocked(firing));
+            }
         }
         let outcome = self.steps(state).await?;
         if bakes {
@@ -329,6 +371,14 @@ pub(super) fn finished(
         }));
     }
     Ok((next, chosen))
+}
+
+/// Whether a gate alarm watches one version of `function` during a rollout
+/// (the monitoring stack's `<fn>-errors` and `<fn>-duration`).
+fn repointed(name: &str, function: FunctionId) -> bool {
+    ["errors", "duration"]
+        .iter()
+        .any(|kind| name.ends_with(&format!("-{function}-{kind}")))
 }
 
 /// A phase as the state file writes it.

@@ -42,11 +42,15 @@ impl Watch for FakeAliases {
 
 /// Alarms that go to ALARM after `fire_after` polls; those in `missing` do
 /// not exist (after `vanish_after` polls, when set).
+/// Those in `stale` are in ALARM from before the rollout until reset, as an
+/// alarm re-pointed at a new version keeps the previous one's state.
 struct FakeGates {
     polls: Cell<u32>,
     fire_after: Option<u32>,
     missing: Vec<String>,
     vanish_after: Option<u32>,
+    stale: Vec<String>,
+    resets: RefCell<Vec<(String, String)>>,
 }
 
 impl Gates for FakeGates {
@@ -56,11 +60,17 @@ impl Gates for FakeGates {
         let gone = |name: &String| {
             self.missing.contains(name) && self.vanish_after.is_none_or(|n| polls > n)
         };
+        let reset = |name: &String| self.resets.borrow().iter().any(|(n, _)| n == name);
         Ok(names
             .iter()
             .filter(|n| !gone(n))
             .enumerate()
             .map(|(i, name)| match self.fire_after {
+                _ if self.stale.contains(name) && !reset(name) => Alarm {
+                    name: name.clone(),
+                    state: "ALARM".into(),
+                    reason: "Threshold Crossed: the previous version's errors".into(),
+                },
                 Some(n) if polls > n && i == 0 => Alarm {
                     name: name.clone(),
                     state: "ALARM".into(),
@@ -75,6 +85,12 @@ impl Gates for FakeGates {
                 },
             })
             .collect())
+    }
+    async fn reset(&self, names: &[String], reason: &str) -> Result<(), CallError> {
+        self.resets
+            .borrow_mut()
+            .extend(names.iter().map(|n| (n.clone(), reason.to_string())));
+        Ok(())
     }
 }
 
@@ -205,6 +221,8 @@ impl World {
                 fire_after,
                 missing: vec![],
                 vanish_after: None,
+                stale: vec![],
+                resets: RefCell::default(),
             },
             store: FakeStore::default(),
             clock: FakeClock {
@@ -296,9 +314,10 @@ fn a_canary_moves_the_weights_step_by_step_and_ends_on_the_new_versions() {
             "gates watch ingest=all, query=all",
         ]
     );
-    // The gates were checked before any traffic moved, then the bake lasted
-    // five minutes of polls every 30 s.
-    assert_eq!(world.gates.polls.get(), 1 + 11 + 1);
+    // The gates were checked (that they exist, then that none is in ALARM)
+    // before any traffic moved, then the bake lasted five minutes of polls
+    // every 30 s.
+    assert_eq!(world.gates.polls.get(), 2 + 11 + 1);
     assert_eq!(state.phase, Phase::Promoted);
     let saved = world.store.saved.borrow();
     assert_eq!(
@@ -545,6 +564,8 @@ fn a_gate_alarm_that_does_not_exist_moves_no_traffic() {
         fire_after: None,
         missing,
         vanish_after: None,
+        stale: vec![],
+        resets: RefCell::default(),
     };
     rollouts.gates = &gates;
     assert_eq!(
@@ -909,4 +930,53 @@ fn an_abort_with_a_stale_record_reads_it_again() {
         saved.last().map(|s| (s.step, s.phase)),
         Some((1, Phase::Aborted))
     );
+}
+
+/// A gate re-pointed at the new version still holds the previous version's
+/// ALARM: it is reset before any traffic moves, so a healthy canary is
+/// promoted (before, the first poll of the bake rolled it back).
+#[test]
+fn a_stale_alarm_of_the_previous_version_is_reset_before_the_canary() {
+    let mut world = World::new(None);
+    world.gates.stale = vec!["pipeline-uat-ingest-errors".into()];
+    let mut state = state(Strategy::Canary);
+    let outcome = run(world.rollouts().run(&mut state)).expect("rollout");
+    assert_eq!(outcome, Outcome::Promoted);
+    assert_eq!(
+        *world.gates.resets.borrow(),
+        [(
+            "pipeline-uat-ingest-errors".to_string(),
+            "now watching the new version alone: ingest 4, query 8".to_string()
+        )]
+    );
+}
+
+/// A gate that does not watch one version (the API's errors) is in ALARM
+/// before the rollout: it is read before the first shift, and no traffic
+/// moves (before, the canary shifted, then rolled back).
+#[test]
+fn a_gate_in_alarm_before_the_first_shift_moves_no_traffic() {
+    let mut world = World::new(None);
+    world.gates.stale = vec!["pipeline-uat-api-5xx".into()];
+    let rollouts = Rollouts {
+        alarms: vec![
+            "pipeline-uat-ingest-errors".into(),
+            "pipeline-uat-api-5xx".into(),
+        ],
+        ..world.rollouts()
+    };
+    let mut state = state(Strategy::Canary);
+    let outcome = run(rollouts.run(&mut state)).expect("rollout");
+    assert!(
+        matches!(&outcome, Outcome::Blocked(f) if f.len() == 1 && f[0].name == "pipeline-uat-api-5xx"),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        *world.aliases.history.borrow(),
+        [
+            "gates watch ingest=4, query=8",
+            "gates watch ingest=all, query=all",
+        ]
+    );
+    assert!(world.store.saved.borrow().is_empty());
 }
