@@ -334,3 +334,62 @@ async fn a_compressed_batch_killed_after_its_decoded_copy_loads_once_from_it() {
     let distinct = count(&db, "SELECT count(DISTINCT event_id) FROM public.events").await;
     assert_eq!((rows(&local).await, distinct), (RECORDS, RECORDS));
 }
+
+/// A gzip bomb (an upload that decodes to far more than compressed text
+/// does) fails its batch within the delivery that meets it, with the
+/// reason, leaves no decoded copy behind (chunks are on, so the loader
+/// tries to make one) and puts nothing in the dead letters.
+#[tokio::test]
+async fn a_gzip_bomb_fails_its_batch_at_once_and_leaves_no_copy() {
+    require!(Service::Postgres);
+    let local = Local::start_with(
+        "api:\n  max_inline_batch_kib: 16\n",
+        &["--chunk-size", "4096"],
+    )
+    .await;
+    let line = event(1, "bomb");
+    let decoded = line.repeat(64_000_000 / line.len());
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(decoded.as_bytes()).expect("gzip");
+    let bomb = e.finish().expect("gzip");
+    assert!(decoded.len() > 200 * bomb.len(), "{}", bomb.len());
+    std::fs::write(local.dir.path().join("bomb.ndjson.gz"), &bomb).expect("write");
+    let out = client(
+        &local,
+        &[
+            "push",
+            "-d",
+            "events",
+            "bomb.ndjson.gz",
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let limit = bomb.len() as u64 * 200;
+    assert!(
+        stdout.contains(&format!(
+            ": the gzip stream decodes to more than {limit} bytes, the most it may (200 times its size)"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(rows(&local).await, 0);
+    let db = local.db().await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pipeline.local_queue").await,
+        0,
+        "a message was left or dead-lettered"
+    );
+    let left: Vec<PathBuf> = walk(&local.dir.path().join("data"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("decoded"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -370,3 +370,78 @@ async fn a_large_batch_loads_in_parallel_chunks_exactly_once() {
     .await;
     assert_eq!(staging, 0);
 }
+
+/// An upload larger than it declared fails its batch at once, reading
+/// none of it: within the delivery that finds it, nothing loaded, nothing
+/// dead-lettered. Its upload is over: asking again with its idempotency key
+/// answers the batch without any URL, and asking for part URLs is refused
+/// (409), rather than handing out a URL that could replace its object.
+#[tokio::test]
+async fn an_upload_larger_than_declared_fails_at_once_and_gets_no_more_urls() {
+    require!(Service::Postgres);
+    let local = Local::start("").await;
+    let body: String = (1..=3).map(|i| event(i, "liar")).collect();
+    let upload = json!({
+        "size_bytes": body.len(),
+        "content_type": "application/x-ndjson",
+        "idempotency_key": "liar-1",
+    });
+    let (status, started) = local
+        .post(
+            "/v1/datasets/events/uploads",
+            "application/json",
+            serde_json::to_vec(&upload).expect("json"),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let more: String = body.clone() + &event(4, "liar");
+    let response = pipeline_cli::http::client()
+        .put(started["url"].as_str().expect("url"))
+        .body(more.clone())
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(response.status(), 200);
+    let batch_id = started["batch_id"].as_str().expect("batch id");
+    let batch = local.settled(batch_id).await;
+    assert_eq!(batch["status"], "failed", "{batch}");
+    assert_eq!(
+        batch["failure"],
+        format!(
+            "the object is {} bytes, but its batch declared {}: nothing of it was loaded",
+            more.len(),
+            body.len()
+        )
+    );
+    let db = local.db().await;
+    assert_eq!(count(&db, "SELECT count(*) FROM public.events").await, 0);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pipeline.local_queue").await,
+        0
+    );
+
+    let (status, again) = local
+        .post(
+            "/v1/datasets/events/uploads",
+            "application/json",
+            serde_json::to_vec(&upload).expect("json"),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["batch_id"], batch_id);
+    for field in ["url", "parts", "upload_id"] {
+        assert!(again.get(field).is_none(), "{again}");
+    }
+    let (status, parts) = local
+        .post(
+            &format!("/v1/batches/{batch_id}/parts"),
+            "application/json",
+            serde_json::to_vec(&json!({"upload_id": "x", "part_numbers": [1]})).expect("json"),
+        )
+        .await;
+    assert_eq!(
+        (status, &parts["error"]),
+        (409, &json!("invalid_upload")),
+        "{parts}"
+    );
+}

@@ -315,7 +315,20 @@ async fn upload(
             content_encoding: encoding,
             idempotency_key: args.idempotency_key.clone(),
         });
-    let answer: Upload = api.call(request, 201).await?;
+    let answer = api.send(request).await?;
+    let answer: Upload = match answer.status {
+        201 => answer.read()?,
+        // A retry of a batch whose upload is over: nothing to send again.
+        200 => {
+            let done: Upload = answer.read()?;
+            ui.info(format_args!(
+                "batch {} was uploaded before; its upload is over",
+                done.batch_id
+            ));
+            return Ok(done.batch_id.to_string());
+        }
+        _ => return Err(answer.error()),
+    };
     let batch_id = answer.batch_id.to_string();
     let progress = progress_bar(bytes, ui);
     match (&answer.url, &answer.parts, &answer.upload_id) {

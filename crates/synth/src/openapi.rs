@@ -272,6 +272,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
                 "responses": {
                     "201": json_response("Upload URLs, valid until `expires_at`.", schema_ref("Upload")),
                     "400": error_response("Invalid request."),
+                    "200": json_response("A retry with the idempotency key of a batch whose upload is over (it is loading, loaded or failed): the batch, without any URL (none is handed out that could replace its object); its status is at `status_url`.", schema_ref("Upload")),
                 }
             }))}),
         );
@@ -322,6 +323,7 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
                 "200": json_response("The parts' URLs, in the order asked, valid until `expires_at`.", schema_ref("PartUrls")),
                 "400": error_response("Invalid request."),
                 "404": error_response("No such batch."),
+                "409": error_response("The batch's upload is over (it is loading, loaded or failed): no URL is handed out for it."),
             }
         }))}),
     );

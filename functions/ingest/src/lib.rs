@@ -254,6 +254,15 @@ async fn forget(ctx: &Context, batch_id: uuid::Uuid) {
     }
 }
 
+/// Why no upload URL is handed out for a batch past `received`: its object
+/// is stored, and an upload must never replace it.
+fn upload_over(batch: &db::Batch) -> String {
+    format!(
+        "batch {} is {}: its upload is over, and no URL is handed out for it; use a new key for a new batch",
+        batch.answer.batch_id, batch.answer.status
+    )
+}
+
 /// How long an upload URL stays valid.
 pub const UPLOAD_EXPIRY_SECONDS: i64 = 3600;
 
@@ -334,7 +343,28 @@ async fn create_upload(
         dataset_revision: Some(&revision),
     };
     let batch = match insert(ctx, &new).await {
-        Ok(Ok(b)) | Ok(Err(b)) => b,
+        Ok(Ok(b)) => b,
+        // A retry: the same batch's URLs again, while it is being uploaded;
+        // once its upload is over, the batch without any URL, which could
+        // replace its stored object.
+        Ok(Err(b)) if b.answer.status == BatchStatus::Received => b,
+        Ok(Err(b)) => {
+            let status_url = format!("{prefix}/v1/batches/{}", b.answer.batch_id);
+            return api::json(
+                StatusCode::OK,
+                &Upload {
+                    batch_id: b.answer.batch_id,
+                    expires_at: chrono::Utc::now(),
+                    method: UploadMethod::Put,
+                    url: None,
+                    upload_id: None,
+                    parts: None,
+                    complete_url: None,
+                    parts_url: None,
+                    status_url,
+                },
+            );
+        }
         Err(e) => return api::unavailable("the database", &e),
     };
     let expires = chrono::Utc::now().timestamp() + UPLOAD_EXPIRY_SECONDS;
@@ -414,7 +444,14 @@ async fn find_batch(ctx: &Context, batch_id: &str) -> Result<db::Batch, Response
 /// at most that many at a time.
 async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> Response<Bytes> {
     let batch = match find_batch(ctx, batch_id).await {
-        Ok(b) => b,
+        Ok(b) if b.answer.status == BatchStatus::Received => b,
+        Ok(b) => {
+            return api::error(
+                StatusCode::CONFLICT,
+                ErrorCode::InvalidUpload,
+                upload_over(&b),
+            );
+        }
         Err(answer) => return answer,
     };
     let asked: PartsRequest = match serde_json::from_slice(request.body()) {

@@ -47,6 +47,12 @@ pub enum Handled {
         outcome: ChunkOutcome,
         finished: Option<LoadOutcome>,
     },
+    /// An object refused before loading (not the size declared): its
+    /// batch is marked failed with the reason.
+    Refused {
+        key: String,
+        reason: String,
+    },
     /// Not an object of a batch (a test event, a foreign key).
     Skipped {
         key: String,
@@ -164,6 +170,14 @@ fn decode_key(raw: &str) -> String {
         .map_or_else(|| raw.to_string(), |(_, v)| v.into_owned())
 }
 
+/// A connection of the loader's pool.
+async fn connection(ctx: &Context) -> Result<deadpool_postgres::Object, MessageError> {
+    ctx.pool
+        .get()
+        .await
+        .map_err(|e| MessageError::Pool(e.to_string()))
+}
+
 /// Loads the objects an SQS message announces.
 pub async fn handle_message(
     ctx: &Context,
@@ -205,18 +219,26 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
     let Some(dataset) = ctx.datasets.get(name) else {
         return Ok(skipped("no such dataset"));
     };
+    // An object that is not the size declared is refused before a byte of
+    // it is read (an upload that sent more than it said, say).
+    let size = match declared(ctx, key, batch_id).await? {
+        Declared::Size(size) => size,
+        Declared::Refused(reason) => {
+            return Ok(Handled::Refused {
+                key: key.to_string(),
+                reason,
+            });
+        }
+    };
+    let decoded_limit = size.saturating_mul(compression::MAX_DECODED_RATIO);
     // A compressed object cannot be cut at byte offsets: when chunks are in
     // use, a large one is loaded from its decoded copy, in chunks; else it
     // loads as one stream, decoded on the way.
-    let (object, encoding) = match decoded_copy(ctx, key, batch_id).await? {
+    let (object, encoding) = match decoded_copy(ctx, key, batch_id, size).await? {
         Some(decoded) => (decoded, None),
         None => (key.to_string(), api::object_encoding(key)),
     };
-    let mut client = ctx
-        .pool
-        .get()
-        .await
-        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let mut client = connection(ctx).await?;
     let step = match db::batch_definition(&**client, batch_id, dataset).await {
         Ok(dataset) => {
             let target = Target {
@@ -225,6 +247,7 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
                 batch_id,
                 key: &object,
                 encoding,
+                decoded_limit,
             };
             load_object(ctx, &mut client, &target).await
         }
@@ -249,6 +272,56 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
     }
 }
 
+/// What the check of an object against its batch found.
+enum Declared {
+    /// The object's size, as declared.
+    Size(u64),
+    /// Not as declared: the batch was failed with this reason.
+    Refused(String),
+}
+
+/// Checks the object's size against the one its batch declared; one of
+/// another size fails the batch at once (nothing of it is read), within the
+/// delivery that finds it. A batch already done is not checked again.
+async fn declared(
+    ctx: &Context,
+    key: &str,
+    batch_id: uuid::Uuid,
+) -> Result<Declared, MessageError> {
+    let client = connection(ctx).await?;
+    let found = db::declared_size(&**client, batch_id).await;
+    db::release(client, &found);
+    let (declared, unfinished) = match found? {
+        Some((status, size)) => (size, !status.is_final()),
+        None => (None, false),
+    };
+    // A batch done (or none) is the load's to report, whatever is stored.
+    let stored = match ctx.store.head(key).await.map_err(DbError::from)? {
+        Some(stored) => stored,
+        None if !unfinished => return Ok(Declared::Size(0)),
+        None => {
+            let missing = pipeline_shared::store::StoreError::NotFound(key.to_string());
+            return Err(DbError::Store(missing).into());
+        }
+    };
+    let Some(declared) = declared.filter(|_| unfinished) else {
+        return Ok(Declared::Size(stored.size));
+    };
+    if u64::try_from(declared).is_ok_and(|d| d == stored.size) {
+        return Ok(Declared::Size(stored.size));
+    }
+    let reason = format!(
+        "the object is {} bytes, but its batch declared {declared}: nothing of it was loaded",
+        stored.size
+    );
+    let mut client = connection(ctx).await?;
+    let failed = db::give_up(&mut client, batch_id, &reason).await;
+    db::release(client, &failed);
+    failed?;
+    tracing::error!(%batch_id, key, reason, "batch failed: its object is not as declared");
+    Ok(Declared::Refused(reason))
+}
+
 /// The object a message's batch loads from.
 struct Target<'a> {
     name: &'a str,
@@ -257,6 +330,8 @@ struct Target<'a> {
     /// The object's key (its decoded copy's, when there is one).
     key: &'a str,
     encoding: Option<pipeline_contract::ContentEncoding>,
+    /// The most a compressed object may decode to.
+    decoded_limit: u64,
 }
 
 /// What loading an object on a connection came to.
@@ -281,13 +356,14 @@ async fn load_object(
     let store = ctx.store.clone();
     let object = target.key.to_string();
     let encoding = target.encoding;
+    let limit = target.decoded_limit;
     let outcome = db::load(client, target.name, target.dataset, target.batch_id, || {
         let store = store.clone();
         let object = object.clone();
         async move {
             let stream = store.get(&object).await?;
             Ok(match encoding {
-                Some(encoding) => compression::decompress(encoding, stream),
+                Some(encoding) => compression::decompress(encoding, stream, limit),
                 None => stream,
             })
         }
@@ -388,6 +464,7 @@ async fn decoded_copy(
     ctx: &Context,
     key: &str,
     batch_id: uuid::Uuid,
+    size: u64,
 ) -> Result<Option<String>, MessageError> {
     let (Some(encoding), Some(decoded)) = (api::object_encoding(key), api::decoded_object_key(key))
     else {
@@ -407,20 +484,10 @@ async fn decoded_copy(
     if ctx.chunk_queue.is_none() || ctx.chunk_bytes == 0 {
         return Ok(None);
     }
-    let size = ctx
-        .store
-        .head(key)
-        .await
-        .map_err(DbError::from)?
-        .map_or(0, |i| i.size);
     if size <= ctx.chunk_bytes / 8 {
         return Ok(None);
     }
-    let client = ctx
-        .pool
-        .get()
-        .await
-        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let client = connection(ctx).await?;
     let batch = db::batch(&**client, batch_id).await;
     db::release(client, &batch);
     match batch? {
@@ -428,8 +495,11 @@ async fn decoded_copy(
         _ => return Ok(None),
     }
     let started = std::time::Instant::now();
-    let stream =
-        compression::decompress(encoding, ctx.store.get(key).await.map_err(DbError::from)?);
+    let stream = compression::decompress(
+        encoding,
+        ctx.store.get(key).await.map_err(DbError::from)?,
+        size.saturating_mul(compression::MAX_DECODED_RATIO),
+    );
     let metadata =
         std::collections::BTreeMap::from([("decoded-from".to_string(), key.to_string())]);
     match ctx.store.put_stream(&decoded, stream, &metadata).await {
@@ -460,11 +530,7 @@ pub async fn load_chunk(
             reason: "no such dataset".into(),
         });
     };
-    let mut client = ctx
-        .pool
-        .get()
-        .await
-        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let mut client = connection(ctx).await?;
     let handled = chunk_on(ctx, &mut client, dataset, message).await;
     db::release(client, &handled);
     handled
@@ -504,11 +570,7 @@ async fn chunk_on(
 
 /// The `migrate` action: brings the tables in line with the datasets.
 pub async fn migrate(ctx: &Context) -> Result<db::MigrationReport, MessageError> {
-    let mut client = ctx
-        .pool
-        .get()
-        .await
-        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let mut client = connection(ctx).await?;
     Ok(db::migrate(&mut client, &ctx.datasets).await?)
 }
 
@@ -536,11 +598,7 @@ pub fn is_migration(payload: &serde_json::Value) -> bool {
 
 /// The health action: a connection of the loader's pool answers.
 pub async fn health(ctx: &Context) -> Result<serde_json::Value, MessageError> {
-    let client = ctx
-        .pool
-        .get()
-        .await
-        .map_err(|e| MessageError::Pool(e.to_string()))?;
+    let client = connection(ctx).await?;
     let pinged = db::ping(&**client).await;
     db::release(client, &pinged);
     pinged?;

@@ -180,10 +180,17 @@ impl BufRead for Pieces {
     }
 }
 
+/// The most a compressed upload may decode to, per byte of it: text such as
+/// NDJSON and CSV compresses 5 to 20 times with gzip or zstd, and a stream
+/// made to decode to much more (a "bomb": gzip reaches about 1,000 times)
+/// is refused at this bound rather than loaded for hours.
+pub const MAX_DECODED_RATIO: u64 = 200;
+
 /// The decoded bytes of a compressed stream. Decoding runs on a blocking
 /// thread between two small channels, so memory stays at a few pieces. A
-/// corrupt input ends the stream with [`StoreError::Corrupt`].
-pub fn decompress(encoding: ContentEncoding, mut stream: ByteStream) -> ByteStream {
+/// corrupt input, or one that decodes to more than `limit` bytes, ends the
+/// stream with [`StoreError::Corrupt`].
+pub fn decompress(encoding: ContentEncoding, mut stream: ByteStream, limit: u64) -> ByteStream {
     let (in_tx, in_rx) = tokio::sync::mpsc::channel(4);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(4);
     tokio::spawn(async move {
@@ -199,13 +206,22 @@ pub fn decompress(encoding: ContentEncoding, mut stream: ByteStream) -> ByteStre
             current: Bytes::new(),
             failed: None,
         };
+        let mut total: u64 = 0;
         let sent = decode(encoding, &mut pieces, |decoded| {
+            total += decoded.len() as u64;
+            if total > limit {
+                return Err(true);
+            }
             out_tx
                 .blocking_send(Ok(Bytes::copy_from_slice(decoded)))
-                .map_err(|_| ())
+                .map_err(|_| false)
         });
         let error = match sent {
-            Ok(_) | Err(DecodeError::Sink(())) => return,
+            Ok(_) | Err(DecodeError::Sink(false)) => return,
+            Err(DecodeError::Sink(true)) => StoreError::Corrupt(format!(
+                "the {} stream decodes to more than {limit} bytes, the most it may ({MAX_DECODED_RATIO} times its size)",
+                encoding.name()
+            )),
             Err(DecodeError::Corrupt(corrupt)) => match pieces.failed.take() {
                 // The object store failed, not the data.
                 Some(e) => e,
@@ -298,6 +314,7 @@ mod tests {
         let mut s = decompress(
             ContentEncoding::Zstd,
             futures_util::stream::iter(pieces).boxed(),
+            u64::MAX,
         );
         while let Some(piece) = s.next().await {
             out.extend_from_slice(&piece.expect("piece"));
@@ -308,6 +325,7 @@ mod tests {
         let mut s = decompress(
             ContentEncoding::Gzip,
             futures_util::stream::iter(vec![Ok(Bytes::from(bad))]).boxed(),
+            u64::MAX,
         );
         let mut last = None;
         while let Some(piece) = s.next().await {
@@ -321,6 +339,40 @@ mod tests {
                 );
             }
             other => panic!("expected corruption, found {other:?}"),
+        }
+    }
+
+    /// A stream that decodes past its limit ends with the reason, having
+    /// passed on no more than the limit.
+    #[tokio::test]
+    async fn a_stream_that_decodes_past_its_limit_is_cut_with_the_reason() {
+        let data = vec![b'a'; 4 << 20];
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(&data).expect("gzip");
+        let bomb = e.finish().expect("gzip");
+        assert!(data.len() > 200 * bomb.len(), "{}", bomb.len());
+        let limit = bomb.len() as u64 * MAX_DECODED_RATIO;
+        let mut s = decompress(
+            ContentEncoding::Gzip,
+            futures_util::stream::iter(vec![Ok(Bytes::from(bomb))]).boxed(),
+            limit,
+        );
+        let (mut passed, mut last) = (0u64, None);
+        while let Some(piece) = s.next().await {
+            match piece {
+                Ok(p) => passed += p.len() as u64,
+                Err(e) => last = Some(e),
+            }
+        }
+        assert!(passed <= limit, "{passed} > {limit}");
+        match last {
+            Some(StoreError::Corrupt(reason)) => assert_eq!(
+                reason,
+                format!(
+                    "the gzip stream decodes to more than {limit} bytes, the most it may (200 times its size)"
+                )
+            ),
+            other => panic!("expected the limit, found {other:?}"),
         }
     }
 }

@@ -194,6 +194,44 @@ async fn s3_multipart_uploads_go_through_presigned_part_urls() {
         .await
         .expect("complete");
     assert_eq!(collect(store.get(key).await.expect("get")).await, body);
+
+    // Another upload to the same key cannot replace the stored object
+    // (`If-None-Match: *` on the completion; S3 answers 412).
+    let other = store
+        .start_multipart(key, 1, part_bytes, expires)
+        .await
+        .expect("start");
+    let url = other.parts[0].url.clone().expect("url");
+    let response = http
+        .put(&url)
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .expect("PUT part");
+    assert!(response.status().is_success(), "{}", response.status());
+    let etag = response.headers()["etag"]
+        .to_str()
+        .expect("etag")
+        .to_string();
+    let replaced = store
+        .complete_multipart(
+            key,
+            &other.upload_id,
+            &[CompletedPart {
+                part_number: 1,
+                etag,
+            }],
+            &BTreeMap::new(),
+        )
+        .await;
+    match replaced {
+        Err(StoreError::InvalidUpload(reason)) => assert_eq!(
+            reason,
+            "the batch's object is stored already; an upload cannot replace it"
+        ),
+        other => panic!("expected a refusal, found {other:?}"),
+    }
+    assert_eq!(collect(store.get(key).await.expect("get")).await, body);
 }
 
 #[tokio::test]

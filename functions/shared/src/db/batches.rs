@@ -189,3 +189,19 @@ pub async fn give_up(
     tx.commit().await?;
     Ok(changed > 0)
 }
+
+/// A batch's status and the size of its object as declared: the body's for
+/// an inline batch, `size_bytes` for an upload. `None`: no such batch.
+pub async fn declared_size(
+    client: &impl GenericClient,
+    batch_id: uuid::Uuid,
+) -> Result<Option<(BatchStatus, Option<i64>)>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT status, size_bytes FROM pipeline.batches WHERE batch_id = $1",
+            &[&batch_id],
+        )
+        .await?;
+    row.map(|r| Ok((status_of(r.get(0))?, r.get(1))))
+        .transpose()
+}

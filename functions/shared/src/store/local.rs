@@ -227,6 +227,15 @@ impl LocalStore {
         use sha2::Digest;
         use tokio::io::AsyncWriteExt;
         let dir = self.open_upload(key, upload_id).await?;
+        // As S3 with `If-None-Match: *`: never over a stored object.
+        if tokio::fs::try_exists(self.path(key)?)
+            .await
+            .unwrap_or(false)
+        {
+            return Err(StoreError::InvalidUpload(
+                "the batch's object is stored already; an upload cannot replace it".into(),
+            ));
+        }
         if parts.is_empty() {
             return Err(StoreError::InvalidUpload(
                 "a completion lists at least one part".into(),

@@ -278,6 +278,8 @@ impl S3Store {
                     .set_parts(Some(parts))
                     .build(),
             )
+            // Never over a stored object (S3 conditional writes: 412).
+            .if_none_match("*")
             .send()
             .await;
         match result {
@@ -294,6 +296,9 @@ impl S3Store {
                         "S3 refused the completion: {}",
                         aws_sdk_s3::error::DisplayErrorContext(e)
                     ))),
+                    Some("PreconditionFailed") => Err(StoreError::InvalidUpload(
+                        "the batch's object is stored already; an upload cannot replace it".into(),
+                    )),
                     _ => Err(s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))),
                 }
             }
