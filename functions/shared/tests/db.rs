@@ -154,7 +154,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
         report.statements,
         vec![
             "CREATE TABLE public.\"events\" (\"id\" bigint NOT NULL, \"kind\" text NOT NULL, \"amount\" numeric, PRIMARY KEY (\"id\"))",
-            "CREATE INDEX IF NOT EXISTS \"events_kind_key_idx\" ON public.\"events\" (\"kind\", \"id\")",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"events_kind_key_idx\" ON public.\"events\" (\"kind\", \"id\")",
         ]
     );
     // Unchanged: nothing to do.
@@ -179,8 +179,8 @@ async fn migrations_add_and_refuse_destructive_changes() {
             .expect("upgrade")
             .statements,
         vec![
-            "DROP INDEX IF EXISTS public.\"events_kind_idx\"",
-            "CREATE INDEX IF NOT EXISTS \"events_kind_key_idx\" ON public.\"events\" (\"kind\", \"id\")",
+            "DROP INDEX CONCURRENTLY IF EXISTS public.\"events_kind_idx\"",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"events_kind_key_idx\" ON public.\"events\" (\"kind\", \"id\")",
         ]
     );
     // Additive: a nullable column and an index.
@@ -193,7 +193,7 @@ async fn migrations_add_and_refuse_destructive_changes() {
         report.statements,
         vec![
             "ALTER TABLE public.\"events\" ADD COLUMN IF NOT EXISTS \"note\" text",
-            "CREATE INDEX IF NOT EXISTS \"events_note_key_idx\" ON public.\"events\" (\"note\", \"id\")",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"events_note_key_idx\" ON public.\"events\" (\"note\", \"id\")",
         ]
     );
     // Destructive: refused, and nothing changes. A column removed is no
@@ -814,4 +814,128 @@ async fn iam_connections_sign_a_token_and_use_tls() {
     let pool = iam_pool("localhost", 5432, "postgres", "postgres", connect, 1).expect("pool");
     let client = pool.get().await.expect("an IAM/TLS connection");
     assert!(uses_tls(&client).await);
+}
+
+/// Waits until a session of database `name` runs a statement that starts
+/// with `prefix` and waits on a lock: its process id.
+async fn waiting_on_a_lock(admin: &Client, name: &str, prefix: &str) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let row = admin
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE $2 || '%' AND wait_event_type = 'Lock'",
+                &[&name, &prefix],
+            )
+            .await
+            .expect("sessions");
+        if let Some(row) = row {
+            return row.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session waits in `{prefix}`"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the table has the index, and it is valid.
+async fn valid_index(client: &Client, index: &str) -> Option<bool> {
+    client
+        .query_opt(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = $1",
+            &[&index],
+        )
+        .await
+        .expect("index")
+        .map(|r| r.get(0))
+}
+
+/// A new filter's index is built while a write is in flight: the build
+/// waits for that write, and meanwhile loads go on (a writer that gives up
+/// after 2 s on a lock gets through; a plain `CREATE INDEX` in the
+/// migration's transaction queued a lock that stopped every writer behind
+/// it). A build stopped halfway (its session killed) leaves an invalid index,
+/// which the next migration drops and builds again.
+#[tokio::test]
+async fn index_builds_do_not_block_loads_and_a_stopped_one_is_completed() {
+    require!(Service::Postgres);
+    let (db, mut client) = TestDb::new().await;
+    let admin = connect(ADMIN).await;
+    let mut ds = events(OnConflict::Ignore);
+    db::migrate(&mut client, &datasets(&ds))
+        .await
+        .expect("migrate");
+
+    let mut holder = db.client().await;
+    let open = holder.transaction().await.expect("begin");
+    open.execute("INSERT INTO public.events (id, kind) VALUES (1, 'a')", &[])
+        .await
+        .expect("a write in flight");
+    ds.filterable.push("amount".into());
+    let mut migrating_client = db.client().await;
+    let wanted = datasets(&ds);
+    let migrating = tokio::spawn(async move { db::migrate(&mut migrating_client, &wanted).await });
+    waiting_on_a_lock(&admin, &db.name, "CREATE INDEX").await;
+    let writer = db.client().await;
+    writer
+        .batch_execute(
+            "SET lock_timeout = '2s'; INSERT INTO public.events (id, kind) VALUES (2, 'b')",
+        )
+        .await
+        .expect("a load while the index is built");
+    open.commit().await.expect("commit");
+    let report = migrating.await.expect("task").expect("migrate");
+    assert_eq!(
+        report.statements,
+        [
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"events_amount_key_idx\" ON public.\"events\" (\"amount\", \"id\")"
+        ]
+    );
+    assert_eq!(
+        valid_index(&client, "events_amount_key_idx").await,
+        Some(true)
+    );
+
+    // A build killed halfway: its index is left, invalid.
+    let open = holder.transaction().await.expect("begin");
+    open.execute("INSERT INTO public.events (id, kind) VALUES (3, 'c')", &[])
+        .await
+        .expect("a write in flight");
+    let builder = db.client().await;
+    let build = tokio::spawn(async move {
+        builder
+            .batch_execute(
+                "CREATE INDEX CONCURRENTLY \"events_kind2_key_idx\" ON public.events (kind, id)",
+            )
+            .await
+    });
+    let pid = waiting_on_a_lock(&admin, &db.name, "CREATE INDEX CONCURRENTLY").await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("kill the build");
+    assert!(build.await.expect("task").is_err());
+    open.commit().await.expect("commit");
+    assert_eq!(
+        valid_index(&client, "events_kind2_key_idx").await,
+        Some(false)
+    );
+    ds.columns.push(column("kind2", ColumnType::Text, true));
+    ds.filterable.push("kind2".into());
+    let report = db::migrate(&mut client, &datasets(&ds))
+        .await
+        .expect("migrate again");
+    assert_eq!(
+        report.statements,
+        [
+            "ALTER TABLE public.\"events\" ADD COLUMN IF NOT EXISTS \"kind2\" text",
+            "DROP INDEX CONCURRENTLY IF EXISTS public.\"events_kind2_key_idx\"",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"events_kind2_key_idx\" ON public.\"events\" (\"kind2\", \"id\")",
+        ]
+    );
+    assert_eq!(
+        valid_index(&client, "events_kind2_key_idx").await,
+        Some(true)
+    );
 }

@@ -116,7 +116,7 @@ fn filter_index(name: &str, dataset: &Dataset, column: &str) -> Option<(String, 
     let index = index_name(name, &format!("{column}_key"));
     let columns: Vec<String> = order.iter().map(|c| ident(c)).collect();
     let sql = format!(
-        "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})",
         ident(&index),
         table(name),
         columns.join(", ")
@@ -127,12 +127,16 @@ fn filter_index(name: &str, dataset: &Dataset, column: &str) -> Option<(String, 
 /// The statements that give the table the filter indexes of `new` and drop
 /// the pipeline's other indexes on it: those of filters `old` had, and the
 /// one-column indexes of earlier versions. `existing` names the table's
-/// indexes, so that nothing is made or dropped twice.
+/// valid indexes, so that nothing is made or dropped twice; `invalid` those
+/// a build that was stopped left unusable (`CREATE INDEX CONCURRENTLY`
+/// leaves its index behind, invalid), which are dropped and built again.
+/// Every statement runs outside a transaction, without blocking writes.
 fn index_statements(
     name: &str,
     old: Option<&Dataset>,
     new: &Dataset,
     existing: &[String],
+    invalid: &[String],
 ) -> Vec<String> {
     let wanted: Vec<(String, String)> = new
         .filterable
@@ -154,10 +158,16 @@ fn index_statements(
             }
         }
     }
+    let drop = |index: &str| format!("DROP INDEX CONCURRENTLY IF EXISTS public.{}", ident(index));
     let mut statements = Vec::new();
+    for index in invalid {
+        if ours.contains(index) || wanted.iter().any(|(w, _)| w == index) {
+            statements.push(drop(index));
+        }
+    }
     for index in ours {
         if existing.contains(&index) && !wanted.iter().any(|(w, _)| *w == index) {
-            statements.push(format!("DROP INDEX IF EXISTS public.{}", ident(&index)));
+            statements.push(drop(&index));
         }
     }
     for (index, sql) in wanted {
@@ -293,22 +303,80 @@ fn grants(datasets: &BTreeMap<String, Dataset>) -> String {
     sql
 }
 
-/// Brings the database in line with the datasets, in one transaction under
-/// an advisory lock so that concurrent migrations wait for each other.
-/// Additive changes apply; changes that can lose data are refused unless the
-/// dataset allows them.
+/// Brings the database in line with the datasets, under an advisory lock
+/// so that concurrent migrations wait for each other: the tables' changes in
+/// one transaction, then the indexes, each built or dropped `CONCURRENTLY`
+/// (outside a transaction), so that loads go on meanwhile. Additive changes
+/// apply; changes that can lose data are refused unless the dataset allows
+/// them. A migration stopped halfway is completed by the next one: tables
+/// changed or not at all, indexes left invalid dropped and built again.
 pub async fn migrate(
     client: &mut Client,
     datasets: &BTreeMap<String, Dataset>,
 ) -> Result<MigrationReport, DbError> {
+    client
+        .execute("SELECT pg_advisory_lock(hashtext('pipeline.migrate'))", &[])
+        .await?;
+    let migrated = migrate_locked(client, datasets).await;
+    // After an error the pool closes the connection, which ends the lock
+    // with its session if this cannot.
+    let _ = client
+        .execute(
+            "SELECT pg_advisory_unlock(hashtext('pipeline.migrate'))",
+            &[],
+        )
+        .await;
+    migrated
+}
+
+async fn migrate_locked(
+    client: &mut Client,
+    datasets: &BTreeMap<String, Dataset>,
+) -> Result<MigrationReport, DbError> {
+    let (mut report, indexes) = migrate_tables(client, datasets).await?;
+    for (name, version, statement) in indexes {
+        client.batch_execute(&statement).await?;
+        client
+            .execute(
+                "INSERT INTO pipeline.migrations (dataset, version, statement) VALUES ($1, $2, $3)",
+                &[&name, &version, &statement],
+            )
+            .await?;
+        report.statements.push(statement);
+    }
+    Ok(report)
+}
+
+/// A dataset's table's indexes: the valid ones and those left invalid.
+async fn indexes(tx: &Transaction<'_>, name: &str) -> Result<(Vec<String>, Vec<String>), DbError> {
+    let rows = tx
+        .query(
+            "SELECT c.relname::text, i.indisvalid FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid
+             JOIN pg_namespace n ON n.oid = t.relnamespace
+             WHERE n.nspname = 'public' AND t.relname = $1",
+            &[&name],
+        )
+        .await?;
+    let (valid, invalid): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.get::<_, bool>(1));
+    let names = |rows: Vec<&tokio_postgres::Row>| rows.iter().map(|r| r.get(0)).collect();
+    Ok((names(valid), names(invalid)))
+}
+
+/// An index statement to run once the tables' transaction is committed:
+/// the dataset, its definition's version, the statement.
+type IndexStatement = (String, i32, String);
+
+/// The tables' changes, in one transaction; the index statements to run
+/// after it.
+async fn migrate_tables(
+    client: &mut Client,
+    datasets: &BTreeMap<String, Dataset>,
+) -> Result<(MigrationReport, Vec<IndexStatement>), DbError> {
     let tx = client.transaction().await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('pipeline.migrate'))",
-        &[],
-    )
-    .await?;
     tx.batch_execute(BOOKKEEPING).await?;
     let mut report = MigrationReport::default();
+    let mut pending = Vec::new();
     for (name, dataset) in datasets {
         let stored = tx
             .query_opt(
@@ -316,16 +384,8 @@ pub async fn migrate(
                 &[name],
             )
             .await?;
-        let existing: Vec<String> = tx
-            .query(
-                "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1",
-                &[name],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        let (mut statements, version, old) = match stored {
+        let (existing, invalid) = indexes(&tx, name).await?;
+        let (statements, version, old) = match stored {
             None => {
                 let exists: bool = tx
                     .query_one(
@@ -359,9 +419,9 @@ pub async fn migrate(
                 (statements, version + 1, Some(old))
             }
         };
-        statements.extend(index_statements(name, old.as_ref(), dataset, &existing));
+        let index = index_statements(name, old.as_ref(), dataset, &existing, &invalid);
         record_revision(&tx, name, dataset).await?;
-        if statements.is_empty() {
+        if statements.is_empty() && index.is_empty() {
             continue;
         }
         for statement in &statements {
@@ -380,8 +440,9 @@ pub async fn migrate(
         )
         .await?;
         report.statements.extend(statements);
+        pending.extend(index.into_iter().map(|sql| (name.clone(), version, sql)));
     }
     tx.batch_execute(&grants(datasets)).await?;
     tx.commit().await?;
-    Ok(report)
+    Ok((report, pending))
 }
