@@ -138,7 +138,7 @@ async fn api_gateway_and_sqs_events_drive_the_handlers() {
     assert_eq!(user_ids(&body_json(&response)), vec![&Value::from(7)]);
 
     // The loader's direct invocation by the deploy.
-    let migrated = loader::invoke(&ctx, serde_json::json!({"action": "migrate"}))
+    let migrated = loader::invoke(&ctx, serde_json::json!({"action": "migrate"}), None)
         .await
         .expect("migrate action");
     assert_eq!(migrated, serde_json::json!({"statements": []}));

@@ -313,7 +313,7 @@ fn a_new_version_whose_health_route_answers_5xx_or_404_takes_no_traffic() {
 /// nor any alarm past the first page. The monitoring stack makes the
 /// pipeline's own alarms (server.py R1).
 #[test]
-fn every_gate_alarm_must_exist_and_each_one_sends_traffic_back() {
+fn every_gate_alarm_must_exist_and_each_one_keeps_traffic_back() {
     require!(Service::Moto);
     let external: Vec<String> = (0..55)
         .map(|i| format!("ext-{i:02}"))
@@ -372,18 +372,19 @@ rollout:
     assert_eq!(first["rollout"], "all-at-once promoted");
     assert_eq!(p.alias(ingest), ("1".into(), vec![]));
 
-    // The second replica's lag sends the canary back.
+    // The second replica's lag, in ALARM before the rollout, keeps the
+    // canary from starting: every gate is read before the first shift.
     p.package("ingest", "v2");
     let lag = "pipeline-gated-replica-lag-2";
     p.set_alarm(lag, "ALARM", "Threshold Crossed: 1 datapoint [40.0] > 30.0");
     assert_eq!(
         p.fails(&deploy),
         (
-            Some(3),
+            Some(2),
             format!(
-                "the rollout was rolled back: {lag} is in ALARM (Threshold Crossed: 1 datapoint [40.0] > 30.0)"
+                "gate alarms are in ALARM before any traffic moved: {lag} (Threshold Crossed: 1 datapoint [40.0] > 30.0)"
             ),
-            "all traffic is on the previous versions; fix the cause and deploy again".into()
+            "no traffic moved; the previous versions still serve. Find what the alarms say, then deploy again".into()
         )
     );
     assert_eq!(p.alias(ingest), ("1".into(), vec![]));
@@ -392,7 +393,7 @@ rollout:
     p.set_alarm("team-composite", "ALARM", "ext-01 is in ALARM");
     assert_eq!(
         p.fails(&deploy).1,
-        "the rollout was rolled back: team-composite is in ALARM (ext-01 is in ALARM)"
+        "gate alarms are in ALARM before any traffic moved: team-composite (ext-01 is in ALARM)"
     );
     assert_eq!(p.alias(ingest), ("1".into(), vec![]));
 }

@@ -84,3 +84,62 @@ async fn a_message_is_delivered_at_most_max_receives_times_and_its_batch_fails()
         .expect("the dead letter");
     assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (3, true));
 }
+
+/// A load that outlasts the loader's timeout (its table locked by someone
+/// else) is stopped at the deadline, as Lambda stops it: its connection is
+/// closed, so its session ends on the server instead of holding the batch's
+/// lock; the next delivery tries again, and the last one fails the batch
+/// with the reason. Nothing is loaded, and no session of the pipeline is
+/// left waiting.
+#[tokio::test]
+async fn a_load_past_the_function_timeout_is_stopped_and_the_last_one_fails_its_batch() {
+    require!(Service::Postgres);
+    let local =
+        Local::start_with("queue:\n  max_receives: 2\n", &["--function-timeout", "5"]).await;
+    let mut db = local.db().await;
+    let lock = db.transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE public.events IN SHARE MODE")
+        .await
+        .expect("lock the table");
+    let (status, accepted) = local
+        .post(
+            "/v1/datasets/events/batches",
+            "application/x-ndjson",
+            event(1, "slow"),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let batch_id = accepted["batch_id"].as_str().expect("batch id");
+    let batch = local.settled(batch_id).await;
+    assert_eq!(batch["status"], "failed", "{batch}");
+    assert_eq!(
+        batch["failure"],
+        "gave up after 2 deliveries: the invocation reached its deadline (1.5s before the function's timeout) before the message was handled"
+    );
+    let other = connect(&format!(
+        "host=127.0.0.1 port=5432 user=postgres dbname={}",
+        local.database()
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting = count(
+            &other,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event_type = 'Lock'",
+                local.database()
+            ),
+        )
+        .await;
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} sessions still wait on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock.rollback().await.expect("unlock");
+    assert_eq!(count(&db, "SELECT count(*) FROM public.events").await, 0);
+}

@@ -76,6 +76,12 @@ pub struct Settings {
     #[arg(long, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub pool_size: u16,
+    /// Seconds each loader invocation may run, as Lambda's timeout: it is
+    /// stopped then (its load rolled back, its connection closed), after
+    /// stopping its own work a little before to record what it could not
+    /// finish [default: the spec's `functions.loader.timeout_seconds`].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub function_timeout: Option<u64>,
     /// Loader workers running at once.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -227,6 +233,14 @@ async fn database(url: &str, env: &str, size: usize) -> Result<Pools, Error> {
     drop(client);
     let _ = task.await;
     config.dbname(&name);
+    // A session whose client is gone (an invocation stopped at its
+    // deadline closes its connection) is ended within a second, statement
+    // and locks included, as the loader's role sets it in AWS.
+    let options = config.get_options().unwrap_or_default().to_string();
+    config.options(format!(
+        "{options} -c client_connection_check_interval={}",
+        pipeline_shared::db::CLIENT_CHECK_MS
+    ));
     let mut reads = config.clone();
     let options = reads.get_options().unwrap_or_default().to_string();
     reads.options(format!(
@@ -367,6 +381,11 @@ pub async fn serve(
             None => Duration::from_secs(u64::from(spec.queue.visibility_timeout_seconds))
                 .min(MAX_LOCAL_RETRY),
         },
+        function_timeout: Duration::from_secs(
+            settings
+                .function_timeout
+                .unwrap_or(u64::from(spec.functions.loader.timeout_seconds)),
+        ),
         pause_after_chunks: std::env::var(PAUSE_AFTER_CHUNKS)
             .ok()
             .and_then(|v| v.parse().ok()),

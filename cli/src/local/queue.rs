@@ -181,6 +181,8 @@ pub(super) struct QueueSettings {
     pub(super) batch_size: i64,
     pub(super) max_receives: i32,
     pub(super) retry_after: Duration,
+    /// How long an invocation of the loader may run.
+    pub(super) function_timeout: Duration,
     /// The test hook [`PAUSE_AFTER_CHUNKS`].
     pub(super) pause_after_chunks: Option<usize>,
 }
@@ -231,14 +233,21 @@ pub(super) async fn receive_and_load(
         )
         .await
         .map_err(|e| e.to_string())?;
-    let retry = settings.retry_after.as_secs_f64();
+    // Leased for as long as an invocation may run (SQS asks the visibility
+    // timeout to cover the function's timeout), so that no message is
+    // delivered again while its load runs; a failed one comes back after
+    // `retry_after`.
+    let lease = settings
+        .retry_after
+        .max(settings.function_timeout)
+        .as_secs_f64();
     let rows = client
         .query(
             "UPDATE pipeline.local_queue SET receives = receives + 1, visible_at = now() + make_interval(secs => $2), leased_by = $3
              WHERE id IN (SELECT id FROM pipeline.local_queue WHERE NOT dead AND visible_at <= now() AND receives < $4
                           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING id, body, receives",
-            &[&settings.batch_size, &retry, &settings.run, &settings.max_receives],
+            &[&settings.batch_size, &lease, &settings.run, &settings.max_receives],
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -258,7 +267,12 @@ pub(super) async fn receive_and_load(
     let mut event = SqsEvent::default();
     event.records = rows.iter().map(sqs_message).collect();
     let response = match settings.pause_after_chunks {
-        None => loader::handle(ctx, event).await,
+        None => match invoke(ctx, event, settings.function_timeout).await {
+            Some(response) => response,
+            // Stopped at its timeout, as Lambda stops a function: nothing
+            // answered, so every message comes back after its lease.
+            None => return Ok(rows.len()),
+        },
         Some(limit) => handle_until_paused(ctx, event, limit).await,
     };
     let failed: Vec<i64> = response
@@ -288,9 +302,36 @@ pub(super) async fn receive_and_load(
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+        } else {
+            client
+                .execute(
+                    "UPDATE pipeline.local_queue SET visible_at = now() + make_interval(secs => $2) WHERE id = $1",
+                    &[&id, &settings.retry_after.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(rows.len())
+}
+
+/// One invocation of the loader, as Lambda runs it: stopped at `timeout`
+/// (`None`), the loader stopping its own work a little before.
+async fn invoke(ctx: &Context, event: SqsEvent, timeout: Duration) -> Option<SqsBatchResponse> {
+    let started = tokio::time::Instant::now();
+    let margin = loader::deadline_margin(timeout);
+    let soft = Some((started + timeout.saturating_sub(margin), margin));
+    let invocation = loader::handle_until(ctx, event, soft);
+    match tokio::time::timeout_at(started + timeout, invocation).await {
+        Ok(response) => Some(response),
+        Err(_) => {
+            tracing::error!(
+                ?timeout,
+                "the loader's invocation reached its timeout and was stopped"
+            );
+            None
+        }
+    }
 }
 
 /// A queue row (id, body, receives) as SQS hands a message to Lambda.

@@ -24,6 +24,12 @@ pub enum MessageError {
     NotS3(String),
     #[error("the database pool: {0}")]
     Pool(String),
+    /// The invocation reached its deadline first (the load was stopped, its
+    /// connection closed, its transaction rolled back).
+    #[error(
+        "the invocation reached its deadline ({0:?} before the function's timeout) before the message was handled"
+    )]
+    Deadline(std::time::Duration),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -62,10 +68,38 @@ pub enum Handled {
 
 /// Handles an SQS event; the response lists the messages to retry.
 pub async fn handle(ctx: &Context, event: SqsEvent) -> SqsBatchResponse {
+    handle_until(ctx, event, None).await
+}
+
+/// The time an invocation keeps for itself before its timeout, to record
+/// what it stopped and answer: a tenth of it, from 1.5 s (the server ends
+/// the stopped load's session within `db::CLIENT_CHECK_MS`, releasing the
+/// batch, and the batch is then marked) to 5 s, and at most half of it.
+pub fn deadline_margin(remaining: std::time::Duration) -> std::time::Duration {
+    use std::time::Duration;
+    (remaining / 10)
+        .clamp(Duration::from_millis(1500), Duration::from_secs(5))
+        .min(remaining / 2)
+}
+
+/// [`handle`], stopping work at `deadline` (the function's timeout less
+/// [`deadline_margin`]): a message not handled by then is retried, or, on
+/// its last delivery, fails its batch, before the function is stopped.
+pub async fn handle_until(
+    ctx: &Context,
+    event: SqsEvent,
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
+) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
-        match handle_message(ctx, &message).await {
+        let handled = match deadline {
+            Some((at, margin)) => tokio::time::timeout_at(at, handle_message(ctx, &message))
+                .await
+                .unwrap_or(Err(MessageError::Deadline(margin))),
+            None => handle_message(ctx, &message).await,
+        };
+        match handled {
             Ok(handled) => {
                 for h in handled {
                     tracing::info!(message_id = %id, result = ?h, "handled");
@@ -125,7 +159,7 @@ async fn fail_batches(ctx: &Context, message: &SqsMessage, reason: &str) -> bool
     if batches.is_empty() {
         return false;
     }
-    let Ok(mut client) = ctx.pool.get().await else {
+    let Ok(mut client) = connection(ctx).await else {
         return false;
     };
     for batch_id in batches {
@@ -133,11 +167,11 @@ async fn fail_batches(ctx: &Context, message: &SqsMessage, reason: &str) -> bool
             Ok(changed) => tracing::error!(%batch_id, changed, reason, "batch failed"),
             Err(e) => {
                 tracing::error!(%batch_id, error = %e, "could not mark a batch failed");
-                db::discard(client);
                 return false;
             }
         }
     }
+    client.release(&Ok::<(), ()>(()));
     true
 }
 
@@ -171,10 +205,11 @@ fn decode_key(raw: &str) -> String {
 }
 
 /// A connection of the loader's pool.
-async fn connection(ctx: &Context) -> Result<deadpool_postgres::Object, MessageError> {
+async fn connection(ctx: &Context) -> Result<db::Held, MessageError> {
     ctx.pool
         .get()
         .await
+        .map(db::Held::new)
         .map_err(|e| MessageError::Pool(e.to_string()))
 }
 
@@ -239,7 +274,7 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         None => (key.to_string(), api::object_encoding(key)),
     };
     let mut client = connection(ctx).await?;
-    let step = match db::batch_definition(&**client, batch_id, dataset).await {
+    let step = match db::batch_definition(&*client, batch_id, dataset).await {
         Ok(dataset) => {
             let target = Target {
                 name,
@@ -253,7 +288,7 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         }
         Err(e) => Err(e.into()),
     };
-    db::release(client, &step);
+    client.release(&step);
     let key = object.clone();
     match step {
         Ok(Step::Done(handled)) => Ok(handled),
@@ -289,8 +324,8 @@ async fn declared(
     batch_id: uuid::Uuid,
 ) -> Result<Declared, MessageError> {
     let client = connection(ctx).await?;
-    let found = db::declared_size(&**client, batch_id).await;
-    db::release(client, &found);
+    let found = db::declared_size(&*client, batch_id).await;
+    client.release(&found);
     let (declared, unfinished) = match found? {
         Some((status, size)) => (size, !status.is_final()),
         None => (None, false),
@@ -316,7 +351,7 @@ async fn declared(
     );
     let mut client = connection(ctx).await?;
     let failed = db::give_up(&mut client, batch_id, &reason).await;
-    db::release(client, &failed);
+    client.release(&failed);
     failed?;
     tracing::error!(%batch_id, key, reason, "batch failed: its object is not as declared");
     Ok(Declared::Refused(reason))
@@ -488,8 +523,8 @@ async fn decoded_copy(
         return Ok(None);
     }
     let client = connection(ctx).await?;
-    let batch = db::batch(&**client, batch_id).await;
-    db::release(client, &batch);
+    let batch = db::batch(&*client, batch_id).await;
+    client.release(&batch);
     match batch? {
         Some(batch) if !batch.answer.status.is_final() => {}
         _ => return Ok(None),
@@ -532,7 +567,7 @@ pub async fn load_chunk(
     };
     let mut client = connection(ctx).await?;
     let handled = chunk_on(ctx, &mut client, dataset, message).await;
-    db::release(client, &handled);
+    client.release(&handled);
     handled
 }
 
@@ -599,8 +634,8 @@ pub fn is_migration(payload: &serde_json::Value) -> bool {
 /// The health action: a connection of the loader's pool answers.
 pub async fn health(ctx: &Context) -> Result<serde_json::Value, MessageError> {
     let client = connection(ctx).await?;
-    let pinged = db::ping(&**client).await;
-    db::release(client, &pinged);
+    let pinged = db::ping(&*client).await;
+    client.release(&pinged);
     pinged?;
     Ok(serde_json::json!({"status": "ok"}))
 }
@@ -620,6 +655,7 @@ impl MessageError {
 pub async fn invoke(
     ctx: &Context,
     payload: serde_json::Value,
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
 ) -> Result<serde_json::Value, MessageError> {
     if is_action(&payload) {
         let action: Action =
@@ -631,5 +667,5 @@ pub async fn invoke(
     }
     let event: SqsEvent =
         serde_json::from_value(payload).map_err(|e| MessageError::NotS3(e.to_string()))?;
-    Ok(serde_json::to_value(handle(ctx, event).await).unwrap_or_default())
+    Ok(serde_json::to_value(handle_until(ctx, event, deadline).await).unwrap_or_default())
 }

@@ -18,11 +18,21 @@ async fn main() -> Result<(), Error> {
             let admin = runtime::admin_context(ctx)
                 .await
                 .map_err(|e| diagnostic("ConfigError", e))?;
-            return loader::invoke(&admin, event.payload)
+            return loader::invoke(&admin, event.payload, None)
                 .await
                 .map_err(|e| diagnostic(e.kind(), e));
         }
-        loader::invoke(ctx, event.payload)
+        // Lambda stops the function at its deadline: the loader stops its
+        // work a little before, to record what it could not finish.
+        let remaining = std::time::Duration::from_millis(
+            event
+                .context
+                .deadline
+                .saturating_sub(chrono::Utc::now().timestamp_millis().max(0) as u64),
+        );
+        let margin = loader::deadline_margin(remaining);
+        let deadline = tokio::time::Instant::now() + remaining.saturating_sub(margin);
+        loader::invoke(ctx, event.payload, Some((deadline, margin)))
             .await
             .map_err(|e| diagnostic(e.kind(), e))
     }))

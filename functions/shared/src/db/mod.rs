@@ -118,6 +118,67 @@ pub fn release<T, E>(client: deadpool_postgres::Object, result: &Result<T, E>) {
     }
 }
 
+/// How often a session checks that its client is still there while it
+/// runs a statement (`client_connection_check_interval`, milliseconds): a
+/// function stopped at its timeout leaves no statement running on, holding
+/// its batch's lock.
+pub const CLIENT_CHECK_MS: u32 = 1000;
+
+/// A pooled connection held for one piece of work: returned to the pool
+/// when released after a success, closed otherwise — after an error, and
+/// when the work is dropped before it ends (an invocation stopped at its
+/// deadline), so that its session ends with the connection instead of
+/// running on in the pool (the server stops an orphaned statement within
+/// `client_connection_check_interval`).
+pub struct Held {
+    /// Taken only by `release` and `drop`, which consume the value.
+    object: Option<deadpool_postgres::Object>,
+}
+
+impl Held {
+    pub fn new(object: deadpool_postgres::Object) -> Held {
+        Held {
+            object: Some(object),
+        }
+    }
+
+    /// Back to the pool after a success, closed after an error.
+    pub fn release<T, E>(mut self, result: &Result<T, E>) {
+        if result.is_ok() {
+            drop(self.object.take());
+        }
+    }
+
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.object
+            .as_ref()
+            .expect("a connection is held until released")
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(object) = self.object.take() {
+            discard(object);
+        }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client()
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.object
+            .as_mut()
+            .expect("a connection is held until released")
+    }
+}
+
 /// The staging table of a batch loaded in chunks.
 pub(crate) fn staging(batch_id: uuid::Uuid) -> String {
     format!(

@@ -283,6 +283,10 @@ fn grants(datasets: &BTreeMap<String, Dataset>) -> String {
         pipeline_contract::READ_TIMEOUT_MS
     ));
     sql.push_str(&format!(
+        "DO $$ BEGIN EXECUTE format('ALTER ROLE pipeline_loader IN DATABASE %I SET client_connection_check_interval = {}', current_database()); END $$;\n",
+        super::CLIENT_CHECK_MS
+    ));
+    sql.push_str(&format!(
         "GRANT USAGE ON SCHEMA pipeline, public TO {};\n",
         USERS.join(", ")
     ));
