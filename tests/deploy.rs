@@ -274,6 +274,23 @@ impl Project {
         assert!(status.is_success(), "{status}");
     }
 
+    /// A metric alarm on more than one error a minute of `namespace`'s
+    /// `Errors` (moto's CloudFormation skips alarms: tests make them).
+    fn error_alarm(&self, name: &str, namespace: &str) {
+        self.cloudwatch(&[
+            ("Action", "PutMetricAlarm"),
+            ("Version", "2010-08-01"),
+            ("AlarmName", name),
+            ("Namespace", namespace),
+            ("MetricName", "Errors"),
+            ("Statistic", "Sum"),
+            ("Period", "60"),
+            ("EvaluationPeriods", "1"),
+            ("Threshold", "1"),
+            ("ComparisonOperator", "GreaterThanThreshold"),
+        ]);
+    }
+
     fn set_alarm(&self, name: &str, state: &str, reason: &str) {
         self.cloudwatch(&[
             ("Action", "SetAlarmState"),

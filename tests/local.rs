@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
-
 /// A running `pipeline local`.
 struct Local {
     child: Child,
@@ -153,20 +151,7 @@ impl Local {
 impl Drop for Local {
     fn drop(&mut self) {
         self.kill();
-        let name = self.database();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let admin = connect(ADMIN).await;
-                let _ = admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
+        common::drop_database(&self.database());
     }
 }
 

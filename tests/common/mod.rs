@@ -77,21 +77,27 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let _ = connect(ADMIN)
-                    .await
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join();
+        drop_database(&self.name);
     }
+}
+
+/// Drops a test's database, its sessions with it, from a thread of its own
+/// (a test's runtime may be shutting down when this runs).
+pub fn drop_database(name: &str) {
+    let name = name.to_string();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let _ = connect(ADMIN)
+                .await
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        });
+    })
+    .join();
 }
 
 pub fn stdout(output: &Output) -> String {

@@ -336,18 +336,7 @@ rollout:
     );
     let p = Project::new(&[("gated.yaml", &spec)]);
     for name in &external[..55] {
-        p.cloudwatch(&[
-            ("Action", "PutMetricAlarm"),
-            ("Version", "2010-08-01"),
-            ("AlarmName", name),
-            ("Namespace", "Team/Db"),
-            ("MetricName", "Errors"),
-            ("Statistic", "Sum"),
-            ("Period", "60"),
-            ("EvaluationPeriods", "1"),
-            ("Threshold", "1"),
-            ("ComparisonOperator", "GreaterThanThreshold"),
-        ]);
+        p.error_alarm(name, "Team/Db");
     }
     p.ok(&["bootstrap", "--env", "gated"]);
     let deploy = ["deploy", "--env", "gated", "--yes"];

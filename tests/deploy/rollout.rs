@@ -22,18 +22,7 @@ fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
     assert_eq!(p.alias(&ingest), ("1".into(), vec![]));
     // moto's CloudFormation skips alarms: the gate alarm is made here.
     let alarm = "pipeline-live-ingest-errors";
-    p.cloudwatch(&[
-        ("Action", "PutMetricAlarm"),
-        ("Version", "2010-08-01"),
-        ("AlarmName", alarm),
-        ("Namespace", "AWS/Lambda"),
-        ("MetricName", "Errors"),
-        ("Statistic", "Sum"),
-        ("Period", "60"),
-        ("EvaluationPeriods", "1"),
-        ("Threshold", "1"),
-        ("ComparisonOperator", "GreaterThanThreshold"),
-    ]);
+    p.error_alarm(alarm, "AWS/Lambda");
 
     // The gate alarms watch every version behind the alias, outside a
     // rollout, and the new version alone during its bake.
@@ -118,6 +107,22 @@ fn a_canary_rolls_back_on_an_alarm_and_a_killed_one_is_promoted_or_aborted() {
     assert_eq!(state["phase"], "aborted");
 }
 
+/// Deploys dev with the Lambda answers `results` queued: the deploy must fail
+/// with `code` and `message`, no traffic moved, and the loader's alias still
+/// on version 1.
+fn refused_before_traffic(p: &Project, loader: &str, results: &[&str], code: i32, message: &str) {
+    p.lambda_results(results);
+    assert_eq!(
+        p.fails(&["deploy", "--env", "dev", "--yes"]),
+        (
+            Some(code),
+            message.to_string(),
+            "no traffic moved; the previous versions still serve".into()
+        )
+    );
+    assert_eq!(p.alias(loader), ("1".into(), vec![]));
+}
+
 #[test]
 fn failed_migrations_or_smoke_invocations_move_no_traffic() {
     require!(Service::Moto);
@@ -134,56 +139,21 @@ fn failed_migrations_or_smoke_invocations_move_no_traffic() {
     // (its error kind and message): exit 2, the setting named.
     let message = "migrating dataset `events` needs changes that can lose data: drop column `kind`; set `datasets.events.allow_destructive_changes: true` to make them";
     let refused = format!(r#"{{"errorType":"MigrationRefused","errorMessage":"{message}"}}"#);
-    p.lambda_results(&[&refused]);
-    assert_eq!(
-        p.fails(&["deploy", "--env", "dev", "--yes"]),
-        (
-            Some(2),
-            message.to_string(),
-            "no traffic moved; the previous versions still serve".into()
-        )
-    );
-    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
-
+    refused_before_traffic(&p, &loader, &[&refused], 2, message);
     // Other migration failures are failures (exit 1).
     let failed =
         r#"{"errorType":"MessageError","errorMessage":"database: deadlock detected (40P01)"}"#;
-    p.lambda_results(&[failed]);
-    assert_eq!(
-        p.fails(&["deploy", "--env", "dev", "--yes"]),
-        (
-            Some(1),
-            format!("the migrations of loader version 2 failed: Unhandled: {failed}"),
-            "no traffic moved; the previous versions still serve".into()
-        )
-    );
-    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
-
+    let message = format!("the migrations of loader version 2 failed: Unhandled: {failed}");
+    refused_before_traffic(&p, &loader, &[failed], 1, &message);
     // Migrations pass, the smoke invocation crashes.
     let crashed = r#"{"errorType":"Runtime.ExitError","errorMessage":"RequestId: 1 Error: Runtime exited with error: signal: aborted"}"#;
-    p.lambda_results(&["{}", crashed]);
-    assert_eq!(
-        p.fails(&["deploy", "--env", "dev", "--yes"]),
-        (
-            Some(1),
-            format!("the smoke invocation of loader version 2 failed: Unhandled: {crashed}"),
-            "no traffic moved; the previous versions still serve".into()
-        )
-    );
-    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
-
+    let message = format!("the smoke invocation of loader version 2 failed: Unhandled: {crashed}");
+    refused_before_traffic(&p, &loader, &["{}", crashed], 1, &message);
     // Migrations pass, the loader's health action cannot reach its database.
     let unreachable = r#"{"errorType":"MessageError","errorMessage":"the database pool: Timeout occurred while creating a new object"}"#;
-    p.lambda_results(&["{}", unreachable]);
-    assert_eq!(
-        p.fails(&["deploy", "--env", "dev", "--yes"]),
-        (
-            Some(1),
-            format!("the smoke invocation of loader version 2 failed: Unhandled: {unreachable}"),
-            "no traffic moved; the previous versions still serve".into()
-        )
-    );
-    assert_eq!(p.alias(&loader), ("1".into(), vec![]));
+    let message =
+        format!("the smoke invocation of loader version 2 failed: Unhandled: {unreachable}");
+    refused_before_traffic(&p, &loader, &["{}", unreachable], 1, &message);
 
     // Both pass: the new version serves.
     let deployed = p.json(&["--output", "json", "deploy", "--env", "dev", "--yes"]);
@@ -206,18 +176,7 @@ fn a_migration_old_versions_cannot_share_moves_all_traffic_at_once() {
         .as_str()
         .expect("LoaderFunctionName")
         .to_string();
-    p.cloudwatch(&[
-        ("Action", "PutMetricAlarm"),
-        ("Version", "2010-08-01"),
-        ("AlarmName", "pipeline-live-ingest-errors"),
-        ("Namespace", "AWS/Lambda"),
-        ("MetricName", "Errors"),
-        ("Statistic", "Sum"),
-        ("Period", "60"),
-        ("EvaluationPeriods", "1"),
-        ("Threshold", "1"),
-        ("ComparisonOperator", "GreaterThanThreshold"),
-    ]);
+    p.error_alarm("pipeline-live-ingest-errors", "AWS/Lambda");
     p.package("loader", "v2");
     let report = r#"{"statements":["ALTER TABLE public.\"events\" ALTER COLUMN \"kind\" TYPE integer USING \"kind\"::integer"],"destructive":["dataset `events`: change column `kind` from text to integer"]}"#;
     p.lambda_results(&[report]);

@@ -17,26 +17,17 @@ async fn unreadable_batch(db: &tokio_postgres::Client, receives: i32) -> (String
     )
     .await
     .expect("record the batch");
-    // As S3 writes it (and `pipeline local` after it), field for field.
-    let notification = json!({"Records": [{
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "awsRegion": "local",
-        "eventTime": "2024-01-31T12:00:00.000Z",
-        "eventName": "ObjectCreated:Put",
-        "userIdentity": {"principalId": "local"},
-        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-        "responseElements": {"x-amz-request-id": "local", "x-amz-id-2": "local"},
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": "raw-batches",
-            "bucket": {"name": "local", "ownerIdentity": {"principalId": "local"}, "arn": "arn:aws:s3:::local"},
-            "object": {"key": key, "size": 1, "eTag": "", "sequencer": "0000000000000001"},
-        },
-    }]});
+    // As S3 writes it: the body of the SQS event fixture's first message.
+    let fixture = std::fs::read_to_string(common::repo().join("tests/fixtures/sqs-s3-events.json"))
+        .expect("fixture");
+    let event: Value = serde_json::from_str(&fixture).expect("fixture JSON");
+    let notification = event["Records"][0]["body"]
+        .as_str()
+        .expect("a message body")
+        .replace("OBJECT_KEY", &key);
     db.execute(
         "INSERT INTO pipeline.local_queue (body, object_key, receives) VALUES ($1, $2, $3)",
-        &[&notification.to_string(), &key, &receives],
+        &[&notification, &key, &receives],
     )
     .await
     .expect("queue the notification");

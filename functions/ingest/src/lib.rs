@@ -254,6 +254,26 @@ async fn forget(ctx: &Context, batch_id: uuid::Uuid) {
     }
 }
 
+/// An upload's answer before its URLs are added (none, for a batch whose
+/// upload is over).
+fn no_urls(
+    prefix: &str,
+    batch_id: uuid::Uuid,
+    expires_at: chrono::DateTime<chrono::Utc>,
+) -> Upload {
+    Upload {
+        batch_id,
+        expires_at,
+        method: UploadMethod::Put,
+        url: None,
+        upload_id: None,
+        parts: None,
+        complete_url: None,
+        parts_url: None,
+        status_url: format!("{prefix}/v1/batches/{batch_id}"),
+    }
+}
+
 /// Why no upload URL is handed out for a batch past `received`: its object
 /// is stored, and an upload must never replace it.
 fn upload_over(batch: &db::Batch) -> String {
@@ -349,36 +369,13 @@ async fn create_upload(
         // replace its stored object.
         Ok(Err(b)) if b.answer.status == BatchStatus::Received => b,
         Ok(Err(b)) => {
-            let status_url = format!("{prefix}/v1/batches/{}", b.answer.batch_id);
-            return api::json(
-                StatusCode::OK,
-                &Upload {
-                    batch_id: b.answer.batch_id,
-                    expires_at: chrono::Utc::now(),
-                    method: UploadMethod::Put,
-                    url: None,
-                    upload_id: None,
-                    parts: None,
-                    complete_url: None,
-                    parts_url: None,
-                    status_url,
-                },
-            );
+            let over = no_urls(prefix, b.answer.batch_id, chrono::Utc::now());
+            return api::json(StatusCode::OK, &over);
         }
         Err(e) => return api::unavailable("the database", &e),
     };
     let expires = chrono::Utc::now().timestamp() + UPLOAD_EXPIRY_SECONDS;
-    let mut answer = Upload {
-        batch_id: batch.answer.batch_id,
-        expires_at: expiry(expires),
-        method: UploadMethod::Put,
-        url: None,
-        upload_id: None,
-        parts: None,
-        complete_url: None,
-        parts_url: None,
-        status_url: format!("{prefix}/v1/batches/{}", batch.answer.batch_id),
-    };
+    let mut answer = no_urls(prefix, batch.answer.batch_id, expiry(expires));
     if upload.size_bytes <= ctx.upload_part_bytes {
         match ctx.store.presign_put(&batch.object_key, expires).await {
             Ok(u) => answer.url = Some(u),
