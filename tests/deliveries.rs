@@ -34,6 +34,7 @@ async fn context(db: &Scratch, objects: &std::path::Path) -> Context {
         upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
         chunk_queue: None,
         max_receives: Some(5),
+        definitions: Default::default(),
     };
     loader::migrate(&ctx).await.expect("migrate");
     ctx

@@ -69,6 +69,7 @@ async fn api_gateway_and_sqs_events_drive_the_handlers() {
         upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
         chunk_queue: None,
         max_receives: None,
+        definitions: Default::default(),
     };
     loader::migrate(&ctx).await.expect("migrate");
 

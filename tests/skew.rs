@@ -35,15 +35,26 @@ fn context(db: &Scratch, objects: &std::path::Path, events: Dataset) -> Context 
         upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
         chunk_queue: None,
         max_receives: Some(5),
+        definitions: Default::default(),
     }
 }
 
-/// The previous and the new version, migrated as a deploy does.
+/// The previous and the new version over one database, migrated to the
+/// previous version's datasets; `deploy` migrates to the new one's, as a
+/// deploy does before the new version takes traffic.
 struct Versions {
     old: Context,
     new: Context,
     _db: Scratch,
     _objects: tempfile::TempDir,
+}
+
+impl Versions {
+    async fn deploy(&self) {
+        loader::migrate(&self.new)
+            .await
+            .expect("the new version's migration");
+    }
 }
 
 async fn versions(new: Dataset) -> Versions {
@@ -54,9 +65,6 @@ async fn versions(new: Dataset) -> Versions {
         .await
         .expect("the previous version's migration");
     let new = context(&db, objects.path(), new);
-    loader::migrate(&new)
-        .await
-        .expect("the new version's migration");
     Versions {
         old,
         new,
@@ -65,9 +73,8 @@ async fn versions(new: Dataset) -> Versions {
     }
 }
 
-/// Posts one record to `ingest`'s version, then has `loader`'s version load
-/// it from its S3 notification: the batch as the API answers it.
-async fn through(ingest: &Context, loader: &Context, record: Value) -> Value {
+/// Posts one record to a version's ingest: its batch id and object key.
+async fn post(ingest: &Context, record: Value) -> (uuid::Uuid, String) {
     let request = http::Request::post("/v1/datasets/events/batches")
         .header("content-type", "application/x-ndjson")
         .body(Bytes::from(format!("{record}\n")))
@@ -79,14 +86,18 @@ async fn through(ingest: &Context, loader: &Context, record: Value) -> Value {
         .as_str()
         .and_then(|id| id.parse().ok())
         .expect("batch id");
-    let key = {
-        let client = loader.pool.get().await.expect("client");
-        db::batch(&**client, batch_id)
-            .await
-            .expect("batch")
-            .expect("recorded")
-            .object_key
-    };
+    let client = ingest.pool.get().await.expect("client");
+    let key = db::batch(&**client, batch_id)
+        .await
+        .expect("batch")
+        .expect("recorded")
+        .object_key;
+    (batch_id, key)
+}
+
+/// Has a version's loader load a batch from its S3 notification: the batch
+/// as the API answers it.
+async fn load(loader: &Context, (batch_id, key): (uuid::Uuid, String)) -> Value {
     let text = std::fs::read_to_string(common::repo().join("tests/fixtures/sqs-s3-events.json"))
         .expect("fixture");
     let mut event: aws_lambda_events::event::sqs::SqsEvent =
@@ -139,7 +150,9 @@ fn assert_loaded(batch: &Value) {
 
 /// A nullable column added: the previous loader loads the new ingest's
 /// batches with it (before: "unknown column", the batch failed for good),
-/// and the new loader loads the previous ingest's without it.
+/// the new loader loads the batches accepted before the deploy without it,
+/// and once the migration ran the previous ingest takes the new column too
+/// (it checks against the database's current definition).
 #[tokio::test]
 async fn batches_load_across_versions_when_a_column_is_added() {
     require!(Service::Postgres);
@@ -149,21 +162,36 @@ async fn batches_load_across_versions_when_a_column_is_added() {
         ..Column::new("note", ColumnType::Text)
     });
     let v = versions(added).await;
+    let before = post(&v.old, record(2)).await;
+    v.deploy().await;
     let mut with_note = record(1);
     with_note["note"] = "from the new version".into();
-    assert_loaded(&through(&v.new, &v.old, with_note).await);
-    assert_loaded(&through(&v.old, &v.new, record(2)).await);
-    assert_loaded(&through(&v.new, &v.new, record(3)).await);
+    assert_loaded(&load(&v.old, post(&v.new, with_note).await).await);
+    assert_loaded(&load(&v.new, before).await);
+    // A fresh instance of the previous version (an instance reads the
+    // current definitions again at most every 5 s).
+    let old = Context {
+        definitions: Default::default(),
+        ..v.old.clone()
+    };
+    let mut to_old = record(3);
+    to_old["note"] = "to the previous version".into();
+    assert_loaded(&load(&old, post(&old, to_old).await).await);
     assert_eq!(
         row(&v.new, 1, "note").await,
         [Some("from the new version".into())]
     );
     assert_eq!(row(&v.new, 2, "note").await, [None]);
+    assert_eq!(
+        row(&v.new, 3, "note").await,
+        [Some("to the previous version".into())]
+    );
 }
 
-/// A required column removed: it is kept, nullable, so that the previous
-/// ingest's batches (which carry it) load with the new loader, and the new
-/// ingest's (which do not) with the previous loader; no data is lost.
+/// A required column removed: it is kept, nullable, so that the batches
+/// accepted before the deploy (which carry it) load with the new loader,
+/// and the new ingest's (which do not) with the previous loader; no data is
+/// lost.
 #[tokio::test]
 async fn batches_load_across_versions_when_a_column_is_removed() {
     require!(Service::Postgres);
@@ -171,13 +199,15 @@ async fn batches_load_across_versions_when_a_column_is_removed() {
     removed.columns.retain(|c| c.name != "source");
     removed.filterable.retain(|c| c != "source");
     let v = versions(removed).await;
-    assert_loaded(&through(&v.old, &v.new, record(1)).await);
+    let before = post(&v.old, record(1)).await;
+    v.deploy().await;
     let mut without = record(2);
     without
         .as_object_mut()
         .map(|o| o.remove("source"))
         .expect("an object");
-    assert_loaded(&through(&v.new, &v.old, without).await);
+    assert_loaded(&load(&v.old, post(&v.new, without).await).await);
+    assert_loaded(&load(&v.new, before).await);
     assert_eq!(row(&v.new, 1, "source").await, [Some("web".into())]);
     assert_eq!(row(&v.new, 2, "source").await, [None]);
 }
@@ -195,10 +225,12 @@ async fn batches_load_across_versions_when_a_format_changes() {
         }
     }
     let v = versions(reformatted).await;
+    let before = post(&v.old, record(2)).await;
+    v.deploy().await;
     let mut new_format = record(1);
     new_format["occurred_at"] = "31.01.2024 13:00:00".into();
-    assert_loaded(&through(&v.new, &v.old, new_format).await);
-    assert_loaded(&through(&v.old, &v.new, record(2)).await);
+    assert_loaded(&load(&v.old, post(&v.new, new_format).await).await);
+    assert_loaded(&load(&v.new, before).await);
     let at = "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')";
     assert_eq!(row(&v.new, 1, at).await, [Some("2024-01-31 12:00".into())]);
     assert_eq!(row(&v.new, 2, at).await, [Some("2024-01-31 12:00".into())]);

@@ -315,6 +315,7 @@ pub async fn serve(
         upload_part_bytes: settings.upload_part_size,
         chunk_queue: Some(queue),
         max_receives: Some(spec.queue.max_receives),
+        definitions: Default::default(),
     };
     let report = loader::migrate(&ctx).await.map_err(migration_error)?;
     for statement in &report.statements {

@@ -77,9 +77,10 @@ async fn post_batch(
     name: &str,
     request: &Request<Bytes>,
 ) -> Response<Bytes> {
-    let Some(dataset) = ctx.datasets.get(name) else {
+    let Some(dataset) = api::dataset(ctx, name).await else {
         return api::unknown_dataset(ctx, name);
     };
+    let dataset = &*dataset;
     let expected = dataset.format.media_type();
     let media_type = header(request, "content-type")
         .map(|v| {
@@ -295,9 +296,10 @@ async fn create_upload(
     name: &str,
     request: &Request<Bytes>,
 ) -> Response<Bytes> {
-    let Some(dataset) = ctx.datasets.get(name) else {
+    let Some(dataset) = api::dataset(ctx, name).await else {
         return api::unknown_dataset(ctx, name);
     };
+    let dataset = &*dataset;
     let upload: UploadRequest = match serde_json::from_slice(request.body()) {
         Ok(u) => u,
         Err(e) => {

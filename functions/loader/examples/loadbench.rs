@@ -181,6 +181,7 @@ fn main() {
             upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
             chunk_queue: None,
             max_receives: None,
+            definitions: Default::default(),
         };
         loader::migrate(&ctx).await.expect("migrate");
         let columns = "event_id uuid PRIMARY KEY, occurred_at timestamptz NOT NULL, source text NOT NULL, kind text NOT NULL, user_id bigint, amount numeric, payload jsonb";

@@ -35,6 +35,8 @@ pub struct Context {
     /// redrive policy's `maxReceiveCount`): on the last one, a message that
     /// still fails fails its batch instead. `None`: never given up here.
     pub max_receives: Option<u32>,
+    /// The datasets' definitions as the database holds them now.
+    pub definitions: crate::db::Definitions,
 }
 
 impl std::fmt::Debug for Context {
@@ -77,6 +79,21 @@ pub fn route(path: &str) -> Option<(String, Vec<&str>)> {
     let prefix = path[..start].to_string();
     let rest = path[start + 1..].trim_end_matches('/');
     Some((prefix, rest.split('/').collect()))
+}
+
+/// The definition a batch of `name` is checked against: the database's
+/// current one (what the last migration made the tables), or this
+/// version's own when the database has none it can read. `None`: no such
+/// dataset.
+pub async fn dataset<'c>(ctx: &'c Context, name: &str) -> Option<std::borrow::Cow<'c, Dataset>> {
+    match ctx.definitions.current(&ctx.pool, name).await {
+        Ok(Some(current)) => Some(std::borrow::Cow::Owned(current)),
+        Ok(None) => ctx.datasets.get(name).map(std::borrow::Cow::Borrowed),
+        Err(e) => {
+            tracing::warn!(error = %e, "the datasets' current definitions could not be read; this version's serve");
+            ctx.datasets.get(name).map(std::borrow::Cow::Borrowed)
+        }
+    }
 }
 
 /// 404 for an unknown dataset, naming the known ones.

@@ -442,6 +442,7 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         upload_part_bytes,
         chunk_queue,
         max_receives,
+        definitions: Default::default(),
     })
 }
 

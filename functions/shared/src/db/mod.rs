@@ -48,6 +48,8 @@ pub enum DbError {
     Foreign(String),
     #[error("no batch {0}")]
     NoBatch(uuid::Uuid),
+    #[error("the database pool: {0}")]
+    Pool(String),
     /// The revision of a dataset that a batch was accepted under cannot be
     /// used here.
     #[error("batch of dataset `{dataset}` revision {revision}: {reason}")]

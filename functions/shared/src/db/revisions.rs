@@ -80,3 +80,67 @@ pub async fn batch_definition<'d>(
         .map(Cow::Owned)
         .map_err(|e| unknown(format!("this version cannot read it ({e})")))
 }
+
+/// How long the datasets' current definitions are kept before being read
+/// again: a deploy's migration reaches every version of ingest within it.
+pub const DEFINITIONS_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The datasets' current definitions as the last migration wrote them
+/// (`pipeline.datasets`), read at most every [`DEFINITIONS_REFRESH`]: during
+/// a rollout, or after a rollback, every version of ingest checks batches
+/// against the definitions the tables have, not those its package shipped.
+#[derive(Clone, Default)]
+pub struct Definitions {
+    cached: std::sync::Arc<tokio::sync::Mutex<Option<Read>>>,
+}
+
+/// Definitions, and when they were read.
+type Read = (std::time::Instant, BTreeMap<String, Dataset>);
+
+impl Definitions {
+    /// The current definition of `name`, if the database has one this
+    /// version can read.
+    pub async fn current(
+        &self,
+        pool: &deadpool_postgres::Pool,
+        name: &str,
+    ) -> Result<Option<Dataset>, DbError> {
+        let mut cached = self.cached.lock().await;
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < DEFINITIONS_REFRESH);
+        if !fresh {
+            let client = pool.get().await.map_err(|e| DbError::Pool(e.to_string()))?;
+            let read = read_definitions(&**client).await;
+            let read = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    discard(client);
+                    return Err(e);
+                }
+            };
+            *cached = Some((std::time::Instant::now(), read));
+        }
+        Ok(cached
+            .as_ref()
+            .and_then(|(_, definitions)| definitions.get(name).cloned()))
+    }
+}
+
+/// Every dataset's current definition that this version can read (one
+/// written by a newer pipeline, with options it does not know, is left out:
+/// its package's own then serves).
+async fn read_definitions(
+    client: &impl GenericClient,
+) -> Result<BTreeMap<String, Dataset>, DbError> {
+    let rows = client
+        .query("SELECT name, definition FROM pipeline.datasets", &[])
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let definition: serde_json::Value = row.get(1);
+            Some((row.get(0), serde_json::from_value(definition).ok()?))
+        })
+        .collect())
+}

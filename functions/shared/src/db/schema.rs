@@ -180,27 +180,28 @@ fn index_statements(
 
 /// The statements that take a table from `old` to `new`, and the changes
 /// among them that can lose data.
-fn diff(name: &str, old: &Dataset, new: &Dataset) -> (Vec<String>, Vec<String>) {
+/// `physical` names the table's columns, those retired before included.
+fn diff(
+    name: &str,
+    old: &Dataset,
+    new: &Dataset,
+    physical: &[String],
+) -> (Vec<String>, Vec<String>) {
     let t = table(name);
     let mut statements = Vec::new();
     let mut destructive = Vec::new();
-    for column in &old.columns {
-        if new.column(&column.name).is_some() {
+    for column in physical {
+        if new.column(column).is_some() {
             continue;
         }
+        let c = ident(column);
         if new.allow_destructive_changes {
-            destructive.push(format!("drop column `{}`", column.name));
-            statements.push(format!(
-                "ALTER TABLE {t} DROP COLUMN {}",
-                ident(&column.name)
-            ));
-        } else if !column.nullable {
+            destructive.push(format!("drop column `{column}`"));
+            statements.push(format!("ALTER TABLE {t} DROP COLUMN {c}"));
+        } else if old.column(column).is_some_and(|o| !o.nullable) {
             // Retired, not dropped: batches of the revisions that have it
             // still load into it, and new ones leave it empty.
-            statements.push(format!(
-                "ALTER TABLE {t} ALTER COLUMN {} DROP NOT NULL",
-                ident(&column.name)
-            ));
+            statements.push(format!("ALTER TABLE {t} ALTER COLUMN {c} DROP NOT NULL"));
         }
     }
     for column in &new.columns {
@@ -292,6 +293,7 @@ fn grants(datasets: &BTreeMap<String, Dataset>) -> String {
     ));
     sql.push_str(
         "GRANT SELECT, INSERT, DELETE ON pipeline.batches TO pipeline_ingest;
+         GRANT SELECT ON pipeline.datasets TO pipeline_ingest;
          GRANT SELECT, UPDATE ON pipeline.batches TO pipeline_loader;
          GRANT SELECT, INSERT, UPDATE ON pipeline.batch_chunks TO pipeline_loader;
          GRANT SELECT ON pipeline.dataset_revisions TO pipeline_loader;
@@ -408,7 +410,17 @@ async fn migrate_tables(
                 let version: i32 = row.get(1);
                 let old: Dataset = serde_json::from_value(definition)
                     .map_err(|_| DbError::Foreign(name.clone()))?;
-                let (statements, destructive) = diff(name, &old, dataset);
+                let physical: Vec<String> = tx
+                    .query(
+                        "SELECT column_name::text FROM information_schema.columns
+                         WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+                        &[name],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let (statements, destructive) = diff(name, &old, dataset, &physical);
                 if !destructive.is_empty() && !dataset.allow_destructive_changes {
                     return Err(DbError::Destructive {
                         dataset: name.clone(),
@@ -425,7 +437,9 @@ async fn migrate_tables(
         };
         let index = index_statements(name, old.as_ref(), dataset, &existing, &invalid);
         record_revision(&tx, name, dataset).await?;
-        if statements.is_empty() && index.is_empty() {
+        // A change of formats alone changes no table, but is the current
+        // definition from now on.
+        if statements.is_empty() && index.is_empty() && old.as_ref() == Some(dataset) {
             continue;
         }
         for statement in &statements {
