@@ -75,7 +75,11 @@ async fn versions(new: Dataset) -> Versions {
 
 /// Posts one record to a version's ingest: its batch id and object key.
 async fn post(ingest: &Context, record: Value) -> (uuid::Uuid, String) {
-    let request = http::Request::post("/v1/datasets/events/batches")
+    post_to(ingest, "events", record).await
+}
+
+async fn post_to(ingest: &Context, dataset: &str, record: Value) -> (uuid::Uuid, String) {
+    let request = http::Request::post(format!("/v1/datasets/{dataset}/batches"))
         .header("content-type", "application/x-ndjson")
         .body(Bytes::from(format!("{record}\n")))
         .expect("request");
@@ -234,4 +238,27 @@ async fn batches_load_across_versions_when_a_format_changes() {
     let at = "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')";
     assert_eq!(row(&v.new, 1, at).await, [Some("2024-01-31 12:00".into())]);
     assert_eq!(row(&v.new, 2, at).await, [Some("2024-01-31 12:00".into())]);
+}
+
+/// A dataset added by the new version: the previous loader, which does not
+/// know it, loads its batches with the definition they were accepted under
+/// (before, it skipped them and they stayed `received`).
+#[tokio::test]
+async fn a_dataset_the_previous_loader_does_not_know_loads() {
+    require!(Service::Postgres);
+    let v = versions(events()).await;
+    let mut notes = events();
+    notes.filterable.clear();
+    let new = Context {
+        datasets: [
+            ("events".to_string(), events()),
+            ("notes".to_string(), notes),
+        ]
+        .into(),
+        ..v.new.clone()
+    };
+    loader::migrate(&new)
+        .await
+        .expect("the new version's migration");
+    assert_loaded(&load(&v.old, post_to(&new, "notes", record(1)).await).await);
 }

@@ -251,9 +251,9 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
     let Some((name, batch_id)) = api::parse_object_key(key) else {
         return Ok(skipped("not a batch object key"));
     };
-    let Some(dataset) = ctx.datasets.get(name) else {
-        return Ok(skipped("no such dataset"));
-    };
+    // A dataset this version does not know may still be loaded, with the
+    // definition its batch was accepted under (added by a newer version).
+    let own = ctx.datasets.get(name);
     // An object that is not the size declared is refused before a byte of
     // it is read (an upload that sent more than it said, say).
     let size = match declared(ctx, key, batch_id).await? {
@@ -274,8 +274,9 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
         None => (key.to_string(), api::object_encoding(key)),
     };
     let mut client = connection(ctx).await?;
-    let step = match db::batch_definition(&*client, batch_id, dataset).await {
-        Ok(dataset) => {
+    let step = match db::batch_definition(&*client, batch_id, own).await {
+        Ok(None) => Ok(Step::Done(skipped("no such dataset"))),
+        Ok(Some(dataset)) => {
             let target = Target {
                 name,
                 dataset: &dataset,
@@ -559,14 +560,9 @@ pub async fn load_chunk(
     ctx: &Context,
     message: &chunks::ChunkMessage,
 ) -> Result<Handled, MessageError> {
-    let Some(dataset) = ctx.datasets.get(&message.dataset) else {
-        return Ok(Handled::Skipped {
-            key: message.key.clone(),
-            reason: "no such dataset".into(),
-        });
-    };
+    let own = ctx.datasets.get(&message.dataset);
     let mut client = connection(ctx).await?;
-    let handled = chunk_on(ctx, &mut client, dataset, message).await;
+    let handled = chunk_on(ctx, &mut client, own, message).await;
     client.release(&handled);
     handled
 }
@@ -574,11 +570,22 @@ pub async fn load_chunk(
 async fn chunk_on(
     ctx: &Context,
     client: &mut tokio_postgres::Client,
-    dataset: &pipeline_shared::dataset::Dataset,
+    own: Option<&pipeline_shared::dataset::Dataset>,
     message: &chunks::ChunkMessage,
 ) -> Result<Handled, MessageError> {
     // The definition the batch was accepted under, for its chunks and its merge.
-    let dataset = &*db::batch_definition(&*client, message.batch_id, dataset).await?;
+    let skipped = |reason: &str| Handled::Skipped {
+        key: message.key.clone(),
+        reason: reason.into(),
+    };
+    let dataset = match db::batch_definition(&*client, message.batch_id, own).await {
+        Ok(Some(dataset)) => dataset,
+        Ok(None) => return Ok(skipped("no such dataset")),
+        // The batch is gone (its object could not be stored): nothing to load.
+        Err(DbError::NoBatch(_)) => return Ok(skipped("no batch was recorded for this object")),
+        Err(e) => return Err(e.into()),
+    };
+    let dataset = &*dataset;
     let store = &ctx.store;
     let outcome = chunks::load_chunk(client, dataset, message, || {
         store.get_range(&message.key, message.start, Some(message.end))

@@ -41,15 +41,17 @@ pub(crate) async fn record_revision(
 }
 
 /// The definition `batch_id` loads with: the one it was accepted under, or
-/// `own` (this version's) when that is the same or the batch predates
-/// revisions. A revision this version cannot read (written by a newer
-/// version of the pipeline, with options it does not know) is an error to
-/// retry: a loader of that version will take it.
+/// `own` (this version's, if it knows the dataset) when that is the same or
+/// the batch predates revisions; `None` when there is neither (a dataset
+/// this version does not know, in a batch without a revision). A revision
+/// this version cannot read (written by a newer version of the pipeline,
+/// with options it does not know) is an error to retry: a loader of that
+/// version will take it.
 pub async fn batch_definition<'d>(
     client: &impl GenericClient,
     batch_id: uuid::Uuid,
-    own: &'d Dataset,
-) -> Result<Cow<'d, Dataset>, DbError> {
+    own: Option<&'d Dataset>,
+) -> Result<Option<Cow<'d, Dataset>>, DbError> {
     let row = client
         .query_opt(
             "SELECT b.dataset, b.dataset_revision, r.definition FROM pipeline.batches b
@@ -63,10 +65,10 @@ pub async fn batch_definition<'d>(
     };
     let dataset: String = row.get(0);
     let Some(wanted) = row.get::<_, Option<String>>(1) else {
-        return Ok(Cow::Borrowed(own));
+        return Ok(own.map(Cow::Borrowed));
     };
-    if wanted == revision(own) {
-        return Ok(Cow::Borrowed(own));
+    if let Some(own) = own.filter(|own| revision(own) == wanted) {
+        return Ok(Some(Cow::Borrowed(own)));
     }
     let unknown = |reason: String| DbError::Revision {
         dataset: dataset.clone(),
@@ -77,7 +79,7 @@ pub async fn batch_definition<'d>(
         .get::<_, Option<serde_json::Value>>(2)
         .ok_or_else(|| unknown("no migration recorded it".into()))?;
     serde_json::from_value(definition)
-        .map(Cow::Owned)
+        .map(|d| Some(Cow::Owned(d)))
         .map_err(|e| unknown(format!("this version cannot read it ({e})")))
 }
 
