@@ -88,19 +88,25 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
         })
     }
 
-    /// Saves the state, or, when another process wrote the record since,
-    /// takes that record instead: `Some(outcome)` when it ended the rollout.
+    /// Saves the state; when another process wrote the record since, takes
+    /// that record: `Some(outcome)` when it ended the rollout, else (it
+    /// finished some functions early) this step and phase are saved on it.
     async fn commit(&self, state: &mut State) -> Result<Option<Outcome>, CallError> {
-        if self.save(state).await? {
-            return Ok(None);
+        for _ in 0..3 {
+            if self.save(state).await? {
+                return Ok(None);
+            }
+            let (step, phase, alarms) = (state.step, state.phase, state.alarms.clone());
+            if let Some(ended) = self.reread(state).await? {
+                return Ok(Some(ended));
+            }
+            state.step = step;
+            state.phase = phase;
+            state.alarms = alarms;
         }
-        match self.reread(state).await? {
-            Some(ended) => Ok(Some(ended)),
-            // Written by another process, yet the same as ours when read.
-            None => Err(CallError(
-                "the rollout's state changed while it was saved; run the command again".into(),
-            )),
-        }
+        Err(CallError(
+            "the rollout's state kept changing while it was saved; run the command again".into(),
+        ))
     }
 
     /// The gate alarms pointed at the targets' new versions (each function's

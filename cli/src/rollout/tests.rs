@@ -105,6 +105,10 @@ struct FakeStore {
     /// Another process's write, made at the load with this number (from 1).
     meddle: RefCell<Option<(usize, Meddle)>>,
     loads: Cell<usize>,
+    /// Another process's write, made just before the save with this number
+    /// (from 1).
+    meddle_before_save: RefCell<Option<(usize, Meddle)>>,
+    saves: Cell<usize>,
 }
 
 impl FakeStore {
@@ -131,6 +135,19 @@ impl Store for FakeStore {
         Ok(self.saved.borrow().last().cloned())
     }
     async fn save(&self, state: &mut State) -> Result<bool, CallError> {
+        self.saves.set(self.saves.get() + 1);
+        let due =
+            matches!(&*self.meddle_before_save.borrow(), Some((n, _)) if *n == self.saves.get());
+        if due && let Some((_, change)) = self.meddle_before_save.borrow_mut().take() {
+            let mut other = self
+                .saved
+                .borrow()
+                .last()
+                .cloned()
+                .expect("a record to change");
+            change(&mut other);
+            self.write(&mut other);
+        }
         let stored = self.saved.borrow().last().and_then(|s| s.tag.clone());
         if stored != state.tag {
             return Ok(false);
@@ -979,4 +996,40 @@ fn a_gate_in_alarm_before_the_first_shift_moves_no_traffic() {
         ]
     );
     assert!(world.store.saved.borrow().is_empty());
+}
+
+/// A promote of one function lands between the deploy's read of the record
+/// and its save of the next step: the save is refused, the deploy takes the
+/// record (that function finished) and saves its step on it, and goes on
+/// with the other function alone.
+#[test]
+fn a_promote_between_a_read_and_a_save_is_kept() {
+    let world = World::new(None);
+    *world.store.meddle_before_save.borrow_mut() = Some((
+        2,
+        Box::new(|other: &mut State| {
+            let (next, _) =
+                super::rollouts::finished(other, Some(FunctionId::Ingest), 100).expect("finish");
+            *other = next;
+        }),
+    ));
+    let mut state = state(Strategy::Linear);
+    let outcome = run(world.rollouts().run(&mut state)).expect("rollout");
+    assert_eq!(outcome, Outcome::Promoted);
+    let saved = world.store.saved.borrow();
+    let last = saved.last().expect("a record");
+    assert_eq!(last.phase, Phase::Promoted);
+    assert_eq!(last.finished.len(), 1);
+    assert_eq!(last.targets.len(), 1);
+    let history = world.aliases.history.borrow();
+    let adopted = history
+        .iter()
+        .position(|h| h == "pipeline-uat-ingest: 4")
+        .expect("ingest promoted");
+    assert!(
+        !history[adopted + 1..]
+            .iter()
+            .any(|h| h.starts_with("pipeline-uat-ingest: 3")),
+        "ingest was moved back into the rollout: {history:?}"
+    );
 }

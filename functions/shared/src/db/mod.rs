@@ -112,14 +112,6 @@ pub fn discard(client: deadpool_postgres::Object) {
     drop(deadpool_postgres::Object::take(client));
 }
 
-/// Returns the connection to the pool after a success, closes it after an
-/// error (see [`discard`]).
-pub fn release<T, E>(client: deadpool_postgres::Object, result: &Result<T, E>) {
-    if result.is_err() {
-        discard(client);
-    }
-}
-
 /// How often a session checks that its client is still there while it
 /// runs a statement (`client_connection_check_interval`, milliseconds): a
 /// function stopped at its timeout leaves no statement running on, holding
