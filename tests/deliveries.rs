@@ -11,7 +11,6 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use bytes::Bytes;
 use pipeline_shared::api::Context;
 use pipeline_shared::db;
-use pipeline_shared::store::{LocalStore, Store};
 use std::time::{Duration, Instant};
 
 /// dev's datasets on one pooled connection whose statements give up on a
@@ -20,22 +19,8 @@ use std::time::{Duration, Instant};
 async fn context(db: &Scratch, objects: &std::path::Path) -> Context {
     let mut loader = pipeline_cli::spec::Loader::new(Some(common::repo().join("environments")));
     let env = loader.load("dev").expect("dev");
-    let url = format!(
-        "postgres://postgres@127.0.0.1:5432/{}?options=-c%20lock_timeout%3D200",
-        db.name
-    );
-    let ctx = Context {
-        env: "dev".into(),
-        datasets: env.spec.datasets.clone(),
-        store: Store::Local(LocalStore::new(objects)),
-        pool: pipeline_shared::runtime::pool(&url, 1).expect("pool"),
-        max_inline_bytes: 1 << 20,
-        chunk_bytes: 0,
-        upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
-        chunk_queue: None,
-        max_receives: Some(5),
-        definitions: Default::default(),
-    };
+    let options = "?options=-c%20lock_timeout%3D200";
+    let ctx = common::handlers_context(db, options, 1, env.spec.datasets.clone(), objects);
     loader::migrate(&ctx).await.expect("migrate");
     ctx
 }

@@ -12,7 +12,6 @@ use pipeline_testkit::{Service, require};
 use bytes::Bytes;
 use pipeline_shared::api::Context;
 use pipeline_shared::db;
-use pipeline_shared::store::{LocalStore, Store};
 use pipeline_shared::{Column, ColumnType, Dataset};
 use serde_json::Value;
 
@@ -24,19 +23,8 @@ fn events() -> Dataset {
 }
 
 fn context(db: &Scratch, objects: &std::path::Path, events: Dataset) -> Context {
-    let url = format!("postgres://postgres@127.0.0.1:5432/{}", db.name);
-    Context {
-        env: "dev".into(),
-        datasets: [("events".to_string(), events)].into(),
-        store: Store::Local(LocalStore::new(objects)),
-        pool: pipeline_shared::runtime::pool(&url, 2).expect("pool"),
-        max_inline_bytes: 1 << 20,
-        chunk_bytes: 0,
-        upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
-        chunk_queue: None,
-        max_receives: Some(5),
-        definitions: Default::default(),
-    }
+    let datasets = [("events".to_string(), events)].into();
+    common::handlers_context(db, "", 2, datasets, objects)
 }
 
 /// The previous and the new version over one database, migrated to the

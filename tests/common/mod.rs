@@ -100,6 +100,37 @@ pub fn drop_database(name: &str) {
     .join();
 }
 
+/// The functions' context as a test runs their handlers: `datasets`, the
+/// scratch database reached through `url_options` (`?...`, or empty) on a
+/// pool of `pool_size`, objects in `objects`, no chunks, messages
+/// dead-lettered after 5 deliveries.
+pub fn handlers_context(
+    db: &Scratch,
+    url_options: &str,
+    pool_size: usize,
+    datasets: std::collections::BTreeMap<String, pipeline_shared::Dataset>,
+    objects: &Path,
+) -> pipeline_shared::api::Context {
+    let url = format!(
+        "postgres://postgres@127.0.0.1:5432/{}{url_options}",
+        db.name
+    );
+    pipeline_shared::api::Context {
+        env: "dev".into(),
+        datasets,
+        store: pipeline_shared::store::Store::Local(pipeline_shared::store::LocalStore::new(
+            objects,
+        )),
+        pool: pipeline_shared::runtime::pool(&url, pool_size).expect("pool"),
+        max_inline_bytes: 1 << 20,
+        chunk_bytes: 0,
+        upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
+        chunk_queue: None,
+        max_receives: Some(5),
+        definitions: Default::default(),
+    }
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
