@@ -447,11 +447,10 @@ async fn roll_out(
             return Err(Error::RolledBack {
                 message: format!(
                     "the rollout was rolled back: {}",
-                    firing
-                        .iter()
-                        .map(|a| format!("{} is in ALARM ({})", a.name, a.reason))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    listed(&firing, |a| format!(
+                        "{} is in ALARM ({})",
+                        a.name, a.reason
+                    ))
                 ),
             });
         }
@@ -459,11 +458,7 @@ async fn roll_out(
             return Err(Error::Refused {
                 message: format!(
                     "gate alarms are in ALARM before any traffic moved: {}",
-                    firing
-                        .iter()
-                        .map(|a| format!("{} ({})", a.name, a.reason))
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    listed(&firing, |a| format!("{} ({})", a.name, a.reason))
                 ),
                 help: Some(
                     "no traffic moved; the previous versions still serve. Find what the alarms say, then deploy again".into(),
@@ -558,4 +553,12 @@ async fn post_traffic_smoke(
         api_key: key,
     })?;
     Ok(crate::smoke::check(&api, &session.env.spec.datasets, 120).await)
+}
+
+/// The alarms, each as `each` writes it, joined with `; `.
+fn listed(
+    firing: &[crate::rollout::Firing],
+    each: impl Fn(&crate::rollout::Firing) -> String,
+) -> String {
+    firing.iter().map(each).collect::<Vec<_>>().join("; ")
 }

@@ -904,14 +904,7 @@ fn an_abort_from_another_process_during_a_bake_holds() {
 #[test]
 fn a_promote_of_one_function_from_another_process_is_followed() {
     let world = World::new(None);
-    *world.store.meddle.borrow_mut() = Some((
-        3,
-        Box::new(|other: &mut State| {
-            let (next, _) =
-                super::rollouts::finished(other, Some(FunctionId::Ingest), 100).expect("finish");
-            *other = next;
-        }),
-    ));
+    *world.store.meddle.borrow_mut() = Some((3, promote_ingest()));
     let mut state = state(Strategy::Linear);
     let outcome = run(world.rollouts().run(&mut state)).expect("rollout");
     assert_eq!(outcome, Outcome::Promoted);
@@ -996,14 +989,7 @@ fn a_gate_in_alarm_before_the_first_shift_moves_no_traffic() {
 #[test]
 fn a_promote_between_a_read_and_a_save_is_kept() {
     let world = World::new(None);
-    *world.store.meddle_before_save.borrow_mut() = Some((
-        2,
-        Box::new(|other: &mut State| {
-            let (next, _) =
-                super::rollouts::finished(other, Some(FunctionId::Ingest), 100).expect("finish");
-            *other = next;
-        }),
-    ));
+    *world.store.meddle_before_save.borrow_mut() = Some((2, promote_ingest()));
     let mut state = state(Strategy::Linear);
     let outcome = run(world.rollouts().run(&mut state)).expect("rollout");
     assert_eq!(outcome, Outcome::Promoted);
@@ -1029,4 +1015,13 @@ fn assert_stays_promoted(history: &[String]) {
             .any(|h| h.starts_with("pipeline-uat-ingest: 3")),
         "ingest was moved back into the rollout: {history:?}"
     );
+}
+
+/// Another process's `rollout promote --function ingest`.
+fn promote_ingest() -> Meddle {
+    Box::new(|other: &mut State| {
+        let (next, _) =
+            super::rollouts::finished(other, Some(FunctionId::Ingest), 100).expect("finish");
+        *other = next;
+    })
 }

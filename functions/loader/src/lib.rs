@@ -256,8 +256,8 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
     let own = ctx.datasets.get(name);
     // An object that is not the size declared is refused before a byte of
     // it is read (an upload that sent more than it said, say).
-    let size = match declared(ctx, key, batch_id).await? {
-        Declared::Size(size) => size,
+    let (size, unfinished) = match declared(ctx, key, batch_id).await? {
+        Declared::Size { size, unfinished } => (size, unfinished),
         Declared::Refused(reason) => {
             return Ok(Handled::Refused {
                 key: key.to_string(),
@@ -269,7 +269,12 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
     // A compressed object cannot be cut at byte offsets: when chunks are in
     // use, a large one is loaded from its decoded copy, in chunks; else it
     // loads as one stream, decoded on the way.
-    let (object, encoding) = match decoded_copy(ctx, key, batch_id, size).await? {
+    let copy = match unfinished {
+        true => decoded_copy(ctx, key, size).await?,
+        // Its batch done or gone: only a copy made before is of use.
+        false => earlier_copy(ctx, key).await?,
+    };
+    let (object, encoding) = match copy {
         Some(decoded) => (decoded, None),
         None => (key.to_string(), api::object_encoding(key)),
     };
@@ -310,8 +315,8 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
 
 /// What the check of an object against its batch found.
 enum Declared {
-    /// The object's size, as declared.
-    Size(u64),
+    /// The object's size, as declared, and whether its batch is unfinished.
+    Size { size: u64, unfinished: bool },
     /// Not as declared: the batch was failed with this reason.
     Refused(String),
 }
@@ -334,17 +339,26 @@ async fn declared(
     // A batch done (or none) is the load's to report, whatever is stored.
     let stored = match ctx.store.head(key).await.map_err(DbError::from)? {
         Some(stored) => stored,
-        None if !unfinished => return Ok(Declared::Size(0)),
+        None if !unfinished => {
+            return Ok(Declared::Size {
+                size: 0,
+                unfinished,
+            });
+        }
         None => {
             let missing = pipeline_shared::store::StoreError::NotFound(key.to_string());
             return Err(DbError::Store(missing).into());
         }
     };
+    let as_stored = Declared::Size {
+        size: stored.size,
+        unfinished,
+    };
     let Some(declared) = declared.filter(|_| unfinished) else {
-        return Ok(Declared::Size(stored.size));
+        return Ok(as_stored);
     };
     if u64::try_from(declared).is_ok_and(|d| d == stored.size) {
-        return Ok(Declared::Size(stored.size));
+        return Ok(as_stored);
     }
     let reason = format!(
         "the object is {} bytes, but its batch declared {declared}: nothing of it was loaded",
@@ -496,39 +510,19 @@ async fn load_in_chunks(
 /// batch is done, or its data is corrupt (the stream's load then fails the
 /// batch with the offset, as for any compressed object). A copy is stored
 /// whole or not at all, so a loader that dies meanwhile leaves none.
-async fn decoded_copy(
-    ctx: &Context,
-    key: &str,
-    batch_id: uuid::Uuid,
-    size: u64,
-) -> Result<Option<String>, MessageError> {
+async fn decoded_copy(ctx: &Context, key: &str, size: u64) -> Result<Option<String>, MessageError> {
     let (Some(encoding), Some(decoded)) = (api::object_encoding(key), api::decoded_object_key(key))
     else {
         return Ok(None);
     };
-    // A copy made before is used whatever the settings are now: its batch
-    // may have begun in chunks of it.
-    if ctx
-        .store
-        .head(&decoded)
-        .await
-        .map_err(DbError::from)?
-        .is_some()
-    {
-        return Ok(Some(decoded));
+    if let Some(earlier) = earlier_copy(ctx, key).await? {
+        return Ok(Some(earlier));
     }
     if ctx.chunk_queue.is_none() || ctx.chunk_bytes == 0 {
         return Ok(None);
     }
     if size <= ctx.chunk_bytes / 8 {
         return Ok(None);
-    }
-    let client = connection(ctx).await?;
-    let batch = db::batch(&*client, batch_id).await;
-    client.release(&batch);
-    match batch? {
-        Some(batch) if !batch.answer.status.is_final() => {}
-        _ => return Ok(None),
     }
     let started = std::time::Instant::now();
     let stream = compression::decompress(
@@ -553,6 +547,16 @@ async fn decoded_copy(
         Err(pipeline_shared::store::StoreError::Corrupt(_)) => Ok(None),
         Err(e) => Err(DbError::from(e).into()),
     }
+}
+
+/// The decoded copy of a compressed object made before, if any: it is used
+/// whatever the settings are now (its batch may have begun in chunks of it).
+async fn earlier_copy(ctx: &Context, key: &str) -> Result<Option<String>, MessageError> {
+    let Some(decoded) = api::object_encoding(key).and(api::decoded_object_key(key)) else {
+        return Ok(None);
+    };
+    let stored = ctx.store.head(&decoded).await.map_err(DbError::from)?;
+    Ok(stored.map(|_| decoded))
 }
 
 /// Loads one chunk of a large object, then merges the batch if it was the last.
