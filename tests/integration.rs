@@ -17,4 +17,5 @@ mod image;
 mod lint;
 mod local;
 mod skew;
+mod slices;
 mod synth;

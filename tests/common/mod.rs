@@ -125,6 +125,7 @@ pub fn handlers_context(
         max_inline_bytes: 1 << 20,
         chunk_bytes: 0,
         upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
+        merge_slice_rows: pipeline_shared::db::DEFAULT_SLICE_ROWS,
         chunk_queue: None,
         max_receives: Some(5),
         definitions: Default::default(),

@@ -29,7 +29,18 @@ pub(super) async fn wait_for_lock(db: &tokio_postgres::Client, prefix: &str) {
 #[tokio::test]
 async fn a_chunked_load_killed_at_each_step_loads_exactly_once_after_restarts() {
     require!(Service::Postgres);
-    let mut local = Local::start_with("", &["--chunk-size", "20000", "--workers", "2"]).await;
+    let mut local = Local::start_with(
+        "",
+        &[
+            "--chunk-size",
+            "20000",
+            "--workers",
+            "2",
+            "--merge-slice-rows",
+            "500",
+        ],
+    )
+    .await;
     let db = local.db().await;
     let blocker = local.db().await;
     // 3000 records, about 500 kB: some 25 chunks.
@@ -84,17 +95,40 @@ async fn a_chunked_load_killed_at_each_step_loads_exactly_once_after_restarts() 
     blocker.batch_execute("ROLLBACK").await.expect("unlock");
     assert_eq!(count(&db, &loaded_sql).await, 4);
 
-    // 4. Killed during the final merge, which waits for the dataset's table.
+    // 4. Killed during the merge's first slice, which waits for the dataset's table.
     blocker
         .batch_execute("BEGIN; LOCK TABLE public.events IN SHARE MODE")
         .await
         .expect("lock");
     local.restart();
-    wait_for_lock(&db, "INSERT INTO public.\"events\"").await;
+    wait_for_lock(&db, "WITH slice").await;
     local.kill();
     blocker.batch_execute("ROLLBACK").await.expect("unlock");
     assert_eq!(count(&db, &loaded_sql).await, chunks);
     assert_eq!(count(&db, "SELECT count(*) FROM public.events").await, 0);
+
+    // 5. Killed in the middle of the merge: four slices of 500 rows are in,
+    // the fifth waits for a row of record 2500 that the test is inserting.
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO public.events (event_id, occurred_at, source, kind) \
+             VALUES ('00000000-0000-4000-8000-{:012}', now(), 'test', 'test')",
+            2500
+        ))
+        .await
+        .expect("insert");
+    local.restart();
+    wait_for_lock(&db, "WITH slice").await;
+    let merged = "SELECT count(*) FROM public.events WHERE pipeline_load IS NOT NULL";
+    assert_eq!(count(&db, merged).await, 2000);
+    let (status, page) = local.get("/v1/datasets/events/records?limit=10").await;
+    assert_eq!(
+        (status, page["records"].clone()),
+        (200, json!([])),
+        "{page}"
+    );
+    local.kill();
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
     let status: String = db
         .query_one(
             "SELECT status FROM pipeline.batches WHERE batch_id = $1::text::uuid",
@@ -105,7 +139,7 @@ async fn a_chunked_load_killed_at_each_step_loads_exactly_once_after_restarts() 
         .get(0);
     assert_eq!(status, "loading");
 
-    // 5. Restarted once more: loaded, exactly once.
+    // 6. Restarted once more: loaded, exactly once.
     local.restart();
     let batch = local.settled(&batch_id).await;
     assert_eq!(

@@ -90,10 +90,16 @@ pub struct Settings {
     #[arg(long, value_name = "SECONDS")]
     pub retry_after: Option<u64>,
     /// Objects (NDJSON or CSV) larger than this many bytes load in parallel
-    /// chunks of about this size (0: never) [default: 64 MiB with at least 2
-    /// workers on at least 4 cores, else 0: one stream].
+    /// chunks of about this size, merged in slices, so that no invocation's
+    /// work grows with the batch (0: one stream, whatever the size)
+    /// [default: 64 MiB].
     #[arg(long, value_name = "BYTES")]
     pub chunk_size: Option<u64>,
+    /// Rows of a chunked batch merged into its table per transaction: each
+    /// commits with its progress, and the batch's rows show once all are in.
+    #[arg(long, value_name = "ROWS", default_value_t = pipeline_shared::db::DEFAULT_SLICE_ROWS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub merge_slice_rows: u64,
     /// Uploads larger than this many bytes are multipart uploads, in parts of
     /// this size.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_UPLOAD_PART_BYTES,
@@ -102,21 +108,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The chunk size, or the one that loads fastest here: chunks stage their
-    /// rows in parallel, but the merge into the table that follows is one
-    /// statement, about as long as one stream's COPY (on 2 cores, 1,000,000
-    /// events: 13.4 s of merge after 1.4 s of staging, against 15.7 s of
-    /// COPY). They can only win where a core is left for each of two
-    /// workers beside Postgres.
+    /// The chunk size: the one given, else the functions' default.
     pub fn chunk_bytes(&self) -> u64 {
-        self.chunk_size.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            if self.workers >= 2 && cores >= 4 {
-                DEFAULT_CHUNK_BYTES
-            } else {
-                0
-            }
-        })
+        self.chunk_size.unwrap_or(DEFAULT_CHUNK_BYTES)
     }
 }
 
@@ -313,6 +307,7 @@ pub async fn serve(
         max_inline_bytes: spec.api.max_inline_batch_kib as usize * 1024,
         chunk_bytes: settings.chunk_bytes(),
         upload_part_bytes: settings.upload_part_size,
+        merge_slice_rows: settings.merge_slice_rows,
         chunk_queue: Some(queue),
         max_receives: Some(spec.queue.max_receives),
         definitions: Default::default(),

@@ -155,6 +155,10 @@ impl Column {
     }
 }
 
+/// Columns whose names start with this are the pipeline's own (the load a
+/// row came with, a staged row's chunk and line): no dataset may declare one.
+pub const RESERVED_PREFIX: &str = "pipeline_";
+
 /// A dataset: one Postgres table fed by batches of records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -232,6 +236,16 @@ impl Dataset {
                     path: vec!["columns".into(), i.to_string(), "name".into()],
                     message: format!("column `{}` is declared twice", column.name),
                     help: Some("give each column a distinct name".into()),
+                });
+            }
+            if column.name.starts_with(RESERVED_PREFIX) {
+                out.push(DatasetProblem {
+                    path: vec!["columns".into(), i.to_string(), "name".into()],
+                    message: format!(
+                        "column name `{}` starts with `{RESERVED_PREFIX}`, which the pipeline keeps for its own columns",
+                        column.name
+                    ),
+                    help: Some("give the column another name".into()),
                 });
             }
         }

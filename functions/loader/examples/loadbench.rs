@@ -179,6 +179,7 @@ fn main() {
             max_inline_bytes: 0,
             chunk_bytes: 0,
             upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
+            merge_slice_rows: pipeline_shared::db::DEFAULT_SLICE_ROWS,
             chunk_queue: None,
             max_receives: None,
             definitions: Default::default(),
@@ -207,7 +208,7 @@ fn main() {
         client.batch_execute("CHECKPOINT").await.expect("checkpoint");
 
         let start = Instant::now();
-        let handled = loader::load_key(&ctx, &key).await.expect("load");
+        let handled = loader::load_key(&ctx, &key, None).await.expect("load");
         let load_secs = start.elapsed().as_secs_f64();
         let loaded: i64 = client.query_one("SELECT count(*) FROM public.bench", &[]).await.expect("count").get(0);
         assert_eq!(loaded as u64, rows, "{handled:?}");

@@ -9,10 +9,10 @@
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use pipeline_shared::api::{self, Context};
-use pipeline_shared::chunks::{self, Begin, ChunkBody, ChunkOutcome};
+use pipeline_shared::chunks::{self, Begin, Budget, ChunkBody, ChunkOutcome, Finished};
 use pipeline_shared::compression;
 use pipeline_shared::dataset::Format;
-use pipeline_shared::db::{self, DbError, LoadOutcome};
+use pipeline_shared::db::{self, DbError, LoadOutcome, Merged};
 
 /// The function's name as the spec and the templates know it.
 pub const NAME: &str = "loader";
@@ -51,7 +51,7 @@ pub enum Handled {
         key: String,
         chunk: u32,
         outcome: ChunkOutcome,
-        finished: Option<LoadOutcome>,
+        finished: Finished,
     },
     /// An object refused before loading (not the size declared): its
     /// batch is marked failed with the reason.
@@ -94,10 +94,12 @@ pub async fn handle_until(
     for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
         let handled = match deadline {
-            Some((at, margin)) => tokio::time::timeout_at(at, handle_message(ctx, &message))
-                .await
-                .unwrap_or(Err(MessageError::Deadline(margin))),
-            None => handle_message(ctx, &message).await,
+            Some((at, margin)) => {
+                tokio::time::timeout_at(at, handle_message(ctx, &message, Some(at.into_std())))
+                    .await
+                    .unwrap_or(Err(MessageError::Deadline(margin)))
+            }
+            None => handle_message(ctx, &message, None).await,
         };
         match handled {
             Ok(handled) => {
@@ -213,10 +215,12 @@ async fn connection(ctx: &Context) -> Result<db::Held, MessageError> {
         .map_err(|e| MessageError::Pool(e.to_string()))
 }
 
-/// Loads the objects an SQS message announces.
+/// Loads the objects an SQS message announces; work that would go on past
+/// `until` is handed on in a message.
 pub async fn handle_message(
     ctx: &Context,
     message: &SqsMessage,
+    until: Option<std::time::Instant>,
 ) -> Result<Vec<Handled>, MessageError> {
     let body = message.body.as_deref().unwrap_or("");
     // S3 sends a test event when notifications are set up; nothing to load.
@@ -224,7 +228,7 @@ pub async fn handle_message(
         return Ok(Vec::new());
     }
     if let Ok(ChunkBody { chunk }) = serde_json::from_str::<ChunkBody>(body) {
-        return Ok(vec![load_chunk(ctx, &chunk).await?]);
+        return Ok(vec![load_chunk(ctx, &chunk, until).await?]);
     }
     let event: S3Event =
         serde_json::from_str(body).map_err(|e| MessageError::NotS3(e.to_string()))?;
@@ -233,7 +237,7 @@ pub async fn handle_message(
         let Some(raw_key) = record.s3.object.key.clone() else {
             continue;
         };
-        out.push(load_key(ctx, &decode_key(&raw_key)).await?);
+        out.push(load_key(ctx, &decode_key(&raw_key), until).await?);
     }
     Ok(out)
 }
@@ -243,7 +247,11 @@ pub async fn handle_message(
 /// The connection is held for the database's work only: it is closed rather
 /// than pooled after an error, and returned before chunk messages are sent
 /// (locally the queue is in the same pool) or a decoded copy is made.
-pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError> {
+pub async fn load_key(
+    ctx: &Context,
+    key: &str,
+    until: Option<std::time::Instant>,
+) -> Result<Handled, MessageError> {
     let skipped = |reason: &str| Handled::Skipped {
         key: key.to_string(),
         reason: reason.to_string(),
@@ -289,6 +297,7 @@ pub async fn load_key(ctx: &Context, key: &str) -> Result<Handled, MessageError>
                 key: &object,
                 encoding,
                 decoded_limit,
+                until,
             };
             load_object(ctx, &mut client, &target).await
         }
@@ -382,6 +391,8 @@ struct Target<'a> {
     encoding: Option<pipeline_contract::ContentEncoding>,
     /// The most a compressed object may decode to.
     decoded_limit: u64,
+    /// When the invocation stops starting work.
+    until: Option<std::time::Instant>,
 }
 
 /// What loading an object on a connection came to.
@@ -489,15 +500,27 @@ async fn load_in_chunks(
                 target.dataset,
                 target.batch_id,
                 |end| store.get_range(key, 0, Some(end)),
+                budget(ctx, target.until),
             )
             .await?;
-            Step::Done(match finished {
-                Some(outcome) => loaded(outcome),
-                None => Handled::Chunked {
-                    key: key.to_string(),
-                    chunks: 0,
-                },
-            })
+            match finished {
+                Finished::Outcome(outcome) | Finished::Slices(Merged::Loaded(outcome)) => {
+                    Step::Done(loaded(outcome))
+                }
+                Finished::Slices(Merged::More { .. }) => {
+                    Step::Send(vec![chunks::ChunkMessage::merge(
+                        target.batch_id,
+                        target.name,
+                        key,
+                    )])
+                }
+                Finished::Pending | Finished::Slices(Merged::Busy | Merged::Done) => {
+                    Step::Done(Handled::Chunked {
+                        key: key.to_string(),
+                        chunks: 0,
+                    })
+                }
+            }
         }
         Begin::Pending(messages) => Step::Send(messages),
     }))
@@ -559,16 +582,37 @@ async fn earlier_copy(ctx: &Context, key: &str) -> Result<Option<String>, Messag
     Ok(stored.map(|_| decoded))
 }
 
-/// Loads one chunk of a large object, then merges the batch if it was the last.
+/// How far an invocation that ends at `until` merges.
+fn budget(ctx: &Context, until: Option<std::time::Instant>) -> Budget {
+    Budget {
+        slice_rows: ctx.merge_slice_rows,
+        until,
+    }
+}
+
+/// Loads one chunk of a large object, then merges the batch if it was the
+/// last (or the message hands a merge on), handing on what is left at
+/// `until`.
 pub async fn load_chunk(
     ctx: &Context,
     message: &chunks::ChunkMessage,
+    until: Option<std::time::Instant>,
 ) -> Result<Handled, MessageError> {
     let own = ctx.datasets.get(&message.dataset);
     let mut client = connection(ctx).await?;
-    let handled = chunk_on(ctx, &mut client, own, message).await;
+    let handled = chunk_on(ctx, &mut client, own, message, until).await;
     client.release(&handled);
-    handled
+    let handled = handled?;
+    if let Handled::Chunk {
+        finished: Finished::Slices(Merged::More { .. }),
+        ..
+    } = &handled
+        && let Some(queue) = &ctx.chunk_queue
+    {
+        let next = chunks::ChunkMessage::merge(message.batch_id, &message.dataset, &message.key);
+        queue.send(vec![next]).await.map_err(MessageError::Pool)?;
+    }
+    Ok(handled)
 }
 
 async fn chunk_on(
@@ -576,6 +620,7 @@ async fn chunk_on(
     client: &mut tokio_postgres::Client,
     own: Option<&pipeline_shared::dataset::Dataset>,
     message: &chunks::ChunkMessage,
+    until: Option<std::time::Instant>,
 ) -> Result<Handled, MessageError> {
     // The definition the batch was accepted under, for its chunks and its merge.
     let skipped = |reason: &str| Handled::Skipped {
@@ -595,17 +640,23 @@ async fn chunk_on(
         store.get_range(&message.key, message.start, Some(message.end))
     })
     .await?;
-    let finished =
-        match chunks::finish(client, &message.dataset, dataset, message.batch_id, |end| {
-            store.get_range(&message.key, 0, Some(end))
-        })
-        .await
-        {
-            Ok(finished) => finished,
-            // The batch is gone (its object could not be stored): nothing to merge.
-            Err(DbError::NoBatch(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
+    let prefix = |end| store.get_range(&message.key, 0, Some(end));
+    let budget = budget(ctx, until);
+    let finished = match chunks::finish(
+        client,
+        &message.dataset,
+        dataset,
+        message.batch_id,
+        prefix,
+        budget,
+    )
+    .await
+    {
+        Ok(finished) => finished,
+        // The batch is gone (its object could not be stored): nothing to merge.
+        Err(DbError::NoBatch(_)) => Finished::Slices(Merged::Done),
+        Err(e) => return Err(e.into()),
+    };
     Ok(Handled::Chunk {
         key: message.key.clone(),
         chunk: message.chunk,

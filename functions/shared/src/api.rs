@@ -29,6 +29,8 @@ pub struct Context {
     pub chunk_bytes: u64,
     /// Uploads larger than this are multipart uploads in parts of this size.
     pub upload_part_bytes: u64,
+    /// Staged rows merged per transaction of a chunked batch's merge.
+    pub merge_slice_rows: u64,
     /// Where chunk messages go; without one, every object loads as a whole.
     pub chunk_queue: Option<std::sync::Arc<dyn crate::chunks::ChunkQueue>>,
     /// Deliveries of a message before its queue dead-letters it (the

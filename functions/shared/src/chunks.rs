@@ -5,18 +5,19 @@
 //! queue on this machine), loaded by whichever loader gets it into the
 //! batch's staging table, in its own transaction; the chunk's row in
 //! `pipeline.batch_chunks` makes a redelivered chunk a no-op. When the last
-//! chunk is in, the staging table is merged into the dataset's table once,
-//! under the batch's row lock, with the dataset's conflict rule; a chunk with
-//! an invalid record fails the whole batch, with the record's line in the
-//! whole object.
+//! chunk is in, the staging table is merged into the dataset's table in
+//! slices of bounded size, with the dataset's conflict rule, and shown to
+//! readers at once (see `db::merge_slices`); a chunk with an invalid record
+//! fails the whole batch, with the record's line in the whole object.
 //!
 //! A loader may die at any point, and every message may come again: the
 //! chunks and the staging table are recorded in one transaction, once (a
 //! notification delivered again finds them and asks for the messages of the
 //! chunks still pending, or for the merge when none is); a chunk is loaded in
 //! one transaction that holds its row, so a death mid-COPY leaves it pending
-//! and a chunk loaded is never loaded again; the merge, the batch's status
-//! and the staging table's drop commit together, under the batch's lock.
+//! and a chunk loaded is never loaded again; each slice of the merge commits
+//! with the position it reached, under the batch's lock, and the last step
+//! marks the batch and drops the staging table together.
 
 use std::future::Future;
 
@@ -28,8 +29,8 @@ use tokio_postgres::Client;
 use crate::dataset::CsvOptions;
 use crate::dataset::Dataset;
 use crate::db::{
-    Copied, CopyTimes, DbError, LoadOutcome, column_list, copy_decoded, ident, lock_batch,
-    merge_stage, staging,
+    Copied, CopyTimes, DbError, LoadOutcome, Merged, column_list, copy_decoded, ident, lock_batch,
+    merge_slices, merge_stage, slice_index, sliceable, staging,
 };
 use crate::records::{BOM, Decoder, MAX_RECORD_BYTES, RecordEnds, RecordError};
 use crate::store::{ByteStream, Store, StoreError};
@@ -46,6 +47,23 @@ pub struct ChunkMessage {
     /// The CSV header line, for the chunks after the first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+}
+
+impl ChunkMessage {
+    /// The message that hands a batch's merge on to the next invocation: a
+    /// message of its first chunk, which every version of the loader finds
+    /// loaded and then goes on to the merge.
+    pub fn merge(batch_id: uuid::Uuid, dataset: &str, key: &str) -> ChunkMessage {
+        ChunkMessage {
+            batch_id,
+            dataset: dataset.to_string(),
+            key: key.to_string(),
+            chunk: 0,
+            start: 0,
+            end: 0,
+            header: None,
+        }
+    }
 }
 
 /// Where chunk messages go: the loader's own queue.
@@ -260,10 +278,13 @@ pub async fn begin(
         .await?
         .get(0);
     if planned == 0 {
+        // Its index takes the merge's slices in order (see `db::merge_slices`).
         tx.batch_execute(&format!(
-            "CREATE UNLOGGED TABLE IF NOT EXISTS {} (pipeline_chunk integer NOT NULL, pipeline_line bigint NOT NULL, LIKE public.{})",
-            staging(batch_id),
-            ident(name)
+            "CREATE UNLOGGED TABLE IF NOT EXISTS {stage} (pipeline_chunk integer NOT NULL, pipeline_line bigint NOT NULL, LIKE public.{});
+             CREATE INDEX IF NOT EXISTS {} ON {stage} (pipeline_chunk, pipeline_line)",
+            ident(name),
+            slice_index(batch_id),
+            stage = staging(batch_id),
         ))
         .await?;
         for (i, (start, end)) in ranges.iter().enumerate() {
@@ -419,16 +440,36 @@ where
     Ok(ChunkOutcome::Invalid { error })
 }
 
-/// Once every chunk is in, merges the staging table into the dataset's table
-/// (or fails the batch with its first error), exactly once. `None` while
-/// chunks are pending or when another loader finished the batch.
+/// What [`finish`] came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Finished {
+    /// Chunks are still loading.
+    Pending,
+    /// The batch failed (a chunk's invalid record), or, begun by the
+    /// previous version, was merged in one statement.
+    Outcome(LoadOutcome),
+    /// The batch is merging in slices: loaded, or to go on elsewhere.
+    Slices(Merged),
+}
+
+/// How far one invocation merges: rows per slice, and the time after which
+/// it starts no slice it may not finish.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub slice_rows: u64,
+    pub until: Option<std::time::Instant>,
+}
+
+/// Once every chunk is in, merges the staging table into the dataset's
+/// table in slices (or fails the batch with its first error), exactly once.
 pub async fn finish<F, Fut>(
     client: &mut Client,
     name: &str,
     dataset: &Dataset,
     batch_id: uuid::Uuid,
     prefix: F,
-) -> Result<Option<LoadOutcome>, DbError>
+    budget: Budget,
+) -> Result<Finished, DbError>
 where
     F: FnOnce(u64) -> Fut,
     Fut: Future<Output = Result<ByteStream, StoreError>>,
@@ -441,11 +482,11 @@ where
         .await?
         .get(0);
     if pending > 0 {
-        return Ok(None);
+        return Ok(Finished::Pending);
     }
     let tx = client.transaction().await?;
     if lock_batch(&tx, batch_id).await?.is_some() {
-        return Ok(None);
+        return Ok(Finished::Slices(Merged::Done));
     }
     let failed = tx
         .query_opt(
@@ -455,90 +496,128 @@ where
         )
         .await?;
     let outcome = if let Some(row) = failed {
-        // The line in the whole object: line breaks before the chunk, plus its own line.
-        let start: i64 = row.get(0);
-        let local: i64 = row.get(1);
-        let mut stream = prefix(start as u64).await?;
-        let mut before = 0i64;
-        while let Some(piece) = stream.next().await {
-            before += memchr::memchr_iter(b'\n', &piece?).count() as i64;
-        }
-        let error = RecordError {
-            line: (before + local) as u64,
-            column: row.get(2),
-            reason: row.get::<_, Option<String>>(3).unwrap_or_default(),
-        };
-        let line = error.line as i64;
-        tx.execute(
-            "UPDATE pipeline.batches SET status = 'failed', inserted = 0, duplicates = 0, loaded_at = now(),
-             error_line = $2, error_column = $3, error_reason = $4 WHERE batch_id = $1",
-            &[&batch_id, &line, &error.column, &error.reason],
+        fail(&tx, batch_id, row, prefix).await?
+    } else if sliceable(&tx, batch_id).await? {
+        tx.commit().await?;
+        let merged = merge_slices(
+            client,
+            name,
+            dataset,
+            batch_id,
+            budget.slice_rows,
+            budget.until,
         )
         .await?;
-        LoadOutcome::Invalid { error }
+        return Ok(Finished::Slices(merged));
     } else {
-        let records: i64 = tx
-            .query_one(
-                "SELECT coalesce(sum(records), 0)::bigint FROM pipeline.batch_chunks WHERE batch_id = $1",
-                &[&batch_id],
-            )
-            .await?
-            .get(0);
-        let cols = column_list(dataset);
-        let table = format!("public.{}", ident(name));
-        let stage = staging(batch_id);
-        let merging = std::time::Instant::now();
-        // Usually no key is stored already nor repeated: a plain insert, under
-        // a savepoint; on a conflict, the merge with the conflict rule.
-        tx.batch_execute("SAVEPOINT plain").await?;
-        let plain = tx
-            .execute(
-                &format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage}"),
-                &[],
-            )
-            .await;
-        let inserted = match plain {
-            Ok(n) => {
-                tx.batch_execute("RELEASE SAVEPOINT plain").await?;
-                n
-            }
-            Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                return Err(e.into());
-            }
-            Err(_) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT plain").await?;
-                merge_stage(
-                    &tx,
-                    name,
-                    dataset,
-                    &stage,
-                    &["pipeline_chunk", "pipeline_line"],
-                )
-                .await?
-            }
-        };
-        tracing::info!(
-            batch_id = %batch_id,
-            dataset = name,
-            records,
-            merge_ms = CopyTimes::ms(merging.elapsed()),
-            "merge timings"
-        );
-        let inserted_i = inserted as i64;
-        tx.execute(
-            "UPDATE pipeline.batches SET status = 'loaded', records = $2, inserted = $3, duplicates = $2::bigint - $3::bigint,
-             loaded_at = now(), error_line = NULL, error_column = NULL, error_reason = NULL WHERE batch_id = $1",
-            &[&batch_id, &records, &inserted_i],
-        )
-        .await?;
-        LoadOutcome::Loaded {
-            records: records as u64,
-            inserted,
-            duplicates: records as u64 - inserted,
-        }
+        merge_whole(&tx, name, dataset, batch_id).await?
     };
     tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
         .await?;
     tx.commit().await?;
-    Ok(Some(outcome))
+    Ok(Finished::Outcome(outcome))
+}
+
+/// Fails the batch with its first chunk's error (`row`), its line counted
+/// in the whole object.
+async fn fail<F, Fut>(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch_id: uuid::Uuid,
+    row: tokio_postgres::Row,
+    prefix: F,
+) -> Result<LoadOutcome, DbError>
+where
+    F: FnOnce(u64) -> Fut,
+    Fut: Future<Output = Result<ByteStream, StoreError>>,
+{
+    // The line in the whole object: line breaks before the chunk, plus its own line.
+    let start: i64 = row.get(0);
+    let local: i64 = row.get(1);
+    let mut stream = prefix(start as u64).await?;
+    let mut before = 0i64;
+    while let Some(piece) = stream.next().await {
+        before += memchr::memchr_iter(b'\n', &piece?).count() as i64;
+    }
+    let error = RecordError {
+        line: (before + local) as u64,
+        column: row.get(2),
+        reason: row.get::<_, Option<String>>(3).unwrap_or_default(),
+    };
+    let line = error.line as i64;
+    tx.execute(
+        "UPDATE pipeline.batches SET status = 'failed', inserted = 0, duplicates = 0, loaded_at = now(),
+         error_line = $2, error_column = $3, error_reason = $4 WHERE batch_id = $1",
+        &[&batch_id, &line, &error.column, &error.reason],
+    )
+    .await?;
+    Ok(LoadOutcome::Invalid { error })
+}
+
+/// Merges a staging table made by the previous version (without the index
+/// slices need) in one statement.
+async fn merge_whole(
+    tx: &tokio_postgres::Transaction<'_>,
+    name: &str,
+    dataset: &Dataset,
+    batch_id: uuid::Uuid,
+) -> Result<LoadOutcome, DbError> {
+    let records: i64 = tx
+        .query_one(
+            "SELECT coalesce(sum(records), 0)::bigint FROM pipeline.batch_chunks WHERE batch_id = $1",
+            &[&batch_id],
+        )
+        .await?
+        .get(0);
+    let cols = column_list(dataset);
+    let table = format!("public.{}", ident(name));
+    let stage = staging(batch_id);
+    let merging = std::time::Instant::now();
+    // Usually no key is stored already nor repeated: a plain insert, under
+    // a savepoint; on a conflict, the merge with the conflict rule.
+    tx.batch_execute("SAVEPOINT plain").await?;
+    let plain = tx
+        .execute(
+            &format!("INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage}"),
+            &[],
+        )
+        .await;
+    let inserted = match plain {
+        Ok(n) => {
+            tx.batch_execute("RELEASE SAVEPOINT plain").await?;
+            n
+        }
+        Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            return Err(e.into());
+        }
+        Err(_) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT plain").await?;
+            merge_stage(
+                tx,
+                name,
+                dataset,
+                &stage,
+                &["pipeline_chunk", "pipeline_line"],
+            )
+            .await?
+        }
+    };
+    tracing::info!(
+        batch_id = %batch_id,
+        dataset = name,
+        records,
+        merge_ms = CopyTimes::ms(merging.elapsed()),
+        "merge timings"
+    );
+    let inserted_i = inserted as i64;
+    tx.execute(
+        "UPDATE pipeline.batches SET status = 'loaded', records = $2, inserted = $3, duplicates = $2::bigint - $3::bigint,
+         loaded_at = now(), error_line = NULL, error_column = NULL, error_reason = NULL WHERE batch_id = $1",
+        &[&batch_id, &records, &inserted_i],
+    )
+    .await?;
+    Ok(LoadOutcome::Loaded {
+        records: records as u64,
+        inserted,
+        duplicates: records as u64 - inserted,
+    })
 }

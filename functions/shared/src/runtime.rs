@@ -429,6 +429,10 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6080 * 1024);
+    let merge_slice_rows = std::env::var("MERGE_SLICE_ROWS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(crate::db::DEFAULT_SLICE_ROWS, |n| n.max(1));
     let max_receives = std::env::var("MAX_RECEIVES")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -440,6 +444,7 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         max_inline_bytes,
         chunk_bytes,
         upload_part_bytes,
+        merge_slice_rows,
         chunk_queue,
         max_receives,
         definitions: Default::default(),

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
-use crate::dataset::{ColumnType, Dataset, OnConflict};
+use crate::dataset::{ColumnType, Dataset, OnConflict, RESERVED_PREFIX};
 use crate::records::{Decoder, RecordError};
 use crate::store::{ByteStream, StoreError};
 
@@ -22,12 +22,14 @@ mod load;
 mod read;
 mod revisions;
 mod schema;
+mod slices;
 
 pub use batches::*;
 pub use load::*;
 pub use read::*;
 pub use revisions::*;
 pub use schema::*;
+pub use slices::*;
 
 /// Rows are sent to Postgres in pieces of about this size.
 const COPY_PIECE: usize = 1024 * 1024;

@@ -186,7 +186,7 @@ pub fn read(
     let sql = format!(
         "SELECT row_to_json(t)::text FROM (SELECT {} FROM {} {where_sql} ORDER BY {} LIMIT {}) t",
         select.join(", "),
-        table(name),
+        visible(name),
         columns.join(", "),
         u64::from(limit) + 1
     );

@@ -58,6 +58,39 @@ CREATE TABLE IF NOT EXISTS pipeline.dataset_revisions (
     PRIMARY KEY (dataset, revision)
 );
 ALTER TABLE pipeline.batches ADD COLUMN IF NOT EXISTS dataset_revision text;
+-- A batch merged in slices (see `merge`): its rows carry its load number in
+-- `pipeline_load` and stay hidden from reads while the load is listed here;
+-- the rows it replaced are kept in `shadows` meanwhile. A load leaves the
+-- list when its batch is `loaded` (all its rows appear at once), whichever
+-- version of the loader marks it so; a failed batch's load stays, abandoned.
+CREATE TABLE IF NOT EXISTS pipeline.hidden_loads (
+    load bigserial PRIMARY KEY,
+    batch_id uuid NOT NULL UNIQUE REFERENCES pipeline.batches ON DELETE CASCADE,
+    merged_chunk integer NOT NULL DEFAULT -1,
+    merged_line bigint NOT NULL DEFAULT 0,
+    inserted bigint NOT NULL DEFAULT 0,
+    abandoned boolean NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS pipeline.shadows (
+    load bigint NOT NULL,
+    dataset text NOT NULL,
+    key jsonb NOT NULL,
+    row jsonb NOT NULL,
+    PRIMARY KEY (load, dataset, key)
+);
+CREATE OR REPLACE FUNCTION pipeline.batch_done() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'loaded' THEN
+        DELETE FROM pipeline.hidden_loads WHERE batch_id = NEW.batch_id;
+    ELSE
+        UPDATE pipeline.hidden_loads SET abandoned = true WHERE batch_id = NEW.batch_id;
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS batch_done ON pipeline.batches;
+CREATE TRIGGER batch_done AFTER UPDATE OF status ON pipeline.batches FOR EACH ROW
+    WHEN (NEW.status IN ('loaded', 'failed') AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION pipeline.batch_done();
 "#;
 
 /// What a migration did.
@@ -87,7 +120,7 @@ fn create_table(name: &str, dataset: &Dataset) -> Vec<String> {
         .collect();
     let key: Vec<String> = dataset.primary_key.iter().map(|k| ident(k)).collect();
     vec![format!(
-        "CREATE TABLE {} ({}, PRIMARY KEY ({}))",
+        "CREATE TABLE {} ({}, {LOAD_COLUMN} bigint, PRIMARY KEY ({}))",
         table(name),
         columns.join(", "),
         key.join(", ")
@@ -191,7 +224,7 @@ fn diff(
     let mut statements = Vec::new();
     let mut destructive = Vec::new();
     for column in physical {
-        if new.column(column).is_some() {
+        if new.column(column).is_some() || column.starts_with(RESERVED_PREFIX) {
             continue;
         }
         let c = ident(column);
@@ -298,7 +331,10 @@ fn grants(datasets: &BTreeMap<String, Dataset>) -> String {
          GRANT SELECT, INSERT, UPDATE ON pipeline.batch_chunks TO pipeline_loader;
          GRANT SELECT ON pipeline.dataset_revisions TO pipeline_loader;
          GRANT CREATE ON SCHEMA pipeline TO pipeline_loader;
-         GRANT SELECT ON pipeline.batches TO pipeline_query;\n",
+         GRANT SELECT ON pipeline.batches TO pipeline_query;
+         GRANT SELECT, INSERT, UPDATE, DELETE ON pipeline.hidden_loads, pipeline.shadows TO pipeline_loader;
+         GRANT USAGE ON SEQUENCE pipeline.hidden_loads_load_seq TO pipeline_loader;
+         GRANT SELECT ON pipeline.hidden_loads, pipeline.shadows TO pipeline_query;\n",
     );
     for name in datasets.keys() {
         let t = table(name);
@@ -420,7 +456,15 @@ async fn migrate_tables(
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
-                let (statements, destructive) = diff(name, &old, dataset, &physical);
+                let (mut statements, destructive) = diff(name, &old, dataset, &physical);
+                if !physical.iter().any(|c| c == LOAD_COLUMN) {
+                    // Made before loads merged in slices (at once: a
+                    // nullable column without a default rewrites nothing).
+                    statements.push(format!(
+                        "ALTER TABLE {} ADD COLUMN {LOAD_COLUMN} bigint",
+                        table(name)
+                    ));
+                }
                 if !destructive.is_empty() && !dataset.allow_destructive_changes {
                     return Err(DbError::Destructive {
                         dataset: name.clone(),

@@ -1,0 +1,237 @@
+//! A batch loaded in chunks merges into its table in slices, each its own
+//! transaction, handed on from one invocation to the next; readers see
+//! none of the batch until it is loaded, then all of it, and the rows it
+//! replaces stay readable meanwhile.
+
+use crate::common::{self, Scratch};
+
+use pipeline_testkit::{Service, require};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use pipeline_shared::Dataset;
+use pipeline_shared::api::Context;
+use pipeline_shared::chunks::{ChunkMessage, ChunkQueue, Finished};
+use pipeline_shared::db::{self, LoadOutcome, Merged};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+
+/// The chunk messages the loader sends, kept for the test to deliver.
+#[derive(Default)]
+struct Sent(Mutex<Vec<ChunkMessage>>);
+
+impl ChunkQueue for Sent {
+    fn send(&self, messages: Vec<ChunkMessage>) -> BoxFuture<'_, Result<(), String>> {
+        self.0.lock().expect("lock").extend(messages);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Sent {
+    fn take(&self) -> Vec<ChunkMessage> {
+        std::mem::take(&mut *self.0.lock().expect("lock"))
+    }
+}
+
+/// dev's `readings`: CSV with a header, `on_conflict: update`.
+fn readings() -> Dataset {
+    let mut loader = pipeline_cli::spec::Loader::new(Some(common::repo().join("environments")));
+    let env = loader.load("dev").expect("dev");
+    env.spec.datasets["readings"].clone()
+}
+
+fn line(sensor: u32, value: f64) -> String {
+    format!("s{sensor:05},2024-01-01T00:00:00Z,{value},1,true,2024-01-01\n")
+}
+
+/// Stores a batch through ingest: its id and object key.
+async fn post(ctx: &Context, rows: impl Iterator<Item = String>) -> (uuid::Uuid, String) {
+    let mut body = String::from("sensor_id,read_at,value,quality,valid,day\n");
+    body.extend(rows);
+    let request = http::Request::post("/v1/datasets/readings/batches")
+        .header("content-type", "text/csv")
+        .body(Bytes::from(body))
+        .expect("request");
+    let response = ingest::handle(ctx, request).await;
+    let answer: Value = serde_json::from_slice(response.body()).expect("json");
+    assert_eq!(response.status(), 202, "{answer}");
+    let batch_id: uuid::Uuid = answer["batch_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("batch id");
+    let client = ctx.pool.get().await.expect("client");
+    let key = db::batch(&**client, batch_id)
+        .await
+        .expect("batch")
+        .expect("recorded")
+        .object_key;
+    (batch_id, key)
+}
+
+/// Every record a reader sees: sensor and value, in key order.
+async fn visible(ctx: &Context) -> Vec<(String, f64)> {
+    let client = ctx.pool.get().await.expect("client");
+    let page = db::records(
+        &**client,
+        "readings",
+        &ctx.datasets["readings"],
+        &[],
+        None,
+        10_000,
+    )
+    .await
+    .expect("read");
+    assert!(page.next.is_none(), "one page");
+    page.records
+        .iter()
+        .map(|r| {
+            (
+                r["sensor_id"].as_str().expect("sensor").to_string(),
+                r["value"].as_f64().expect("value"),
+            )
+        })
+        .collect()
+}
+
+async fn count(ctx: &Context, sql: &str) -> i64 {
+    let client = ctx.pool.get().await.expect("client");
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+#[tokio::test]
+async fn a_chunked_batch_merges_in_slices_across_invocations_and_shows_all_at_once() {
+    require!(Service::Postgres);
+    let db = Scratch::new("slices").await;
+    let objects = tempfile::tempdir().expect("temp dir");
+    let datasets = [("readings".to_string(), readings())].into();
+    let mut ctx = common::handlers_context(&db, "", 4, datasets, objects.path());
+    loader::migrate(&ctx).await.expect("migration");
+
+    // Sensors 1 to 100 are there, read 1.0, loaded in one stream.
+    let first = post(&ctx, (1..=100).map(|n| line(n, 1.0))).await;
+    match loader::load_key(&ctx, &first.1, None).await.expect("load") {
+        loader::Handled::Loaded { outcome, .. } => assert_eq!(
+            outcome,
+            LoadOutcome::Loaded {
+                records: 100,
+                inserted: 100,
+                duplicates: 0
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // A batch of 1,001 records in chunks of about 2 kB, merged 50 rows a
+    // slice: sensors 51 to 1050 read 2.0, then sensor 60 again, read 3.0.
+    let sent = Arc::new(Sent::default());
+    ctx.chunk_bytes = 2000;
+    ctx.merge_slice_rows = 50;
+    ctx.chunk_queue = Some(sent.clone());
+    let rows = (51..=1050).map(|n| line(n, 2.0)).chain([line(60, 3.0)]);
+    let (batch_id, key) = post(&ctx, rows).await;
+    let chunked = loader::load_key(&ctx, &key, None).await.expect("plan");
+    assert!(
+        matches!(chunked, loader::Handled::Chunked { chunks, .. } if chunks > 10),
+        "{chunked:?}"
+    );
+    let mut chunks = sent.take();
+    let last = chunks.pop().expect("chunks");
+    for chunk in &chunks {
+        let handled = loader::load_chunk(&ctx, chunk, None).await.expect("chunk");
+        assert!(
+            matches!(
+                &handled,
+                loader::Handled::Chunk {
+                    finished: Finished::Pending,
+                    ..
+                }
+            ),
+            "{handled:?}"
+        );
+    }
+
+    // The last chunk's invocation is at its deadline: it merges one slice
+    // and hands the rest on.
+    let now = std::time::Instant::now();
+    let handled = loader::load_chunk(&ctx, &last, Some(now))
+        .await
+        .expect("last chunk");
+    assert!(
+        matches!(
+            &handled,
+            loader::Handled::Chunk {
+                finished: Finished::Slices(Merged::More { slices: 1 }),
+                ..
+            }
+        ),
+        "{handled:?}"
+    );
+    let handed = sent.take();
+    assert_eq!(handed, [ChunkMessage::merge(batch_id, "readings", &key)]);
+
+    // Merged so far: 50 rows, hidden, and the 50 they replaced kept.
+    let table = count(
+        &ctx,
+        "SELECT count(*) FROM public.readings WHERE pipeline_load IS NOT NULL",
+    )
+    .await;
+    assert_eq!(table, 50);
+    let kept = count(&ctx, "SELECT count(*) FROM pipeline.shadows").await;
+    assert_eq!(kept, 50);
+    let before: Vec<(String, f64)> = (1..=100).map(|n| (format!("s{n:05}"), 1.0)).collect();
+    assert_eq!(visible(&ctx).await, before);
+
+    // The next invocation merges the rest, and the batch shows at once.
+    let handled = loader::load_chunk(&ctx, &handed[0], None)
+        .await
+        .expect("merge");
+    let loaded = LoadOutcome::Loaded {
+        records: 1001,
+        inserted: 950,
+        duplicates: 51,
+    };
+    assert!(
+        matches!(
+            &handled,
+            loader::Handled::Chunk { finished: Finished::Slices(Merged::Loaded(outcome)), .. }
+                if *outcome == loaded
+        ),
+        "{handled:?}"
+    );
+    let after: Vec<(String, f64)> = (1..=1050)
+        .map(|n| {
+            let value = match n {
+                ..=50 => 1.0,
+                60 => 3.0,
+                _ => 2.0,
+            };
+            (format!("s{n:05}"), value)
+        })
+        .collect();
+    assert_eq!(visible(&ctx).await, after);
+    assert!(sent.take().is_empty(), "nothing more to hand on");
+    let hidden = count(&ctx, "SELECT count(*) FROM pipeline.hidden_loads").await;
+    assert_eq!(hidden, 0);
+
+    // A redelivery of the hand-off changes nothing.
+    let again = loader::load_chunk(&ctx, &handed[0], None)
+        .await
+        .expect("again");
+    assert!(
+        matches!(
+            &again,
+            loader::Handled::Chunk {
+                finished: Finished::Slices(Merged::Done),
+                ..
+            }
+        ),
+        "{again:?}"
+    );
+    assert_eq!(visible(&ctx).await, after);
+    let stage = count(
+        &ctx,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'pipeline' AND tablename LIKE 'stage_%'",
+    )
+    .await;
+    assert_eq!(stage, 0);
+}
