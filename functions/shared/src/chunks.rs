@@ -334,7 +334,7 @@ pub enum ChunkOutcome {
     Invalid {
         error: RecordError,
     },
-    /// Done before (a redelivery), or skipped because another chunk failed.
+    /// Done before (a redelivery), or skipped because an earlier chunk failed.
     Nothing,
 }
 
@@ -361,10 +361,12 @@ where
     if status.as_deref() != Some("pending") {
         return Ok(ChunkOutcome::Nothing);
     }
+    // A chunk after one that failed is skipped; one before it still loads,
+    // as it may hold the batch's first error.
     let failed: bool = tx
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pipeline.batch_chunks WHERE batch_id = $1 AND status = 'failed')",
-            &[&message.batch_id],
+            "SELECT EXISTS (SELECT 1 FROM pipeline.batch_chunks WHERE batch_id = $1 AND status = 'failed' AND chunk < $2)",
+            &[&message.batch_id, &chunk],
         )
         .await?
         .get(0);

@@ -166,11 +166,8 @@ pub fn read(
             placeholders.join(", ")
         ));
     }
-    let where_sql = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
+    clauses.push(shown());
+    let where_sql = format!("WHERE {}", clauses.join(" AND "));
     // The limit is written out, not a parameter: a generic plan of a
     // cached statement would otherwise be costed for an unknown limit
     // (a tenth of the table) and might sort instead of reading in order.

@@ -287,21 +287,27 @@ fn literal(name: &str) -> String {
     format!("'{name}'")
 }
 
-/// What reads select from instead of the dataset's table: its rows but
-/// those of loads still hidden, and the rows such loads replaced.
+/// The hidden loads, read once per statement (an init plan).
+const HIDDEN: &str =
+    "((SELECT coalesce(array_agg(load), '{}') FROM pipeline.hidden_loads)::bigint[])";
+
+/// What reads select from instead of the dataset's table, aliased
+/// `visible`: its rows, and the rows that hidden loads replaced. Reads add
+/// [`shown`] to their conditions, which skips rows of hidden loads: as a
+/// condition of the whole, it reaches the table's own scan, which stays one
+/// index range scan (the same condition inside the union's branch would
+/// keep the planner from merging the branches in index order).
 pub(crate) fn visible(name: &str) -> String {
     let t = table(name);
-    let hidden = |load: &str| {
-        format!("EXISTS (SELECT 1 FROM pipeline.hidden_loads h WHERE h.load = {load})")
-    };
     format!(
-        "(SELECT * FROM {t} t WHERE t.{LOAD_COLUMN} IS NULL OR NOT {shown_row}
-          UNION ALL
+        "(SELECT * FROM {t} UNION ALL
           SELECT r.* FROM pipeline.shadows s CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, s.row) r
-          WHERE s.dataset = {dataset} AND {owner_hidden} AND (r.{LOAD_COLUMN} IS NULL OR NOT {kept_row})) visible",
-        shown_row = hidden(&format!("t.{LOAD_COLUMN}")),
-        owner_hidden = hidden("s.load"),
-        kept_row = hidden(&format!("r.{LOAD_COLUMN}")),
+          WHERE s.dataset = {dataset} AND s.load = ANY {HIDDEN}) visible",
         dataset = literal(name),
     )
+}
+
+/// The condition reads add, over [`visible`]: no row of a hidden load.
+pub(crate) fn shown() -> String {
+    format!("(visible.{LOAD_COLUMN} IS NULL OR visible.{LOAD_COLUMN} <> ALL {HIDDEN})")
 }
