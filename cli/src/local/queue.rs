@@ -321,9 +321,15 @@ async fn invoke(ctx: &Context, event: SqsEvent, timeout: Duration) -> Option<Sqs
     let started = tokio::time::Instant::now();
     let margin = loader::deadline_margin(timeout);
     let soft = Some((started + timeout.saturating_sub(margin), margin));
+    let messages = event.records.len();
     let invocation = loader::handle_until(ctx, event, soft);
     match tokio::time::timeout_at(started + timeout, invocation).await {
-        Ok(response) => Some(response),
+        Ok(response) => {
+            // As Lambda's REPORT line: what the benchmarks read.
+            let duration_ms = started.elapsed().as_millis() as u64;
+            tracing::debug!(messages, duration_ms, "loader invocation");
+            Some(response)
+        }
         Err(_) => {
             tracing::error!(
                 ?timeout,
