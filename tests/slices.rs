@@ -150,24 +150,29 @@ async fn a_chunked_batch_merges_in_slices_across_invocations_and_shows_all_at_on
         );
     }
 
-    // The last chunk's invocation is at its deadline: it merges one slice
-    // and hands the rest on.
-    let now = std::time::Instant::now();
-    let handled = loader::load_chunk(&ctx, &last, Some(now))
+    // The last chunk's invocation is at its deadline once its chunk is in:
+    // it hands the merge on.
+    let handled = loader::load_chunk(&ctx, &last, Some(std::time::Instant::now()))
         .await
         .expect("last chunk");
+    let more = |slices| Finished::Slices(Merged::More { slices });
     assert!(
-        matches!(
-            &handled,
-            loader::Handled::Chunk {
-                finished: Finished::Slices(Merged::More { slices: 1 }),
-                ..
-            }
-        ),
+        matches!(&handled, loader::Handled::Chunk { finished, .. } if *finished == more(0)),
         "{handled:?}"
     );
     let handed = sent.take();
     assert_eq!(handed, [ChunkMessage::merge(batch_id, "readings", &key)]);
+
+    // The hand-off's invocation is at its deadline too: it merges one slice,
+    // since it did nothing else, and hands the rest on.
+    let handled = loader::load_chunk(&ctx, &handed[0], Some(std::time::Instant::now()))
+        .await
+        .expect("hand-off");
+    assert!(
+        matches!(&handled, loader::Handled::Chunk { finished, .. } if *finished == more(1)),
+        "{handled:?}"
+    );
+    assert_eq!(sent.take(), handed);
 
     // Merged so far: 50 rows, hidden, and the 50 they replaced kept.
     let table = count(
@@ -179,6 +184,40 @@ async fn a_chunked_batch_merges_in_slices_across_invocations_and_shows_all_at_on
     let kept = count(&ctx, "SELECT count(*) FROM pipeline.shadows").await;
     assert_eq!(kept, 50);
     let before: Vec<(String, f64)> = (1..=100).map(|n| (format!("s{n:05}"), 1.0)).collect();
+    assert_eq!(visible(&ctx).await, before);
+
+    // The hand-off's last delivery fails (the table is locked past the
+    // invocation's deadline): the merge is handed on again, not failed.
+    let blocker = ctx.pool.get().await.expect("client");
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE public.readings IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let mut message = aws_lambda_events::event::sqs::SqsMessage::default();
+    message.message_id = Some("last".into());
+    message.body = Some(serde_json::json!({"chunk": handed[0]}).to_string());
+    message
+        .attributes
+        .insert("ApproximateReceiveCount".into(), "5".into());
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    event.records = vec![message];
+    let margin = std::time::Duration::from_millis(100);
+    let at = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    let response = loader::handle_until(&ctx, event, Some((at, margin))).await;
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "done with: handed on"
+    );
+    assert_eq!(sent.take(), handed);
+    let handoffs = count(&ctx, "SELECT handoffs::bigint FROM pipeline.hidden_loads").await;
+    assert_eq!(handoffs, 1);
+    let status = count(
+        &ctx,
+        "SELECT count(*) FROM pipeline.batches WHERE status = 'loading'",
+    )
+    .await;
+    assert_eq!(status, 1);
     assert_eq!(visible(&ctx).await, before);
 
     // The next invocation merges the rest, and the batch shows at once.

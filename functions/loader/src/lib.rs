@@ -155,7 +155,10 @@ pub async fn dead_lettered(ctx: &Context, message: &SqsMessage) -> bool {
 }
 
 /// Marks the unfinished batches of a message `failed` for `reason`; whether
-/// that was recorded for every one of them.
+/// that was recorded for every one of them. A batch whose merge in slices
+/// has begun is handed on in a new message instead, up to
+/// [`db::MAX_MERGE_HANDOFFS`] times: its slices are small, and its load
+/// would otherwise stay hidden for good.
 async fn fail_batches(ctx: &Context, message: &SqsMessage, reason: &str) -> bool {
     let batches = message_batches(message);
     if batches.is_empty() {
@@ -164,7 +167,22 @@ async fn fail_batches(ctx: &Context, message: &SqsMessage, reason: &str) -> bool
     let Ok(mut client) = connection(ctx).await else {
         return false;
     };
+    let mut handed = Vec::new();
     for batch_id in batches {
+        if ctx.chunk_queue.is_some() {
+            match db::hand_merge_on(&*client, batch_id).await {
+                Ok(Some((dataset, key))) => {
+                    tracing::warn!(%batch_id, reason, "the batch's merge is handed on");
+                    handed.push(chunks::ChunkMessage::merge(batch_id, &dataset, &key));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(%batch_id, error = %e, "could not hand a merge on");
+                    return false;
+                }
+            }
+        }
         match db::give_up(&mut client, batch_id, reason).await {
             Ok(changed) => tracing::error!(%batch_id, changed, reason, "batch failed"),
             Err(e) => {
@@ -174,7 +192,10 @@ async fn fail_batches(ctx: &Context, message: &SqsMessage, reason: &str) -> bool
         }
     }
     client.release(&Ok::<(), ()>(()));
-    true
+    match (&ctx.chunk_queue, handed.is_empty()) {
+        (Some(queue), false) => queue.send(handed).await.is_ok(),
+        _ => true,
+    }
 }
 
 /// The batches a message is about: a chunk's, or those of the objects an
@@ -500,7 +521,7 @@ async fn load_in_chunks(
                 target.dataset,
                 target.batch_id,
                 |end| store.get_range(key, 0, Some(end)),
-                budget(ctx, target.until),
+                budget(ctx, target.until, true),
             )
             .await?;
             match finished {
@@ -582,11 +603,13 @@ async fn earlier_copy(ctx: &Context, key: &str) -> Result<Option<String>, Messag
     Ok(stored.map(|_| decoded))
 }
 
-/// How far an invocation that ends at `until` merges.
-fn budget(ctx: &Context, until: Option<std::time::Instant>) -> Budget {
+/// How far an invocation that ends at `until` merges; `fresh`: it has
+/// done nothing else, so it merges one slice at least.
+fn budget(ctx: &Context, until: Option<std::time::Instant>, fresh: bool) -> Budget {
     Budget {
         slice_rows: ctx.merge_slice_rows,
         until,
+        at_least_one: fresh,
     }
 }
 
@@ -641,7 +664,9 @@ async fn chunk_on(
     })
     .await?;
     let prefix = |end| store.get_range(&message.key, 0, Some(end));
-    let budget = budget(ctx, until);
+    // A chunk loaded now took this invocation's time; a hand-off (its
+    // chunk loaded before) merges one slice at least.
+    let budget = budget(ctx, until, outcome == ChunkOutcome::Nothing);
     let finished = match chunks::finish(
         client,
         &message.dataset,

@@ -64,6 +64,12 @@ impl ChunkMessage {
             header: None,
         }
     }
+
+    /// Whether this is a [`ChunkMessage::merge`] (an empty range) rather
+    /// than a chunk to load.
+    pub fn is_merge(&self) -> bool {
+        self.start == self.end
+    }
 }
 
 /// Where chunk messages go: the loader's own queue.
@@ -454,12 +460,14 @@ pub enum Finished {
     Slices(Merged),
 }
 
-/// How far one invocation merges: rows per slice, and the time after which
-/// it starts no slice it may not finish.
+/// How far one invocation merges: rows per slice, the time after which it
+/// starts no slice it may not finish, and whether it merges one slice
+/// whatever the time left (it did nothing else).
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     pub slice_rows: u64,
     pub until: Option<std::time::Instant>,
+    pub at_least_one: bool,
 }
 
 /// Once every chunk is in, merges the staging table into the dataset's
@@ -508,6 +516,7 @@ where
             batch_id,
             budget.slice_rows,
             budget.until,
+            budget.at_least_one,
         )
         .await?;
         return Ok(Finished::Slices(merged));

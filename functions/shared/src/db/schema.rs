@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS pipeline.hidden_loads (
     merged_chunk integer NOT NULL DEFAULT -1,
     merged_line bigint NOT NULL DEFAULT 0,
     inserted bigint NOT NULL DEFAULT 0,
-    abandoned boolean NOT NULL DEFAULT false
+    abandoned boolean NOT NULL DEFAULT false,
+    handoffs integer NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS pipeline.shadows (
     load bigint NOT NULL,

@@ -32,6 +32,10 @@ pub const DEFAULT_SLICE_ROWS: u64 = 50_000;
 /// Shadow rows of finished loads deleted per statement.
 const GARBAGE_ROWS: i64 = 10_000;
 
+/// Times a batch's merge is handed on in a new message when its message's
+/// deliveries are spent, before the batch fails.
+pub const MAX_MERGE_HANDOFFS: i32 = 10;
+
 /// The column of a dataset's table that holds the load of a row merged in
 /// slices (none for rows loaded in one transaction).
 pub(crate) const LOAD_COLUMN: &str = "pipeline_load";
@@ -63,8 +67,14 @@ enum Slice {
     Done,
 }
 
+/// Time a slice is thought to take before one has been timed.
+const FIRST_SLICE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Merges the staged batch slice after slice until it is loaded, or until
-/// `until` is too near to merge another one.
+/// `until` is too near to merge another one (room for twice the last
+/// slice's time). `at_least_one`: merge one slice whatever the time left
+/// (an invocation that did nothing else), so that every invocation makes
+/// progress.
 pub async fn merge_slices(
     client: &mut Client,
     name: &str,
@@ -72,9 +82,15 @@ pub async fn merge_slices(
     batch_id: uuid::Uuid,
     slice_rows: u64,
     until: Option<std::time::Instant>,
+    at_least_one: bool,
 ) -> Result<Merged, DbError> {
     let mut slices = 0;
+    let mut need = FIRST_SLICE;
     loop {
+        let late = until.is_some_and(|until| std::time::Instant::now() + need > until);
+        if late && (slices > 0 || !at_least_one) {
+            return Ok(Merged::More { slices });
+        }
         let started = std::time::Instant::now();
         match slice(client, name, dataset, batch_id, slice_rows, until).await? {
             Slice::Merged => slices += 1,
@@ -82,11 +98,7 @@ pub async fn merge_slices(
             Slice::Busy => return Ok(Merged::Busy),
             Slice::Done => return Ok(Merged::Done),
         }
-        // The next slice takes about as long as this one: room for two.
-        let took = started.elapsed();
-        if until.is_some_and(|until| std::time::Instant::now() + took * 2 > until) {
-            return Ok(Merged::More { slices });
-        }
+        need = started.elapsed() * 2;
     }
 }
 
@@ -229,6 +241,25 @@ async fn show(
         inserted: inserted as u64,
         duplicates: (records - inserted).max(0) as u64,
     })
+}
+
+/// When the batch's merge in slices has begun and was handed on fewer than
+/// [`MAX_MERGE_HANDOFFS`] times, counts one more and answers the batch's
+/// dataset and object key, for the message that goes on with it.
+pub async fn hand_merge_on(
+    client: &impl GenericClient,
+    batch_id: uuid::Uuid,
+) -> Result<Option<(String, String)>, DbError> {
+    let row = client
+        .query_opt(
+            "UPDATE pipeline.hidden_loads h SET handoffs = handoffs + 1 FROM pipeline.batches b
+             WHERE h.batch_id = $1 AND b.batch_id = h.batch_id AND b.status = 'loading'
+             AND NOT h.abandoned AND h.handoffs < $2
+             RETURNING b.dataset, b.object_key",
+            &[&batch_id, &MAX_MERGE_HANDOFFS],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
 /// Deletes some of the shadow rows that no read needs any more (their
