@@ -86,13 +86,18 @@ pub async fn merge_slices(
 ) -> Result<Merged, DbError> {
     let mut slices = 0;
     let mut need = FIRST_SLICE;
+    let mut plain = true;
     loop {
         let late = until.is_some_and(|until| std::time::Instant::now() + need > until);
         if late && (slices > 0 || !at_least_one) {
             return Ok(Merged::More { slices });
         }
         let started = std::time::Instant::now();
-        match slice(client, name, dataset, batch_id, slice_rows, until).await? {
+        match slice(
+            client, name, dataset, batch_id, slice_rows, until, &mut plain,
+        )
+        .await?
+        {
             Slice::Merged => slices += 1,
             Slice::Last(outcome) => return Ok(Merged::Loaded(outcome)),
             Slice::Busy => return Ok(Merged::Busy),
@@ -110,6 +115,7 @@ async fn slice(
     batch_id: uuid::Uuid,
     slice_rows: u64,
     until: Option<std::time::Instant>,
+    plain: &mut bool,
 ) -> Result<Slice, DbError> {
     let tx = client.transaction().await?;
     match lock_batch_nowait(&tx, batch_id).await? {
@@ -137,8 +143,29 @@ async fn slice(
         .await?;
     let (load, chunk, line, inserted): (i64, i32, i64, i64) =
         (at.get(0), at.get(1), at.get(2), at.get(3));
-    let sql = slice_sql(name, dataset, batch_id, slice_rows);
-    let row = tx.query_one(&sql, &[&load, &chunk, &line]).await?;
+    let stmt = |rule| slice_sql(name, dataset, batch_id, slice_rows, rule);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&load, &chunk, &line];
+    let row = if *plain {
+        // Usually no key of the slice is there already nor repeated: a
+        // plain insert, under a savepoint; on a conflict, the dataset's
+        // rule, for this slice and the invocation's next ones.
+        tx.batch_execute("SAVEPOINT plain").await?;
+        match tx.query_one(&stmt(Rule::Plain), &params).await {
+            Ok(row) => Some(row),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT plain").await?;
+                *plain = false;
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    let row = match row {
+        Some(row) => row,
+        None => tx.query_one(&stmt(Rule::Dataset), &params).await?,
+    };
     let (rows, new): (i64, i64) = (row.get(0), row.get(1));
     if rows == 0 {
         let outcome = show(&tx, batch_id, inserted).await?;
@@ -162,7 +189,22 @@ async fn slice(
 /// of one key, the first in the object wins for `ignore` (a row of this
 /// load already there came before) and the last for `update`; a row of
 /// another load that `update` replaces is kept in the shadows first.
-fn slice_sql(name: &str, dataset: &Dataset, batch_id: uuid::Uuid, limit: u64) -> String {
+/// How a slice's rows go in.
+#[derive(Clone, Copy)]
+enum Rule {
+    /// All new and distinct: inserted as they are.
+    Plain,
+    /// With the dataset's conflict rule.
+    Dataset,
+}
+
+fn slice_sql(
+    name: &str,
+    dataset: &Dataset,
+    batch_id: uuid::Uuid,
+    limit: u64,
+    rule: Rule,
+) -> String {
     let cols = column_list(dataset);
     let key: Vec<String> = dataset.primary_key.iter().map(|k| ident(k)).collect();
     let key = key.join(", ");
@@ -171,13 +213,17 @@ fn slice_sql(name: &str, dataset: &Dataset, batch_id: uuid::Uuid, limit: u64) ->
         "slice AS MATERIALIZED (SELECT * FROM {stage} WHERE (pipeline_chunk, pipeline_line) > ($2::integer, $3::bigint)
          ORDER BY pipeline_chunk, pipeline_line LIMIT {limit})"
     );
-    let merge = match dataset.on_conflict {
-        OnConflict::Ignore => format!(
+    let merge = match (rule, dataset.on_conflict) {
+        (Rule::Plain, _) => format!(
+            "ins AS (INSERT INTO {t} ({cols}, {LOAD_COLUMN}) SELECT {cols}, $1::bigint FROM slice
+             RETURNING true AS new)"
+        ),
+        (Rule::Dataset, OnConflict::Ignore) => format!(
             "ins AS (INSERT INTO {t} ({cols}, {LOAD_COLUMN})
              SELECT DISTINCT ON ({key}) {cols}, $1::bigint FROM slice ORDER BY {key}, pipeline_chunk, pipeline_line
              ON CONFLICT ({key}) DO NOTHING RETURNING true AS new)"
         ),
-        OnConflict::Update => {
+        (Rule::Dataset, OnConflict::Update) => {
             let mut set: Vec<String> = dataset
                 .columns
                 .iter()
