@@ -199,8 +199,12 @@ async fn a_chunked_batch_merges_in_slices_across_invocations_and_shows_all_at_on
     message
         .attributes
         .insert("ApproximateReceiveCount".into(), "5".into());
+    // A second message in the same invocation, for which no time is left
+    // after the first: handed on as a new message, not counted a failure.
+    let mut second = message.clone();
+    second.message_id = Some("second".into());
     let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
-    event.records = vec![message];
+    event.records = vec![message, second];
     let margin = std::time::Duration::from_millis(100);
     let at = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
     let response = loader::handle_until(&ctx, event, Some((at, margin))).await;
@@ -209,7 +213,7 @@ async fn a_chunked_batch_merges_in_slices_across_invocations_and_shows_all_at_on
         response.batch_item_failures.is_empty(),
         "done with: handed on"
     );
-    assert_eq!(sent.take(), handed);
+    assert_eq!(sent.take(), [handed.clone(), handed.clone()].concat());
     let handoffs = count(&ctx, "SELECT handoffs::bigint FROM pipeline.hidden_loads").await;
     assert_eq!(handoffs, 1);
     let status = count(

@@ -81,10 +81,10 @@ impl Notify for QueueNotify {
 
 impl ChunkQueue for QueueNotify {
     /// Queues the messages at once, leaving out those of chunks that have a
-    /// message on the queue already (a batch's notification delivered again
-    /// asks for the chunks still pending, often still queued). A merge's
-    /// hand-off is always queued: the message that hands it on is still
-    /// on the queue.
+    /// message waiting on the queue already (a batch's notification
+    /// delivered again asks for the chunks still pending, often still
+    /// queued). A message being handled does not count: one handed on by
+    /// its own invocation is queued. A merge's hand-off is always queued.
     fn send(&self, messages: Vec<ChunkMessage>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let mut client = self.pool.get().await.map_err(|e| e.to_string())?;
@@ -97,7 +97,7 @@ impl ChunkQueue for QueueNotify {
                 let chunk = (!message.is_merge()).then_some(message.chunk as i32);
                 tx.execute(
                     "INSERT INTO pipeline.local_queue (body, object_key, chunk) SELECT $1, $2, $3
-                     WHERE NOT EXISTS (SELECT 1 FROM pipeline.local_queue WHERE object_key = $2 AND chunk = $3 AND NOT dead)",
+                     WHERE NOT EXISTS (SELECT 1 FROM pipeline.local_queue WHERE object_key = $2 AND chunk = $3 AND NOT dead AND visible_at <= now())",
                     &[&body, &message.key, &chunk],
                 )
                 .await

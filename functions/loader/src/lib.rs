@@ -91,8 +91,18 @@ pub async fn handle_until(
     deadline: Option<(tokio::time::Instant, std::time::Duration)>,
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
+    // The longest message so far: one is not started unless that much time
+    // is left (the first always is).
+    let mut need: Option<std::time::Duration> = None;
     for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
+        if let (Some(need), Some((at, _))) = (need, deadline)
+            && tokio::time::Instant::now() + need > at
+            && hand_on(ctx, &message).await
+        {
+            continue;
+        }
+        let began = std::time::Instant::now();
         let handled = match deadline {
             Some((at, margin)) => {
                 tokio::time::timeout_at(at, handle_message(ctx, &message, Some(at.into_std())))
@@ -101,6 +111,7 @@ pub async fn handle_until(
             }
             None => handle_message(ctx, &message, None).await,
         };
+        need = need.max(Some(began.elapsed()));
         match handled {
             Ok(handled) => {
                 for h in handled {
@@ -122,6 +133,31 @@ pub async fn handle_until(
         }
     }
     response
+}
+
+/// Sends a chunk message this invocation has no time for to the queue
+/// again, as a new message: reported failed instead, it would count a
+/// delivery that never ran, and an invocation handed more chunks than it
+/// can load in time would spend the last ones' deliveries. Whether it was
+/// sent (then the delivered one is done).
+async fn hand_on(ctx: &Context, message: &SqsMessage) -> bool {
+    let body = message.body.as_deref().unwrap_or("");
+    let (Some(queue), Ok(ChunkBody { chunk })) =
+        (&ctx.chunk_queue, serde_json::from_str::<ChunkBody>(body))
+    else {
+        return false;
+    };
+    let batch_id = chunk.batch_id;
+    match queue.send(vec![chunk]).await {
+        Ok(()) => {
+            tracing::info!(%batch_id, "no time left for a chunk message: handed on");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(%batch_id, error = %e, "could not hand a chunk message on");
+            false
+        }
+    }
 }
 
 /// How many times SQS has delivered the message, this time included
