@@ -11,7 +11,6 @@ use pipeline_testkit::{Service, require};
 
 use bytes::Bytes;
 use pipeline_shared::api::Context;
-use pipeline_shared::db;
 use pipeline_shared::{Column, ColumnType, Dataset};
 use serde_json::Value;
 
@@ -67,24 +66,8 @@ async fn post(ingest: &Context, record: Value) -> (uuid::Uuid, String) {
 }
 
 async fn post_to(ingest: &Context, dataset: &str, record: Value) -> (uuid::Uuid, String) {
-    let request = http::Request::post(format!("/v1/datasets/{dataset}/batches"))
-        .header("content-type", "application/x-ndjson")
-        .body(Bytes::from(format!("{record}\n")))
-        .expect("request");
-    let response = ingest::handle(ingest, request).await;
-    let answer: Value = serde_json::from_slice(response.body()).expect("json");
-    assert_eq!(response.status(), 202, "{answer}");
-    let batch_id: uuid::Uuid = answer["batch_id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("batch id");
-    let client = ingest.pool.get().await.expect("client");
-    let key = db::batch(&**client, batch_id)
-        .await
-        .expect("batch")
-        .expect("recorded")
-        .object_key;
-    (batch_id, key)
+    let body = Bytes::from(format!("{record}\n"));
+    common::post_batch(ingest, dataset, "application/x-ndjson", body).await
 }
 
 /// Has a version's loader load a batch from its S3 notification: the batch

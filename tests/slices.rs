@@ -13,7 +13,6 @@ use pipeline_shared::Dataset;
 use pipeline_shared::api::Context;
 use pipeline_shared::chunks::{ChunkMessage, ChunkQueue, Finished};
 use pipeline_shared::db::{self, LoadOutcome, Merged};
-use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
 /// The chunk messages the loader sends, kept for the test to deliver.
@@ -48,24 +47,7 @@ fn line(sensor: u32, value: f64) -> String {
 async fn post(ctx: &Context, rows: impl Iterator<Item = String>) -> (uuid::Uuid, String) {
     let mut body = String::from("sensor_id,read_at,value,quality,valid,day\n");
     body.extend(rows);
-    let request = http::Request::post("/v1/datasets/readings/batches")
-        .header("content-type", "text/csv")
-        .body(Bytes::from(body))
-        .expect("request");
-    let response = ingest::handle(ctx, request).await;
-    let answer: Value = serde_json::from_slice(response.body()).expect("json");
-    assert_eq!(response.status(), 202, "{answer}");
-    let batch_id: uuid::Uuid = answer["batch_id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .expect("batch id");
-    let client = ctx.pool.get().await.expect("client");
-    let key = db::batch(&**client, batch_id)
-        .await
-        .expect("batch")
-        .expect("recorded")
-        .object_key;
-    (batch_id, key)
+    common::post_batch(ctx, "readings", "text/csv", Bytes::from(body)).await
 }
 
 /// Every record a reader sees: sensor and value, in key order.

@@ -132,6 +132,34 @@ pub fn handlers_context(
     }
 }
 
+/// Posts a batch to ingest's handler, which must accept it: its id and
+/// object key.
+pub async fn post_batch(
+    ingest: &pipeline_shared::api::Context,
+    dataset: &str,
+    content_type: &str,
+    body: bytes::Bytes,
+) -> (uuid::Uuid, String) {
+    let request = http::Request::post(format!("/v1/datasets/{dataset}/batches"))
+        .header("content-type", content_type)
+        .body(body)
+        .expect("request");
+    let response = ingest::handle(ingest, request).await;
+    let answer: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
+    assert_eq!(response.status(), 202, "{answer}");
+    let batch_id: uuid::Uuid = answer["batch_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("batch id");
+    let client = ingest.pool.get().await.expect("client");
+    let key = pipeline_shared::db::batch(&**client, batch_id)
+        .await
+        .expect("batch")
+        .expect("recorded")
+        .object_key;
+    (batch_id, key)
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -30,7 +30,8 @@ use crate::dataset::CsvOptions;
 use crate::dataset::Dataset;
 use crate::db::{
     Copied, CopyTimes, DbError, LoadOutcome, Merged, column_list, copy_decoded, ident, lock_batch,
-    merge_slices, merge_stage, slice_index, sliceable, staging,
+    mark_invalid, mark_loaded, merge_slices, merge_stage, slice_index, sliceable, staged_records,
+    staging,
 };
 use crate::records::{BOM, Decoder, MAX_RECORD_BYTES, RecordEnds, RecordError};
 use crate::store::{ByteStream, Store, StoreError};
@@ -554,13 +555,7 @@ where
         column: row.get(2),
         reason: row.get::<_, Option<String>>(3).unwrap_or_default(),
     };
-    let line = error.line as i64;
-    tx.execute(
-        "UPDATE pipeline.batches SET status = 'failed', inserted = 0, duplicates = 0, loaded_at = now(),
-         error_line = $2, error_column = $3, error_reason = $4 WHERE batch_id = $1",
-        &[&batch_id, &line, &error.column, &error.reason],
-    )
-    .await?;
+    mark_invalid(tx, batch_id, &error).await?;
     Ok(LoadOutcome::Invalid { error })
 }
 
@@ -572,13 +567,7 @@ async fn merge_whole(
     dataset: &Dataset,
     batch_id: uuid::Uuid,
 ) -> Result<LoadOutcome, DbError> {
-    let records: i64 = tx
-        .query_one(
-            "SELECT coalesce(sum(records), 0)::bigint FROM pipeline.batch_chunks WHERE batch_id = $1",
-            &[&batch_id],
-        )
-        .await?
-        .get(0);
+    let records = staged_records(tx, batch_id).await?;
     let cols = column_list(dataset);
     let table = format!("public.{}", ident(name));
     let stage = staging(batch_id);
@@ -619,13 +608,7 @@ async fn merge_whole(
         merge_ms = CopyTimes::ms(merging.elapsed()),
         "merge timings"
     );
-    let inserted_i = inserted as i64;
-    tx.execute(
-        "UPDATE pipeline.batches SET status = 'loaded', records = $2, inserted = $3, duplicates = $2::bigint - $3::bigint,
-         loaded_at = now(), error_line = NULL, error_column = NULL, error_reason = NULL WHERE batch_id = $1",
-        &[&batch_id, &records, &inserted_i],
-    )
-    .await?;
+    mark_loaded(tx, batch_id, records, inserted as i64).await?;
     Ok(LoadOutcome::Loaded {
         records: records as u64,
         inserted,

@@ -231,24 +231,12 @@ where
     let (records, inserted) = match merged_or_invalid {
         Ok(counts) => counts,
         Err(error) => {
-            let line = error.line as i64;
-            tx.execute(
-                "UPDATE pipeline.batches SET status = 'failed', inserted = 0, duplicates = 0, loaded_at = now(),
-                 error_line = $2, error_column = $3, error_reason = $4 WHERE batch_id = $1",
-                &[&batch_id, &line, &error.column, &error.reason],
-            )
-            .await?;
+            mark_invalid(&tx, batch_id, &error).await?;
             tx.commit().await?;
             return Ok(LoadOutcome::Invalid { error });
         }
     };
-    let (records_i, inserted_i) = (records as i64, inserted as i64);
-    tx.execute(
-        "UPDATE pipeline.batches SET status = 'loaded', records = $2, inserted = $3, duplicates = $2::bigint - $3::bigint, loaded_at = now(),
-         error_line = NULL, error_column = NULL, error_reason = NULL WHERE batch_id = $1",
-        &[&batch_id, &records_i, &inserted_i],
-    )
-    .await?;
+    mark_loaded(&tx, batch_id, records as i64, inserted as i64).await?;
     tx.commit().await?;
     let total = started.elapsed();
     tracing::info!(
@@ -268,6 +256,53 @@ where
         inserted,
         duplicates: records - inserted,
     })
+}
+
+/// Marks a batch `failed` for its first invalid record.
+pub(crate) async fn mark_invalid(
+    tx: &Transaction<'_>,
+    batch_id: uuid::Uuid,
+    error: &RecordError,
+) -> Result<(), DbError> {
+    let line = error.line as i64;
+    tx.execute(
+        "UPDATE pipeline.batches SET status = 'failed', inserted = 0, duplicates = 0, loaded_at = now(),
+         error_line = $2, error_column = $3, error_reason = $4 WHERE batch_id = $1",
+        &[&batch_id, &line, &error.column, &error.reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks a batch `loaded` with its counts (which, for a batch merged in
+/// slices, shows its load: see `merge_slices`).
+pub(crate) async fn mark_loaded(
+    tx: &Transaction<'_>,
+    batch_id: uuid::Uuid,
+    records: i64,
+    inserted: i64,
+) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE pipeline.batches SET status = 'loaded', records = $2, inserted = $3, duplicates = $2::bigint - $3::bigint,
+         loaded_at = now(), error_line = NULL, error_column = NULL, error_reason = NULL WHERE batch_id = $1",
+        &[&batch_id, &records, &inserted],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The records a batch's chunks staged.
+pub(crate) async fn staged_records(
+    tx: &Transaction<'_>,
+    batch_id: uuid::Uuid,
+) -> Result<i64, DbError> {
+    Ok(tx
+        .query_one(
+            "SELECT coalesce(sum(records), 0)::bigint FROM pipeline.batch_chunks WHERE batch_id = $1",
+            &[&batch_id],
+        )
+        .await?
+        .get(0))
 }
 
 /// Locks the batch's row for the rest of the transaction. Returns its status

@@ -267,19 +267,8 @@ async fn show(
     batch_id: uuid::Uuid,
     inserted: i64,
 ) -> Result<LoadOutcome, DbError> {
-    let records: i64 = tx
-        .query_one(
-            "SELECT coalesce(sum(records), 0)::bigint FROM pipeline.batch_chunks WHERE batch_id = $1",
-            &[&batch_id],
-        )
-        .await?
-        .get(0);
-    tx.execute(
-        "UPDATE pipeline.batches SET status = 'loaded', records = $2, inserted = $3, duplicates = $2::bigint - $3::bigint,
-         loaded_at = now(), error_line = NULL, error_column = NULL, error_reason = NULL WHERE batch_id = $1",
-        &[&batch_id, &records, &inserted],
-    )
-    .await?;
+    let records = staged_records(tx, batch_id).await?;
+    mark_loaded(tx, batch_id, records, inserted).await?;
     tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
         .await?;
     Ok(LoadOutcome::Loaded {
