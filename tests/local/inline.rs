@@ -402,7 +402,12 @@ async fn schemathesis_finds_no_failure_in_two_minutes() {
         .arg(settings.join("schemathesis.toml"))
         .args(["run", &format!("{}/openapi.json", local.url)])
         .args(["--header", &format!("x-api-key: {}", local.api_key)])
-        .args(["--checks", "all", "--max-time", "120", "--workers", "2"])
+        // One worker: with two, schemathesis's threads parse sources with
+        // `ast` at once, and CPython 3.11 keeps the AST builder's recursion
+        // depth per interpreter, not per call, so a run could end in
+        // "AST constructor recursion depth mismatch" (a judge's crash, not a
+        // finding; seen once in CI).
+        .args(["--checks", "all", "--max-time", "120", "--workers", "1"])
         .args(["--seed", "20261201"])
         .env("PYTHONPATH", &settings)
         .env("SCHEMATHESIS_HOOKS", "pipeline_hooks")
