@@ -8,6 +8,7 @@ mod common;
 
 mod build;
 mod cli;
+mod cuts;
 mod deliveries;
 mod deploy;
 mod destroy;

@@ -16,9 +16,7 @@ use serde_json::Value;
 
 /// dev's `events`, as the previous version ships it.
 fn events() -> Dataset {
-    let mut loader = pipeline_cli::spec::Loader::new(Some(common::repo().join("environments")));
-    let env = loader.load("dev").expect("dev");
-    env.spec.datasets["events"].clone()
+    common::dev_dataset("events")
 }
 
 fn context(db: &Scratch, objects: &std::path::Path, events: Dataset) -> Context {

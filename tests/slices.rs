@@ -3,40 +3,20 @@
 //! none of the batch until it is loaded, then all of it, and the rows it
 //! replaces stay readable meanwhile.
 
-use crate::common::{self, Scratch};
+use crate::common::{self, Scratch, Sent};
 
 use pipeline_testkit::{Service, require};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
 use pipeline_shared::Dataset;
 use pipeline_shared::api::Context;
-use pipeline_shared::chunks::{ChunkMessage, ChunkQueue, Finished};
+use pipeline_shared::chunks::{ChunkMessage, Finished};
 use pipeline_shared::db::{self, LoadOutcome, Merged};
-use std::sync::{Arc, Mutex};
-
-/// The chunk messages the loader sends, kept for the test to deliver.
-#[derive(Default)]
-struct Sent(Mutex<Vec<ChunkMessage>>);
-
-impl ChunkQueue for Sent {
-    fn send(&self, messages: Vec<ChunkMessage>) -> BoxFuture<'_, Result<(), String>> {
-        self.0.lock().expect("lock").extend(messages);
-        Box::pin(async { Ok(()) })
-    }
-}
-
-impl Sent {
-    fn take(&self) -> Vec<ChunkMessage> {
-        std::mem::take(&mut *self.0.lock().expect("lock"))
-    }
-}
+use std::sync::Arc;
 
 /// dev's `readings`: CSV with a header, `on_conflict: update`.
 fn readings() -> Dataset {
-    let mut loader = pipeline_cli::spec::Loader::new(Some(common::repo().join("environments")));
-    let env = loader.load("dev").expect("dev");
-    env.spec.datasets["readings"].clone()
+    common::dev_dataset("readings")
 }
 
 fn line(sensor: u32, value: f64) -> String {

@@ -132,6 +132,33 @@ pub fn handlers_context(
     }
 }
 
+/// A dataset as dev ships it.
+pub fn dev_dataset(name: &str) -> pipeline_shared::Dataset {
+    let mut loader = pipeline_cli::spec::Loader::new(Some(repo().join("environments")));
+    let env = loader.load("dev").expect("dev");
+    env.spec.datasets[name].clone()
+}
+
+/// The chunk messages the loader sends, kept for the test to deliver.
+#[derive(Default)]
+pub struct Sent(std::sync::Mutex<Vec<pipeline_shared::chunks::ChunkMessage>>);
+
+impl pipeline_shared::chunks::ChunkQueue for Sent {
+    fn send(
+        &self,
+        messages: Vec<pipeline_shared::chunks::ChunkMessage>,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), String>> {
+        self.0.lock().expect("lock").extend(messages);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Sent {
+    pub fn take(&self) -> Vec<pipeline_shared::chunks::ChunkMessage> {
+        std::mem::take(&mut *self.0.lock().expect("lock"))
+    }
+}
+
 /// Posts a batch to ingest's handler, which must accept it: its id and
 /// object key.
 pub async fn post_batch(

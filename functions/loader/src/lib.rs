@@ -9,9 +9,10 @@
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use pipeline_shared::api::{self, Context};
-use pipeline_shared::chunks::{self, Begin, Budget, ChunkBody, ChunkOutcome, Finished};
+use pipeline_shared::chunks::{
+    self, Begin, Budget, ChunkBody, ChunkOutcome, Cut, Finished, Layout, Recorded, Span,
+};
 use pipeline_shared::compression;
-use pipeline_shared::dataset::Format;
 use pipeline_shared::db::{self, DbError, LoadOutcome, Merged};
 
 /// The function's name as the spec and the templates know it.
@@ -515,72 +516,137 @@ async fn load_in_chunks(
     if !planned && size <= ctx.chunk_bytes {
         return Ok(None);
     }
-    // The chunks recorded are kept: planning again only finds the CSV header.
-    let chunk_bytes = if planned {
-        size.max(1)
-    } else {
-        ctx.chunk_bytes
-    };
-    let (ranges, header) = match target.dataset.format {
-        Format::Ndjson => (chunks::plan(&ctx.store, key, size, chunk_bytes).await, None),
-        Format::Csv => {
-            let csv = target.dataset.csv();
-            match chunks::plan_csv(&ctx.store, key, size, chunk_bytes, &csv).await {
-                Ok((ranges, header)) => (Ok(ranges), header),
-                Err(e) => (Err(e), None),
-            }
+    let layout = Layout::of(target.dataset);
+    let first = match planned {
+        // The chunks recorded are kept: only the CSV header is read again.
+        true => Cut {
+            end: None,
+            header: chunks::header(&ctx.store, key, &layout)
+                .await
+                .map_err(DbError::from)?,
+        },
+        false => {
+            let span = span(ctx, key, 0, size);
+            chunks::next_cut(&ctx.store, span, &layout)
+                .await
+                .map_err(DbError::from)?
         }
     };
-    let ranges = ranges.map_err(DbError::from)?;
-    let begun = chunks::begin(
-        client,
-        target.name,
-        target.batch_id,
+    let object = chunks::Object {
         key,
-        &ranges,
-        header.as_deref(),
-    )
-    .await?;
-    let loaded = |outcome| Handled::Loaded {
-        key: key.to_string(),
-        outcome,
+        size,
+        first: &first,
     };
+    let begun = chunks::begin(client, target.name, target.batch_id, object).await?;
     Ok(Some(match begun {
-        Begin::Done { status } => Step::Done(loaded(LoadOutcome::AlreadyDone { status })),
+        Begin::Done { status } => Step::Done(Handled::Loaded {
+            key: key.to_string(),
+            outcome: LoadOutcome::AlreadyDone { status },
+        }),
         // Every chunk is in, but the batch was not merged (the loader of its
         // last chunk died, say): merge it now.
-        Begin::Pending(messages) if messages.is_empty() => {
-            let store = &ctx.store;
-            let finished = chunks::finish(
-                client,
-                target.name,
-                target.dataset,
-                target.batch_id,
-                |end| store.get_range(key, 0, Some(end)),
-                budget(ctx, target.until, true),
-            )
-            .await?;
-            match finished {
-                Finished::Outcome(outcome) | Finished::Slices(Merged::Loaded(outcome)) => {
-                    Step::Done(loaded(outcome))
-                }
-                Finished::Slices(Merged::More { .. }) => {
-                    Step::Send(vec![chunks::ChunkMessage::merge(
-                        target.batch_id,
-                        target.name,
-                        key,
-                    )])
-                }
-                Finished::Pending | Finished::Slices(Merged::Busy | Merged::Done) => {
-                    Step::Done(Handled::Chunked {
-                        key: key.to_string(),
-                        chunks: 0,
-                    })
-                }
-            }
+        Begin::Pending { chunks, rest: None } if chunks.is_empty() => {
+            merge_now(ctx, client, target).await?
         }
-        Begin::Pending(messages) => Step::Send(messages),
+        Begin::Pending { mut chunks, rest } => {
+            if let Some(rest) = rest {
+                chunks.extend(cut_on(ctx, client, &layout, rest, target.until).await?);
+            }
+            Step::Send(chunks)
+        }
     }))
+}
+
+/// The part of `key` from `start` to `size` that a cut looks at.
+fn span<'a>(ctx: &Context, key: &'a str, start: u64, size: u64) -> Span<'a> {
+    Span {
+        key,
+        start,
+        size,
+        // Chunks turned off since the batch began: the rest is one chunk.
+        chunk_bytes: match ctx.chunk_bytes {
+            0 => u64::MAX,
+            n => n,
+        },
+    }
+}
+
+/// Most cuts one invocation makes (without a deadline, in tests).
+const MAX_CUTS: usize = 64;
+
+/// Cuts the rest of an object into chunks while time is left: the messages
+/// of the pieces cut, and the rest's when some is left (handed on).
+async fn cut_on(
+    ctx: &Context,
+    client: &mut tokio_postgres::Client,
+    layout: &Layout,
+    mut rest: chunks::ChunkMessage,
+    until: Option<std::time::Instant>,
+) -> Result<Vec<chunks::ChunkMessage>, MessageError> {
+    let mut messages = Vec::new();
+    // A cut reads at most a chunk; the first is taken to need half a second.
+    let mut need = std::time::Duration::from_millis(500);
+    for _ in 0..MAX_CUTS {
+        if until.is_some_and(|until| std::time::Instant::now() + 2 * need > until) {
+            break;
+        }
+        let began = std::time::Instant::now();
+        let span = span(ctx, &rest.key, rest.start, rest.end);
+        let cut = chunks::next_cut(&ctx.store, span, layout)
+            .await
+            .map_err(DbError::from)?;
+        let Some(Recorded { piece, rest: next }) =
+            chunks::record_cut(client, &rest, cut.end).await?
+        else {
+            return Ok(messages);
+        };
+        messages.push(piece);
+        match next {
+            Some(next) => rest = next,
+            None => return Ok(messages),
+        }
+        need = began.elapsed();
+    }
+    tracing::info!(batch_id = %rest.batch_id, cut = messages.len(), "the rest of the object is handed on");
+    messages.push(rest);
+    Ok(messages)
+}
+
+/// Merges a batch whose chunks are all in.
+async fn merge_now(
+    ctx: &Context,
+    client: &mut tokio_postgres::Client,
+    target: &Target<'_>,
+) -> Result<Step, MessageError> {
+    let (key, store) = (target.key, &ctx.store);
+    let finished = chunks::finish(
+        client,
+        target.name,
+        target.dataset,
+        target.batch_id,
+        |end| store.get_range(key, 0, Some(end)),
+        budget(ctx, target.until, true),
+    )
+    .await?;
+    Ok(match finished {
+        Finished::Outcome(outcome) | Finished::Slices(Merged::Loaded(outcome)) => {
+            Step::Done(Handled::Loaded {
+                key: key.to_string(),
+                outcome,
+            })
+        }
+        Finished::Slices(Merged::More { .. }) => Step::Send(vec![chunks::ChunkMessage::merge(
+            target.batch_id,
+            target.name,
+            key,
+        )]),
+        Finished::Pending | Finished::Slices(Merged::Busy | Merged::Done) => {
+            Step::Done(Handled::Chunked {
+                key: key.to_string(),
+                chunks: 0,
+            })
+        }
+    })
 }
 
 /// The key of the decoded copy of a compressed object: the one made before,
@@ -659,32 +725,49 @@ pub async fn load_chunk(
 ) -> Result<Handled, MessageError> {
     let own = ctx.datasets.get(&message.dataset);
     let mut client = connection(ctx).await?;
-    let handled = chunk_on(ctx, &mut client, own, message, until).await;
-    client.release(&handled);
-    let handled = handled?;
-    if let Handled::Chunk {
-        finished: Finished::Slices(Merged::More { .. }),
-        ..
-    } = &handled
-        && let Some(queue) = &ctx.chunk_queue
-    {
-        let next = chunks::ChunkMessage::merge(message.batch_id, &message.dataset, &message.key);
-        queue.send(vec![next]).await.map_err(MessageError::Pool)?;
+    let step = chunk_on(ctx, &mut client, own, message, until).await;
+    client.release(&step);
+    let (handled, messages) = match step? {
+        Step::Send(messages) => {
+            let handled = Handled::Chunked {
+                key: message.key.clone(),
+                chunks: messages.len(),
+            };
+            (handled, messages)
+        }
+        Step::Done(
+            handled @ Handled::Chunk {
+                finished: Finished::Slices(Merged::More { .. }),
+                ..
+            },
+        ) => {
+            let next =
+                chunks::ChunkMessage::merge(message.batch_id, &message.dataset, &message.key);
+            (handled, vec![next])
+        }
+        Step::Done(handled) => (handled, Vec::new()),
+    };
+    if let (Some(queue), false) = (&ctx.chunk_queue, messages.is_empty()) {
+        queue.send(messages).await.map_err(MessageError::Pool)?;
     }
     Ok(handled)
 }
 
+/// Loads a chunk and merges its batch when it was the last one, or, given
+/// the rest of an object, cuts it on.
 async fn chunk_on(
     ctx: &Context,
     client: &mut tokio_postgres::Client,
     own: Option<&pipeline_shared::dataset::Dataset>,
     message: &chunks::ChunkMessage,
     until: Option<std::time::Instant>,
-) -> Result<Handled, MessageError> {
+) -> Result<Step, MessageError> {
     // The definition the batch was accepted under, for its chunks and its merge.
-    let skipped = |reason: &str| Handled::Skipped {
-        key: message.key.clone(),
-        reason: reason.into(),
+    let skipped = |reason: &str| {
+        Step::Done(Handled::Skipped {
+            key: message.key.clone(),
+            reason: reason.into(),
+        })
     };
     let dataset = match db::batch_definition(&*client, message.batch_id, own).await {
         Ok(Some(dataset)) => dataset,
@@ -694,6 +777,11 @@ async fn chunk_on(
         Err(e) => return Err(e.into()),
     };
     let dataset = &*dataset;
+    if chunks::is_rest(client, message).await? {
+        let layout = Layout::of(dataset);
+        let messages = cut_on(ctx, client, &layout, message.clone(), until).await?;
+        return Ok(Step::Send(messages));
+    }
     let store = &ctx.store;
     let outcome = chunks::load_chunk(client, dataset, message, || {
         store.get_range(&message.key, message.start, Some(message.end))
@@ -718,12 +806,12 @@ async fn chunk_on(
         Err(DbError::NoBatch(_)) => Finished::Slices(Merged::Done),
         Err(e) => return Err(e.into()),
     };
-    Ok(Handled::Chunk {
+    Ok(Step::Done(Handled::Chunk {
         key: message.key.clone(),
         chunk: message.chunk,
         outcome,
         finished,
-    })
+    }))
 }
 
 /// The `migrate` action: brings the tables in line with the datasets.

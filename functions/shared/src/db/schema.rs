@@ -47,6 +47,24 @@ CREATE TABLE IF NOT EXISTS pipeline.batch_chunks (
     error_reason text,
     PRIMARY KEY (batch_id, chunk)
 );
+-- A large object is cut into chunks as it is read (see `chunks::plan`): the
+-- row of its unplanned rest is `pending` but not `planned` (every version
+-- then waits for it before merging), and each cut turns it `split`, with
+-- the piece cut and the new rest in the two rows after it. `lines` counts a
+-- loaded chunk's line breaks, so that an error's line in the whole object
+-- needs no reading; `header` is the CSV header its message carries.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = 'pipeline' AND table_name = 'batch_chunks' AND column_name = 'planned') THEN
+        ALTER TABLE pipeline.batch_chunks
+            ADD COLUMN planned boolean NOT NULL DEFAULT true,
+            ADD COLUMN lines bigint,
+            ADD COLUMN header text,
+            DROP CONSTRAINT IF EXISTS batch_chunks_status_check,
+            ADD CONSTRAINT batch_chunks_status_check CHECK (status IN ('pending', 'loaded', 'failed', 'skipped', 'split'));
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS batches_status_idx ON pipeline.batches (status) WHERE status IN ('received', 'loading');
 -- Every definition a migration moved a dataset to, by revision (see
 -- `revisions`), and the revision each batch was accepted under.

@@ -1,8 +1,9 @@
 //! Large batches, loaded in parallel chunks.
 //!
 //! An object above a threshold is cut into byte ranges that start on record
-//! boundaries (for CSV, found by following the quotes from the start). Each range is its own message (SQS in AWS, the local
-//! queue on this machine), loaded by whichever loader gets it into the
+//! boundaries, a bounded step at a time (see [`plan`]). Each range is its
+//! own message (SQS in AWS, the local queue on this machine), loaded by
+//! whichever loader gets it into the
 //! batch's staging table, in its own transaction; the chunk's row in
 //! `pipeline.batch_chunks` makes a redelivered chunk a no-op. When the last
 //! chunk is in, the staging table is merged into the dataset's table in
@@ -19,6 +20,10 @@
 //! with the position it reached, under the batch's lock, and the last step
 //! marks the batch and drops the staging table together.
 
+mod plan;
+
+pub use plan::{Cut, Layout, Recorded, Span, header, is_rest, next_cut, record_cut};
+
 use std::future::Future;
 
 use futures_util::StreamExt;
@@ -26,15 +31,14 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use crate::dataset::CsvOptions;
 use crate::dataset::Dataset;
 use crate::db::{
     Copied, CopyTimes, DbError, LoadOutcome, Merged, column_list, copy_decoded, ident, lock_batch,
     mark_invalid, mark_loaded, merge_slices, merge_stage, slice_index, sliceable, staged_records,
     staging,
 };
-use crate::records::{BOM, Decoder, MAX_RECORD_BYTES, RecordEnds, RecordError};
-use crate::store::{ByteStream, Store, StoreError};
+use crate::records::{Decoder, RecordError};
+use crate::store::{ByteStream, StoreError};
 
 /// One chunk to load: a message of the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +67,16 @@ impl ChunkMessage {
             start: 0,
             end: 0,
             header: None,
+        }
+    }
+
+    /// The message of another range of the same object (with its header).
+    fn piece(&self, chunk: u32, start: u64, end: u64) -> ChunkMessage {
+        ChunkMessage {
+            chunk,
+            start,
+            end,
+            ..self.clone()
         }
     }
 
@@ -138,113 +152,17 @@ pub struct ChunkBody {
     pub chunk: ChunkMessage,
 }
 
-/// Cuts an object of `size` bytes into ranges of about `chunk_bytes`, each
-/// starting right after a line break.
-pub async fn plan(
-    store: &Store,
-    key: &str,
-    size: u64,
-    chunk_bytes: u64,
-) -> Result<Vec<(u64, u64)>, StoreError> {
-    let mut starts = vec![0u64];
-    let mut at = chunk_bytes;
-    while at < size {
-        // The next record starts after the first line break at or past `at`.
-        let window = (MAX_RECORD_BYTES as u64 + 2).min(size - at);
-        let mut stream = store.get_range(key, at, Some(at + window)).await?;
-        let mut offset = at;
-        let mut found = None;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if let Some(pos) = memchr::memchr(b'\n', &chunk) {
-                found = Some(offset + pos as u64 + 1);
-                break;
-            }
-            offset += chunk.len() as u64;
-        }
-        match found {
-            Some(next) if next < size => {
-                starts.push(next);
-                at = next + chunk_bytes;
-            }
-            // No break before the end: the rest is one chunk (an over-long
-            // record is reported when the chunk is read).
-            _ => break,
-        }
-    }
-    let mut ranges = Vec::with_capacity(starts.len());
-    for (i, start) in starts.iter().enumerate() {
-        let end = starts.get(i + 1).copied().unwrap_or(size);
-        ranges.push((*start, end));
-    }
-    Ok(ranges)
-}
-
-/// Cuts a CSV object into ranges of about `chunk_bytes` that start on record
-/// boundaries, and returns its header line (without a byte-order mark), if
-/// the dialect has one. A quoted field may hold a line break, so the object
-/// is read once from the start, following the quotes.
-pub async fn plan_csv(
-    store: &Store,
-    key: &str,
-    size: u64,
-    chunk_bytes: u64,
-    options: &CsvOptions,
-) -> Result<(Vec<(u64, u64)>, Option<String>), StoreError> {
-    let mut stream = store.get(key).await?;
-    let mut starts = vec![0u64];
-    // The header line once complete; until then, its first bytes.
-    let mut header: Option<Vec<u8>> = None;
-    let mut header_bytes = Vec::new();
-    let mut ends_at = RecordEnds::new(options);
-    let mut offset = 0u64;
-    let mut target = chunk_bytes;
-    while let Some(piece) = stream.next().await {
-        let piece = piece?;
-        if options.header && header.is_none() {
-            let keep = (MAX_RECORD_BYTES + 1)
-                .saturating_sub(header_bytes.len())
-                .min(piece.len());
-            header_bytes.extend_from_slice(&piece[..keep]);
-        }
-        ends_at.scan(&piece, |pos, ends_record| {
-            if !ends_record {
-                return;
-            }
-            let next = offset + pos as u64 + 1;
-            if options.header && header.is_none() {
-                let len = (next as usize).min(header_bytes.len());
-                header = Some(header_bytes[..len].to_vec());
-                header_bytes = Vec::new();
-            }
-            if next >= target && next < size {
-                starts.push(next);
-                target = next + chunk_bytes;
-            }
-        });
-        offset += piece.len() as u64;
-    }
-    let header = options.header.then(|| {
-        let header = header.unwrap_or(header_bytes);
-        let header = header.strip_prefix(BOM).unwrap_or(&header);
-        String::from_utf8_lossy(header)
-            .trim_end_matches(['\n', '\r'])
-            .to_string()
-    });
-    let mut ranges = Vec::with_capacity(starts.len());
-    for (i, start) in starts.iter().enumerate() {
-        ranges.push((*start, starts.get(i + 1).copied().unwrap_or(size)));
-    }
-    Ok((ranges, header))
-}
-
 /// What starting a chunked load found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Begin {
     /// The batch is loaded or failed already.
     Done { status: crate::db::BatchStatus },
-    /// These chunks are still to load: send (or send again) their messages.
-    Pending(Vec<ChunkMessage>),
+    /// These chunks are still to load: send (or send again) their messages;
+    /// `rest`, the part of the object still to cut, if any (see [`plan`]).
+    Pending {
+        chunks: Vec<ChunkMessage>,
+        rest: Option<ChunkMessage>,
+    },
 }
 
 /// Whether the chunks of a batch were recorded: such a batch is loaded in
@@ -259,32 +177,51 @@ pub async fn planned(client: &Client, batch_id: uuid::Uuid) -> Result<bool, DbEr
         .get(0))
 }
 
-/// Records the chunks of a batch and creates its staging table, once, in one
-/// transaction (a loader that dies meanwhile leaves neither behind); on a
-/// redelivery, keeps the chunks recorded first (`ranges` are then ignored)
-/// and returns those still pending so that their messages are sent again.
-/// None pending while the batch is open means that its merge is still to do
-/// ([`finish`]).
+/// An object to load in chunks, and its first cut.
+#[derive(Debug, Clone, Copy)]
+pub struct Object<'a> {
+    pub key: &'a str,
+    pub size: u64,
+    /// The object's first cut ([`next_cut`] from its start); for an object
+    /// whose chunks were recorded before, only its header counts.
+    pub first: &'a Cut,
+}
+
+/// Records the first chunk of a batch and the rest to cut, and creates its
+/// staging table, once, in one transaction (a loader that dies meanwhile
+/// leaves none of them behind); on a redelivery, keeps the chunks recorded
+/// before and returns those still pending so that their messages are sent
+/// again. None pending while the batch is open means that its merge is
+/// still to do ([`finish`]).
 pub async fn begin(
     client: &mut Client,
     name: &str,
     batch_id: uuid::Uuid,
-    key: &str,
-    ranges: &[(u64, u64)],
-    header: Option<&str>,
+    object: Object<'_>,
 ) -> Result<Begin, DbError> {
     let tx = client.transaction().await?;
     if let Some(status) = lock_batch(&tx, batch_id).await? {
         return Ok(Begin::Done { status });
     }
-    let planned: i64 = tx
+    let header = object.first.header.as_deref();
+    let message = |chunk: u32, start: u64, end: u64, row_header: Option<String>| ChunkMessage {
+        batch_id,
+        dataset: name.to_string(),
+        key: object.key.to_string(),
+        chunk,
+        start,
+        end,
+        // Rows recorded by the previous version hold no header.
+        header: row_header.or_else(|| header.filter(|_| start > 0).map(str::to_string)),
+    };
+    let planned: bool = tx
         .query_one(
-            "SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = $1",
+            "SELECT EXISTS (SELECT 1 FROM pipeline.batch_chunks WHERE batch_id = $1)",
             &[&batch_id],
         )
         .await?
         .get(0);
-    if planned == 0 {
+    if !planned {
         // Its index takes the merge's slices in order (see `db::merge_slices`).
         tx.batch_execute(&format!(
             "CREATE UNLOGGED TABLE IF NOT EXISTS {stage} (pipeline_chunk integer NOT NULL, pipeline_line bigint NOT NULL, LIKE public.{});
@@ -294,13 +231,10 @@ pub async fn begin(
             stage = staging(batch_id),
         ))
         .await?;
-        for (i, (start, end)) in ranges.iter().enumerate() {
-            let (chunk, start, end) = (i as i32, *start as i64, *end as i64);
-            tx.execute(
-                "INSERT INTO pipeline.batch_chunks (batch_id, chunk, start_byte, end_byte, status) VALUES ($1, $2, $3, $4, 'pending')",
-                &[&batch_id, &chunk, &start, &end],
-            )
-            .await?;
+        let end = object.first.end.unwrap_or(object.size);
+        plan::insert(&tx, &message(0, 0, end, None), true).await?;
+        if end < object.size {
+            plan::insert(&tx, &message(1, end, object.size, None), false).await?;
         }
         tx.execute(
             "UPDATE pipeline.batches SET status = 'loading' WHERE batch_id = $1",
@@ -310,26 +244,26 @@ pub async fn begin(
     }
     let rows = tx
         .query(
-            "SELECT chunk, start_byte, end_byte FROM pipeline.batch_chunks WHERE batch_id = $1 AND status = 'pending' ORDER BY chunk",
+            "SELECT chunk, start_byte, end_byte, header, planned FROM pipeline.batch_chunks
+             WHERE batch_id = $1 AND status = 'pending' ORDER BY chunk",
             &[&batch_id],
         )
         .await?;
     tx.commit().await?;
-    Ok(Begin::Pending(
-        rows.iter()
-            .map(|r| ChunkMessage {
-                batch_id,
-                dataset: name.to_string(),
-                key: key.to_string(),
-                chunk: r.get::<_, i32>(0) as u32,
-                start: r.get::<_, i64>(1) as u64,
-                end: r.get::<_, i64>(2) as u64,
-                header: header
-                    .filter(|_| r.get::<_, i32>(0) > 0)
-                    .map(str::to_string),
-            })
-            .collect(),
-    ))
+    let (mut chunks, mut rest) = (Vec::with_capacity(rows.len()), None);
+    for r in &rows {
+        let m = message(
+            r.get::<_, i32>(0) as u32,
+            r.get::<_, i64>(1) as u64,
+            r.get::<_, i64>(2) as u64,
+            r.get(3),
+        );
+        match r.get::<_, bool>(4) {
+            true => chunks.push(m),
+            false => rest = Some(m),
+        }
+    }
+    Ok(Begin::Pending { chunks, rest })
 }
 
 /// What loading one chunk did.
@@ -392,7 +326,18 @@ where
         column_list(dataset)
     );
     let decoder = Decoder::new(dataset).for_chunk(message.chunk);
-    let mut stream = open().await?;
+    // The chunk's line breaks, counted as its bytes go by (not the header's).
+    let lines = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = lines.clone();
+    let mut stream = open()
+        .await?
+        .inspect(move |piece| {
+            if let Ok(piece) = piece {
+                let n = memchr::memchr_iter(b'\n', piece).count() as u64;
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .boxed();
     if let Some(header) = &message.header {
         // The header line, then the chunk's records: local line 1 is the header.
         let line = bytes::Bytes::from(format!("{header}\n"));
@@ -415,9 +360,10 @@ where
                 "chunk load timings"
             );
             let n = records as i64;
+            let lines = lines.load(std::sync::atomic::Ordering::Relaxed) as i64;
             tx.execute(
-                "UPDATE pipeline.batch_chunks SET status = 'loaded', records = $3 WHERE batch_id = $1 AND chunk = $2",
-                &[&message.batch_id, &chunk, &n],
+                "UPDATE pipeline.batch_chunks SET status = 'loaded', records = $3, lines = $4 WHERE batch_id = $1 AND chunk = $2",
+                &[&message.batch_id, &chunk, &n, &lines],
             )
             .await?;
             tx.commit().await?;
@@ -501,7 +447,7 @@ where
     }
     let failed = tx
         .query_opt(
-            "SELECT start_byte, error_line, error_column, error_reason FROM pipeline.batch_chunks
+            "SELECT start_byte, error_line, error_column, error_reason, chunk FROM pipeline.batch_chunks
              WHERE batch_id = $1 AND status = 'failed' ORDER BY chunk LIMIT 1",
             &[&batch_id],
         )
@@ -545,11 +491,17 @@ where
     // The line in the whole object: line breaks before the chunk, plus its own line.
     let start: i64 = row.get(0);
     let local: i64 = row.get(1);
-    let mut stream = prefix(start as u64).await?;
-    let mut before = 0i64;
-    while let Some(piece) = stream.next().await {
-        before += memchr::memchr_iter(b'\n', &piece?).count() as i64;
-    }
+    let before = match lines_before(tx, batch_id, row.get(4)).await? {
+        Some(lines) => lines,
+        None => {
+            let mut stream = prefix(start as u64).await?;
+            let mut before = 0i64;
+            while let Some(piece) = stream.next().await {
+                before += memchr::memchr_iter(b'\n', &piece?).count() as i64;
+            }
+            before
+        }
+    };
     let error = RecordError {
         line: (before + local) as u64,
         column: row.get(2),
@@ -557,6 +509,25 @@ where
     };
     mark_invalid(tx, batch_id, &error).await?;
     Ok(LoadOutcome::Invalid { error })
+}
+
+/// The line breaks of the chunks before `chunk` (every one of them loaded,
+/// since chunks before a failed one load), as they counted them; `None`
+/// when one was loaded by the previous version, which did not count: the
+/// object's bytes before the chunk are then read.
+async fn lines_before(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch_id: uuid::Uuid,
+    chunk: i32,
+) -> Result<Option<i64>, DbError> {
+    Ok(tx
+        .query_one(
+            "SELECT CASE WHEN count(*) FILTER (WHERE lines IS NULL) = 0 THEN coalesce(sum(lines), 0)::bigint END
+             FROM pipeline.batch_chunks WHERE batch_id = $1 AND chunk < $2 AND status <> 'split'",
+            &[&batch_id, &chunk],
+        )
+        .await?
+        .get(0))
 }
 
 /// Merges a staging table made by the previous version (without the index
