@@ -138,12 +138,39 @@ fn create_table(name: &str, dataset: &Dataset) -> Vec<String> {
         })
         .collect();
     let key: Vec<String> = dataset.primary_key.iter().map(|k| ident(k)).collect();
-    vec![format!(
-        "CREATE TABLE {} ({}, {LOAD_COLUMN} bigint, PRIMARY KEY ({}))",
-        table(name),
-        columns.join(", "),
-        key.join(", ")
-    )]
+    vec![
+        format!(
+            "CREATE TABLE {} ({}, {LOAD_COLUMN} bigint, PRIMARY KEY ({}))",
+            table(name),
+            columns.join(", "),
+            key.join(", ")
+        ),
+        load_column_statistics(name),
+    ]
+}
+
+/// Tells the planner to take the load column's values for distinct. A
+/// large batch leaves one load number on most rows; estimated from such
+/// statistics, the readers' "not a hidden load" condition keeps almost no
+/// row, and a page of records was read with a scan of the whole table and
+/// a sort (460 ms for a million rows) instead of an index range (0.4 ms).
+fn load_column_statistics(name: &str) -> String {
+    format!(
+        "ALTER TABLE {} ALTER COLUMN {LOAD_COLUMN} SET (n_distinct = -1)",
+        table(name)
+    )
+}
+
+/// Whether a table's load column has the statistics setting above.
+async fn load_statistics_set(tx: &Transaction<'_>, name: &str) -> Result<bool, DbError> {
+    Ok(tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute
+             WHERE attrelid = to_regclass($1) AND attname = $2 AND 'n_distinct=-1' = ANY (attoptions))",
+            &[&table(name), &LOAD_COLUMN],
+        )
+        .await?
+        .get(0))
 }
 
 fn index_name(dataset: &str, suffix: &str) -> String {
@@ -483,6 +510,9 @@ async fn migrate_tables(
                         "ALTER TABLE {} ADD COLUMN {LOAD_COLUMN} bigint",
                         table(name)
                     ));
+                }
+                if !load_statistics_set(&tx, name).await? {
+                    statements.push(load_column_statistics(name));
                 }
                 if !destructive.is_empty() && !dataset.allow_destructive_changes {
                     return Err(DbError::Destructive {
