@@ -155,7 +155,7 @@ async fn api_gateway_and_sqs_events_drive_the_handlers() {
 
 /// The functions' own executables (debug builds), each started against the local Lambda Runtime API
 /// with the environment Lambda and the app template give it: the schema
-/// through the loader's migrate action, a batch posted to ingest, its S3
+/// through the migrations' function (the loader's executable), a batch posted to ingest, its S3
 /// notification loaded by the loader, the record read back through query.
 /// A failure comes back as Lambda reports it: an invocation's error with
 /// its kind and message, an init that fails with the reason on its log.
@@ -260,16 +260,16 @@ async fn the_bootstraps_answer_their_events_through_the_lambda_runtime_api() {
         assert_eq!(user_ids(&page), vec![&Value::from(7)]);
 
         // A migration whose secret is not there fails the invocation.
-        let mut loader = lab
-            .start_with("loader", |env| {
+        let mut migrate = lab
+            .start_with("migrate", |env| {
                 env.insert("DB_SECRET_ARN".into(), "pipeline-missing".into());
             })
             .await?;
-        loader.ready().await?;
-        let answer = loader
+        migrate.ready().await?;
+        let answer = migrate
             .send(&serde_json::json!({"action": "migrate"}))
             .await?;
-        loader.stop().await;
+        migrate.stop().await;
         assert!(answer.error, "{}", answer.body);
         assert_eq!(answer.body["errorType"], "ConfigError");
         let message = answer.body["errorMessage"].as_str().unwrap_or_default();

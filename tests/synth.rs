@@ -300,6 +300,48 @@ fn the_functions_that_read_raw_batches_may_list_the_raw_prefix() {
     }
 }
 
+/// Migrations run in a function of their own, the loader's package under
+/// the only role that may read the database's admin secret: the loader,
+/// which parses untrusted uploads, can neither read it nor name it.
+#[test]
+fn only_the_migrations_function_reads_the_admin_secret() {
+    for env in SHIPPED {
+        let app = template(env, "app.template.json");
+        let resources = app["Resources"].as_object().expect("resources");
+        for (id, resource) in resources {
+            if resource["Type"] != "AWS::IAM::Role" {
+                continue;
+            }
+            let reads = role_statements(&app, id)
+                .iter()
+                .any(|s| actions(s).iter().any(|a| a.starts_with("secretsmanager:")));
+            assert_eq!(reads, id == "MigrateRole", "{env} {id}");
+        }
+        let function = |id: &str| resources[id]["Properties"].clone();
+        let (migrate, loader) = (function("MigrateFunction"), function("LoaderFunction"));
+        let variables = |f: &serde_json::Value| f["Environment"]["Variables"].clone();
+        assert_eq!(
+            variables(&migrate)["DB_SECRET_ARN"],
+            serde_json::json!({"Ref": "DbSecretArn"}),
+            "{env}"
+        );
+        assert!(variables(&loader).get("DB_SECRET_ARN").is_none(), "{env}");
+        assert_eq!(
+            migrate["Code"], loader["Code"],
+            "{env}: the loader's package"
+        );
+        assert_eq!(migrate["Timeout"], 900, "{env}");
+        assert_eq!(
+            migrate["Role"],
+            serde_json::json!({"Fn::GetAtt": ["MigrateRole", "Arn"]})
+        );
+        assert_eq!(
+            app["Outputs"]["MigrateFunctionName"]["Value"],
+            serde_json::json!({"Ref": "MigrateFunction"})
+        );
+    }
+}
+
 /// The functions log in with IAM and hold no password, so prod's RDS Proxy
 /// authenticates them with IAM end to end: no database secrets for it, and
 /// its role may connect to the primary as the writing functions' users only.

@@ -323,6 +323,8 @@ fn environment(function: &str, task: &Path, moto: &str, db: &str) -> BTreeMap<St
                 "QUEUE_URL".into(),
                 format!("{moto}/123456789012/pipeline-bench-queue"),
             );
+        }
+        "migrate" => {
             env.insert("DB_SECRET_ARN".into(), SECRET.into());
         }
         _ => {}
@@ -379,8 +381,17 @@ pub fn sqs_event(template: &Value, key: &str) -> Result<Value, Fail> {
 
 /// The task directory of a function, and the size of its zip as
 /// `pipeline build` would package it.
+/// The functions the app template makes, each with the executable it
+/// runs: the migrations' function runs the loader's package.
+const FUNCTIONS: [(&str, &str); 4] = [
+    ("ingest", "ingest"),
+    ("loader", "loader"),
+    ("query", "query"),
+    ("migrate", "loader"),
+];
+
 fn task(
-    function: &'static str,
+    (function, executable): (&'static str, &str),
     binaries: &Path,
     work: &Path,
     datasets: &[u8],
@@ -392,8 +403,8 @@ fn task(
     // A link where it can be (a debug executable is large), else a copy;
     // not a symbolic link, or the files beside it would be looked for
     // beside its target.
-    if std::fs::hard_link(binaries.join(function), &bootstrap).is_err() {
-        std::fs::copy(binaries.join(function), &bootstrap)?;
+    if std::fs::hard_link(binaries.join(executable), &bootstrap).is_err() {
+        std::fs::copy(binaries.join(executable), &bootstrap)?;
     }
     std::fs::write(dir.join("datasets.json"), datasets)?;
     std::fs::write(dir.join("rds-ca.pem"), ca)?;
@@ -494,9 +505,9 @@ impl Lab {
         let ca = ca_bundle(Path::new(&cert))?;
         let work = tempfile::tempdir()?;
         let mut tasks = BTreeMap::new();
-        for function in ["ingest", "loader", "query"] {
+        for function in FUNCTIONS {
             tasks.insert(
-                function,
+                function.0,
                 task(function, binaries, work.path(), &datasets, &ca)?,
             );
         }
@@ -541,9 +552,10 @@ impl Lab {
         self.start_with(function, |_| {}).await
     }
 
-    /// Creates the tables as the deploy does: the loader's migrate action.
+    /// Creates the tables as the deploy does: the migrate action, given to
+    /// the migrations' function.
     pub async fn migrate(&self) -> Result<Value, Fail> {
-        let mut start = self.start("loader").await?;
+        let mut start = self.start("migrate").await?;
         start.ready().await?;
         let answer = start.invoke(&json!({"action": "migrate"})).await;
         start.stop().await;

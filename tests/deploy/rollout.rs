@@ -143,7 +143,7 @@ fn failed_migrations_or_smoke_invocations_move_no_traffic() {
     // Other migration failures are failures (exit 1).
     let failed =
         r#"{"errorType":"MessageError","errorMessage":"database: deadlock detected (40P01)"}"#;
-    let message = format!("the migrations of loader version 2 failed: Unhandled: {failed}");
+    let message = format!("the migrations for loader version 2 failed: Unhandled: {failed}");
     refused_before_traffic(&p, &loader, &[failed], 1, &message);
     // Migrations pass, the smoke invocation crashes.
     let crashed = r#"{"errorType":"Runtime.ExitError","errorMessage":"RequestId: 1 Error: Runtime exited with error: signal: aborted"}"#;

@@ -285,6 +285,9 @@ async fn serving_versions(
     Ok(())
 }
 
+/// The app stack's output naming the migrations' function.
+const MIGRATOR_OUTPUT: &str = "MigrateFunctionName";
+
 /// Publishes a version of each function whose code or configuration
 /// changed, checks the new versions (migrations, then a smoke invocation of
 /// each) and moves the `live` aliases to them as the strategy says, gated by
@@ -373,10 +376,14 @@ async fn roll_out(
     let mut destructive: Vec<String> = Vec::new();
     if let Some(loader) = targets.iter().find(|t| t.function == FunctionId::Loader) {
         let migrate = serde_json::json!({"action": "migrate"});
-        let answer = lambda
-            .invoke(&loader.name, &loader.to, &migrate)
-            .await
-            .map_err(call)?;
+        // The migrations' own function (the loader's package, updated with
+        // the stack); a stack made before it had one migrates through the
+        // new loader version.
+        let (name, version) = match app.get(MIGRATOR_OUTPUT) {
+            Some(migrator) => (migrator.as_str(), "$LATEST"),
+            None => (loader.name.as_str(), loader.to.as_str()),
+        };
+        let answer = lambda.invoke(name, version, &migrate).await.map_err(call)?;
         if let Some(message) = migration_refused(&answer) {
             return Err(Error::Refused {
                 message,
@@ -385,7 +392,10 @@ async fn roll_out(
         }
         if let Some(e) = invocation_problem(FunctionId::Loader, &answer) {
             return Err(Error::Deploy {
-                message: format!("the migrations of loader version {} failed: {e}", loader.to),
+                message: format!(
+                    "the migrations for loader version {} failed: {e}",
+                    loader.to
+                ),
                 help: no_traffic(),
             });
         }

@@ -22,7 +22,23 @@ pub struct AppContext {
     pub access_log_format: String,
     pub proxy: bool,
     pub db_name: String,
+    pub migrator: MigratorContext,
 }
+
+/// The function that runs the migrations: the loader's package under a
+/// role of its own, the only one that can read the database's master
+/// secret, with Lambda's longest timeout. The deploy invokes it before any
+/// new version takes traffic; nothing else does.
+#[derive(Debug, Serialize)]
+pub struct MigratorContext {
+    pub function_name: String,
+    pub timeout_seconds: u32,
+    pub skips: Vec<Skip>,
+}
+
+/// Lambda's longest timeout: migrations build indexes `CONCURRENTLY`, and a
+/// build stopped halfway is finished by the next deploy.
+pub const MIGRATOR_TIMEOUT_SECONDS: u32 = 900;
 
 #[derive(Debug, Serialize)]
 pub struct FunctionContext {
@@ -38,7 +54,7 @@ pub struct FunctionContext {
     /// Whether the code ships as a container image (else as a zip).
     pub image: bool,
     pub db_user: String,
-    /// Whether it reads the raw bucket / writes it / consumes the queue / reads the replicas / reads the secret.
+    /// Whether it reads the raw bucket / writes it / consumes the queue / reads the replicas.
     pub reads_raw: bool,
     pub writes_raw: bool,
     /// Whether it looks objects up under `raw/` and so needs `s3:ListBucket`
@@ -57,7 +73,6 @@ pub struct FunctionContext {
     /// Developer Guide, Key management: Configure KMS permissions for producers).
     pub makes_data_keys: bool,
     pub reads_replicas: bool,
-    pub reads_secret: bool,
     pub behind_api: bool,
     pub skips: Vec<Skip>,
 }
@@ -247,7 +262,6 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
                 sends_to_queue,
                 makes_data_keys: writes_raw || sends_to_queue,
                 reads_replicas: *name == FunctionId::Query,
-                reads_secret: *name == FunctionId::Loader,
                 behind_api,
                 skips,
             }
@@ -282,5 +296,23 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
         access_log_format: ACCESS_LOG_FORMAT.to_string(),
         proxy: spec.database.proxy,
         db_name: spec.database.name.clone(),
+        migrator: MigratorContext {
+            function_name: migrator_name(&prefix),
+            timeout_seconds: MIGRATOR_TIMEOUT_SECONDS,
+            skips: vec![
+                skip(
+                    "CKV_AWS_272",
+                    "the loader's package, built from source by `pipeline build` and addressed by its SHA-256 (or its image by digest); no AWS Signer profile is used",
+                ),
+                skip(
+                    "CKV_AWS_116",
+                    "invoked synchronously by the deploy, which reports its errors; there are no asynchronous events to dead-letter",
+                ),
+                skip(
+                    "CKV_AWS_115",
+                    "invoked once per deploy, under the migrations' own lock; reserving concurrency for it would take from the account's unreserved pool",
+                ),
+            ],
+        },
     }
 }

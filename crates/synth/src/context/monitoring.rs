@@ -112,6 +112,11 @@ pub fn function_name(prefix: &str, function: FunctionId) -> String {
     format!("{prefix}-{function}")
 }
 
+/// The migrations' function (see `app::MigratorContext`).
+pub fn migrator_name(prefix: &str) -> String {
+    format!("{prefix}-migrate")
+}
+
 /// The monitoring stack's parameter that points a function's gate alarms at
 /// one version (`IngestGateVersion`): the deploy engine sets it to the
 /// version a rollout moves to before the first shift of traffic, and back to
