@@ -58,6 +58,14 @@ impl pipeline_cli::rollout::Gates for Quiet {
     async fn reset(&self, _: &[String], _: &str) -> Result<(), pipeline_cli::rollout::CallError> {
         Ok(())
     }
+    async fn invocations(
+        &self,
+        _: &str,
+        _: &str,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, pipeline_cli::rollout::CallError> {
+        Ok(0)
+    }
 }
 
 /// The gate alarms' version is the monitoring stack's business, which this
@@ -192,6 +200,7 @@ fn a_linear_rollout_moves_moto_aliases_step_by_step_to_the_new_version() {
         reporter: &NoReport,
         alarms: vec!["pipeline-dev-query-errors".into()],
         poll: Duration::from_secs(15),
+        min_invocations: Default::default(),
     };
     let outcome = rt.block_on(rollouts.run(&mut state));
     assert_eq!(outcome, Ok(pipeline_cli::rollout::Outcome::Promoted));
@@ -484,4 +493,84 @@ fn reservations_beyond_the_accounts_concurrency_are_refused_before_any_stack_mov
             "ask for a \"Concurrent executions\" quota of at least 1001 in Service Quotas (AWS Lambda, eu-west-1), or lower `reserved_concurrency` in the spec; no stack was changed".into()
         )
     );
+}
+
+/// The invocations a new version served, as the rollout counts them for
+/// `rollout.min_invocations`: CloudWatch's GetMetricStatistics of Lambda's
+/// `Invocations`, summed over the version's datapoints through the `live`
+/// alias (moto keeps what is put; Lambda's own datapoints are put here as
+/// Lambda reports them, with `FunctionName`, `Resource` and
+/// `ExecutedVersion`), not another version's nor those before the bake.
+#[test]
+fn a_new_versions_invocations_are_counted_from_cloudwatch() {
+    require!(Service::Moto);
+    use pipeline_cli::rollout::Gates;
+    let p = Project::new(&[]);
+    let now = chrono::Utc::now();
+    let minutes = |m: i64| now - chrono::Duration::minutes(m);
+    runtime().block_on(async {
+        let http = pipeline_cli::http::client();
+        for (version, count, at) in [
+            ("2", 3, minutes(3)),
+            ("2", 4, minutes(1)),
+            ("1", 50, minutes(1)),
+            ("2", 9, minutes(30)),
+        ] {
+            put_invocations(&http, &p.moto.url, version, count, at).await;
+        }
+        let cloudwatch = pipeline_cli::rollout::aws::CloudWatch::new(&p.sdk().await);
+        let served = cloudwatch
+            .invocations("pipeline-dev-query", "2", minutes(5))
+            .await
+            .expect("invocations");
+        assert_eq!(served, 7);
+        let none = cloudwatch
+            .invocations("pipeline-dev-query", "3", minutes(5))
+            .await
+            .expect("invocations");
+        assert_eq!(none, 0);
+    });
+}
+
+/// Puts a datapoint of Lambda's `Invocations` of a version of the query
+/// function through its `live` alias, as Lambda reports it.
+async fn put_invocations(
+    http: &reqwest::Client,
+    moto: &str,
+    version: &str,
+    count: u32,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    let dimensions = [
+        ("FunctionName", "pipeline-dev-query"),
+        ("Resource", "pipeline-dev-query:live"),
+        ("ExecutedVersion", version),
+    ];
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("Action", "PutMetricData")
+        .append_pair("Version", "2010-08-01")
+        .append_pair("Namespace", "AWS/Lambda")
+        .append_pair("MetricData.member.1.MetricName", "Invocations")
+        .append_pair("MetricData.member.1.Value", &count.to_string())
+        .append_pair("MetricData.member.1.Unit", "Count")
+        .append_pair("MetricData.member.1.Timestamp", &at.to_rfc3339());
+    for (i, (name, value)) in dimensions.iter().enumerate() {
+        let member = format!("MetricData.member.1.Dimensions.member.{}", i + 1);
+        form.append_pair(&format!("{member}.Name"), name)
+            .append_pair(&format!("{member}.Value"), value);
+    }
+    let answer = http
+        .post(moto)
+        .header("content-type", "application/x-www-form-urlencoded")
+        // moto takes the region from the credential scope (unsigned else).
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/eu-west-1/monitoring/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body(form.finish())
+        .send()
+        .await
+        .expect("PutMetricData");
+    let status = answer.status();
+    assert!(status.is_success(), "{status}: {:?}", answer.text().await);
 }

@@ -125,6 +125,8 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
             reporter: &reporter,
             alarms: Vec::new(),
             poll: std::time::Duration::from_secs(1),
+            // Promote and abort end a rollout at once: nothing bakes.
+            min_invocations: Default::default(),
         };
         let function = target.function;
         if let Some(f) = function

@@ -364,6 +364,7 @@ async fn roll_out(
         reporter: progress,
         alarms: gates,
         poll: std::time::Duration::from_secs(u64::from(spec.rollout.poll_seconds)),
+        min_invocations: spec.rollout.min_invocations,
     };
     // Gates that do not exist could never send traffic back.
     rollouts.check_gates().await.map_err(|e| Error::Deploy {

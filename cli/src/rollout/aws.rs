@@ -381,9 +381,13 @@ impl CloudWatch {
         let region = config.region().map(|r| r.to_string()).unwrap_or_default();
         CloudWatch {
             http: crate::http::client(),
+            // As the SDK's clients find theirs: the service's own variable,
+            // then the configuration's endpoint (AWS_ENDPOINT_URL included).
             endpoint: std::env::var("AWS_ENDPOINT_URL_CLOUDWATCH")
-                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-                .unwrap_or_else(|_| format!("https://monitoring.{region}.amazonaws.com")),
+                .ok()
+                .or_else(|| config.endpoint_url().map(str::to_string))
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+                .unwrap_or_else(|| format!("https://monitoring.{region}.amazonaws.com")),
             region,
             credentials: config.credentials_provider(),
         }
@@ -662,6 +666,52 @@ impl Gates for CloudWatch {
         }
         Ok(())
     }
+
+    async fn invocations(
+        &self,
+        name: &str,
+        version: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, CallError> {
+        let alias = format!("{name}:{}", crate::synth::context::STAGE);
+        let now = chrono::Utc::now();
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("Action", "GetMetricStatistics")
+            .append_pair("Version", "2010-08-01")
+            .append_pair("Namespace", "AWS/Lambda")
+            .append_pair("MetricName", "Invocations")
+            .append_pair(
+                "StartTime",
+                &since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+            .append_pair(
+                "EndTime",
+                &now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+            .append_pair("Period", "60")
+            .append_pair("Statistics.member.1", "Sum");
+        for (i, (dimension, value)) in [
+            ("FunctionName", name),
+            ("Resource", alias.as_str()),
+            ("ExecutedVersion", version),
+        ]
+        .iter()
+        .enumerate()
+        {
+            form.append_pair(&format!("Dimensions.member.{}.Name", i + 1), dimension)
+                .append_pair(&format!("Dimensions.member.{}.Value", i + 1), value);
+        }
+        let answer = self.query("GetMetricStatistics", form.finish()).await?;
+        Ok(parse_sums(&answer).round() as u64)
+    }
+}
+
+/// The sum of the `Sum` values of a GetMetricStatistics answer's datapoints.
+pub fn parse_sums(xml: &str) -> f64 {
+    xml.split("<Sum>")
+        .skip(1)
+        .filter_map(|part| part.split("</Sum>").next()?.trim().parse::<f64>().ok())
+        .sum()
 }
 
 #[cfg(test)]

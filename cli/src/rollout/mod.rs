@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::model::{FunctionId, Rollout, Spec, Strategy};
+use crate::spec::model::{FunctionId, MinInvocations, Rollout, Spec, Strategy};
 use crate::synth::context::ALL_VERSIONS;
 
 /// An error of a rollout's AWS calls.
@@ -175,6 +175,16 @@ pub trait Gates {
     /// existing alarm, its state is left unchanged"), until CloudWatch
     /// evaluates the new one.
     async fn reset(&self, names: &[String], reason: &str) -> Result<(), CallError>;
+    /// The invocations `version` of the function `name` served through its
+    /// `live` alias since `since` (Lambda's `Invocations` metric, by
+    /// `FunctionName`, `Resource` and `ExecutedVersion`, as the gates watch
+    /// it).
+    async fn invocations(
+        &self,
+        name: &str,
+        version: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, CallError>;
 }
 
 /// The names among `wanted` that `found` lacks.

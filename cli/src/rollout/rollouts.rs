@@ -14,6 +14,9 @@ pub struct Rollouts<'a, A, G, W, S, C, R> {
     /// The gate alarms' names.
     pub alarms: Vec<String>,
     pub poll: Duration,
+    /// What each new version must serve during a bake for the gates'
+    /// verdict to count.
+    pub min_invocations: MinInvocations,
 }
 
 impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
@@ -245,24 +248,20 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
     /// Watches the gates for a step's bake: `Some(outcome)` when an alarm
     /// sent traffic back or another process ended the rollout.
     async fn bake(&self, state: &mut State, step: Step) -> Result<Option<Outcome>, CallError> {
-        let end = self.clock.now() + chrono::Duration::seconds(step.bake_seconds as i64);
+        let start = self.clock.now();
+        let end = start + chrono::Duration::seconds(step.bake_seconds as i64);
         loop {
             let firing = self.firing().await?;
             if !firing.is_empty() {
-                self.shift(&state.targets, 0).await?;
-                state.phase = Phase::RolledBack;
-                state.alarms = firing.clone();
-                if let Some(ended) = self.commit(state).await? {
-                    return Ok(Some(ended));
-                }
-                self.reporter.report(&Event::RolledBack {
-                    alarms: firing.clone(),
-                });
-                return Ok(Some(Outcome::RolledBack(firing)));
+                return self.roll_back(state, firing).await.map(Some);
             }
             let left = (end - self.clock.now()).num_seconds().max(0) as u64;
             if left == 0 {
-                return Ok(None);
+                let unjudged = self.unjudged(state, step, start).await?;
+                if unjudged.is_empty() {
+                    return Ok(None);
+                }
+                return self.roll_back(state, unjudged).await.map(Some);
             }
             self.reporter.report(&Event::Baking {
                 step: state.step,
@@ -277,6 +276,61 @@ impl<A: Aliases, G: Gates, W: Watch, S: Store, C: Clock, R: Reporter>
                 return Ok(Some(ended));
             }
         }
+    }
+
+    /// Sends all traffic back to the previous versions for `firing`.
+    async fn roll_back(
+        &self,
+        state: &mut State,
+        firing: Vec<Firing>,
+    ) -> Result<Outcome, CallError> {
+        self.shift(&state.targets, 0).await?;
+        state.phase = Phase::RolledBack;
+        state.alarms = firing.clone();
+        if let Some(ended) = self.commit(state).await? {
+            return Ok(ended);
+        }
+        self.reporter.report(&Event::RolledBack {
+            alarms: firing.clone(),
+        });
+        Ok(Outcome::RolledBack(firing))
+    }
+
+    /// The new versions that served fewer invocations during a bake (from
+    /// `start`) than `rollout.min_invocations` asks: the gates, which saw
+    /// too little of them, cannot have judged them. A step that gives them
+    /// all the traffic is not judged so.
+    async fn unjudged(
+        &self,
+        state: &State,
+        step: Step,
+        start: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Firing>, CallError> {
+        let mut unjudged = Vec::new();
+        if step.percent >= 100 {
+            return Ok(unjudged);
+        }
+        for t in &state.targets {
+            let wanted = self.min_invocations.of(t.function);
+            if wanted == 0 || state.finished.iter().any(|f| f.target == *t) {
+                continue;
+            }
+            let served = self.gates.invocations(&t.name, &t.to, start).await?;
+            if served < u64::from(wanted) {
+                unjudged.push(Firing {
+                    name: format!("rollout.min_invocations.{}", t.function),
+                    reason: format!(
+                        "{} version {} served {served} invocation{} in its {} s bake at {}%, fewer than the {wanted} the gates need to judge it",
+                        t.function,
+                        t.to,
+                        if served == 1 { "" } else { "s" },
+                        step.bake_seconds,
+                        step.percent
+                    ),
+                });
+            }
+        }
+        Ok(unjudged)
     }
 
     /// Finishes a rollout at once: all traffic to the new versions (of one

@@ -51,6 +51,10 @@ struct FakeGates {
     vanish_after: Option<u32>,
     stale: Vec<String>,
     resets: RefCell<Vec<(String, String)>>,
+    /// Invocations each function (by name) served; none when not listed.
+    served: Vec<(String, u64)>,
+    /// The invocation counts asked for: function, version, since.
+    asked: RefCell<Vec<(String, String, chrono::DateTime<chrono::Utc>)>>,
 }
 
 impl Gates for FakeGates {
@@ -91,6 +95,21 @@ impl Gates for FakeGates {
             .borrow_mut()
             .extend(names.iter().map(|n| (n.clone(), reason.to_string())));
         Ok(())
+    }
+    async fn invocations(
+        &self,
+        name: &str,
+        version: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, CallError> {
+        self.asked
+            .borrow_mut()
+            .push((name.to_string(), version.to_string(), since));
+        Ok(self
+            .served
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, served)| *served))
     }
 }
 
@@ -189,6 +208,7 @@ fn spec(strategy: Strategy) -> Rollout {
         alarms: vec![],
         external_alarms: vec![],
         poll_seconds: 30,
+        min_invocations: MinInvocations::default(),
     }
 }
 
@@ -240,6 +260,8 @@ impl World {
                 vanish_after: None,
                 stale: vec![],
                 resets: RefCell::default(),
+                served: vec![],
+                asked: RefCell::default(),
             },
             store: FakeStore::default(),
             clock: FakeClock {
@@ -263,6 +285,7 @@ impl World {
             reporter: &self.seen,
             alarms: vec!["pipeline-uat-ingest-errors".into()],
             poll: Duration::from_secs(30),
+            min_invocations: MinInvocations::default(),
         }
     }
 }
@@ -410,6 +433,7 @@ fn gates_that_cannot_watch_the_new_versions_move_no_traffic_and_a_failed_reset_i
             reporter: &world.seen,
             alarms: vec!["pipeline-uat-ingest-errors".into()],
             poll: Duration::from_secs(30),
+            min_invocations: MinInvocations::default(),
         };
         let mut state = state(Strategy::Canary);
         let outcome = run(rollouts.run(&mut state));
@@ -583,6 +607,8 @@ fn a_gate_alarm_that_does_not_exist_moves_no_traffic() {
         vanish_after: None,
         stale: vec![],
         resets: RefCell::default(),
+        served: vec![],
+        asked: RefCell::default(),
     };
     rollouts.gates = &gates;
     assert_eq!(
@@ -1024,4 +1050,76 @@ fn promote_ingest() -> Meddle {
             super::rollouts::finished(other, Some(FunctionId::Ingest), 100).expect("finish");
         *other = next;
     })
+}
+
+/// A gate that saw no traffic judged nothing: with `min_invocations`, a
+/// canary whose new version served fewer invocations during its bake sends
+/// all traffic back, saying which and how many; one that served enough is
+/// promoted. Without it (0), nothing is counted.
+#[test]
+fn a_canary_that_served_too_little_is_rolled_back_and_one_that_served_enough_promoted() {
+    let wanted = MinInvocations {
+        ingest: 1,
+        loader: 0,
+        query: 3,
+    };
+    let mut world = World::new(None);
+    world.gates.served = vec![
+        ("pipeline-uat-ingest".into(), 40),
+        ("pipeline-uat-query".into(), 2),
+    ];
+    let start = world.clock.now.get();
+    let rollouts = Rollouts {
+        min_invocations: wanted,
+        ..world.rollouts()
+    };
+    let mut state = state(Strategy::Canary);
+    let outcome = run(rollouts.run(&mut state)).expect("rollout");
+    let reason = "query version 8 served 2 invocations in its 300 s bake at 10%, fewer than the 3 the gates need to judge it";
+    assert_eq!(
+        outcome,
+        Outcome::RolledBack(vec![Firing {
+            name: "rollout.min_invocations.query".into(),
+            reason: reason.into(),
+        }])
+    );
+    assert_eq!(state.phase, Phase::RolledBack);
+    assert_eq!(
+        world.aliases.history.borrow()[1..5],
+        [
+            "pipeline-uat-ingest: 3 + 4@0.1",
+            "pipeline-uat-query: 7 + 8@0.1",
+            "pipeline-uat-ingest: 3",
+            "pipeline-uat-query: 7",
+        ]
+    );
+    // Counted once the bake was over, from its start, for each new version.
+    assert_eq!(
+        *world.gates.asked.borrow(),
+        [
+            ("pipeline-uat-ingest".into(), "4".into(), start),
+            ("pipeline-uat-query".into(), "8".into(), start),
+        ]
+    );
+
+    // Each case in a world of its own: the record of the one before ended.
+    let mut world = World::new(None);
+    world.gates.served = vec![
+        ("pipeline-uat-ingest".into(), 1),
+        ("pipeline-uat-query".into(), 3),
+    ];
+    let rollouts = Rollouts {
+        min_invocations: wanted,
+        ..world.rollouts()
+    };
+    let mut state = self::state(Strategy::Canary);
+    let outcome = run(rollouts.run(&mut state)).expect("rollout");
+    assert_eq!(outcome, Outcome::Promoted);
+    assert_eq!(world.gates.asked.borrow().len(), 2);
+
+    let world = World::new(None);
+    let mut state = self::state(Strategy::Canary);
+    let outcome = run(world.rollouts().run(&mut state)).expect("rollout");
+    assert_eq!(outcome, Outcome::Promoted);
+    assert!(world.gates.asked.borrow().is_empty());
 }

@@ -410,6 +410,31 @@ pub struct Rollout {
     /// Seconds between two reads of the gate alarms.
     #[schemars(range(min = 5, max = 300))]
     pub poll_seconds: u32,
+    /// Invocations each function's new version must serve during a step's bake for the gates' verdict to count: a gate that saw no traffic judged nothing. A step whose new version served fewer sends all traffic back, saying so. 0 (the default) judges by the alarms alone.
+    #[serde(default)]
+    pub min_invocations: MinInvocations,
+}
+
+/// Invocations per function (see `rollout.min_invocations`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MinInvocations {
+    #[serde(default)]
+    pub ingest: u32,
+    #[serde(default)]
+    pub loader: u32,
+    #[serde(default)]
+    pub query: u32,
+}
+
+impl MinInvocations {
+    pub fn of(&self, function: FunctionId) -> u32 {
+        match function {
+            FunctionId::Ingest => self.ingest,
+            FunctionId::Loader => self.loader,
+            FunctionId::Query => self.query,
+        }
+    }
 }
 
 /// How new code takes traffic.
