@@ -181,6 +181,63 @@ async fn part_urls_beyond_the_first_thousand_come_a_page_at_a_time() {
     );
 }
 
+/// An upload that outlasts its URLs (an hour in AWS) goes on with fresh
+/// ones: a part whose URL has expired (storage answers 403) gets a new URL
+/// from the API and goes up again. `pipeline local` signs its first URLs
+/// expired (a fault injected for this test, as a client slower than the
+/// URLs' lifetime meets it).
+#[tokio::test]
+async fn parts_whose_urls_expired_go_up_with_fresh_ones() {
+    require!(Service::Postgres);
+    let mut local = Local::start_with(
+        "api:\n  max_inline_batch_kib: 1\n",
+        &["--upload-part-size", "1000"],
+    )
+    .await;
+    let body: String = (1..=100).map(|i| event(i, "expired")).collect();
+    let parts = body.len().div_ceil(1000);
+    // Every URL of a first upload, and the first three of push's.
+    local.vars = vec![(
+        "PIPELINE_LOCAL_TEST_EXPIRED_URLS".to_string(),
+        (parts + 3).to_string(),
+    )];
+    local.restart();
+    let (status, upload) = local
+        .post(
+            "/v1/datasets/events/uploads",
+            "application/json",
+            json!({"size_bytes": body.len(), "content_type": "application/x-ndjson"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{upload}");
+    let url = upload["parts"][0]["url"].as_str().expect("part 1's URL");
+    let put = local.http.put(url).body("x").send().await.expect("PUT");
+    assert_eq!(put.status().as_u16(), 403, "an expired URL is refused");
+
+    std::fs::write(local.dir.path().join("batch.ndjson"), &body).expect("write batch");
+    let out = client(
+        &local,
+        &[
+            "--output",
+            "json",
+            "push",
+            "-d",
+            "events",
+            "batch.ndjson",
+            "--wait",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(pushed["via"], "upload");
+    assert_eq!(pushed["batch"]["inserted"], 100);
+}
+
 #[tokio::test]
 async fn a_batch_above_the_part_size_goes_up_in_parts_and_loads_once() {
     require!(Service::Postgres);

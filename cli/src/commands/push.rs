@@ -339,7 +339,9 @@ async fn upload(
                 size: bytes,
                 url: Some(url.clone()),
             };
-            put_part(api, &args.file, &part, progress.as_ref()).await?;
+            put_part(api, &args.file, &part, progress.as_ref())
+                .await
+                .map_err(PutFailed::error)?;
         }
         (None, Some(parts), Some(upload_id)) => {
             let mut parts = parts.clone();
@@ -380,26 +382,10 @@ async fn fill_part_urls(
             "the upload answer has parts without a URL and no `parts_url`",
         ));
     }
-    let parts_url = format!("/v1/batches/{}/parts", answer.batch_id);
+    let batch_id = answer.batch_id.to_string();
     let mut urls = std::collections::HashMap::new();
     for page in missing.chunks(PART_URLS_PER_ANSWER) {
-        let request = api
-            .request(reqwest::Method::POST, &parts_url)
-            .json(&PartsRequest {
-                upload_id: upload_id.to_string(),
-                part_numbers: page.to_vec(),
-            });
-        let answer = api.send(request).await?;
-        if answer.status != 200 {
-            return Err(client_error(format!(
-                "the API refused the part URLs ({}): {}",
-                answer.status,
-                answer.message()
-            )));
-        }
-        for part in answer.read::<PartUrls>()?.parts {
-            urls.insert(part.part_number, part.url);
-        }
+        urls.extend(part_urls(api, &batch_id, upload_id, page).await?);
     }
     for part in parts.iter_mut().filter(|p| p.url.is_none()) {
         part.url = Some(urls.remove(&part.part_number).ok_or_else(|| {
@@ -407,6 +393,39 @@ async fn fill_part_urls(
         })?);
     }
     Ok(())
+}
+
+/// Fresh URLs of some parts of an upload, from the API (at most
+/// [`PART_URLS_PER_ANSWER`] at a time).
+async fn part_urls(
+    api: &Api,
+    batch_id: &str,
+    upload_id: &str,
+    numbers: &[u32],
+) -> Result<std::collections::HashMap<u32, String>, Error> {
+    let request = api
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/batches/{batch_id}/parts"),
+        )
+        .json(&PartsRequest {
+            upload_id: upload_id.to_string(),
+            part_numbers: numbers.to_vec(),
+        });
+    let answer = api.send(request).await?;
+    if answer.status != 200 {
+        return Err(client_error(format!(
+            "the API refused the part URLs ({}): {}",
+            answer.status,
+            answer.message()
+        )));
+    }
+    Ok(answer
+        .read::<PartUrls>()?
+        .parts
+        .into_iter()
+        .map(|p| (p.part_number, p.url))
+        .collect())
 }
 
 /// Parts uploaded at once.
@@ -427,15 +446,23 @@ async fn multipart(
     use futures_util::{StreamExt, TryStreamExt};
     let mut etags: Vec<(u32, String)> = futures_util::stream::iter(parts)
         .map(|part| async move {
+            let mut part = part.clone();
             let mut tries = 0;
             loop {
                 tries += 1;
-                match put_part(api, &args.file, part, progress).await {
+                match put_part(api, &args.file, &part, progress).await {
                     Ok(etag) => return Ok((part.part_number, etag)),
-                    Err(e) if tries >= PART_TRIES => return Err(e),
-                    Err(_) => {
+                    Err(failed) if tries >= PART_TRIES => return Err(failed.error()),
+                    Err(failed) => {
                         if let Some(bar) = progress {
                             bar.set_position(bar.position().saturating_sub(part.size));
+                        }
+                        // An upload that outlasts its URLs (an hour in AWS)
+                        // goes on with fresh ones.
+                        if let (PutFailed::Refused(_), true) = (&failed, false) {
+                            let mut fresh =
+                                part_urls(api, batch_id, upload_id, &[part.part_number]).await?;
+                            part.url = fresh.remove(&part.part_number);
                         }
                     }
                 }
@@ -461,6 +488,27 @@ async fn multipart(
     Ok(())
 }
 
+/// A PUT to an upload URL that failed.
+enum PutFailed {
+    /// Storage refused the URL (403), as S3 refuses an expired one.
+    Refused(Error),
+    Other(Error),
+}
+
+impl PutFailed {
+    fn error(self) -> Error {
+        match self {
+            PutFailed::Refused(e) | PutFailed::Other(e) => e,
+        }
+    }
+}
+
+impl From<Error> for PutFailed {
+    fn from(e: Error) -> PutFailed {
+        PutFailed::Other(e)
+    }
+}
+
 /// PUTs bytes `offset..offset + size` of the file to the part's URL; the
 /// answer's ETag.
 async fn put_part(
@@ -468,7 +516,7 @@ async fn put_part(
     path: &std::path::Path,
     part: &UploadPart,
     progress: Option<&indicatif::ProgressBar>,
-) -> Result<String, Error> {
+) -> Result<String, PutFailed> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let read_error = |source| Error::Read {
         path: path.display().to_string(),
@@ -501,7 +549,12 @@ async fn put_part(
         .await
         .map_err(|e| client_error(format!("{what} failed: {e}")))?;
     if !response.status().is_success() {
-        return Err(Answer::of(response).await?.error());
+        let refused = response.status() == reqwest::StatusCode::FORBIDDEN;
+        let error = Answer::of(response).await?.error();
+        return Err(match refused {
+            true => PutFailed::Refused(error),
+            false => PutFailed::Other(error),
+        });
     }
     Ok(response
         .headers()

@@ -51,6 +51,10 @@ const POLL: Duration = Duration::from_millis(500);
 /// use it to kill `pipeline local` with some chunks of a batch loaded and
 /// others leased by the dead process.
 const PAUSE_AFTER_CHUNKS: &str = "PIPELINE_LOCAL_TEST_PAUSE_AFTER_CHUNKS";
+/// Test hook, not a setting: with `PIPELINE_LOCAL_TEST_EXPIRED_URLS=N` the
+/// first N upload URLs this process signs have expired already, as if their
+/// client were slower than their lifetime (S3 then answers 403).
+const EXPIRED_URLS: &str = "PIPELINE_LOCAL_TEST_EXPIRED_URLS";
 /// Chunk messages handed to the loader by this process (for the test hook).
 static CHUNKS_HANDED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -298,7 +302,13 @@ pub async fn serve(
         .with_signer(Signer {
             base_url: format!("http://{addr}"),
             secret: uuid::Uuid::new_v4().as_bytes().to_vec(),
-        });
+        })
+        .with_expired_urls(
+            std::env::var(EXPIRED_URLS)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        );
     let ctx = Context {
         env: env.name.clone(),
         datasets: spec.datasets.clone(),

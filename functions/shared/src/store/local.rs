@@ -11,6 +11,9 @@ pub struct LocalStore {
     root: PathBuf,
     notify: Option<std::sync::Arc<dyn Notify>>,
     signer: Option<Signer>,
+    /// Upload URLs still to sign as expired already (a fault injected for
+    /// tests: a client slower than the URLs' lifetime).
+    expired: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -65,6 +68,27 @@ impl LocalStore {
             root: root.into(),
             notify: None,
             signer: None,
+            expired: Default::default(),
+        }
+    }
+
+    /// Signs the next `count` upload URLs as already expired, as if their
+    /// client had been slower than their lifetime (a fault for tests).
+    pub fn with_expired_urls(self, count: u32) -> LocalStore {
+        self.expired
+            .store(count, std::sync::atomic::Ordering::SeqCst);
+        self
+    }
+
+    /// `expires`, or a moment past for a URL signed expired.
+    fn expiry(&self, expires: i64) -> i64 {
+        use std::sync::atomic::Ordering;
+        let take = self
+            .expired
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match take {
+            Ok(_) => chrono::Utc::now().timestamp() - 1,
+            Err(_) => expires,
         }
     }
 
@@ -93,6 +117,7 @@ impl LocalStore {
             key: key.to_string(),
             source: std::io::Error::other("this store takes no uploads"),
         })?;
+        let expires = self.expiry(expires);
         let part = match target {
             UploadTarget::Whole => String::new(),
             UploadTarget::Part {
