@@ -459,7 +459,7 @@ async fn multipart(
                         }
                         // An upload that outlasts its URLs (an hour in AWS)
                         // goes on with fresh ones.
-                        if let (PutFailed::Refused(_), true) = (&failed, false) {
+                        if let PutFailed::Refused(_) = failed {
                             let mut fresh =
                                 part_urls(api, batch_id, upload_id, &[part.part_number]).await?;
                             part.url = fresh.remove(&part.part_number);
