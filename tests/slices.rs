@@ -240,3 +240,119 @@ async fn a_chunked_batch_merges_in_slices_across_invocations_and_shows_all_at_on
     .await;
     assert_eq!(stage, 0);
 }
+
+/// A batch that fails in the middle of its merge (its deliveries and
+/// hand-offs spent) does not keep the keys of the rows it merged: a message
+/// undoes its slices, one transaction each, readers seeing the table as it
+/// was throughout; then its keys load as any.
+#[tokio::test]
+async fn a_batch_failed_mid_merge_is_undone_slice_by_slice_and_frees_its_keys() {
+    require!(Service::Postgres);
+    let db = Scratch::new("undo").await;
+    let objects = tempfile::tempdir().expect("temp dir");
+    let datasets = [("readings".to_string(), readings())].into();
+    let mut ctx = common::handlers_context(&db, "", 4, datasets, objects.path());
+    loader::migrate(&ctx).await.expect("migration");
+    let first = post(&ctx, (1..=100).map(|n| line(n, 1.0))).await;
+    loader::load_key(&ctx, &first.1, None).await.expect("load");
+    let before: Vec<(String, f64)> = (1..=100).map(|n| (format!("s{n:05}"), 1.0)).collect();
+    let table = "SELECT count(*) FROM public.readings WHERE value = 1.0 AND pipeline_load IS NULL";
+    assert_eq!(count(&ctx, table).await, 100);
+
+    // Sensors 51 to 400 read 2.0: two slices of 50 merged (50 rows
+    // replaced, 50 new), then the batch fails.
+    let sent = Arc::new(Sent::default());
+    ctx.chunk_bytes = 2000;
+    ctx.merge_slice_rows = 50;
+    ctx.chunk_queue = Some(sent.clone());
+    let (batch_id, key) = post(&ctx, (51..=400).map(|n| line(n, 2.0))).await;
+    loader::load_key(&ctx, &key, None).await.expect("plan");
+    let mut chunks = sent.take();
+    let last = chunks.pop().expect("chunks");
+    for chunk in &chunks {
+        loader::load_chunk(&ctx, chunk, None).await.expect("chunk");
+    }
+    let now = || Some(std::time::Instant::now());
+    loader::load_chunk(&ctx, &last, now()).await.expect("last");
+    let merge = ChunkMessage::merge(batch_id, "readings", &key);
+    for _ in 0..2 {
+        loader::load_chunk(&ctx, &merge, now())
+            .await
+            .expect("slice");
+    }
+    assert_eq!(sent.take().len(), 3, "hand-offs");
+    let merged = "SELECT count(*) FROM public.readings WHERE pipeline_load IS NOT NULL";
+    assert_eq!(count(&ctx, merged).await, 100);
+    assert_eq!(
+        count(&ctx, "SELECT count(*) FROM pipeline.shadows").await,
+        50
+    );
+    let client = ctx.pool.get().await.expect("client");
+    client
+        .execute("UPDATE pipeline.hidden_loads SET handoffs = 10", &[])
+        .await
+        .expect("hand-offs spent");
+    drop(client);
+    let mut message = aws_lambda_events::event::sqs::SqsMessage::default();
+    message.body = Some(serde_json::json!({"chunk": merge}).to_string());
+    assert!(loader::dead_lettered(&ctx, &message).await, "failed");
+    let failed = "SELECT count(*) FROM pipeline.batches WHERE status = 'failed'";
+    assert_eq!(count(&ctx, failed).await, 1);
+    assert_eq!(
+        sent.take(),
+        std::slice::from_ref(&merge),
+        "the message that undoes it"
+    );
+    assert_eq!(visible(&ctx).await, before);
+
+    // Undone a slice per invocation at its deadline, then to the end.
+    let handled = loader::load_chunk(&ctx, &merge, now()).await.expect("undo");
+    let more = Finished::Slices(Merged::More { slices: 1 });
+    assert!(
+        matches!(&handled, loader::Handled::Chunk { finished, .. } if *finished == more),
+        "{handled:?}"
+    );
+    assert_eq!(sent.take(), std::slice::from_ref(&merge));
+    assert_eq!(count(&ctx, merged).await, 50);
+    assert_eq!(visible(&ctx).await, before);
+    let handled = loader::load_chunk(&ctx, &merge, None).await.expect("undo");
+    assert!(
+        matches!(
+            &handled,
+            loader::Handled::Chunk {
+                finished: Finished::Slices(Merged::Done),
+                ..
+            }
+        ),
+        "{handled:?}"
+    );
+    assert!(sent.take().is_empty());
+    assert_eq!(count(&ctx, table).await, 100);
+    assert_eq!(
+        count(&ctx, "SELECT count(*) FROM public.readings").await,
+        100
+    );
+    for leftover in [
+        "SELECT count(*) FROM pipeline.shadows",
+        "SELECT count(*) FROM pipeline.hidden_loads",
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'pipeline' AND tablename LIKE 'stage_%'",
+    ] {
+        assert_eq!(count(&ctx, leftover).await, 0, "{leftover}");
+    }
+    assert_eq!(visible(&ctx).await, before);
+
+    // Its keys are free: the next batch's rows go in as new.
+    ctx.chunk_bytes = 0;
+    let next = post(&ctx, (101..=150).map(|n| line(n, 5.0))).await;
+    match loader::load_key(&ctx, &next.1, None).await.expect("load") {
+        loader::Handled::Loaded { outcome, .. } => assert_eq!(
+            outcome,
+            LoadOutcome::Loaded {
+                records: 50,
+                inserted: 50,
+                duplicates: 0
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+}

@@ -194,8 +194,8 @@ pub async fn dead_lettered(ctx: &Context, message: &SqsMessage) -> bool {
 /// Marks the unfinished batches of a message `failed` for `reason`; whether
 /// that was recorded for every one of them. A batch whose merge in slices
 /// has begun is handed on in a new message instead, up to
-/// [`db::MAX_MERGE_HANDOFFS`] times: its slices are small, and its load
-/// would otherwise stay hidden for good.
+/// [`db::MAX_MERGE_HANDOFFS`] times: its slices are small; after that it
+/// fails, and a message goes out to undo the slices it merged.
 async fn fail_batches(ctx: &Context, message: &SqsMessage, reason: &str) -> bool {
     let batches = message_batches(message);
     if batches.is_empty() {
@@ -226,6 +226,14 @@ async fn fail_batches(ctx: &Context, message: &SqsMessage, reason: &str) -> bool
                 tracing::error!(%batch_id, error = %e, "could not mark a batch failed");
                 return false;
             }
+        }
+        // Its merge had begun: the slices merged are undone, in messages.
+        match db::to_undo(&*client, batch_id).await {
+            Ok(Some((dataset, key))) if ctx.chunk_queue.is_some() => {
+                handed.push(chunks::ChunkMessage::merge(batch_id, &dataset, &key));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(%batch_id, error = %e, "could not find what to undo"),
         }
     }
     client.release(&Ok::<(), ()>(()));

@@ -33,9 +33,9 @@ use tokio_postgres::Client;
 
 use crate::dataset::Dataset;
 use crate::db::{
-    Copied, CopyTimes, DbError, LoadOutcome, Merged, column_list, copy_decoded, ident, lock_batch,
-    mark_invalid, mark_loaded, merge_slices, merge_stage, slice_index, sliceable, staged_records,
-    staging,
+    Copied, CopyTimes, DbError, LoadOutcome, Merged, abandoned, column_list, copy_decoded, ident,
+    lock_batch, mark_invalid, mark_loaded, merge_slices, merge_stage, slice_index, sliceable,
+    staged_records, staging, undo_slices,
 };
 use crate::records::{Decoder, RecordError};
 use crate::store::{ByteStream, StoreError};
@@ -442,8 +442,16 @@ where
         return Ok(Finished::Pending);
     }
     let tx = client.transaction().await?;
-    if lock_batch(&tx, batch_id).await?.is_some() {
-        return Ok(Finished::Slices(Merged::Done));
+    if let Some(status) = lock_batch(&tx, batch_id).await? {
+        // A batch that failed while merging: its merged slices are undone.
+        let undo = status == crate::db::BatchStatus::Failed && abandoned(&tx, batch_id).await?;
+        tx.commit().await?;
+        if !undo {
+            return Ok(Finished::Slices(Merged::Done));
+        }
+        let (rows, until) = (budget.slice_rows, budget.until);
+        let undone = undo_slices(client, name, dataset, batch_id, rows, until).await?;
+        return Ok(Finished::Slices(undone));
     }
     let failed = tx
         .query_opt(

@@ -156,8 +156,8 @@ const GIVE_UP_LOCK_TIMEOUT: &str = "5s";
 
 /// Marks an unfinished batch `failed` for a reason that is no record's (its
 /// message's deliveries are spent, say): nothing of it is in its table, its
-/// chunks still pending are skipped and its staging table is dropped, in
-/// one transaction. Waits at most [`GIVE_UP_LOCK_TIMEOUT`] for a load that
+/// chunks still pending are skipped and its staging table is dropped (or,
+/// when its merge had begun, kept for [`undo_slices`]), in one transaction. Waits at most [`GIVE_UP_LOCK_TIMEOUT`] for a load that
 /// holds the batch (an error then). Returns whether the batch was unfinished.
 pub async fn give_up(
     client: &mut Client,
@@ -183,8 +183,11 @@ pub async fn give_up(
             &[&batch_id],
         )
         .await?;
-        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
-            .await?;
+        // A merge begun leaves its staging table to undo its slices by.
+        if !abandoned(&tx, batch_id).await? {
+            tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
+                .await?;
+        }
     }
     tx.commit().await?;
     Ok(changed > 0)

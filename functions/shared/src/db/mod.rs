@@ -23,6 +23,7 @@ mod read;
 mod revisions;
 mod schema;
 mod slices;
+mod undo;
 
 pub use batches::*;
 pub use load::*;
@@ -30,6 +31,7 @@ pub use read::*;
 pub use revisions::*;
 pub use schema::*;
 pub use slices::*;
+pub use undo::*;
 
 /// Rows are sent to Postgres in pieces of about this size.
 const COPY_PIECE: usize = 1024 * 1024;

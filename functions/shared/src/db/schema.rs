@@ -90,6 +90,18 @@ CREATE TABLE IF NOT EXISTS pipeline.hidden_loads (
     abandoned boolean NOT NULL DEFAULT false,
     handoffs integer NOT NULL DEFAULT 0
 );
+-- A failed batch's merged slices are undone in slices too (see `undo`),
+-- from the start of its staging table up to where its merge reached.
+-- Only when missing: every read reads this table, and ALTER TABLE locks it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = 'pipeline' AND table_name = 'hidden_loads' AND column_name = 'undone_chunk') THEN
+        ALTER TABLE pipeline.hidden_loads
+            ADD COLUMN undone_chunk integer NOT NULL DEFAULT -1,
+            ADD COLUMN undone_line bigint NOT NULL DEFAULT 0;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS pipeline.shadows (
     load bigint NOT NULL,
     dataset text NOT NULL,

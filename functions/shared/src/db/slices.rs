@@ -349,7 +349,7 @@ async fn lock_batch_nowait(tx: &Transaction<'_>, batch_id: uuid::Uuid) -> Result
 }
 
 /// `'text'`, for names that are validated identifiers.
-fn literal(name: &str) -> String {
+pub(super) fn literal(name: &str) -> String {
     format!("'{name}'")
 }
 

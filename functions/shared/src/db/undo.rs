@@ -1,0 +1,203 @@
+//! Undoing the merged slices of a batch that failed while merging.
+//!
+//! A batch fails in the middle of its merge only when its deliveries and
+//! hand-offs are spent (see [`MAX_MERGE_HANDOFFS`]). Its load stays hidden,
+//! but its rows would still hold their keys: a later batch's row with such
+//! a key would be taken for a duplicate of a row no reader sees. So its
+//! staging table is kept, and its slices are undone in order, a bounded
+//! number of staged rows per transaction, as they were merged: the rows of
+//! its load with the slice's keys are deleted, and the rows they replaced
+//! come back from the shadows. Readers see no change at any step: the load
+//! is hidden and its shadows are shown until the last step takes it off
+//! the list and drops the staging table. A later load that replaced one of
+//! its rows meanwhile keeps its own row.
+
+use super::*;
+
+/// What one undo step did.
+enum Step {
+    Undone,
+    /// Nothing was left to undo: the load is gone.
+    Finished,
+    /// Another delivery holds the load.
+    Busy,
+}
+
+/// Whether the batch failed with merged slices still to undo.
+pub async fn abandoned(client: &impl GenericClient, batch_id: uuid::Uuid) -> Result<bool, DbError> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pipeline.hidden_loads WHERE batch_id = $1 AND abandoned)",
+            &[&batch_id],
+        )
+        .await?
+        .get(0))
+}
+
+/// The dataset and object key of a batch whose merged slices are to undo,
+/// for the message that undoes them.
+pub async fn to_undo(
+    client: &impl GenericClient,
+    batch_id: uuid::Uuid,
+) -> Result<Option<(String, String)>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT b.dataset, b.object_key FROM pipeline.batches b JOIN pipeline.hidden_loads h USING (batch_id)
+             WHERE b.batch_id = $1 AND h.abandoned",
+            &[&batch_id],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Undoes the failed batch's slices until none is left, or until `until`
+/// is too near for another (room for twice the last one's time):
+/// [`Merged::More`] then, to hand on; [`Merged::Done`] once undone.
+pub async fn undo_slices(
+    client: &mut Client,
+    name: &str,
+    dataset: &Dataset,
+    batch_id: uuid::Uuid,
+    slice_rows: u64,
+    until: Option<std::time::Instant>,
+) -> Result<Merged, DbError> {
+    let mut slices = 0;
+    let mut need = std::time::Duration::from_millis(500);
+    loop {
+        let late = until.is_some_and(|until| std::time::Instant::now() + need > until);
+        if late && slices > 0 {
+            return Ok(Merged::More { slices });
+        }
+        let started = std::time::Instant::now();
+        match undo_slice(client, name, dataset, batch_id, slice_rows, until).await? {
+            Step::Undone => slices += 1,
+            Step::Finished => return Ok(Merged::Done),
+            Step::Busy => return Ok(Merged::Busy),
+        }
+        need = started.elapsed() * 2;
+    }
+}
+
+async fn undo_slice(
+    client: &mut Client,
+    name: &str,
+    dataset: &Dataset,
+    batch_id: uuid::Uuid,
+    slice_rows: u64,
+    until: Option<std::time::Instant>,
+) -> Result<Step, DbError> {
+    let tx = client.transaction().await?;
+    if let Some(until) = until {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            left.as_millis().max(100)
+        ))
+        .await?;
+    }
+    let row = tx
+        .query_opt(
+            "SELECT load, merged_chunk, merged_line, undone_chunk, undone_line FROM pipeline.hidden_loads
+             WHERE batch_id = $1 AND abandoned FOR UPDATE NOWAIT",
+            &[&batch_id],
+        )
+        .await;
+    let row = match row {
+        Ok(Some(row)) => row,
+        Ok(None) => return Ok(Step::Finished),
+        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => return Ok(Step::Busy),
+        Err(e) => return Err(e.into()),
+    };
+    let (load, merged_chunk, merged_line, chunk, line): (i64, i32, i64, i32, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    let staged: bool = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&staging(batch_id)])
+        .await?
+        .get(0);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&load, &chunk, &line, &merged_chunk, &merged_line];
+    let sql = UndoSql::new(name, dataset, batch_id, slice_rows);
+    // Without its staging table (dropped by the previous version's give-up)
+    // the load's keys are unknown: it stays hidden.
+    let undone = match staged {
+        true => tx.query_one(&sql.delete, &params).await?,
+        false => return Ok(Step::Finished),
+    };
+    let rows: i64 = undone.get(0);
+    if rows == 0 {
+        tx.execute(
+            "DELETE FROM pipeline.hidden_loads WHERE load = $1",
+            &[&load],
+        )
+        .await?;
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
+            .await?;
+        tx.commit().await?;
+        tracing::info!(%batch_id, load, "the failed batch's merge is undone");
+        return Ok(Step::Finished);
+    }
+    tx.execute(&sql.restore, &params).await?;
+    let (last_chunk, last_line): (i32, i64) = (undone.get(1), undone.get(2));
+    tx.execute(
+        "UPDATE pipeline.hidden_loads SET undone_chunk = $2, undone_line = $3 WHERE load = $1",
+        &[&load, &last_chunk, &last_line],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Step::Undone)
+}
+
+/// The statements of an undo step, over the slice of staged rows after
+/// (`$2` chunk, `$3` line) up to where the merge reached (`$4`, `$5`), at
+/// most `limit` of them, for load `$1`.
+struct UndoSql {
+    /// Deletes the load's rows with the slice's keys; answers (rows in the
+    /// slice, last chunk, last line).
+    delete: String,
+    /// Puts back the rows the load replaced, from its shadows.
+    restore: String,
+}
+
+impl UndoSql {
+    fn new(name: &str, dataset: &Dataset, batch_id: uuid::Uuid, limit: u64) -> UndoSql {
+        let (t, stage) = (table(name), staging(batch_id));
+        let keys: Vec<String> = dataset.primary_key.iter().map(|k| ident(k)).collect();
+        let key = keys.join(", ");
+        let slice = format!(
+            "slice AS MATERIALIZED (SELECT {key}, pipeline_chunk, pipeline_line FROM {stage}
+             WHERE (pipeline_chunk, pipeline_line) > ($2::integer, $3::bigint)
+               AND (pipeline_chunk, pipeline_line) <= ($4::integer, $5::bigint)
+             ORDER BY pipeline_chunk, pipeline_line LIMIT {limit})"
+        );
+        let same = keys
+            .iter()
+            .map(|k| format!("t.{k} = s.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let key_json = keys
+            .iter()
+            .map(|k| format!("s.{k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let delete = format!(
+            "WITH {slice},
+             gone AS (DELETE FROM {t} t USING (SELECT DISTINCT {key} FROM slice) s
+                      WHERE {same} AND t.{LOAD_COLUMN} = $1::bigint RETURNING 1)
+             SELECT (SELECT count(*) FROM slice), last.pipeline_chunk, last.pipeline_line
+             FROM (SELECT (SELECT count(*) FROM gone)) one LEFT JOIN LATERAL (
+                 SELECT pipeline_chunk, pipeline_line FROM slice
+                 ORDER BY pipeline_chunk DESC, pipeline_line DESC LIMIT 1) last ON true"
+        );
+        let restore = format!(
+            "WITH {slice},
+             back AS (DELETE FROM pipeline.shadows sh
+                      USING (SELECT DISTINCT jsonb_build_array({key_json}) AS key FROM slice s) s
+                      WHERE sh.load = $1::bigint AND sh.dataset = {dataset} AND sh.key = s.key
+                      RETURNING sh.row)
+             INSERT INTO {t} SELECT r.* FROM back CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, back.row) r
+             ON CONFLICT DO NOTHING",
+            dataset = super::slices::literal(name),
+        );
+        UndoSql { delete, restore }
+    }
+}
