@@ -181,6 +181,31 @@ async fn part_urls_beyond_the_first_thousand_come_a_page_at_a_time() {
     );
 }
 
+/// `push --wait` of `body` as `batch.ndjson`, which must succeed through an
+/// upload: its JSON answer.
+fn push_upload(local: &Local, body: &str) -> Value {
+    std::fs::write(local.dir.path().join("batch.ndjson"), body).expect("write batch");
+    let args = [
+        "--output",
+        "json",
+        "push",
+        "-d",
+        "events",
+        "batch.ndjson",
+        "--wait",
+    ];
+    let out = client(local, &args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(pushed["via"], "upload");
+    pushed
+}
+
 /// An upload that outlasts its URLs (an hour in AWS) goes on with fresh
 /// ones: a part whose URL has expired (storage answers 403) gets a new URL
 /// from the API and goes up again. `pipeline local` signs its first URLs
@@ -214,27 +239,7 @@ async fn parts_whose_urls_expired_go_up_with_fresh_ones() {
     let put = local.http.put(url).body("x").send().await.expect("PUT");
     assert_eq!(put.status().as_u16(), 403, "an expired URL is refused");
 
-    std::fs::write(local.dir.path().join("batch.ndjson"), &body).expect("write batch");
-    let out = client(
-        &local,
-        &[
-            "--output",
-            "json",
-            "push",
-            "-d",
-            "events",
-            "batch.ndjson",
-            "--wait",
-        ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pushed: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(pushed["via"], "upload");
+    let pushed = push_upload(&local, &body);
     assert_eq!(pushed["batch"]["inserted"], 100);
 }
 
@@ -248,27 +253,7 @@ async fn a_batch_above_the_part_size_goes_up_in_parts_and_loads_once() {
     .await;
     let body: String = (1..=100).map(|i| event(i, "multi")).collect();
     assert!(body.len() > 5000);
-    std::fs::write(local.dir.path().join("batch.ndjson"), &body).expect("write batch");
-    let out = client(
-        &local,
-        &[
-            "--output",
-            "json",
-            "push",
-            "-d",
-            "events",
-            "batch.ndjson",
-            "--wait",
-        ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pushed: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(pushed["via"], "upload");
+    let pushed = push_upload(&local, &body);
     assert_eq!(pushed["batch"]["inserted"], 100);
     let db = local.db().await;
     let rows = count(

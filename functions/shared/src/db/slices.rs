@@ -68,7 +68,7 @@ enum Slice {
 }
 
 /// Time a slice is thought to take before one has been timed.
-const FIRST_SLICE: std::time::Duration = std::time::Duration::from_millis(500);
+pub(super) const FIRST_SLICE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Merges the staged batch slice after slice until it is loaded, or until
 /// `until` is too near to merge another one (room for twice the last
@@ -123,15 +123,7 @@ async fn slice(
         Locked::Busy => return Ok(Slice::Busy),
         Locked::Final => return Ok(Slice::Done),
     }
-    if let Some(until) = until {
-        // The server stops the slice, too, before the function is stopped.
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {}",
-            left.as_millis().max(100)
-        ))
-        .await?;
-    }
+    bound_by(&tx, until).await?;
     collect_garbage(&tx).await?;
     let at = tx
         .query_one(
@@ -181,6 +173,23 @@ async fn slice(
     tx.commit().await?;
     tracing::debug!(%batch_id, load, chunk, line, rows, inserted = new, "merged a slice");
     Ok(Slice::Merged)
+}
+
+/// Bounds the transaction's statements by the time left until `until`:
+/// the server stops a slice, too, before the function is stopped.
+pub(super) async fn bound_by(
+    tx: &Transaction<'_>,
+    until: Option<std::time::Instant>,
+) -> Result<(), DbError> {
+    if let Some(until) = until {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            left.as_millis().max(100)
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 /// The statement that merges the staged rows after (`$2` chunk, `$3`

@@ -62,7 +62,7 @@ pub async fn undo_slices(
     until: Option<std::time::Instant>,
 ) -> Result<Merged, DbError> {
     let mut slices = 0;
-    let mut need = std::time::Duration::from_millis(500);
+    let mut need = super::slices::FIRST_SLICE;
     loop {
         let late = until.is_some_and(|until| std::time::Instant::now() + need > until);
         if late && slices > 0 {
@@ -87,14 +87,7 @@ async fn undo_slice(
     until: Option<std::time::Instant>,
 ) -> Result<Step, DbError> {
     let tx = client.transaction().await?;
-    if let Some(until) = until {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {}",
-            left.as_millis().max(100)
-        ))
-        .await?;
-    }
+    super::slices::bound_by(&tx, until).await?;
     let row = tx
         .query_opt(
             "SELECT load, merged_chunk, merged_line, undone_chunk, undone_line FROM pipeline.hidden_loads
