@@ -62,6 +62,19 @@ async fn count(ctx: &Context, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
 }
 
+/// A batch's status.
+async fn status(ctx: &Context, batch_id: uuid::Uuid) -> String {
+    let client = ctx.pool.get().await.expect("client");
+    client
+        .query_one(
+            "SELECT status FROM pipeline.batches WHERE batch_id = $1",
+            &[&batch_id],
+        )
+        .await
+        .expect("batch")
+        .get(0)
+}
+
 /// The notification's invocation, at its deadline: its first chunk and the
 /// rest of the object, handed on uncut.
 async fn begin_at_deadline(s: &Setup, body: &str) -> (uuid::Uuid, String, ChunkMessage) {
@@ -198,12 +211,7 @@ async fn a_large_csv_is_cut_a_chunk_at_a_time_and_its_rest_handed_on() {
     )
     .await;
     assert_eq!(rows, 2000 / 7);
-    let status = count(
-        &s.ctx,
-        &format!("SELECT count(*) FROM pipeline.batches WHERE batch_id = '{batch_id}' AND status = 'loaded'"),
-    )
-    .await;
-    assert_eq!(status, 1);
+    assert_eq!(status(&s.ctx, batch_id).await, "loaded");
 }
 
 /// The previous version of the loader takes the rest's message for a chunk
@@ -251,12 +259,7 @@ async fn the_rest_loaded_whole_as_the_previous_loader_does_loads_once() {
     assert!(s.sent.take().is_empty());
     let rows = count(&s.ctx, "SELECT count(*) FROM public.readings").await;
     assert_eq!(rows, 600);
-    let status = count(
-        &s.ctx,
-        &format!("SELECT count(*) FROM pipeline.batches WHERE batch_id = '{batch_id}' AND status = 'loaded'"),
-    )
-    .await;
-    assert_eq!(status, 1);
+    assert_eq!(status(&s.ctx, batch_id).await, "loaded");
 }
 
 /// A late chunk's invalid record fails the batch with its line in the whole
