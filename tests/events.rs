@@ -68,6 +68,7 @@ async fn api_gateway_and_sqs_events_drive_the_handlers() {
         chunk_bytes: 0,
         upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
         merge_slice_rows: pipeline_shared::db::DEFAULT_SLICE_ROWS,
+        max_decoded_ratio: pipeline_shared::compression::DEFAULT_DECODED_RATIO,
         chunk_queue: None,
         max_receives: None,
         definitions: Default::default(),

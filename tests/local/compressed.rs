@@ -377,7 +377,7 @@ async fn a_gzip_bomb_fails_its_batch_at_once_and_leaves_no_copy() {
     let limit = bomb.len() as u64 * 200;
     assert!(
         stdout.contains(&format!(
-            ": the gzip stream decodes to more than {limit} bytes, the most it may (200 times its size)"
+            ": the gzip stream decodes to more than {limit} bytes, the most it may (200 times its size, `api.max_decoded_ratio`)"
         )),
         "{stdout}"
     );
@@ -393,4 +393,37 @@ async fn a_gzip_bomb_fails_its_batch_at_once_and_leaves_no_copy() {
         .filter(|p| p.to_string_lossy().contains("decoded"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// `api.max_decoded_ratio` sets that bound: with 4, an ordinary gzip'd
+/// batch (it compresses more than 4 times) fails with the reason, naming
+/// the setting, and loads nothing.
+#[tokio::test]
+async fn the_decoded_ratio_is_the_specs() {
+    require!(Service::Postgres);
+    let local = Local::start_with(
+        "api:\n  max_inline_batch_kib: 16\n  max_decoded_ratio: 4\n",
+        &[],
+    )
+    .await;
+    let body: String = (1..=2000).map(|i| event(i, "ratio")).collect();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(body.as_bytes()).expect("gzip");
+    let gz = e.finish().expect("gzip");
+    assert!(body.len() > 4 * gz.len(), "{} of {}", gz.len(), body.len());
+    std::fs::write(local.dir.path().join("batch.ndjson.gz"), &gz).expect("write");
+    let out = client(
+        &local,
+        &["push", "-d", "events", "batch.ndjson.gz", "--wait"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    let limit = gz.len() as u64 * 4;
+    assert!(
+        stdout.contains(&format!(
+            ": the gzip stream decodes to more than {limit} bytes, the most it may (4 times its size, `api.max_decoded_ratio`)"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(rows(&local).await, 0);
 }

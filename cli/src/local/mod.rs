@@ -318,6 +318,7 @@ pub async fn serve(
         chunk_bytes: settings.chunk_bytes(),
         upload_part_bytes: settings.upload_part_size,
         merge_slice_rows: settings.merge_slice_rows,
+        max_decoded_ratio: u64::from(spec.api.max_decoded_ratio),
         chunk_queue: Some(queue),
         max_receives: Some(spec.queue.max_receives),
         definitions: Default::default(),

@@ -104,9 +104,17 @@ pub struct Api {
     /// Largest batch body accepted inline, in KiB; bigger batches go through presigned uploads.
     #[schemars(range(min = 1))]
     pub max_inline_batch_kib: u32,
+    /// The most a compressed upload may decode to, per byte of it (default 200; text compresses 5 to 20 times): one decoding to more fails its batch with the reason, nothing loaded.
+    #[serde(default = "default_decoded_ratio")]
+    #[schemars(range(min = 2, max = 10000))]
+    pub max_decoded_ratio: u32,
     /// Origins allowed to call the API from a browser, such as `https://app.example.com`.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+}
+
+fn default_decoded_ratio() -> u32 {
+    200
 }
 
 /// How API callers authenticate.

@@ -180,6 +180,7 @@ fn main() {
             chunk_bytes: 0,
             upload_part_bytes: pipeline_shared::store::DEFAULT_UPLOAD_PART_BYTES,
             merge_slice_rows: pipeline_shared::db::DEFAULT_SLICE_ROWS,
+            max_decoded_ratio: pipeline_shared::compression::DEFAULT_DECODED_RATIO,
             chunk_queue: None,
             max_receives: None,
             definitions: Default::default(),

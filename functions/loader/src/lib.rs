@@ -339,7 +339,10 @@ pub async fn load_key(
             });
         }
     };
-    let decoded_limit = size.saturating_mul(compression::MAX_DECODED_RATIO);
+    let decoded_limit = compression::DecodedLimit {
+        size,
+        ratio: ctx.max_decoded_ratio,
+    };
     // A compressed object cannot be cut at byte offsets: when chunks are in
     // use, a large one is loaded from its decoded copy, in chunks; else it
     // loads as one stream, decoded on the way.
@@ -456,7 +459,7 @@ struct Target<'a> {
     key: &'a str,
     encoding: Option<pipeline_contract::ContentEncoding>,
     /// The most a compressed object may decode to.
-    decoded_limit: u64,
+    decoded_limit: compression::DecodedLimit,
     /// When the invocation stops starting work.
     until: Option<std::time::Instant>,
 }
@@ -682,7 +685,10 @@ async fn decoded_copy(ctx: &Context, key: &str, size: u64) -> Result<Option<Stri
     let stream = compression::decompress(
         encoding,
         ctx.store.get(key).await.map_err(DbError::from)?,
-        size.saturating_mul(compression::MAX_DECODED_RATIO),
+        compression::DecodedLimit {
+            size,
+            ratio: ctx.max_decoded_ratio,
+        },
     );
     let metadata =
         std::collections::BTreeMap::from([("decoded-from".to_string(), key.to_string())]);

@@ -31,6 +31,8 @@ pub struct Context {
     pub upload_part_bytes: u64,
     /// Staged rows merged per transaction of a chunked batch's merge.
     pub merge_slice_rows: u64,
+    /// The most a compressed upload may decode to, per byte of it.
+    pub max_decoded_ratio: u64,
     /// Where chunk messages go; without one, every object loads as a whole.
     pub chunk_queue: Option<std::sync::Arc<dyn crate::chunks::ChunkQueue>>,
     /// Deliveries of a message before its queue dead-letters it (the

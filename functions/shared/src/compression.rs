@@ -180,17 +180,41 @@ impl BufRead for Pieces {
     }
 }
 
-/// The most a compressed upload may decode to, per byte of it: text such as
-/// NDJSON and CSV compresses 5 to 20 times with gzip or zstd, and a stream
-/// made to decode to much more (a "bomb": gzip reaches about 1,000 times)
-/// is refused at this bound rather than loaded for hours.
-pub const MAX_DECODED_RATIO: u64 = 200;
+/// The most a compressed upload may decode to by default, per byte of it
+/// (`api.max_decoded_ratio`): text such as NDJSON and CSV compresses 5 to 20
+/// times with gzip or zstd, and a stream made to decode to much more (a
+/// "bomb": gzip reaches about 1,000 times) is refused at this bound rather
+/// than loaded for hours.
+pub const DEFAULT_DECODED_RATIO: u64 = 200;
+
+/// The most a compressed object may decode to: `ratio` times its `size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodedLimit {
+    pub size: u64,
+    pub ratio: u64,
+}
+
+impl DecodedLimit {
+    /// No limit.
+    pub const NONE: DecodedLimit = DecodedLimit {
+        size: u64::MAX,
+        ratio: 1,
+    };
+
+    pub fn bytes(&self) -> u64 {
+        self.size.saturating_mul(self.ratio)
+    }
+}
 
 /// The decoded bytes of a compressed stream. Decoding runs on a blocking
 /// thread between two small channels, so memory stays at a few pieces. A
 /// corrupt input, or one that decodes to more than `limit` bytes, ends the
 /// stream with [`StoreError::Corrupt`].
-pub fn decompress(encoding: ContentEncoding, mut stream: ByteStream, limit: u64) -> ByteStream {
+pub fn decompress(
+    encoding: ContentEncoding,
+    mut stream: ByteStream,
+    limit: DecodedLimit,
+) -> ByteStream {
     let (in_tx, in_rx) = tokio::sync::mpsc::channel(4);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(4);
     tokio::spawn(async move {
@@ -209,7 +233,7 @@ pub fn decompress(encoding: ContentEncoding, mut stream: ByteStream, limit: u64)
         let mut total: u64 = 0;
         let sent = decode(encoding, &mut pieces, |decoded| {
             total += decoded.len() as u64;
-            if total > limit {
+            if total > limit.bytes() {
                 return Err(true);
             }
             out_tx
@@ -219,8 +243,10 @@ pub fn decompress(encoding: ContentEncoding, mut stream: ByteStream, limit: u64)
         let error = match sent {
             Ok(_) | Err(DecodeError::Sink(false)) => return,
             Err(DecodeError::Sink(true)) => StoreError::Corrupt(format!(
-                "the {} stream decodes to more than {limit} bytes, the most it may ({MAX_DECODED_RATIO} times its size)",
-                encoding.name()
+                "the {} stream decodes to more than {} bytes, the most it may ({} times its size, `api.max_decoded_ratio`)",
+                encoding.name(),
+                limit.bytes(),
+                limit.ratio,
             )),
             Err(DecodeError::Corrupt(corrupt)) => match pieces.failed.take() {
                 // The object store failed, not the data.
@@ -314,7 +340,7 @@ mod tests {
         let mut s = decompress(
             ContentEncoding::Zstd,
             futures_util::stream::iter(pieces).boxed(),
-            u64::MAX,
+            DecodedLimit::NONE,
         );
         while let Some(piece) = s.next().await {
             out.extend_from_slice(&piece.expect("piece"));
@@ -325,7 +351,7 @@ mod tests {
         let mut s = decompress(
             ContentEncoding::Gzip,
             futures_util::stream::iter(vec![Ok(Bytes::from(bad))]).boxed(),
-            u64::MAX,
+            DecodedLimit::NONE,
         );
         let mut last = None;
         while let Some(piece) = s.next().await {
@@ -351,11 +377,15 @@ mod tests {
         e.write_all(&data).expect("gzip");
         let bomb = e.finish().expect("gzip");
         assert!(data.len() > 200 * bomb.len(), "{}", bomb.len());
-        let limit = bomb.len() as u64 * MAX_DECODED_RATIO;
+        let decoded = DecodedLimit {
+            size: bomb.len() as u64,
+            ratio: DEFAULT_DECODED_RATIO,
+        };
+        let limit = decoded.bytes();
         let mut s = decompress(
             ContentEncoding::Gzip,
             futures_util::stream::iter(vec![Ok(Bytes::from(bomb))]).boxed(),
-            limit,
+            decoded,
         );
         let (mut passed, mut last) = (0u64, None);
         while let Some(piece) = s.next().await {
@@ -369,7 +399,7 @@ mod tests {
             Some(StoreError::Corrupt(reason)) => assert_eq!(
                 reason,
                 format!(
-                    "the gzip stream decodes to more than {limit} bytes, the most it may (200 times its size)"
+                    "the gzip stream decodes to more than {limit} bytes, the most it may (200 times its size, `api.max_decoded_ratio`)"
                 )
             ),
             other => panic!("expected the limit, found {other:?}"),

@@ -433,6 +433,10 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map_or(crate::db::DEFAULT_SLICE_ROWS, |n| n.max(1));
+    let max_decoded_ratio = std::env::var("MAX_DECODED_RATIO")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(crate::compression::DEFAULT_DECODED_RATIO, |n| n.max(1));
     let max_receives = std::env::var("MAX_RECEIVES")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -445,6 +449,7 @@ pub async fn context_from_env() -> Result<Context, ConfigError> {
         chunk_bytes,
         upload_part_bytes,
         merge_slice_rows,
+        max_decoded_ratio,
         chunk_queue,
         max_receives,
         definitions: Default::default(),

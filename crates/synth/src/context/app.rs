@@ -17,6 +17,8 @@ pub struct AppContext {
     pub max_concurrency: Option<u32>,
     /// The ingest function's inline limit, in bytes.
     pub max_inline_bytes: u64,
+    /// The loader's limit on what a compressed upload decodes to, per byte.
+    pub max_decoded_ratio: u32,
     /// The queue's `maxReceiveCount`: the loader fails a batch on the last delivery.
     pub max_receives: u32,
     pub access_log_format: String,
@@ -291,6 +293,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
         read_targets: usize::from(spec.database.read_replicas).max(1),
         batch_size: spec.queue.batch_size,
         max_inline_bytes: u64::from(spec.api.max_inline_batch_kib) * 1024,
+        max_decoded_ratio: spec.api.max_decoded_ratio,
         max_concurrency: spec.queue.max_concurrency,
         max_receives: spec.queue.max_receives,
         access_log_format: ACCESS_LOG_FORMAT.to_string(),
