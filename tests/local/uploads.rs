@@ -118,14 +118,7 @@ async fn part_urls_beyond_the_first_thousand_come_a_page_at_a_time() {
     let body: String = (1..=1000).map(|i| event(i, "paged")).collect();
     let parts = body.len().div_ceil(100);
     assert!(parts > 1000 && parts < 2000, "{parts}");
-    let (status, upload) = local
-        .post(
-            "/v1/datasets/events/uploads",
-            "application/json",
-            json!({"size_bytes": body.len(), "content_type": "application/x-ndjson"}).to_string(),
-        )
-        .await;
-    assert_eq!(status, 201, "{upload}");
+    let upload = start_upload(&local, body.len()).await;
     let listed = upload["parts"].as_array().expect("parts");
     assert_eq!(listed.len(), parts);
     let with_url = listed.iter().filter(|p| p["url"].is_string()).count();
@@ -181,6 +174,21 @@ async fn part_urls_beyond_the_first_thousand_come_a_page_at_a_time() {
     );
 }
 
+/// Starts an NDJSON upload of `size` bytes through the API, which must
+/// accept it: its answer.
+async fn start_upload(local: &Local, size: usize) -> Value {
+    let request = json!({"size_bytes": size, "content_type": "application/x-ndjson"});
+    let (status, upload) = local
+        .post(
+            "/v1/datasets/events/uploads",
+            "application/json",
+            request.to_string(),
+        )
+        .await;
+    assert_eq!(status, 201, "{upload}");
+    upload
+}
+
 /// `push --wait` of `body` as `batch.ndjson`, which must succeed through an
 /// upload: its JSON answer.
 fn push_upload(local: &Local, body: &str) -> Value {
@@ -227,14 +235,7 @@ async fn parts_whose_urls_expired_go_up_with_fresh_ones() {
         (parts + 3).to_string(),
     )];
     local.restart();
-    let (status, upload) = local
-        .post(
-            "/v1/datasets/events/uploads",
-            "application/json",
-            json!({"size_bytes": body.len(), "content_type": "application/x-ndjson"}).to_string(),
-        )
-        .await;
-    assert_eq!(status, 201, "{upload}");
+    let upload = start_upload(&local, body.len()).await;
     let url = upload["parts"][0]["url"].as_str().expect("part 1's URL");
     let put = local.http.put(url).body("x").send().await.expect("PUT");
     assert_eq!(put.status().as_u16(), 403, "an expired URL is refused");

@@ -33,9 +33,9 @@ use tokio_postgres::Client;
 
 use crate::dataset::Dataset;
 use crate::db::{
-    Copied, CopyTimes, DbError, LoadOutcome, Merged, abandoned, column_list, copy_decoded, ident,
-    lock_batch, mark_invalid, mark_loaded, merge_slices, merge_stage, slice_index, sliceable,
-    staged_records, staging, undo_slices,
+    Copied, CopyTimes, DbError, LoadOutcome, Merged, column_list, copy_decoded, ident, lock_batch,
+    mark_invalid, mark_loaded, merge_slices, merge_stage, slice_index, sliceable, staged_records,
+    staging, to_undo, undo_slices,
 };
 use crate::records::{Decoder, RecordError};
 use crate::store::{ByteStream, StoreError};
@@ -444,7 +444,8 @@ where
     let tx = client.transaction().await?;
     if let Some(status) = lock_batch(&tx, batch_id).await? {
         // A batch that failed while merging: its merged slices are undone.
-        let undo = status == crate::db::BatchStatus::Failed && abandoned(&tx, batch_id).await?;
+        let undo =
+            status == crate::db::BatchStatus::Failed && to_undo(&tx, batch_id).await?.is_some();
         tx.commit().await?;
         if !undo {
             return Ok(Finished::Slices(Merged::Done));

@@ -184,7 +184,7 @@ pub async fn give_up(
         )
         .await?;
         // A merge begun leaves its staging table to undo its slices by.
-        if !abandoned(&tx, batch_id).await? {
+        if to_undo(&tx, batch_id).await?.is_none() {
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
                 .await?;
         }

@@ -23,19 +23,8 @@ enum Step {
     Busy,
 }
 
-/// Whether the batch failed with merged slices still to undo.
-pub async fn abandoned(client: &impl GenericClient, batch_id: uuid::Uuid) -> Result<bool, DbError> {
-    Ok(client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pipeline.hidden_loads WHERE batch_id = $1 AND abandoned)",
-            &[&batch_id],
-        )
-        .await?
-        .get(0))
-}
-
-/// The dataset and object key of a batch whose merged slices are to undo,
-/// for the message that undoes them.
+/// The dataset and object key of a batch that failed with merged slices
+/// still to undo, for the message that undoes them; `None`: nothing to undo.
 pub async fn to_undo(
     client: &impl GenericClient,
     batch_id: uuid::Uuid,
