@@ -23,16 +23,21 @@ use pipeline_shared::store::{
     DEFAULT_UPLOAD_PART_BYTES, LocalStore, Notify, Signer, Store, UploadTarget, hex,
 };
 use serde::Serialize;
-use tokio::sync::watch;
 
 use crate::spec::model::AuthMode;
 use crate::{Error, output::Ui};
 
 mod queue;
+mod rollout;
 mod server;
+mod versions;
+mod watch;
 
 use queue::*;
+pub(crate) use rollout::{LocalAliases, LocalGates};
 use server::*;
+pub(crate) use versions::PgStore;
+pub use watch::Reload;
 
 /// The largest request body the local server takes, as API Gateway (10 MB).
 const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
@@ -109,6 +114,12 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_UPLOAD_PART_BYTES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub upload_part_size: u64,
+    /// Divides the times of rollouts (bakes, intervals, polls of the gates)
+    /// by N: a changed spec rolls out as the environment's `rollout` says,
+    /// N times faster.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub rollout_speed: u32,
 }
 
 impl Settings {
@@ -171,6 +182,33 @@ fn migration_error(e: loader::MessageError) -> Error {
         }
         e => local_error("migration failed", e),
     }
+}
+
+/// A pool on the database of `pipeline local`'s environment `env`, which
+/// must exist (for `pipeline rollout --local`).
+pub async fn environment_pool(url: &str, env: &str) -> Result<deadpool_postgres::Pool, Error> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| local_error("DATABASE_URL is not a Postgres URL", e))?;
+    let name = format!("pipeline_{}", env.replace('-', "_"));
+    config.dbname(&name);
+    match config.connect(tokio_postgres::NoTls).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+            return Err(Error::Rejected {
+                message: format!(
+                    "no `pipeline local` has run `{env}` on this Postgres (it has no database {name})"
+                ),
+            });
+        }
+        Err(e) => {
+            return Err(local_error(
+                &format!("cannot connect to Postgres at {url} (set DATABASE_URL)"),
+                crate::chain::message_chain(&e),
+            ));
+        }
+    }
+    pool(config, 2)
 }
 
 /// The environment's database pools, made by [`database`].
@@ -259,6 +297,7 @@ pub async fn serve(
     env: crate::spec::Environment,
     settings: &Settings,
     ui: &Ui,
+    reload: Reload,
 ) -> Result<(), Error> {
     let spec = &env.spec;
     let Pools {
@@ -323,17 +362,27 @@ pub async fn serve(
         max_receives: Some(spec.queue.max_receives),
         definitions: Default::default(),
     };
-    let report = loader::migrate(&ctx).await.map_err(migration_error)?;
-    for statement in &report.statements {
-        ui.info(format_args!("migrated: {statement}"));
-    }
     {
         let client = pool.get().await.map_err(|e| local_error("database", e))?;
         client
-            .batch_execute(QUEUE)
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS pipeline;{QUEUE}{}",
+                versions::VERSIONS
+            ))
             .await
             .map_err(|e| local_error("cannot create the local queue", e))?;
     }
+    let router = Arc::new(versions::Router::new(
+        ctx.clone(),
+        reads,
+        format!("http://{addr}"),
+    ));
+    router
+        .refresh()
+        .await
+        .map_err(|e| local_error("cannot read the versions", e))?;
+    let prepared = watch::prepare(&router, ui, spec).await?;
+    watch::first(&router, prepared.to()).await?;
     // This run's lock, held by a connection of its own (outside the pool)
     // kept until the process ends.
     let (run_lock, connection) = config
@@ -372,13 +421,7 @@ pub async fn serve(
         AuthMode::ApiKey => Some(local_api_key(&data_dir).await?),
         AuthMode::Iam | AuthMode::None => None,
     };
-    // The document served here names this server, so clients and API
-    // fuzzers pointed at it test this server.
-    let mut document = crate::synth::openapi::document(&env.name, spec, false);
-    document["servers"] = serde_json::json!([{"url": format!("http://{addr}")}]);
-    let openapi = serde_json::to_vec_pretty(&document).unwrap_or_default();
-
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let queue = QueueSettings {
         run,
         batch_size: i64::from(spec.queue.batch_size),
@@ -398,19 +441,15 @@ pub async fn serve(
             .and_then(|v| v.parse().ok()),
     };
     let workers: Vec<_> = (0..settings.workers.max(1))
-        .map(|_| tokio::spawn(worker(ctx.clone(), queue, wake.clone(), stop_rx.clone())))
+        .map(|_| tokio::spawn(worker(router.clone(), queue, wake.clone(), stop_rx.clone())))
         .collect();
+    let follower = tokio::spawn(watch::follow_aliases(router.clone(), stop_rx.clone()));
 
     let app = axum::Router::new().fallback(dispatch).with_state(Server {
-        reads: Context {
-            pool: reads,
-            ..ctx.clone()
-        },
-        ctx,
+        router: router.clone(),
         objects,
         uploads_dir,
         api_key: api_key.clone(),
-        openapi: Bytes::from(openapi),
     });
     // Handlers in place before anyone is told where to send requests (or
     // signals): a Ctrl-C right after "listening" stops cleanly too.
@@ -423,6 +462,17 @@ pub async fn serve(
         data_dir: data_dir.display().to_string(),
         api_key,
     });
+    let deploys = tokio::spawn(watch::deploys(
+        router,
+        ui.clone(),
+        rollout::Pace {
+            speed: settings.rollout_speed,
+        },
+        reload,
+        env.files.clone(),
+        prepared,
+        stop_rx.clone(),
+    ));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -432,6 +482,8 @@ pub async fn serve(
     for w in workers {
         let _ = w.await;
     }
+    let _ = follower.await;
+    let _ = deploys.await;
     drop(run_lock);
     let _ = lock_task.await;
     ui.info("stopped");

@@ -3,6 +3,7 @@
 //! loader as SQS events, with retries, dead letters and recovery.
 
 use super::*;
+use crate::spec::model::FunctionId;
 
 pub(super) const QUEUE: &str = r#"
 CREATE TABLE IF NOT EXISTS pipeline.local_queue (
@@ -191,16 +192,16 @@ pub(super) struct QueueSettings {
 
 /// One worker: receives messages as SQS would and hands them to the loader.
 pub(super) async fn worker(
-    ctx: Context,
+    router: Arc<versions::Router>,
     settings: QueueSettings,
     wake: Arc<tokio::sync::Notify>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         if *stop.borrow() {
             return;
         }
-        let handled = match receive_and_load(&ctx, settings).await {
+        let handled = match receive_and_load(&router, settings).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "local queue");
@@ -217,10 +218,16 @@ pub(super) async fn worker(
     }
 }
 
+/// Receives messages as SQS does and hands them to the loader version its
+/// alias picks for this invocation.
 pub(super) async fn receive_and_load(
-    ctx: &Context,
+    router: &versions::Router,
     settings: QueueSettings,
 ) -> Result<usize, String> {
+    let version = router
+        .pick(FunctionId::Loader)
+        .ok_or("no version of the loader is published")?;
+    let ctx = &version.ctx;
     let client = ctx.pool.get().await.map_err(|e| e.to_string())?;
     // As SQS does, a message whose deliveries are spent goes to the
     // dead-letter queue when it would be received once more (its last
@@ -269,13 +276,14 @@ pub(super) async fn receive_and_load(
     let mut event = SqsEvent::default();
     event.records = rows.iter().map(sqs_message).collect();
     let response = match settings.pause_after_chunks {
-        None => match invoke(ctx, event, settings.function_timeout).await {
-            Some(response) => response,
-            // Stopped at its timeout, as Lambda stops a function: nothing
-            // answered, so every message comes back after its lease.
-            None => return Ok(rows.len()),
-        },
-        Some(limit) => handle_until_paused(ctx, event, limit).await,
+        None => invoke(ctx, event, settings.function_timeout).await,
+        Some(limit) => Some(handle_until_paused(ctx, event, limit).await),
+    };
+    router.record(FunctionId::Loader, version.number, response.is_none());
+    // Stopped at its timeout, as Lambda stops a function: nothing answered,
+    // so every message comes back after its lease.
+    let Some(response) = response else {
+        return Ok(rows.len());
     };
     let failed: Vec<i64> = response
         .batch_item_failures

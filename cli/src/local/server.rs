@@ -2,18 +2,17 @@
 //! Gateway events, and the presigned uploads S3 would take.
 
 use super::*;
+use crate::spec::model::FunctionId;
 
 /// State of the HTTP server.
 #[derive(Clone)]
 pub(super) struct Server {
-    pub(super) ctx: Context,
-    /// The query handler's context: `ctx` with the pool for reads.
-    pub(super) reads: Context,
+    /// The versions of the handlers, and the aliases that pick one.
+    pub(super) router: Arc<versions::Router>,
     /// The object store, for uploads through presigned URLs.
     pub(super) objects: LocalStore,
     pub(super) uploads_dir: PathBuf,
     pub(super) api_key: Option<String>,
-    pub(super) openapi: Bytes,
 }
 
 pub(super) async fn dispatch(
@@ -30,10 +29,17 @@ pub(super) async fn dispatch(
         return respond(upload(&server, &key, parts.uri.query(), parts.method.clone(), body).await);
     }
     if parts.uri.path() == "/openapi.json" {
+        // The document of the version the query alias names.
+        let document = server
+            .router
+            .alias(FunctionId::Query)
+            .and_then(|a| server.router.get(a.version))
+            .map(|v| v.openapi.clone())
+            .unwrap_or_default();
         return respond(
             http::Response::builder()
                 .header(http::header::CONTENT_TYPE, "application/json")
-                .body(server.openapi.clone())
+                .body(document)
                 .unwrap_or_default(),
         );
     }
@@ -66,11 +72,25 @@ pub(super) async fn dispatch(
         Err(answer) => return respond(*answer),
     };
     let request = http::Request::from_parts(parts, body);
-    let response = if request.method() == http::Method::POST {
-        ingest::handle(&server.ctx, request).await
-    } else {
-        ::query::handle(&server.reads, request).await
+    let function = match request.method() == http::Method::POST {
+        true => FunctionId::Ingest,
+        false => FunctionId::Query,
     };
+    let Some(version) = server.router.pick(function) else {
+        return respond(pipeline_shared::api::unavailable(
+            "the local aliases",
+            &"no version is published",
+        ));
+    };
+    let response = match function {
+        FunctionId::Ingest => ingest::handle(&version.ctx, request).await,
+        _ => ::query::handle(&version.reads, request).await,
+    };
+    server.router.record(
+        function,
+        version.number,
+        response.status().is_server_error(),
+    );
     respond(response)
 }
 
