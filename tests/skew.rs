@@ -161,6 +161,43 @@ async fn batches_load_across_versions_when_a_column_is_added() {
     );
 }
 
+/// A required column added with a default: not destructive, so the
+/// rollout is gradual. Rows loaded without it (batches accepted before the
+/// deploy, or loaded by the previous loader, which does not know it) take
+/// the table's default; a batch that sends it keeps its value whichever
+/// loader meets it; a batch that leaves it out takes the default from the
+/// new decoder too.
+#[tokio::test]
+async fn batches_load_across_versions_when_a_column_with_a_default_is_added() {
+    require!(Service::Postgres);
+    let mut added = events();
+    added.columns.push(Column {
+        default: Some("web-default".into()),
+        ..Column::new("channel", ColumnType::Text)
+    });
+    let v = versions(added).await;
+    let before = post(&v.old, record(1)).await;
+    v.deploy().await;
+    let mut with_channel = record(2);
+    with_channel["channel"] = "app".into();
+    assert_loaded(&load(&v.old, post(&v.new, with_channel).await).await);
+    assert_loaded(&load(&v.old, post(&v.new, record(3)).await).await);
+    assert_loaded(&load(&v.new, post(&v.new, record(4)).await).await);
+    assert_loaded(&load(&v.new, before).await);
+    for (n, channel) in [
+        (1, "web-default"),
+        (2, "app"),
+        (3, "web-default"),
+        (4, "web-default"),
+    ] {
+        assert_eq!(
+            row(&v.new, n, "channel").await,
+            [Some(channel.into())],
+            "record {n}"
+        );
+    }
+}
+
 /// A required column removed: it is kept, nullable, so that the batches
 /// accepted before the deploy (which carry it) load with the new loader,
 /// and the new ingest's (which do not) with the previous loader; no data is

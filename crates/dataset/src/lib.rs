@@ -142,6 +142,13 @@ pub struct Column {
     /// The words read as false, ignoring case (default: false, f, 0, no).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub false_values: Option<Vec<String>>,
+    /// The value of a record that leaves the column out (a JSON key or a
+    /// CSV header without it), written as the API answers it (ISO 8601 for
+    /// dates and timestamps); the table's default too, so rows loaded
+    /// without the column (by a version that does not know it) get it.
+    /// A null sent explicitly stays null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
 }
 
 impl Column {

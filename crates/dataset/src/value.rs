@@ -207,6 +207,15 @@ impl Column {
             });
         };
         let name = &self.name;
+        if let Some(default) = &self.default
+            && let Some(why) = self.kind.query_value_problem(default)
+        {
+            problem(
+                "default",
+                format!("column `{name}`: the default does not fit the column: {why}"),
+                "write the default as the API answers values of the column's type",
+            );
+        }
         if let Some(format) = &self.format {
             match (self.kind, self.time_format()) {
                 (ColumnType::Date | ColumnType::Timestamptz, TimeFormat::Pattern(p)) => {

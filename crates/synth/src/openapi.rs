@@ -118,8 +118,17 @@ fn record_schema(name: &str, dataset: &Dataset) -> Value {
         if !column.nullable {
             required.push(json!(column.name));
         }
-        if let Some(d) = &column.description {
-            schema.insert("description".into(), json!(d));
+        let left_out = column
+            .default
+            .as_ref()
+            .map(|d| format!("A batch that leaves it out sets `{d}`."));
+        let description = [column.description.clone(), left_out]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !description.is_empty() {
+            schema.insert("description".into(), json!(description));
         }
         properties.insert(column.name.clone(), Value::Object(schema));
     }

@@ -142,9 +142,10 @@ fn create_table(name: &str, dataset: &Dataset) -> Vec<String> {
         .iter()
         .map(|c| {
             format!(
-                "{} {}{}",
+                "{} {}{}{}",
                 ident(&c.name),
                 c.kind.postgres(),
+                default_clause(c),
                 if c.nullable { "" } else { " NOT NULL" }
             )
         })
@@ -269,6 +270,19 @@ fn index_statements(
     statements
 }
 
+/// ` DEFAULT '<value>'` for a column with a default, else nothing.
+fn default_clause(column: &crate::dataset::Column) -> String {
+    match &column.default {
+        Some(value) => format!(" DEFAULT {}", literal(value)),
+        None => String::new(),
+    }
+}
+
+/// A string literal of SQL.
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 /// The statements that take a table from `old` to `new`, and the changes
 /// among them that can lose data.
 /// `physical` names the table's columns, those retired before included.
@@ -299,13 +313,16 @@ fn diff(
         let c = ident(&column.name);
         match old.column(&column.name) {
             None => {
-                if !column.nullable {
+                // Rows there already, and rows loaded by versions that do
+                // not know the column, take its default.
+                if !column.nullable && column.default.is_none() {
                     destructive.push(format!("add column `{}` that is not nullable", column.name));
                 }
                 // A column retired before may still be there.
                 statements.push(format!(
-                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {}{}",
+                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} {}{}{}",
                     column.kind.postgres(),
+                    default_clause(column),
                     if column.nullable { "" } else { " NOT NULL" }
                 ));
             }
@@ -328,6 +345,15 @@ fn diff(
                     statements.push(format!("ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL"));
                 } else if !before.nullable && column.nullable {
                     statements.push(format!("ALTER TABLE {t} ALTER COLUMN {c} DROP NOT NULL"));
+                }
+                if before.default != column.default {
+                    statements.push(match &column.default {
+                        Some(value) => format!(
+                            "ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT {}",
+                            literal(value)
+                        ),
+                        None => format!("ALTER TABLE {t} ALTER COLUMN {c} DROP DEFAULT"),
+                    });
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! whatever the batch's size. Every invalid record is reported with its line,
 //! the column at fault and the reason.
 
-use crate::dataset::{Dataset, Format};
+use crate::dataset::{Column, Dataset, Format};
 
 mod copy;
 mod csv;
@@ -72,6 +72,23 @@ pub struct Decoder<'d> {
     chunk: Option<u32>,
     /// One row's encoded fields, reused from record to record.
     row: Vec<Option<Vec<u8>>>,
+    /// Each column's encoded `default`, for records that leave it out.
+    defaults: Vec<Option<Vec<u8>>>,
+}
+
+/// A column's `default`, encoded as its values are (it is written in the
+/// API's form, whatever the column's `format`); `None` without one, or when
+/// it does not read (the spec's checks refuse such a default).
+fn encoded_default(column: &Column) -> Option<Vec<u8>> {
+    let default = column.default.as_deref()?;
+    let api_form = Column {
+        name: column.name.clone(),
+        kind: column.kind,
+        ..Column::default()
+    };
+    let mut out = Vec::new();
+    Codec::new(&api_form).encode_text(default, &mut out).ok()?;
+    Some(out)
 }
 
 impl<'d> Decoder<'d> {
@@ -90,6 +107,7 @@ impl<'d> Decoder<'d> {
             errors: Vec::new(),
             csv,
             row: vec![None; dataset.columns.len()],
+            defaults: dataset.columns.iter().map(encoded_default).collect(),
             chunk: None,
         }
     }
@@ -311,8 +329,8 @@ impl<'d> Decoder<'d> {
         }
         for (i, column) in dataset.columns.iter().enumerate() {
             if !seen[i] {
-                self.row[i] = None;
-                if !column.nullable {
+                self.row[i] = self.defaults[i].clone();
+                if !column.nullable && self.row[i].is_none() {
                     self.error(line, Some(&column.name), "missing value");
                 }
             }
@@ -371,7 +389,7 @@ impl<'d> Decoder<'d> {
                     }
                 }
                 for (i, column) in dataset.columns.iter().enumerate() {
-                    if !seen[i] && !column.nullable {
+                    if !seen[i] && !column.nullable && self.defaults[i].is_none() {
                         self.error(
                             line,
                             Some(&column.name),
@@ -394,12 +412,14 @@ impl<'d> Decoder<'d> {
                         format!("{} fields, but {expected}", csv.ends.len()),
                     );
                 } else {
-                    self.row.iter_mut().for_each(|v| *v = None);
+                    // Columns the header leaves out take their defaults.
+                    self.row.clone_from(&self.defaults);
                     for (i, index) in header.iter().enumerate() {
                         let Some(index) = *index else { continue };
                         let column = &dataset.columns[index];
                         let value = field(&csv, i);
                         if csv.is_null(value) {
+                            self.row[index] = None;
                             if !column.nullable {
                                 let reason = match value.is_empty() {
                                     true => "empty value in a column that is not nullable".into(),

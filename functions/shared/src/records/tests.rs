@@ -344,3 +344,56 @@ fn timestamps_read_epochs_and_patterns_in_a_time_zone() {
         ]
     );
 }
+
+/// A column with a default: a record that leaves it out (a JSON key, a CSV
+/// header) gets the default, in the column's own encoding whatever its
+/// `format`; an explicit null stays null.
+#[test]
+fn left_out_columns_take_their_defaults() {
+    let mut ds = dataset(Format::Ndjson);
+    ds.columns[7].default = Some("2024-02-29".into());
+    ds.columns[7].format = Some("%d.%m.%Y".into());
+    ds.columns[8].default = Some("it's".into());
+    let decode = |ds: &Dataset, body: &str| {
+        let mut decoder = Decoder::new(ds);
+        let mut out = Vec::new();
+        decoder.feed(body.as_bytes(), &mut out);
+        let summary = decoder.finish(&mut out);
+        assert!(summary.is_valid(), "{:?}", summary.errors);
+        String::from_utf8(out).unwrap_or_default()
+    };
+    let ndjson = format!(
+        "{{\"id\":\"{ID}\",\"at\":\"2024-01-31T12:00:00Z\",\"n\":1}}\n\
+         {{\"id\":\"{ID}\",\"at\":\"2024-01-31T12:00:00Z\",\"n\":2,\"note\":null,\"day\":\"01.03.2024\"}}\n"
+    );
+    assert_eq!(
+        decode(&ds, &ndjson),
+        format!(
+            "{ID}\t2024-01-31T12:00:00Z\t1\t\\N\t\\N\t\\N\t\\N\t2024-02-29\tit's\t\\N\n\
+             {ID}\t2024-01-31T12:00:00Z\t2\t\\N\t\\N\t\\N\t\\N\t2024-03-01\t\\N\t\\N\n"
+        )
+    );
+    ds.format = Format::Csv;
+    let csv =
+        format!("id,at,n,note\n{ID},2024-01-31T12:00:00Z,3,\n{ID},2024-01-31T12:00:00Z,4,x\n");
+    assert_eq!(
+        decode(&ds, &csv),
+        format!(
+            "{ID}\t2024-01-31T12:00:00Z\t3\t\\N\t\\N\t\\N\t\\N\t2024-02-29\t\\N\t\\N\n\
+             {ID}\t2024-01-31T12:00:00Z\t4\t\\N\t\\N\t\\N\t\\N\t2024-02-29\tx\t\\N\n"
+        )
+    );
+    // Without the default, a required column left out is an error.
+    ds.columns[2].default = None;
+    let mut decoder = Decoder::new(&ds);
+    let mut out = Vec::new();
+    decoder.feed(
+        format!("id,at\n{ID},2024-01-31T12:00:00Z\n").as_bytes(),
+        &mut out,
+    );
+    let summary = decoder.finish(&mut out);
+    assert_eq!(
+        summary.errors[0].reason,
+        "the header lacks this column, which is not nullable"
+    );
+}
