@@ -24,6 +24,8 @@ struct Local {
     args: Vec<String>,
     /// Environment variables for the next (re)start.
     vars: Vec<(String, String)>,
+    /// What it printed after its banner, a JSON value a line.
+    events: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl Local {
@@ -42,6 +44,7 @@ impl Local {
             vars: Vec::new(),
             url: String::new(),
             api_key: String::new(),
+            events: Default::default(),
             env,
             dir,
             http: pipeline_cli::http::client(),
@@ -50,16 +53,50 @@ impl Local {
         local
     }
 
+    /// Reads the banner, then keeps what the process prints after it.
     fn read_banner(&mut self) {
+        if let Ok(mut events) = self.events.lock() {
+            events.clear();
+        }
         let stdout = self.child.stdout.take().expect("stdout");
+        let mut reader = std::io::BufReader::new(stdout);
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("banner");
+        reader.read_line(&mut line).expect("banner");
         let banner: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("banner {line:?}: {e}"));
         self.url = banner["url"].as_str().expect("url").to_string();
         self.api_key = banner["api_key"].as_str().unwrap_or_default().to_string();
+        let events = self.events.clone();
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                if let (Ok(value), Ok(mut events)) =
+                    (serde_json::from_str::<Value>(&line), events.lock())
+                {
+                    events.push(value);
+                }
+            }
+        });
+    }
+
+    /// Waits (up to 120 s) for a printed event that `wanted` picks.
+    async fn event(&self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let found = self
+                .events
+                .lock()
+                .ok()
+                .and_then(|events| events.iter().find(|e| wanted(e)).cloned());
+            if let Some(event) = found {
+                return event;
+            }
+            let printed = self.events.lock().map(|e| e.clone()).unwrap_or_default();
+            assert!(
+                Instant::now() < deadline,
+                "no event {what} was printed; printed: {printed:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Kills the process without warning, as a crash would.
@@ -250,5 +287,6 @@ mod compressed;
 mod deliveries;
 mod dialects;
 mod inline;
+mod rollouts;
 mod smoke;
 mod uploads;

@@ -300,6 +300,8 @@ pub async fn serve(
     reload: Reload,
 ) -> Result<(), Error> {
     let spec = &env.spec;
+    // Edits from now on are deployed, those made before the banner too.
+    let seen = watch::stamps(&env.files);
     let Pools {
         main: pool,
         reads,
@@ -469,7 +471,7 @@ pub async fn serve(
             speed: settings.rollout_speed,
         },
         reload,
-        env.files.clone(),
+        (env.files.clone(), seen),
         prepared,
         stop_rx.clone(),
     ));

@@ -49,8 +49,8 @@ impl rollout::Aliases for LocalAliases<'_> {
 
 /// The local gates: `local-<function>-errors` for each `<function>-errors`
 /// of `rollout.alarms`, in ALARM once the version it watches failed an
-/// invocation (an API answer of 5xx, a loader invocation stopped at its
-/// timeout) since it was reset; and the invocations `min_invocations`
+/// invocation (an API answer of 500 or 502, a loader invocation stopped at
+/// its timeout) since it was reset; and the invocations `min_invocations`
 /// counts. Without a router (another process) nothing was served.
 pub(crate) struct LocalGates<'a> {
     pub(super) router: Option<&'a Router>,
@@ -100,7 +100,7 @@ impl rollout::Gates for LocalGates<'_> {
                     name: name.clone(),
                     state: if failed > 0 { "ALARM" } else { "OK" }.into(),
                     reason: format!(
-                        "{failed} failed invocation{} of {function} {which} (5xx answers, invocations stopped at the timeout)",
+                        "{failed} failed invocation{} of {function} {which} (answers 500 or 502, invocations stopped at the timeout)",
                         if failed == 1 { "" } else { "s" }
                     ),
                 })

@@ -207,14 +207,14 @@ impl Router {
     /// Reads the aliases (another process's `pipeline rollout` may have
     /// moved them) and the versions they name.
     pub(super) async fn refresh(&self) -> Result<(), String> {
-        let client = self.pool().get().await.map_err(|e| e.to_string())?;
+        let client = self.pool().get().await.map_err(|e| chain(&e))?;
         let rows = client
             .query(
                 "SELECT function, version, canary, weight FROM pipeline.local_aliases",
                 &[],
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         let mut aliases = BTreeMap::new();
         for row in rows {
             let Ok(function) = row.get::<_, String>(0).parse::<FunctionId>() else {
@@ -241,7 +241,7 @@ impl Router {
                     &[&number],
                 )
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| chain(&e))?
                 .ok_or_else(|| format!("version {number} is not published"))?;
             let spec: Spec = serde_json::from_str(row.get(1))
                 .map_err(|e| format!("version {number} cannot be read: {e}"))?;
@@ -260,20 +260,28 @@ impl Router {
     /// the same fingerprint): its number.
     pub(super) async fn publish(&self, spec: &Spec) -> Result<i32, String> {
         let fingerprint = fingerprint(spec);
-        let json = serde_json::to_string(spec).map_err(|e| e.to_string())?;
-        let client = self.pool().get().await.map_err(|e| e.to_string())?;
-        let number: i32 = client
-            .query_one(
-                "WITH found AS (SELECT version FROM pipeline.local_versions WHERE fingerprint = $1),
-                      made AS (INSERT INTO pipeline.local_versions (version, fingerprint, spec)
-                               SELECT coalesce(max(version), 0) + 1, $1, $2 FROM pipeline.local_versions
-                               WHERE NOT EXISTS (SELECT 1 FROM found) RETURNING version)
-                 SELECT version FROM found UNION ALL SELECT version FROM made",
-                &[&fingerprint, &json],
+        let json = serde_json::to_string(spec).map_err(|e| chain(&e))?;
+        let client = self.pool().get().await.map_err(|e| chain(&e))?;
+        let found = client
+            .query_opt(
+                "SELECT version FROM pipeline.local_versions WHERE fingerprint = $1",
+                &[&fingerprint],
             )
             .await
-            .map_err(|e| e.to_string())?
-            .get(0);
+            .map_err(|e| chain(&e))?;
+        let number: i32 = match found {
+            Some(row) => row.get(0),
+            None => client
+                .query_one(
+                    "INSERT INTO pipeline.local_versions (version, fingerprint, spec)
+                     SELECT coalesce(max(version), 0) + 1, $1, $2 FROM pipeline.local_versions
+                     RETURNING version",
+                    &[&fingerprint, &json],
+                )
+                .await
+                .map_err(|e| chain(&e))?
+                .get(0),
+        };
         let version = self.version(number, fingerprint, spec.clone());
         if let Ok(mut versions) = self.versions.write() {
             versions.insert(number, Arc::new(version));
@@ -298,7 +306,7 @@ pub(super) async fn write_alias(
     function: FunctionId,
     alias: Alias,
 ) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| chain(&e))?;
     let (canary, weight) = match alias.canary {
         Some((c, w)) => (Some(c), w),
         None => (None, 0.0),
@@ -310,8 +318,13 @@ pub(super) async fn write_alias(
             &[&function.as_str(), &alias.version, &canary, &weight],
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     Ok(())
+}
+
+/// An error with its causes (a database error's own words).
+fn chain(error: &dyn std::error::Error) -> String {
+    crate::chain::message_chain(error)
 }
 
 /// A number in [0, 1), from the system's random source.

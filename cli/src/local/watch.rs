@@ -178,7 +178,7 @@ async fn resume_or_abort(router: &Router, ui: &Ui, pace: Pace, prepared: &Prepar
 }
 
 /// When each file was last changed.
-fn stamps(files: &[String]) -> Vec<Option<SystemTime>> {
+pub(super) fn stamps(files: &[String]) -> Vec<Option<SystemTime>> {
     files
         .iter()
         .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
@@ -186,13 +186,14 @@ fn stamps(files: &[String]) -> Vec<Option<SystemTime>> {
 }
 
 /// Rolls out what the start prepared, then deploys every change of the
-/// environment files until `stop`.
+/// environment files (`seen` is when they were changed as loaded) until
+/// `stop`.
 pub(super) async fn deploys(
     router: Arc<Router>,
     ui: Ui,
     pace: Pace,
     reload: Reload,
-    mut files: Vec<String>,
+    (mut files, mut seen): (Vec<String>, Vec<Option<SystemTime>>),
     started: Prepared,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -200,7 +201,6 @@ pub(super) async fn deploys(
         if !resume_or_abort(&router, &ui, pace, &started).await {
             roll_out(&router, &ui, pace, &started).await;
         }
-        let mut seen = stamps(&files);
         loop {
             tokio::time::sleep(WATCH_EVERY).await;
             if stamps(&files) == seen {
@@ -214,7 +214,7 @@ pub(super) async fn deploys(
             let env = match reload() {
                 Ok(env) => env,
                 Err(e) => {
-                    ui.error(&e);
+                    failed(&ui, &e);
                     seen = stamps(&files);
                     continue;
                 }
@@ -234,7 +234,7 @@ pub(super) async fn deploys(
             }
             match prepare(&router, &ui, &env.spec).await {
                 Ok(prepared) => roll_out(&router, &ui, pace, &prepared).await,
-                Err(e) => ui.error(&e),
+                Err(e) => failed(&ui, &e),
             }
         }
     };
@@ -242,6 +242,17 @@ pub(super) async fn deploys(
         () = work => {}
         _ = stop.changed() => {}
     }
+}
+
+/// A change that was not deployed: the error (on stderr, as a command's),
+/// and an event saying that the previous version still serves.
+fn failed(ui: &Ui, error: &Error) {
+    ui.error(error);
+    note(
+        ui,
+        "deploy_failed",
+        format!("not deployed, the previous version serves on: {error}"),
+    );
 }
 
 /// Reads the aliases again every so often: `pipeline rollout promote` or
