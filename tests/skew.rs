@@ -172,7 +172,9 @@ async fn batches_load_across_versions_when_a_column_with_a_default_is_added() {
     require!(Service::Postgres);
     let mut added = events();
     added.columns.push(Column {
-        default: Some("web-default".into()),
+        default: Some(pipeline_shared::dataset::DefaultValue::Text(
+            "web-default".into(),
+        )),
         ..Column::new("channel", ColumnType::Text)
     });
     let v = versions(added).await;

@@ -148,7 +148,30 @@ pub struct Column {
     /// without the column (by a version that does not know it) get it.
     /// A null sent explicitly stays null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<String>,
+    pub default: Option<DefaultValue>,
+}
+
+/// A column's `default`, as the spec writes it: a string, a number or a
+/// boolean (`default: 0` and `default: "0"` are the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum DefaultValue {
+    Text(String),
+    Integer(i64),
+    Number(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for DefaultValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DefaultValue::Text(text) => f.write_str(text),
+            DefaultValue::Integer(n) => write!(f, "{n}"),
+            DefaultValue::Number(x) => write!(f, "{x}"),
+            DefaultValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
 }
 
 impl Column {

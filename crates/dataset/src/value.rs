@@ -208,7 +208,7 @@ impl Column {
         };
         let name = &self.name;
         if let Some(default) = &self.default
-            && let Some(why) = self.kind.query_value_problem(default)
+            && let Some(why) = self.kind.query_value_problem(&default.to_string())
         {
             problem(
                 "default",

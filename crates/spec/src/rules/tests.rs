@@ -167,6 +167,10 @@ fn each_rule_reports_its_problem_at_its_place() {
             "case.yaml:6:75 dataset `trips`: column `at`: `Europe/Pari` is not a known time zone",
         ),
         (
+            "datasets:\n  trips:\n    format: csv\n    columns:\n      - {name: at, type: date, default: \"31.01.2024\"}\n    primary_key: [at]\n    on_conflict: ignore",
+            "case.yaml:6:41 dataset `trips`: column `at`: the default does not fit the column: expected a date written YYYY-MM-DD, such as 2024-01-31, found `31.01.2024`",
+        ),
+        (
             "datasets:\n  trips:\n    format: csv\n    columns:\n      - {name: at, type: int, format: \"%Y\"}\n    primary_key: [at]\n    on_conflict: ignore",
             "case.yaml:6:39 dataset `trips`: column `at` is integer: only date and timestamptz columns take a `format`",
         ),

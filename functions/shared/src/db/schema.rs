@@ -273,7 +273,7 @@ fn index_statements(
 /// ` DEFAULT '<value>'` for a column with a default, else nothing.
 fn default_clause(column: &crate::dataset::Column) -> String {
     match &column.default {
-        Some(value) => format!(" DEFAULT {}", literal(value)),
+        Some(value) => format!(" DEFAULT {}", literal(&value.to_string())),
         None => String::new(),
     }
 }
@@ -350,7 +350,7 @@ fn diff(
                     statements.push(match &column.default {
                         Some(value) => format!(
                             "ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT {}",
-                            literal(value)
+                            literal(&value.to_string())
                         ),
                         None => format!("ALTER TABLE {t} ALTER COLUMN {c} DROP DEFAULT"),
                     });

@@ -80,14 +80,14 @@ pub struct Decoder<'d> {
 /// API's form, whatever the column's `format`); `None` without one, or when
 /// it does not read (the spec's checks refuse such a default).
 fn encoded_default(column: &Column) -> Option<Vec<u8>> {
-    let default = column.default.as_deref()?;
+    let default = column.default.as_ref()?.to_string();
     let api_form = Column {
         name: column.name.clone(),
         kind: column.kind,
         ..Column::default()
     };
     let mut out = Vec::new();
-    Codec::new(&api_form).encode_text(default, &mut out).ok()?;
+    Codec::new(&api_form).encode_text(&default, &mut out).ok()?;
     Some(out)
 }
 
