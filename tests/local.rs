@@ -167,6 +167,17 @@ impl Local {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// PUTs `body` to an upload answer's single `url` with the `headers`
+    /// it asks for: the answer's status.
+    async fn put_upload(&self, upload: &Value, body: impl Into<reqwest::Body>) -> u16 {
+        let mut request = self.http.put(upload["url"].as_str().expect("upload url"));
+        for (name, value) in upload["headers"].as_object().into_iter().flatten() {
+            request = request.header(name.as_str(), value.as_str().unwrap_or_default());
+        }
+        let put = request.body(body).send().await.expect("PUT");
+        put.status().as_u16()
+    }
+
     /// Polls the batch until it is loaded or failed (or 60 s pass).
     async fn settled(&self, batch_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);

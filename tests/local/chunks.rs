@@ -187,9 +187,7 @@ async fn an_invalid_record_in_a_chunk_fails_the_batch_with_its_line_in_the_whole
             &[],
         )
         .await;
-    let url = accepted["url"].as_str().expect("upload url");
-    let put = local.http.put(url).body(body).send().await.expect("PUT");
-    assert_eq!(put.status().as_u16(), 200);
+    assert_eq!(local.put_upload(&accepted, body).await, 200);
     let batch = local
         .settled(accepted["batch_id"].as_str().expect("id"))
         .await;
@@ -319,14 +317,7 @@ async fn a_large_csv_batch_loads_in_chunks_following_its_quotes() {
             serde_json::to_vec(&upload).expect("json"),
         )
         .await;
-    let put = local
-        .http
-        .put(accepted["url"].as_str().expect("url"))
-        .body(body)
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(put.status().as_u16(), 200);
+    assert_eq!(local.put_upload(&accepted, body).await, 200);
     let batch = local
         .settled(accepted["batch_id"].as_str().expect("id"))
         .await;

@@ -438,13 +438,7 @@ async fn an_upload_larger_than_declared_fails_at_once_and_gets_no_more_urls() {
         .await;
     assert_eq!(status, 201, "{started}");
     let more: String = body.clone() + &event(4, "liar");
-    let response = pipeline_cli::http::client()
-        .put(started["url"].as_str().expect("url"))
-        .body(more.clone())
-        .send()
-        .await
-        .expect("PUT");
-    assert_eq!(response.status(), 200);
+    assert_eq!(local.put_upload(&started, more.clone()).await, 200);
     let batch_id = started["batch_id"].as_str().expect("batch id");
     let batch = local.settled(batch_id).await;
     assert_eq!(batch["status"], "failed", "{batch}");
@@ -486,5 +480,57 @@ async fn an_upload_larger_than_declared_fails_at_once_and_gets_no_more_urls() {
         (status, &parts["error"]),
         (409, &json!("invalid_upload")),
         "{parts}"
+    );
+}
+
+/// A single upload's URL takes one PUT that sends `If-None-Match: *`, as
+/// the answer's `headers` say (S3 signs it into the URL, and the raw
+/// bucket's policy refuses a PUT without it): without the header it is
+/// refused (403), and once the object is stored a second PUT cannot
+/// replace it (412). The batch loads what the first PUT sent, once.
+#[tokio::test]
+async fn a_single_upload_cannot_replace_its_object() {
+    require!(Service::Postgres);
+    let local = Local::start("").await;
+    let body: String = (1..=2).map(|i| event(i, "first")).collect();
+    let upload = start_upload(&local, body.len()).await;
+    assert_eq!(upload["headers"], json!({"If-None-Match": "*"}));
+    let url = upload["url"].as_str().expect("url");
+    let put = |body: String, conditional: bool| {
+        let request = local.http.put(url).body(body);
+        match conditional {
+            true => request.header("If-None-Match", "*"),
+            false => request,
+        }
+        .send()
+    };
+    let bare = put(body.clone(), false).await.expect("PUT");
+    assert_eq!(bare.status().as_u16(), 403);
+    assert!(
+        bare.text()
+            .await
+            .unwrap_or_default()
+            .contains("If-None-Match: *")
+    );
+    let first = put(body.clone(), true).await.expect("PUT");
+    assert_eq!(first.status().as_u16(), 200);
+    let replaced: String = (1..=2).map(|i| event(i, "replaced")).collect();
+    let second = put(replaced, true).await.expect("PUT");
+    assert_eq!(second.status().as_u16(), 412);
+    let batch_id = upload["batch_id"].as_str().expect("batch id");
+    let batch = local.settled(batch_id).await;
+    assert_eq!(
+        (&batch["status"], &batch["inserted"]),
+        (&json!("loaded"), &json!(2)),
+        "{batch}"
+    );
+    let db = local.db().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM public.events WHERE kind = 'first'"
+        )
+        .await,
+        2
     );
 }

@@ -339,7 +339,7 @@ async fn upload(
                 size: bytes,
                 url: Some(url.clone()),
             };
-            put_part(api, &args.file, &part, progress.as_ref())
+            put_part(api, &args.file, &part, &answer.headers, progress.as_ref())
                 .await
                 .map_err(PutFailed::error)?;
         }
@@ -450,7 +450,7 @@ async fn multipart(
             let mut tries = 0;
             loop {
                 tries += 1;
-                match put_part(api, &args.file, &part, progress).await {
+                match put_part(api, &args.file, &part, &Default::default(), progress).await {
                     Ok(etag) => return Ok((part.part_number, etag)),
                     Err(failed) if tries >= PART_TRIES => return Err(failed.error()),
                     Err(failed) => {
@@ -509,12 +509,13 @@ impl From<Error> for PutFailed {
     }
 }
 
-/// PUTs bytes `offset..offset + size` of the file to the part's URL; the
-/// answer's ETag.
+/// PUTs bytes `offset..offset + size` of the file to the part's URL, with
+/// the headers its answer asks; the answer's ETag.
 async fn put_part(
     api: &Api,
     path: &std::path::Path,
     part: &UploadPart,
+    headers: &std::collections::BTreeMap<String, String>,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<String, PutFailed> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -540,10 +541,14 @@ async fn put_part(
     } else {
         format!("the upload of part {}", part.part_number)
     };
-    let response = api
+    let mut request = api
         .http
         .put(part.url.as_deref().unwrap_or_default())
-        .header("content-length", part.size)
+        .header("content-length", part.size);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = request
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await

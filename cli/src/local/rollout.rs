@@ -224,8 +224,64 @@ fn gates(spec: &Spec) -> (Vec<String>, Vec<GateAlarm>) {
     (names, elsewhere)
 }
 
-/// Runs a rollout of `spec` (published as `to`) from what each alias
-/// serves now, or resumes `resumed`: how it ended.
+/// What the rollout engine runs on in this process: its aliases, gates,
+/// record and printer.
+pub(super) struct Engine<'a> {
+    aliases: LocalAliases<'a>,
+    gates: LocalGates<'a>,
+    store: PgStore,
+    printer: Printer<'a>,
+}
+
+/// The engine over [`Engine`]'s parts.
+type Rollouts<'e, 'a> = rollout::Rollouts<
+    'e,
+    LocalAliases<'a>,
+    LocalGates<'a>,
+    LocalGates<'a>,
+    PgStore,
+    rollout::SystemClock,
+    Printer<'a>,
+>;
+
+impl<'a> Engine<'a> {
+    pub(super) fn new(router: &'a Router, ui: &'a Ui) -> Engine<'a> {
+        Engine {
+            aliases: LocalAliases {
+                pool: router.pool(),
+                router: Some(router),
+            },
+            gates: LocalGates::new(Some(router)),
+            store: PgStore {
+                pool: router.pool().clone(),
+            },
+            printer: Printer { ui },
+        }
+    }
+
+    /// The engine gated by `alarms`; a promote or an abort needs none.
+    pub(super) fn rollouts(
+        &self,
+        alarms: Vec<String>,
+        poll: Duration,
+        min_invocations: crate::spec::model::MinInvocations,
+    ) -> Rollouts<'_, 'a> {
+        rollout::Rollouts {
+            aliases: &self.aliases,
+            gates: &self.gates,
+            watch: &self.gates,
+            store: &self.store,
+            clock: &rollout::SystemClock,
+            reporter: &self.printer,
+            alarms,
+            poll,
+            min_invocations,
+        }
+    }
+}
+
+/// Runs (or resumes) the rollout `state` records, gated as `spec` says:
+/// how it ended.
 pub(super) async fn run(
     router: &Router,
     ui: &Ui,
@@ -253,25 +309,11 @@ pub(super) async fn run(
             ),
         );
     }
-    let gates = LocalGates::new(Some(router));
-    let store = PgStore {
-        pool: router.pool().clone(),
-    };
-    let rollouts = rollout::Rollouts {
-        aliases: &LocalAliases {
-            pool: router.pool(),
-            router: Some(router),
-        },
-        gates: &gates,
-        watch: &gates,
-        store: &store,
-        clock: &rollout::SystemClock,
-        reporter: &Printer { ui },
-        alarms,
-        poll: pace.poll(spec),
-        min_invocations: spec.rollout.min_invocations,
-    };
-    rollouts.run(&mut state).await
+    let engine = Engine::new(router, ui);
+    engine
+        .rollouts(alarms, pace.poll(spec), spec.rollout.min_invocations)
+        .run(&mut state)
+        .await
 }
 
 /// The record of a new rollout to version `to`, from the versions the

@@ -26,7 +26,18 @@ pub(super) async fn dispatch(
     };
     if let Some(key) = parts.uri.path().strip_prefix("/local-uploads/") {
         let key = key.to_string();
-        return respond(upload(&server, &key, parts.uri.query(), parts.method.clone(), body).await);
+        let conditional = parts
+            .headers
+            .get(http::header::IF_NONE_MATCH)
+            .map(|v| v.as_bytes())
+            == Some(pipeline_contract::UPLOAD_CONDITION.1.as_bytes());
+        let request = Put {
+            key: &key,
+            query: parts.uri.query(),
+            method: parts.method.clone(),
+            conditional,
+        };
+        return respond(upload(&server, request, body).await);
     }
     if parts.uri.path() == "/openapi.json" {
         // The document of the version the query alias names.
@@ -155,20 +166,33 @@ fn decode_body(
     }
 }
 
+/// A PUT to an upload URL.
+pub(super) struct Put<'a> {
+    pub(super) key: &'a str,
+    pub(super) query: Option<&'a str>,
+    pub(super) method: http::Method,
+    /// Whether it sent `If-None-Match: *`.
+    pub(super) conditional: bool,
+}
+
 /// `PUT /local-uploads/<key>?[uploadId=..&partNumber=..&]expires=..&signature=..`:
 /// what a presigned S3 PUT of an object or of a part does, streamed to a
 /// file; an object is then stored whole, a part kept until its upload
 /// completes. The answer's `ETag` is the SHA-256 of the body.
 pub(super) async fn upload(
     server: &Server,
-    key: &str,
-    query: Option<&str>,
-    method: http::Method,
+    request: Put<'_>,
     body: axum::body::Body,
 ) -> http::Response<Bytes> {
     use futures_util::StreamExt;
     use sha2::Digest;
     use tokio::io::AsyncWriteExt;
+    let Put {
+        key,
+        query,
+        method,
+        conditional,
+    } = request;
     if method != http::Method::PUT {
         return s3_error(
             http::StatusCode::METHOD_NOT_ALLOWED,
@@ -208,6 +232,24 @@ pub(super) async fn upload(
             "AccessDenied",
             "the upload URL is not valid or has expired",
         );
+    }
+    if let UploadTarget::Whole = target {
+        // Signed into the URL, as the S3 URL signs it: a PUT without it is
+        // refused, one over a stored object fails its precondition.
+        if !conditional {
+            return s3_error(
+                http::StatusCode::FORBIDDEN,
+                "AccessDenied",
+                "the upload must send the header `If-None-Match: *`, which its URL signs",
+            );
+        }
+        if matches!(server.objects.head(key).await, Ok(Some(_))) {
+            return s3_error(
+                http::StatusCode::PRECONDITION_FAILED,
+                "PreconditionFailed",
+                "an object is stored under this key already; an upload cannot replace it",
+            );
+        }
     }
     let Some((dataset, batch_id)) = pipeline_shared::api::parse_object_key(key) else {
         return s3_error(

@@ -151,26 +151,13 @@ async fn resume_or_abort(router: &Router, ui: &Ui, pace: Pace, prepared: &Prepar
         finish(router, ui, &prepared.spec, pace, state).await;
         return true;
     }
-    let gates = super::rollout::LocalGates::new(Some(router));
-    let rollouts = rollout::Rollouts {
-        aliases: &super::rollout::LocalAliases {
-            pool: router.pool(),
-            router: Some(router),
-        },
-        gates: &gates,
-        watch: &gates,
-        store: &store,
-        clock: &rollout::SystemClock,
-        reporter: &super::rollout::Printer { ui },
-        alarms: Vec::new(),
-        poll: WATCH_EVERY,
-        min_invocations: Default::default(),
-    };
     note(
         ui,
         "rollout",
         "the spec changed since the rollout left in progress: aborting it first".into(),
     );
+    let engine = super::rollout::Engine::new(router, ui);
+    let rollouts = engine.rollouts(Vec::new(), WATCH_EVERY, Default::default());
     if let Err(e) = rollouts.abort(&mut state, None).await {
         note(ui, "rollout_failed", format!("the abort failed: {e}"));
     }

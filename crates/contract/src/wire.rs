@@ -3,6 +3,7 @@
 //! OpenAPI document takes its schemas from these types (the `schema`
 //! feature derives them), so a field added here is in the document.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -302,6 +303,11 @@ pub struct Upload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub url: Option<String>,
+    /// Headers the PUT of `url` must send as they are, being signed into
+    /// it: `If-None-Match: *`, so that an upload never replaces a stored
+    /// batch (storage answers 412 when the object exists).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
     /// The multipart upload's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(with = "String"))]
@@ -324,6 +330,10 @@ pub struct Upload {
     pub parts_url: Option<String>,
     pub status_url: String,
 }
+
+/// The header a single upload's PUT sends, and its value: storage takes
+/// the object only when none is stored under its key.
+pub const UPLOAD_CONDITION: (&str, &str) = ("If-None-Match", "*");
 
 /// How upload URLs are used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

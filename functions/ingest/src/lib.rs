@@ -267,6 +267,7 @@ fn no_urls(
         expires_at,
         method: UploadMethod::Put,
         url: None,
+        headers: Default::default(),
         upload_id: None,
         parts: None,
         complete_url: None,
@@ -380,7 +381,11 @@ async fn create_upload(
     let mut answer = no_urls(prefix, batch.answer.batch_id, expiry(expires));
     if upload.size_bytes <= ctx.upload_part_bytes {
         match ctx.store.presign_put(&batch.object_key, expires).await {
-            Ok(u) => answer.url = Some(u),
+            Ok(u) => {
+                answer.url = Some(u);
+                let (name, value) = pipeline_contract::UPLOAD_CONDITION;
+                answer.headers.insert(name.into(), value.into());
+            }
             Err(e) => return api::unavailable("storage", &e),
         }
     } else {

@@ -84,7 +84,7 @@ async fn s3_store_puts_reads_ranges_and_presigns() {
         store.head(key).await.expect("head"),
         Some(ObjectInfo {
             size: 18,
-            metadata: meta
+            metadata: meta.clone()
         })
     );
     assert_eq!(store.head("raw/none").await.expect("head"), None);
@@ -109,20 +109,39 @@ async fn s3_store_puts_reads_ranges_and_presigns() {
         Err(StoreError::NotFound(_))
     ));
 
-    // A presigned PUT stores an object without credentials.
+    // A put never replaces a stored object (`If-None-Match: *`): the same
+    // data again is taken for a retry of the first put, other data refused.
+    store
+        .put(key, Bytes::from_static(b"line one\nline two\n"), &meta)
+        .await
+        .expect("a retried put");
+    let other = BTreeMap::from([("sha256".to_string(), "cd".to_string())]);
+    assert!(matches!(
+        store.put(key, Bytes::from_static(b"other\n"), &other).await,
+        Err(StoreError::Exists(k)) if k == key
+    ));
+    assert_eq!(
+        collect(store.get(key).await.expect("get")).await,
+        b"line one\nline two\n"
+    );
+
+    // A presigned PUT stores an object without credentials, with the
+    // header signed into its URL; a second PUT cannot replace it (moto
+    // answers 412 as S3 does; it does not check signatures, so a PUT
+    // without the header is not refused here as S3 refuses it).
     let expires = chrono::Utc::now().timestamp() + 600;
     let url = store
         .presign_put("raw/events/2024-01-01/up.ndjson", expires)
         .await
         .expect("presign");
     assert!(url.contains("X-Amz-Signature="), "{url}");
-    let response = http()
-        .put(&url)
-        .body("uploaded\n")
-        .send()
-        .await
-        .expect("PUT");
+    assert!(url.contains("if-none-match"), "signed into the URL: {url}");
+    let (name, value) = pipeline_contract::UPLOAD_CONDITION;
+    let put = |body: &'static str| http().put(&url).header(name, value).body(body).send();
+    let response = put("uploaded\n").await.expect("PUT");
     assert!(response.status().is_success(), "{}", response.status());
+    let again = put("replaced\n").await.expect("PUT");
+    assert_eq!(again.status().as_u16(), 412);
     assert_eq!(
         collect(
             store

@@ -947,3 +947,53 @@ async fn index_builds_do_not_block_loads_and_a_stopped_one_is_completed() {
         Some(true)
     );
 }
+
+/// A column added while a load holds its table (a transaction in flight):
+/// the migration's change waits at most 2 s at a time for the table, so
+/// the writes behind it are held no longer; the pipeline's own tables are
+/// not locked (ingest's and the loaders' writes to `pipeline.batches` go
+/// on, where the migration's transaction used to lock them until it got
+/// the table); once the load commits, the migration completes.
+#[tokio::test]
+async fn a_column_added_during_a_load_holds_up_no_write() {
+    require!(Service::Postgres);
+    let (db, mut client) = TestDb::new().await;
+    let admin = connect(ADMIN).await;
+    let mut ds = events(OnConflict::Ignore);
+    db::migrate(&mut client, &datasets(&ds))
+        .await
+        .expect("migrate");
+
+    let mut holder = db.client().await;
+    let open = holder.transaction().await.expect("begin");
+    open.execute("INSERT INTO public.events (id, kind) VALUES (1, 'a')", &[])
+        .await
+        .expect("a load in flight");
+    ds.columns.push(column("note", ColumnType::Text, true));
+    let mut migrating_client = db.client().await;
+    let wanted = datasets(&ds);
+    let migrating = tokio::spawn(async move { db::migrate(&mut migrating_client, &wanted).await });
+    waiting_on_a_lock(&admin, &db.name, "ALTER TABLE public").await;
+    let writer = db.client().await;
+    writer
+        .batch_execute(
+            "SET lock_timeout = '1s';
+             BEGIN; LOCK TABLE pipeline.batches IN ROW EXCLUSIVE MODE; COMMIT;
+             SET lock_timeout = '3s';
+             INSERT INTO public.events (id, kind) VALUES (2, 'b')",
+        )
+        .await
+        .expect("writes while the migration waits for the table");
+    open.commit().await.expect("commit");
+    let report = migrating.await.expect("task").expect("migrate");
+    assert_eq!(
+        report.statements,
+        ["ALTER TABLE public.\"events\" ADD COLUMN IF NOT EXISTS \"note\" text"]
+    );
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM public.events WHERE note IS NULL", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 2);
+}

@@ -455,11 +455,69 @@ pub async fn migrate(
     migrated
 }
 
+/// How long a migration's table change waits for a lock before it gives
+/// up and tries again: a change queued behind a long load would otherwise
+/// hold up every write behind it (Postgres queues lock requests in order).
+const MIGRATION_LOCK_TIMEOUT: &str = "2s";
+/// How many times the tables' changes are tried while loads hold their
+/// tables (about 5 minutes with the waits between).
+const MIGRATION_ATTEMPTS: u32 = 60;
+
+/// The pipeline's own tables, functions and triggers, brought up to date
+/// in a transaction of their own, and only when they changed (a hash of
+/// [`BOOKKEEPING`] is kept): their statements lock `pipeline.batches`,
+/// which every load and every accepted batch writes.
+async fn bookkeeping(client: &mut Client) -> Result<(), DbError> {
+    use sha2::Digest;
+    let hash = crate::store::hex(&sha2::Sha256::digest(BOOKKEEPING.as_bytes()));
+    let known: bool = client
+        .query_one("SELECT to_regclass('pipeline.bookkeeping') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if known {
+        let current: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pipeline.bookkeeping WHERE hash = $1)",
+                &[&hash],
+            )
+            .await?
+            .get(0);
+        if current {
+            return Ok(());
+        }
+    }
+    let tx = client.transaction().await?;
+    tx.batch_execute(BOOKKEEPING).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS pipeline.bookkeeping (hash text PRIMARY KEY);
+         DELETE FROM pipeline.bookkeeping;",
+    )
+    .await?;
+    tx.execute("INSERT INTO pipeline.bookkeeping (hash) VALUES ($1)", &[&hash])
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 async fn migrate_locked(
     client: &mut Client,
     datasets: &BTreeMap<String, Dataset>,
 ) -> Result<MigrationReport, DbError> {
-    let (mut report, indexes) = migrate_tables(client, datasets).await?;
+    bookkeeping(client).await?;
+    let mut attempt = 1;
+    let (mut report, indexes) = loop {
+        match migrate_tables(client, datasets).await {
+            Err(DbError::Postgres(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    && attempt < MIGRATION_ATTEMPTS =>
+            {
+                tracing::info!(attempt, "a table is busy with a load; the migration tries again");
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                attempt += 1;
+            }
+            migrated => break migrated?,
+        }
+    };
     for (name, version, statement) in indexes {
         client.batch_execute(&statement).await?;
         client
@@ -500,7 +558,10 @@ async fn migrate_tables(
     datasets: &BTreeMap<String, Dataset>,
 ) -> Result<(MigrationReport, Vec<IndexStatement>), DbError> {
     let tx = client.transaction().await?;
-    tx.batch_execute(BOOKKEEPING).await?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'"
+    ))
+    .await?;
     let mut report = MigrationReport::default();
     let mut pending = Vec::new();
     for (name, dataset) in datasets {

@@ -380,6 +380,10 @@ impl LocalStore {
         body: Bytes,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
+        // As S3 with `If-None-Match: *`: never over a stored object.
+        if let Some(stored) = self.head(key).await? {
+            return super::same_data(key, metadata, Some(stored));
+        }
         let path = self.write_metadata(key, metadata).await?;
         let size = body.len() as u64;
         write_atomically(&path, &body)

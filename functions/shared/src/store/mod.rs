@@ -27,10 +27,29 @@ pub enum StoreError {
     /// finished, a part missing, or a part's ETag that does not match.
     #[error("{0}")]
     InvalidUpload(String),
+    /// An object stored already under the key, with other data: a write
+    /// never replaces one (S3's conditional writes answer 412).
+    #[error("object `{0}` is stored already; a write cannot replace it")]
+    Exists(String),
     /// A compressed object whose data cannot be decoded: the batch fails,
     /// it is not retried.
     #[error("{0}")]
     Corrupt(String),
+}
+
+/// A write found an object under `key` already: it is this write's own
+/// (a retried request whose first attempt was stored) when its `sha256`
+/// metadata is the same, else the write is refused.
+pub(crate) fn same_data(
+    key: &str,
+    metadata: &BTreeMap<String, String>,
+    stored: Option<ObjectInfo>,
+) -> Result<(), StoreError> {
+    let ours = metadata.get("sha256");
+    match stored {
+        Some(info) if ours.is_some() && info.metadata.get("sha256") == ours => Ok(()),
+        _ => Err(StoreError::Exists(key.to_string())),
+    }
 }
 
 /// Uploads larger than this go in parts of this size: a single S3 PUT takes

@@ -16,6 +16,14 @@ fn s3_error(key: &str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// An S3 error's code, such as `PreconditionFailed`.
+fn error_code<E: aws_sdk_s3::error::ProvideErrorMetadata, R>(
+    e: &aws_sdk_s3::error::SdkError<E, R>,
+) -> Option<&str> {
+    e.as_service_error()
+        .and_then(aws_sdk_s3::error::ProvideErrorMetadata::code)
+}
+
 impl S3Store {
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> S3Store {
         S3Store {
@@ -30,16 +38,25 @@ impl S3Store {
         body: Bytes,
         metadata: &BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
-        self.client
+        let result = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .body(aws_sdk_s3::primitives::ByteStream::from(body))
             .set_metadata(Some(metadata.clone().into_iter().collect()))
+            // Never over a stored object (the raw bucket's policy refuses a
+            // PUT without it under `raw/`).
+            .if_none_match("*")
             .send()
-            .await
-            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if error_code(&e) == Some("PreconditionFailed") => {
+                same_data(key, metadata, self.head(key).await?)
+            }
+            Err(e) => Err(s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))),
+        }
     }
 
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
@@ -201,6 +218,9 @@ impl S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
+            // Signed into the URL: the client must send it, and S3 then
+            // refuses to replace a stored object (412).
+            .if_none_match(pipeline_contract::UPLOAD_CONDITION.1)
             .presigned(config)
             .await
             .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
@@ -285,9 +305,7 @@ impl S3Store {
         match result {
             Ok(_) => Ok(()),
             Err(e) => {
-                let code = e.as_service_error().and_then(|s| {
-                    aws_sdk_s3::error::ProvideErrorMetadata::code(s).map(str::to_string)
-                });
+                let code = error_code(&e).map(str::to_string);
                 match code.as_deref() {
                     Some(
                         "NoSuchUpload" | "InvalidPart" | "InvalidPartOrder" | "EntityTooSmall"
