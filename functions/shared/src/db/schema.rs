@@ -471,7 +471,10 @@ async fn bookkeeping(client: &mut Client) -> Result<(), DbError> {
     use sha2::Digest;
     let hash = crate::store::hex(&sha2::Sha256::digest(BOOKKEEPING.as_bytes()));
     let known: bool = client
-        .query_one("SELECT to_regclass('pipeline.bookkeeping') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('pipeline.bookkeeping') IS NOT NULL",
+            &[],
+        )
         .await?
         .get(0);
     if known {
@@ -493,8 +496,11 @@ async fn bookkeeping(client: &mut Client) -> Result<(), DbError> {
          DELETE FROM pipeline.bookkeeping;",
     )
     .await?;
-    tx.execute("INSERT INTO pipeline.bookkeeping (hash) VALUES ($1)", &[&hash])
-        .await?;
+    tx.execute(
+        "INSERT INTO pipeline.bookkeeping (hash) VALUES ($1)",
+        &[&hash],
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -511,7 +517,10 @@ async fn migrate_locked(
                 if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
                     && attempt < MIGRATION_ATTEMPTS =>
             {
-                tracing::info!(attempt, "a table is busy with a load; the migration tries again");
+                tracing::info!(
+                    attempt,
+                    "a table is busy with a load; the migration tries again"
+                );
                 tokio::time::sleep(std::time::Duration::from_secs(3)).await;
                 attempt += 1;
             }
