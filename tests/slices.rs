@@ -241,13 +241,27 @@ async fn a_chunked_batch_merges_in_slices_across_invocations_and_shows_all_at_on
     assert_eq!(stage, 0);
 }
 
-/// A batch that fails in the middle of its merge (its deliveries and
-/// hand-offs spent) does not keep the keys of the rows it merged: a message
-/// undoes its slices, one transaction each, readers seeing the table as it
-/// was throughout; then its keys load as any.
-#[tokio::test]
-async fn a_batch_failed_mid_merge_is_undone_slice_by_slice_and_frees_its_keys() {
-    require!(Service::Postgres);
+/// A batch failed in the middle of its merge, its merged slices to undo.
+struct FailedMidMerge {
+    _db: Scratch,
+    _objects: tempfile::TempDir,
+    ctx: Context,
+    sent: Arc<Sent>,
+    /// The message that undoes it.
+    merge: ChunkMessage,
+    /// What readers saw before it.
+    before: Vec<(String, f64)>,
+}
+
+/// Rows of the first batch, as it loaded them.
+const FIRST_ROWS: &str =
+    "SELECT count(*) FROM public.readings WHERE value = 1.0 AND pipeline_load IS NULL";
+/// Rows of the failed batch's merged slices.
+const MERGED_ROWS: &str = "SELECT count(*) FROM public.readings WHERE pipeline_load IS NOT NULL";
+
+/// Sensors 1 to 100 read 1.0; then sensors 51 to 400 read 2.0 in a batch
+/// whose merge fails after two slices of 50 (50 rows replaced, 50 new).
+async fn failed_mid_merge() -> FailedMidMerge {
     let db = Scratch::new("undo").await;
     let objects = tempfile::tempdir().expect("temp dir");
     let datasets = [("readings".to_string(), readings())].into();
@@ -256,7 +270,7 @@ async fn a_batch_failed_mid_merge_is_undone_slice_by_slice_and_frees_its_keys() 
     let first = post(&ctx, (1..=100).map(|n| line(n, 1.0))).await;
     loader::load_key(&ctx, &first.1, None).await.expect("load");
     let before: Vec<(String, f64)> = (1..=100).map(|n| (format!("s{n:05}"), 1.0)).collect();
-    let table = "SELECT count(*) FROM public.readings WHERE value = 1.0 AND pipeline_load IS NULL";
+    let table = FIRST_ROWS;
     assert_eq!(count(&ctx, table).await, 100);
 
     // Sensors 51 to 400 read 2.0: two slices of 50 merged (50 rows
@@ -281,7 +295,7 @@ async fn a_batch_failed_mid_merge_is_undone_slice_by_slice_and_frees_its_keys() 
             .expect("slice");
     }
     assert_eq!(sent.take().len(), 3, "hand-offs");
-    let merged = "SELECT count(*) FROM public.readings WHERE pipeline_load IS NOT NULL";
+    let merged = MERGED_ROWS;
     assert_eq!(count(&ctx, merged).await, 100);
     assert_eq!(
         count(&ctx, "SELECT count(*) FROM pipeline.shadows").await,
@@ -298,6 +312,34 @@ async fn a_batch_failed_mid_merge_is_undone_slice_by_slice_and_frees_its_keys() 
     assert!(loader::dead_lettered(&ctx, &message).await, "failed");
     let failed = "SELECT count(*) FROM pipeline.batches WHERE status = 'failed'";
     assert_eq!(count(&ctx, failed).await, 1);
+    FailedMidMerge {
+        _db: db,
+        _objects: objects,
+        ctx,
+        sent,
+        merge,
+        before,
+    }
+}
+
+/// A batch that fails in the middle of its merge (its deliveries and
+/// hand-offs spent) does not keep the keys of the rows it merged: a message
+/// undoes its slices, one transaction each, readers seeing the table as it
+/// was throughout; then its keys load as any.
+#[tokio::test]
+async fn a_batch_failed_mid_merge_is_undone_slice_by_slice_and_frees_its_keys() {
+    require!(Service::Postgres);
+    // The database and the objects live to the end of the test.
+    let FailedMidMerge {
+        _db: _database,
+        _objects,
+        mut ctx,
+        sent,
+        merge,
+        before,
+    } = failed_mid_merge().await;
+    let (table, merged) = (FIRST_ROWS, MERGED_ROWS);
+    let now = || Some(std::time::Instant::now());
     assert_eq!(
         sent.take(),
         std::slice::from_ref(&merge),
@@ -355,4 +397,61 @@ async fn a_batch_failed_mid_merge_is_undone_slice_by_slice_and_frees_its_keys() 
         ),
         other => panic!("{other:?}"),
     }
+}
+
+/// The message that undoes a failed batch's slices, taken by a loader of
+/// the previous version (which does not undo: it drops the message as
+/// done), is sent again by the next merge that loads a batch; the slices
+/// are then undone.
+#[tokio::test]
+async fn an_undo_dropped_by_a_previous_loader_is_sent_again_by_the_next_merge() {
+    require!(Service::Postgres);
+    // The database and the objects live to the end of the test.
+    let FailedMidMerge {
+        _db: _database,
+        _objects,
+        ctx,
+        sent,
+        merge,
+        before,
+    } = failed_mid_merge().await;
+    assert_eq!(sent.take(), std::slice::from_ref(&merge), "dropped");
+
+    // Another batch, in chunks (sensors 1001 to 1100), loads to the end.
+    let (_, key) = post(&ctx, (1001..=1100).map(|n| line(n, 4.0))).await;
+    loader::load_key(&ctx, &key, None).await.expect("plan");
+    let mut undos = Vec::new();
+    let mut queued = sent.take();
+    while let Some(message) = queued.pop() {
+        if message == merge {
+            undos.push(message);
+            continue;
+        }
+        loader::load_chunk(&ctx, &message, None)
+            .await
+            .expect("chunk");
+        queued.extend(sent.take());
+    }
+    assert_eq!(undos, std::slice::from_ref(&merge), "sent again");
+    let handled = loader::load_chunk(&ctx, &merge, None).await.expect("undo");
+    assert!(
+        matches!(
+            &handled,
+            loader::Handled::Chunk {
+                finished: Finished::Slices(Merged::Done),
+                ..
+            }
+        ),
+        "{handled:?}"
+    );
+    assert_eq!(count(&ctx, FIRST_ROWS).await, 100);
+    let failed_rows = "SELECT count(*) FROM public.readings WHERE value = 2.0";
+    assert_eq!(count(&ctx, failed_rows).await, 0);
+    assert_eq!(
+        count(&ctx, "SELECT count(*) FROM pipeline.hidden_loads").await,
+        0
+    );
+    let mut expected = before;
+    expected.extend((1001..=1100).map(|n| (format!("s{n:05}"), 4.0)));
+    assert_eq!(visible(&ctx).await, expected);
 }

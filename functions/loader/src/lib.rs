@@ -641,6 +641,7 @@ async fn merge_now(
     .await?;
     Ok(match finished {
         Finished::Outcome(outcome) | Finished::Slices(Merged::Loaded(outcome)) => {
+            resend_undos(ctx, client).await;
             Step::Done(Handled::Loaded {
                 key: key.to_string(),
                 outcome,
@@ -658,6 +659,30 @@ async fn merge_now(
             })
         }
     })
+}
+
+/// Sends again the messages that undo failed batches' merged slices, where
+/// some are left (see [`db::undos_left`]): a few at a time, at the end of a
+/// merge. Best effort: a failure here is the next merge's to repair.
+async fn resend_undos(ctx: &Context, client: &tokio_postgres::Client) {
+    let Some(queue) = &ctx.chunk_queue else {
+        return;
+    };
+    let left = match db::undos_left(client, 4).await {
+        Ok(left) => left,
+        Err(e) => return tracing::warn!(error = %e, "could not look for undos left"),
+    };
+    if left.is_empty() {
+        return;
+    }
+    let messages: Vec<_> = left
+        .iter()
+        .map(|(batch_id, dataset, key)| chunks::ChunkMessage::merge(*batch_id, dataset, key))
+        .collect();
+    tracing::info!(batches = messages.len(), "undos left are sent again");
+    if let Err(e) = queue.send(messages).await {
+        tracing::warn!(error = %e, "could not send the undos left");
+    }
 }
 
 /// The key of the decoded copy of a compressed object: the one made before,
@@ -820,6 +845,12 @@ async fn chunk_on(
         Err(DbError::NoBatch(_)) => Finished::Slices(Merged::Done),
         Err(e) => return Err(e.into()),
     };
+    if matches!(
+        finished,
+        Finished::Outcome(_) | Finished::Slices(Merged::Loaded(_))
+    ) {
+        resend_undos(ctx, client).await;
+    }
     Ok(Step::Done(Handled::Chunk {
         key: message.key.clone(),
         chunk: message.chunk,

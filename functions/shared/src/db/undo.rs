@@ -39,6 +39,31 @@ pub async fn to_undo(
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
+/// Failed batches whose merged slices are still to be undone, their staging
+/// tables kept (dataset and object key each, at most `limit`): a loader of
+/// the previous version, given the message that undoes them, drops it as
+/// done, so the next merge to load a batch sends it again. A message sent
+/// twice is harmless: an undo step another delivery holds is skipped.
+pub async fn undos_left(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<(uuid::Uuid, String, String)>, DbError> {
+    let rows = client
+        .query(
+            "SELECT b.batch_id, b.dataset, b.object_key
+             FROM pipeline.hidden_loads h JOIN pipeline.batches b USING (batch_id)
+             WHERE h.abandoned AND b.status = 'failed'
+               AND to_regclass('pipeline.stage_' || replace(b.batch_id::text, '-', '')) IS NOT NULL
+             ORDER BY h.load LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// Undoes the failed batch's slices until none is left, or until `until`
 /// is too near for another (room for twice the last one's time):
 /// [`Merged::More`] then, to hand on; [`Merged::Done`] once undone.
