@@ -45,8 +45,7 @@ impl S3Store {
             .key(key)
             .body(aws_sdk_s3::primitives::ByteStream::from(body))
             .set_metadata(Some(metadata.clone().into_iter().collect()))
-            // Never over a stored object (the raw bucket's policy refuses a
-            // PUT without it under `raw/`).
+            // Never over a stored object (S3 conditional writes: 412).
             .if_none_match("*")
             .send()
             .await;
