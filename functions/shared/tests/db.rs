@@ -997,3 +997,46 @@ async fn a_column_added_during_a_load_holds_up_no_write() {
         .get(0);
     assert_eq!(rows, 2);
 }
+
+/// The pipeline's own tables and trigger change only when their statements
+/// did: a second migration leaves them alone (the trigger is the same
+/// one). After a previous version's migration remade them its own way (a
+/// rollback), the next migration makes them anew.
+#[tokio::test]
+async fn bookkeeping_runs_when_it_changed_or_another_version_ran_its_own() {
+    require!(Service::Postgres);
+    let (_db, mut client) = TestDb::new().await;
+    let ds = datasets(&events(OnConflict::Ignore));
+    let trigger = "SELECT oid::bigint FROM pg_trigger WHERE tgname = 'batch_done'";
+    let body = "SELECT prosrc FROM pg_proc WHERE proname = 'batch_done'";
+    db::migrate(&mut client, &ds).await.expect("migrate");
+    let first: i64 = client
+        .query_one(trigger, &[])
+        .await
+        .expect("trigger")
+        .get(0);
+    db::migrate(&mut client, &ds).await.expect("migrate again");
+    let second: i64 = client
+        .query_one(trigger, &[])
+        .await
+        .expect("trigger")
+        .get(0);
+    assert_eq!(first, second, "left alone");
+
+    // A previous version's bookkeeping: its own function, the trigger made anew.
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pipeline.batch_done() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RETURN NULL; END $$;
+             DROP TRIGGER batch_done ON pipeline.batches;
+             CREATE TRIGGER batch_done AFTER UPDATE OF status ON pipeline.batches FOR EACH ROW
+                 EXECUTE FUNCTION pipeline.batch_done();",
+        )
+        .await
+        .expect("the previous version's bookkeeping");
+    db::migrate(&mut client, &ds)
+        .await
+        .expect("migrate after it");
+    let source: String = client.query_one(body, &[]).await.expect("function").get(0);
+    assert!(source.contains("pipeline.hidden_loads"), "{source}");
+}

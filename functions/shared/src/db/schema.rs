@@ -465,8 +465,9 @@ const MIGRATION_ATTEMPTS: u32 = 60;
 
 /// The pipeline's own tables, functions and triggers, brought up to date
 /// in a transaction of their own, and only when they changed (a hash of
-/// [`BOOKKEEPING`] is kept): their statements lock `pipeline.batches`,
-/// which every load and every accepted batch writes.
+/// [`BOOKKEEPING`] is kept, with the trigger it made) or another version
+/// ran its own since: their statements lock `pipeline.batches`, which every
+/// load and every accepted batch writes.
 async fn bookkeeping(client: &mut Client) -> Result<(), DbError> {
     use sha2::Digest;
     let hash = crate::store::hex(&sha2::Sha256::digest(BOOKKEEPING.as_bytes()));
@@ -478,9 +479,13 @@ async fn bookkeeping(client: &mut Client) -> Result<(), DbError> {
         .await?
         .get(0);
     if known {
+        // The trigger it made is still the one there: every version's
+        // bookkeeping makes it anew, so a previous version's migration (a
+        // rollback) since then is seen, and this one runs again.
         let current: bool = client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pipeline.bookkeeping WHERE hash = $1)",
+                "SELECT EXISTS (SELECT 1 FROM pipeline.bookkeeping k JOIN pg_trigger t ON t.oid = k.trigger
+                                WHERE k.hash = $1 AND t.tgname = 'batch_done')",
                 &[&hash],
             )
             .await?
@@ -492,12 +497,14 @@ async fn bookkeeping(client: &mut Client) -> Result<(), DbError> {
     let tx = client.transaction().await?;
     tx.batch_execute(BOOKKEEPING).await?;
     tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS pipeline.bookkeeping (hash text PRIMARY KEY);
+        "CREATE TABLE IF NOT EXISTS pipeline.bookkeeping (hash text PRIMARY KEY, trigger oid);
+         ALTER TABLE pipeline.bookkeeping ADD COLUMN IF NOT EXISTS trigger oid;
          DELETE FROM pipeline.bookkeeping;",
     )
     .await?;
     tx.execute(
-        "INSERT INTO pipeline.bookkeeping (hash) VALUES ($1)",
+        "INSERT INTO pipeline.bookkeeping (hash, trigger)
+         SELECT $1, oid FROM pg_trigger WHERE tgname = 'batch_done' AND tgrelid = 'pipeline.batches'::regclass",
         &[&hash],
     )
     .await?;
