@@ -259,6 +259,21 @@ const FIRST_ROWS: &str =
 /// Rows of the failed batch's merged slices.
 const MERGED_ROWS: &str = "SELECT count(*) FROM public.readings WHERE pipeline_load IS NOT NULL";
 
+/// Runs the undo message without a deadline: it undoes every slice left.
+async fn undo_to_the_end(ctx: &Context, merge: &ChunkMessage) {
+    let handled = loader::load_chunk(ctx, merge, None).await.expect("undo");
+    assert!(
+        matches!(
+            &handled,
+            loader::Handled::Chunk {
+                finished: Finished::Slices(Merged::Done),
+                ..
+            }
+        ),
+        "{handled:?}"
+    );
+}
+
 /// Sensors 1 to 100 read 1.0; then sensors 51 to 400 read 2.0 in a batch
 /// whose merge fails after two slices of 50 (50 rows replaced, 50 new).
 async fn failed_mid_merge() -> FailedMidMerge {
@@ -357,17 +372,7 @@ async fn a_batch_failed_mid_merge_is_undone_slice_by_slice_and_frees_its_keys() 
     assert_eq!(sent.take(), std::slice::from_ref(&merge));
     assert_eq!(count(&ctx, merged).await, 50);
     assert_eq!(visible(&ctx).await, before);
-    let handled = loader::load_chunk(&ctx, &merge, None).await.expect("undo");
-    assert!(
-        matches!(
-            &handled,
-            loader::Handled::Chunk {
-                finished: Finished::Slices(Merged::Done),
-                ..
-            }
-        ),
-        "{handled:?}"
-    );
+    undo_to_the_end(&ctx, &merge).await;
     assert!(sent.take().is_empty());
     assert_eq!(count(&ctx, table).await, 100);
     assert_eq!(
@@ -433,17 +438,7 @@ async fn an_undo_dropped_by_a_previous_loader_is_sent_again_by_the_next_merge() 
         queued.extend(sent.take());
     }
     assert_eq!(undos, std::slice::from_ref(&merge), "sent again");
-    let handled = loader::load_chunk(&ctx, &merge, None).await.expect("undo");
-    assert!(
-        matches!(
-            &handled,
-            loader::Handled::Chunk {
-                finished: Finished::Slices(Merged::Done),
-                ..
-            }
-        ),
-        "{handled:?}"
-    );
+    undo_to_the_end(&ctx, &merge).await;
     assert_eq!(count(&ctx, FIRST_ROWS).await, 100);
     let failed_rows = "SELECT count(*) FROM public.readings WHERE value = 2.0";
     assert_eq!(count(&ctx, failed_rows).await, 0);
