@@ -307,6 +307,69 @@ async fn a_late_invalid_record_gets_its_line_without_reading_the_object_again() 
         panic!("{finished:?}");
     };
     assert_eq!((error.line, error.column.as_deref()), (line, Some("value")));
-    let rows = count(&s.ctx, "SELECT count(*) FROM public.readings").await;
-    assert_eq!(rows, 0);
+    // The chunks before it merged as they came in: their rows stay hidden
+    // (until a message undoes them, see `slices.rs`).
+    let shown = "SELECT count(*) FROM public.readings
+                 WHERE pipeline_load IS NULL OR pipeline_load NOT IN (SELECT load FROM pipeline.hidden_loads)";
+    assert_eq!(count(&s.ctx, shown).await, 0);
+    let abandoned = "SELECT count(*) FROM pipeline.hidden_loads WHERE abandoned";
+    assert_eq!(count(&s.ctx, abandoned).await, 1);
+}
+
+/// A compressed object whose decoded copy cannot be made before the
+/// invocation's deadline fails its batch within that delivery, with the
+/// reason (every delivery would stop at the same point), and leaves no
+/// copy behind.
+#[tokio::test]
+async fn a_decoded_copy_that_cannot_be_made_in_time_fails_its_batch_at_once() {
+    require!(Service::Postgres);
+    let s = setup("copy_deadline").await;
+    let body = csv(2000, None);
+    let (batch_id, key) =
+        common::post_batch(&s.ctx, "readings", "text/csv", Bytes::from(body.clone())).await;
+    // Stored as an upload in gzip would be.
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut e, body.as_bytes()).expect("gzip");
+    let gz = e.finish().expect("gzip");
+    let gz_key = format!("{key}.gz");
+    std::fs::write(s.objects.path().join(&gz_key), &gz).expect("the stored object");
+    let client = s.ctx.pool.get().await.expect("client");
+    client
+        .execute(
+            "UPDATE pipeline.batches SET size_bytes = $2, object_key = $3 WHERE batch_id = $1",
+            &[&batch_id, &(gz.len() as i64), &gz_key],
+        )
+        .await
+        .expect("the upload's size");
+    drop(client);
+
+    // The invocation's deadline is now: the copy is stopped at once.
+    let handled = loader::load_key(&s.ctx, &gz_key, Some(std::time::Instant::now()))
+        .await
+        .expect("load");
+    let loader::Handled::Refused { reason, .. } = handled else {
+        panic!("{handled:?}");
+    };
+    assert!(
+        reason.starts_with(
+            "decoding the gzip object into a copy to load in chunks takes longer than one loader invocation may run: "
+        ),
+        "{reason}"
+    );
+    assert_eq!(status(&s.ctx, batch_id).await, "failed");
+    assert!(s.sent.take().is_empty());
+    fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let entries = std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect());
+        let entries: Vec<std::path::PathBuf> = entries.unwrap_or_default();
+        entries
+            .into_iter()
+            .flat_map(|p| if p.is_dir() { files(&p) } else { vec![p] })
+            .collect()
+    }
+    let left = files(&s.objects.path().join("decoded"));
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        count(&s.ctx, "SELECT count(*) FROM public.readings").await,
+        0
+    );
 }

@@ -95,7 +95,7 @@ pub async fn handle_until(
     // The longest message so far: one is not started unless that much time
     // is left (the first always is).
     let mut need: Option<std::time::Duration> = None;
-    for message in event.records {
+    for message in spread(ctx, event.records).await {
         let id = message.message_id.clone().unwrap_or_default();
         if let (Some(need), Some((at, _))) = (need, deadline)
             && tokio::time::Instant::now() + need > at
@@ -134,6 +134,47 @@ pub async fn handle_until(
         }
     }
     response
+}
+
+/// The messages an invocation handles itself: of the chunks to load it was
+/// handed (the queue gives up to its batch size at once, often every chunk
+/// of a batch), the first; the others are sent to the queue again at once,
+/// as new messages, so that other invocations load them meanwhile, and are
+/// done here. Kept when they could not be sent.
+async fn spread(ctx: &Context, records: Vec<SqsMessage>) -> Vec<SqsMessage> {
+    let Some(queue) = &ctx.chunk_queue else {
+        return records;
+    };
+    let (mut kept, mut others) = (Vec::with_capacity(1), Vec::new());
+    let mut loads = 0;
+    for message in records {
+        let body = message.body.as_deref().unwrap_or("");
+        match serde_json::from_str::<ChunkBody>(body) {
+            Ok(ChunkBody { chunk }) if !chunk.is_merge() => {
+                loads += 1;
+                match loads {
+                    1 => kept.push(message),
+                    _ => others.push((message, chunk)),
+                }
+            }
+            _ => kept.push(message),
+        }
+    }
+    if others.is_empty() {
+        return kept;
+    }
+    let chunks = others.iter().map(|(_, chunk)| chunk.clone()).collect();
+    match queue.send(chunks).await {
+        Ok(()) => tracing::info!(
+            chunks = others.len(),
+            "chunk messages handed on to load in parallel"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not hand chunk messages on: loaded here");
+            kept.extend(others.into_iter().map(|(message, _)| message));
+        }
+    }
+    kept
 }
 
 /// Sends a chunk message this invocation has no time for to the queue
@@ -347,7 +388,16 @@ pub async fn load_key(
     // use, a large one is loaded from its decoded copy, in chunks; else it
     // loads as one stream, decoded on the way.
     let copy = match unfinished {
-        true => decoded_copy(ctx, key, size).await?,
+        true => match decoded_copy(ctx, key, size, until).await? {
+            Copy::Made(decoded) => Some(decoded),
+            Copy::None => None,
+            Copy::TooSlow(reason) => {
+                return Ok(Handled::Refused {
+                    key: key.to_string(),
+                    reason: refuse(ctx, key, batch_id, reason).await?,
+                });
+            }
+        },
         // Its batch done or gone: only a copy made before is of use.
         false => earlier_copy(ctx, key).await?,
     };
@@ -389,6 +439,22 @@ pub async fn load_key(
         }),
         Err(e) => Err(e),
     }
+}
+
+/// Fails the batch of the object under `key` for `reason`, which loading
+/// again would not change; answers the reason once recorded.
+async fn refuse(
+    ctx: &Context,
+    key: &str,
+    batch_id: uuid::Uuid,
+    reason: String,
+) -> Result<String, MessageError> {
+    let mut client = connection(ctx).await?;
+    let failed = db::give_up(&mut client, batch_id, &reason).await;
+    client.release(&failed);
+    failed?;
+    tracing::error!(%batch_id, key, reason, "batch failed");
+    Ok(reason)
 }
 
 /// What the check of an object against its batch found.
@@ -442,12 +508,7 @@ async fn declared(
         "the object is {} bytes, but its batch declared {declared}: nothing of it was loaded",
         stored.size
     );
-    let mut client = connection(ctx).await?;
-    let failed = db::give_up(&mut client, batch_id, &reason).await;
-    client.release(&failed);
-    failed?;
-    tracing::error!(%batch_id, key, reason, "batch failed: its object is not as declared");
-    Ok(Declared::Refused(reason))
+    Ok(Declared::Refused(refuse(ctx, key, batch_id, reason).await?))
 }
 
 /// The object a message's batch loads from.
@@ -652,7 +713,8 @@ async fn merge_now(
             target.name,
             key,
         )]),
-        Finished::Pending | Finished::Slices(Merged::Busy | Merged::Done) => {
+        Finished::Pending
+        | Finished::Slices(Merged::Busy | Merged::Done | Merged::Waiting { .. }) => {
             Step::Done(Handled::Chunked {
                 key: key.to_string(),
                 chunks: 0,
@@ -685,26 +747,43 @@ async fn resend_undos(ctx: &Context, client: &tokio_postgres::Client) {
     }
 }
 
-/// The key of the decoded copy of a compressed object: the one made before,
-/// or one made now when chunks are in use and the object is above an eighth
-/// of the chunk size (it likely decodes to more than a chunk). `None` when
-/// it should load as one stream: chunks are off, the object is small, its
-/// batch is done, or its data is corrupt (the stream's load then fails the
-/// batch with the offset, as for any compressed object). A copy is stored
-/// whole or not at all, so a loader that dies meanwhile leaves none.
-async fn decoded_copy(ctx: &Context, key: &str, size: u64) -> Result<Option<String>, MessageError> {
+/// What became of the decoded copy of a compressed object.
+enum Copy {
+    /// Its key: made now, or before.
+    Made(String),
+    /// None: the object loads as one stream (see [`decoded_copy`]).
+    None,
+    /// Not made: decoding took longer than the invocation may run, and
+    /// would again; the reason, for the batch's failure.
+    TooSlow(String),
+}
+
+/// The decoded copy of a compressed object: the one made before, or one
+/// made now when chunks are in use and the object is above an eighth of
+/// the chunk size (it likely decodes to more than a chunk). [`Copy::None`]
+/// when it should load as one stream: chunks are off, the object is small,
+/// its batch is done, or its data is corrupt (the stream's load then fails
+/// the batch with the offset, as for any compressed object). A copy is
+/// stored whole or not at all, so a loader that dies meanwhile leaves none.
+/// It is made in one invocation: one that would not finish before `until`
+/// is stopped a little before it (the copy abandoned, its upload aborted),
+/// and its batch fails with the reason within that delivery, since every
+/// delivery would stop at the same point.
+async fn decoded_copy(
+    ctx: &Context,
+    key: &str,
+    size: u64,
+    until: Option<std::time::Instant>,
+) -> Result<Copy, MessageError> {
     let (Some(encoding), Some(decoded)) = (api::object_encoding(key), api::decoded_object_key(key))
     else {
-        return Ok(None);
+        return Ok(Copy::None);
     };
     if let Some(earlier) = earlier_copy(ctx, key).await? {
-        return Ok(Some(earlier));
+        return Ok(Copy::Made(earlier));
     }
-    if ctx.chunk_queue.is_none() || ctx.chunk_bytes == 0 {
-        return Ok(None);
-    }
-    if size <= ctx.chunk_bytes / 8 {
-        return Ok(None);
+    if ctx.chunk_queue.is_none() || ctx.chunk_bytes == 0 || size <= ctx.chunk_bytes / 8 {
+        return Ok(Copy::None);
     }
     let started = std::time::Instant::now();
     let stream = compression::decompress(
@@ -715,6 +794,8 @@ async fn decoded_copy(ctx: &Context, key: &str, size: u64) -> Result<Option<Stri
             ratio: ctx.max_decoded_ratio,
         },
     );
+    let cut = until.map(copy_deadline);
+    let (stream, progress) = pipeline_shared::store::stop_at(stream, cut);
     let metadata =
         std::collections::BTreeMap::from([("decoded-from".to_string(), key.to_string())]);
     match ctx.store.put_stream(&decoded, stream, &metadata).await {
@@ -727,11 +808,27 @@ async fn decoded_copy(ctx: &Context, key: &str, size: u64) -> Result<Option<Stri
                 decoded_copy_ms,
                 "stored the decoded copy"
             );
-            Ok(Some(decoded))
+            Ok(Copy::Made(decoded))
         }
-        Err(pipeline_shared::store::StoreError::Corrupt(_)) => Ok(None),
+        Err(_) if progress.cut() => Ok(Copy::TooSlow(format!(
+            "decoding the {} object into a copy to load in chunks takes longer than one loader invocation may run: \
+             {} bytes were decoded in {:.1} s; upload it uncompressed (it then loads in chunks as it is read), \
+             or raise the loader's timeout",
+            encoding.name(),
+            progress.bytes(),
+            started.elapsed().as_secs_f64(),
+        ))),
+        Err(pipeline_shared::store::StoreError::Corrupt(_)) => Ok(Copy::None),
         Err(e) => Err(DbError::from(e).into()),
     }
+}
+
+/// When a decoded copy still being made is given up: early enough before
+/// the invocation's own deadline to abort its upload and fail its batch (a
+/// quarter of the time left, at most 2 s).
+fn copy_deadline(until: std::time::Instant) -> std::time::Instant {
+    let left = until.saturating_duration_since(std::time::Instant::now());
+    until - (left / 4).min(std::time::Duration::from_secs(2))
 }
 
 /// The decoded copy of a compressed object made before, if any: it is used

@@ -101,6 +101,12 @@ BEGIN
             ADD COLUMN undone_chunk integer NOT NULL DEFAULT -1,
             ADD COLUMN undone_line bigint NOT NULL DEFAULT 0;
     END IF;
+    -- A load whose staging table is gone is undone by a sweep of its table's
+    -- pages (see `undo`): the next page to sweep.
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = 'pipeline' AND table_name = 'hidden_loads' AND column_name = 'undone_page') THEN
+        ALTER TABLE pipeline.hidden_loads ADD COLUMN undone_page bigint NOT NULL DEFAULT 0;
+    END IF;
 END $$;
 CREATE TABLE IF NOT EXISTS pipeline.shadows (
     load bigint NOT NULL,

@@ -11,6 +11,12 @@
 //! is hidden and its shadows are shown until the last step takes it off
 //! the list and drops the staging table. A later load that replaced one of
 //! its rows meanwhile keeps its own row.
+//!
+//! A load whose staging table is gone (the previous version's give-up
+//! dropped it) is undone without knowing its keys: first the rows it
+//! replaced come back from its shadows, a bounded number per step, then its
+//! own rows are deleted by a sweep of the table's pages, a bounded range
+//! per step, the next page recorded with the load.
 
 use super::*;
 
@@ -39,8 +45,8 @@ pub async fn to_undo(
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-/// Failed batches whose merged slices are still to be undone, their staging
-/// tables kept (dataset and object key each, at most `limit`): a loader of
+/// Failed batches whose merged slices are still to be undone (dataset and
+/// object key each, at most `limit`): a loader of
 /// the previous version, given the message that undoes them, drops it as
 /// done, so the next merge to load a batch sends it again. A message sent
 /// twice is harmless: an undo step another delivery holds is skipped.
@@ -53,7 +59,6 @@ pub async fn undos_left(
             "SELECT b.batch_id, b.dataset, b.object_key
              FROM pipeline.hidden_loads h JOIN pipeline.batches b USING (batch_id)
              WHERE h.abandoned AND b.status = 'failed'
-               AND to_regclass('pipeline.stage_' || replace(b.batch_id::text, '-', '')) IS NOT NULL
              ORDER BY h.load LIMIT $1",
             &[&limit],
         )
@@ -104,7 +109,7 @@ async fn undo_slice(
     super::slices::bound_by(&tx, until).await?;
     let row = tx
         .query_opt(
-            "SELECT load, merged_chunk, merged_line, undone_chunk, undone_line FROM pipeline.hidden_loads
+            "SELECT load, merged_chunk, merged_line, undone_chunk, undone_line, undone_page FROM pipeline.hidden_loads
              WHERE batch_id = $1 AND abandoned FOR UPDATE NOWAIT",
             &[&batch_id],
         )
@@ -123,25 +128,17 @@ async fn undo_slice(
         .get(0);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
         [&load, &chunk, &line, &merged_chunk, &merged_line];
+    if !staged {
+        // Dropped by the previous version's give-up: the load's keys are
+        // not known, its table is swept.
+        let page: i64 = row.get(5);
+        return sweep(tx, name, dataset, batch_id, load, page).await;
+    }
     let sql = UndoSql::new(name, dataset, batch_id, slice_rows);
-    // Without its staging table (dropped by the previous version's give-up)
-    // the load's keys are unknown: it stays hidden.
-    let undone = match staged {
-        true => tx.query_one(&sql.delete, &params).await?,
-        false => return Ok(Step::Finished),
-    };
+    let undone = tx.query_one(&sql.delete, &params).await?;
     let rows: i64 = undone.get(0);
     if rows == 0 {
-        tx.execute(
-            "DELETE FROM pipeline.hidden_loads WHERE load = $1",
-            &[&load],
-        )
-        .await?;
-        tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
-            .await?;
-        tx.commit().await?;
-        tracing::info!(%batch_id, load, "the failed batch's merge is undone");
-        return Ok(Step::Finished);
+        return finished(tx, batch_id, load).await;
     }
     tx.execute(&sql.restore, &params).await?;
     let (last_chunk, last_line): (i32, i64) = (undone.get(1), undone.get(2));
@@ -152,6 +149,116 @@ async fn undo_slice(
     .await?;
     tx.commit().await?;
     Ok(Step::Undone)
+}
+
+/// The load is undone: off the list of hidden loads, its staging table
+/// dropped.
+async fn finished(tx: Transaction<'_>, batch_id: uuid::Uuid, load: i64) -> Result<Step, DbError> {
+    tx.execute(
+        "DELETE FROM pipeline.hidden_loads WHERE load = $1",
+        &[&load],
+    )
+    .await?;
+    tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", staging(batch_id)))
+        .await?;
+    tx.commit().await?;
+    tracing::info!(%batch_id, load, "the failed batch's merge is undone");
+    Ok(Step::Finished)
+}
+
+/// Shadow rows put back per step of an undo without a staging table.
+const SHADOW_ROWS: i64 = 10_000;
+
+/// Table pages (8 KiB each) swept per step of an undo without a staging
+/// table: 32 MiB.
+const SWEEP_PAGES: i64 = 4096;
+
+/// One step of the undo of a load whose staging table is gone: shadows put
+/// back while some are left, then the pages from `page` on swept of the
+/// load's rows, until the table's end.
+async fn sweep(
+    tx: Transaction<'_>,
+    name: &str,
+    dataset: &Dataset,
+    batch_id: uuid::Uuid,
+    load: i64,
+    page: i64,
+) -> Result<Step, DbError> {
+    let sql = SweepSql::new(name, dataset);
+    tx.execute(&sql.delete_replaced, &[&load, &SHADOW_ROWS])
+        .await?;
+    let back: i64 = tx
+        .query_one(&sql.restore, &[&load, &SHADOW_ROWS])
+        .await?
+        .get(0);
+    if back > 0 {
+        tx.commit().await?;
+        return Ok(Step::Undone);
+    }
+    let pages: i64 = tx
+        .query_one(
+            "SELECT pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint",
+            &[&table(name)],
+        )
+        .await?
+        .get(0);
+    if page >= pages {
+        return finished(tx, batch_id, load).await;
+    }
+    let next = page + SWEEP_PAGES;
+    let gone = tx.execute(&sql.sweep, &[&load, &page, &next]).await?;
+    tx.execute(
+        "UPDATE pipeline.hidden_loads SET undone_page = $2 WHERE load = $1",
+        &[&load, &next],
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::debug!(%batch_id, load, page, gone, "swept a failed load's rows");
+    Ok(Step::Undone)
+}
+
+/// The statements of an undo without a staging table, for load `$1`.
+struct SweepSql {
+    /// Deletes the load's rows that replaced the first `$2` of its shadows.
+    delete_replaced: String,
+    /// Moves those shadows back into the table; answers how many.
+    restore: String,
+    /// Deletes the load's rows on the pages from `$2` up to `$3`.
+    sweep: String,
+}
+
+impl SweepSql {
+    fn new(name: &str, dataset: &Dataset) -> SweepSql {
+        let t = table(name);
+        let first = format!(
+            "SELECT load, dataset, key, row FROM pipeline.shadows
+             WHERE load = $1::bigint AND dataset = {} ORDER BY key LIMIT $2",
+            super::slices::literal(name)
+        );
+        let same = dataset
+            .primary_key
+            .iter()
+            .map(|k| format!("t.{0} = r.{0}", ident(k)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        SweepSql {
+            delete_replaced: format!(
+                "DELETE FROM {t} t USING ({first}) s CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, s.row) r
+                 WHERE {same} AND t.{LOAD_COLUMN} = $1::bigint"
+            ),
+            restore: format!(
+                "WITH back AS (DELETE FROM pipeline.shadows sh USING ({first}) f
+                               WHERE (sh.load, sh.dataset, sh.key) = (f.load, f.dataset, f.key) RETURNING sh.row),
+                 ins AS (INSERT INTO {t} SELECT r.* FROM back CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, back.row) r
+                         ON CONFLICT DO NOTHING)
+                 SELECT count(*) FROM back"
+            ),
+            sweep: format!(
+                "DELETE FROM {t} WHERE ctid >= ('(' || $2::bigint || ',0)')::tid
+                 AND ctid < ('(' || $3::bigint || ',0)')::tid AND {LOAD_COLUMN} = $1::bigint"
+            ),
+        }
+    }
 }
 
 /// The statements of an undo step, over the slice of staged rows after

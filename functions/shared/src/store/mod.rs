@@ -114,6 +114,65 @@ pub struct ObjectInfo {
 /// A stream of an object's bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
 
+/// How far a stream given to [`stop_at`] went: the bytes it passed on, and
+/// whether it was stopped.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Progress {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the stream was stopped at its time.
+    pub fn cut(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `stream`, stopped at `at` (if any): a piece that has not come by then
+/// is not waited for, and the stream ends with an error, so that its
+/// consumer (an upload) gives up as on any error.
+pub fn stop_at(stream: ByteStream, at: Option<std::time::Instant>) -> (ByteStream, Progress) {
+    let progress = Progress::default();
+    let Some(at) = at else {
+        return (stream, progress);
+    };
+    let seen = progress.clone();
+    let stopped = futures_util::stream::unfold(Some(stream), move |stream| {
+        let seen = seen.clone();
+        async move {
+            let mut stream = stream?;
+            let next = match std::time::Instant::now() < at {
+                true => tokio::time::timeout_at(at.into(), stream.next())
+                    .await
+                    .map_err(drop),
+                false => Err(()),
+            };
+            match next {
+                Ok(Some(piece)) => {
+                    if let Ok(piece) = &piece {
+                        seen.bytes
+                            .fetch_add(piece.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some((piece, Some(stream)))
+                }
+                Ok(None) => None,
+                Err(_) => {
+                    seen.stopped
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    let error = StoreError::Corrupt("stopped at the invocation's deadline".into());
+                    Some((Err(error), None))
+                }
+            }
+        }
+    });
+    (stopped.boxed(), progress)
+}
+
 mod local;
 mod s3;
 
