@@ -95,7 +95,7 @@ pub async fn handle_until(
     // The longest message so far: one is not started unless that much time
     // is left (the first always is).
     let mut need: Option<std::time::Duration> = None;
-    for message in spread(ctx, event.records).await {
+    for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
         if let (Some(need), Some((at, _))) = (need, deadline)
             && tokio::time::Instant::now() + need > at
@@ -134,47 +134,6 @@ pub async fn handle_until(
         }
     }
     response
-}
-
-/// The messages an invocation handles itself: of the chunks to load it was
-/// handed (the queue gives up to its batch size at once, often every chunk
-/// of a batch), the first; the others are sent to the queue again at once,
-/// as new messages, so that other invocations load them meanwhile, and are
-/// done here. Kept when they could not be sent.
-async fn spread(ctx: &Context, records: Vec<SqsMessage>) -> Vec<SqsMessage> {
-    let Some(queue) = &ctx.chunk_queue else {
-        return records;
-    };
-    let (mut kept, mut others) = (Vec::with_capacity(1), Vec::new());
-    let mut loads = 0;
-    for message in records {
-        let body = message.body.as_deref().unwrap_or("");
-        match serde_json::from_str::<ChunkBody>(body) {
-            Ok(ChunkBody { chunk }) if !chunk.is_merge() => {
-                loads += 1;
-                match loads {
-                    1 => kept.push(message),
-                    _ => others.push((message, chunk)),
-                }
-            }
-            _ => kept.push(message),
-        }
-    }
-    if others.is_empty() {
-        return kept;
-    }
-    let chunks = others.iter().map(|(_, chunk)| chunk.clone()).collect();
-    match queue.send(chunks).await {
-        Ok(()) => tracing::info!(
-            chunks = others.len(),
-            "chunk messages handed on to load in parallel"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not hand chunk messages on: loaded here");
-            kept.extend(others.into_iter().map(|(message, _)| message));
-        }
-    }
-    kept
 }
 
 /// Sends a chunk message this invocation has no time for to the queue
@@ -713,8 +672,7 @@ async fn merge_now(
             target.name,
             key,
         )]),
-        Finished::Pending
-        | Finished::Slices(Merged::Busy | Merged::Done | Merged::Waiting { .. }) => {
+        Finished::Pending | Finished::Slices(Merged::Busy | Merged::Done) => {
             Step::Done(Handled::Chunked {
                 key: key.to_string(),
                 chunks: 0,

@@ -407,39 +407,18 @@ pub enum Finished {
     Slices(Merged),
 }
 
-pub use crate::db::Budget;
-
-/// Where a batch's chunks stand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Progress {
-    /// Chunks not loaded yet (the rest to cut among them).
-    pending: i64,
-    /// Whether one failed.
-    failed: bool,
-    /// The first chunk, in the object's order, that is not in.
-    first_out: Option<i32>,
+/// How far one invocation merges: rows per slice, the time after which it
+/// starts no slice it may not finish, and whether it merges one slice
+/// whatever the time left (it did nothing else).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub slice_rows: u64,
+    pub until: Option<std::time::Instant>,
+    pub at_least_one: bool,
 }
 
-async fn progress(client: &Client, batch_id: uuid::Uuid) -> Result<Progress, DbError> {
-    let row = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE status = 'pending'), bool_or(status = 'failed'),
-                    min(chunk) FILTER (WHERE status NOT IN ('loaded', 'split'))
-             FROM pipeline.batch_chunks WHERE batch_id = $1",
-            &[&batch_id],
-        )
-        .await?;
-    Ok(Progress {
-        pending: row.get(0),
-        failed: row.get::<_, Option<bool>>(1).unwrap_or(false),
-        first_out: row.get(2),
-    })
-}
-
-/// Merges what can be merged of the batch: while chunks still load, the
-/// chunks in before the first one out (see `db::merge_slices`); once every
-/// chunk is in, the rest, and the batch is shown (or fails with its first
-/// error), exactly once.
+/// Once every chunk is in, merges the staging table into the dataset's
+/// table in slices (or fails the batch with its first error), exactly once.
 pub async fn finish<F, Fut>(
     client: &mut Client,
     name: &str,
@@ -452,43 +431,16 @@ where
     F: FnOnce(u64) -> Fut,
     Fut: Future<Output = Result<ByteStream, StoreError>>,
 {
-    let mut budget = budget;
-    loop {
-        let now = progress(client, batch_id).await?;
-        if now.pending == 0 {
-            return all_in(client, name, dataset, batch_id, prefix, budget).await;
-        }
-        let Some(below) = now.first_out.filter(|_| !now.failed) else {
-            return Ok(Finished::Pending);
-        };
-        if !sliceable(&*client, batch_id).await? {
-            return Ok(Finished::Pending);
-        }
-        match merge_slices(client, name, dataset, batch_id, budget, Some(below)).await? {
-            // A chunk that came in meanwhile found the batch busy: its rows
-            // are this invocation's to merge.
-            Merged::Waiting { .. } if progress(client, batch_id).await? != now => {
-                budget.at_least_one = false;
-            }
-            Merged::Waiting { .. } => return Ok(Finished::Pending),
-            merged => return Ok(Finished::Slices(merged)),
-        }
+    let pending: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pipeline.batch_chunks WHERE batch_id = $1 AND status = 'pending'",
+            &[&batch_id],
+        )
+        .await?
+        .get(0);
+    if pending > 0 {
+        return Ok(Finished::Pending);
     }
-}
-
-/// [`finish`] once every chunk is in.
-async fn all_in<F, Fut>(
-    client: &mut Client,
-    name: &str,
-    dataset: &Dataset,
-    batch_id: uuid::Uuid,
-    prefix: F,
-    budget: Budget,
-) -> Result<Finished, DbError>
-where
-    F: FnOnce(u64) -> Fut,
-    Fut: Future<Output = Result<ByteStream, StoreError>>,
-{
     let tx = client.transaction().await?;
     if let Some(status) = lock_batch(&tx, batch_id).await? {
         // A batch that failed while merging: its merged slices are undone.
@@ -510,17 +462,19 @@ where
         )
         .await?;
     let outcome = if let Some(row) = failed {
-        let outcome = fail(&tx, batch_id, row, prefix).await?;
-        if to_undo(&tx, batch_id).await?.is_some() {
-            // Slices merged while chunks loaded are undone: the staging
-            // table is kept for it (a message goes out, see `db::undos_left`).
-            tx.commit().await?;
-            return Ok(Finished::Outcome(outcome));
-        }
-        outcome
+        fail(&tx, batch_id, row, prefix).await?
     } else if sliceable(&tx, batch_id).await? {
         tx.commit().await?;
-        let merged = merge_slices(client, name, dataset, batch_id, budget, None).await?;
+        let merged = merge_slices(
+            client,
+            name,
+            dataset,
+            batch_id,
+            budget.slice_rows,
+            budget.until,
+            budget.at_least_one,
+        )
+        .await?;
         return Ok(Finished::Slices(merged));
     } else {
         merge_whole(&tx, name, dataset, batch_id).await?

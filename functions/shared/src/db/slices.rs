@@ -17,17 +17,11 @@
 //! marks it `loaded`, and a trigger takes its load off the list in that
 //! same transaction: readers see none of the batch, then all of it.
 //!
-//! Slices are merged as soon as their chunks are in: while later chunks
-//! still load, the chunks before the first one not loaded (in the object's
-//! order) are merged, so that the merge runs beside the loading instead of
-//! after it; the batch is shown only once every chunk is in and merged.
-//!
 //! Between two versions: a loader of the previous version that meets a
-//! batch in this phase, once every chunk is in, goes on with the slices
-//! from where they reached (the previous version's before it, with its
-//! one-statement merge of the whole staging table, which gives the same
-//! rows: keys already merged conflict with themselves), and marks the
-//! batch `loaded`, which shows the load through the trigger.
+//! batch in this phase runs its one-statement merge of the whole staging
+//! table, which gives the same rows (keys already merged conflict with
+//! themselves), and marks the batch `loaded`, which shows the load through
+//! the trigger.
 
 use super::*;
 
@@ -51,16 +45,6 @@ pub(crate) fn slice_index(batch_id: uuid::Uuid) -> String {
     ident(&format!("stage_{}_order", batch_id.simple()))
 }
 
-/// How far one invocation merges: rows per slice, the time after which it
-/// starts no slice it may not finish, and whether it merges one slice
-/// whatever the time left (it did nothing else).
-#[derive(Debug, Clone, Copy)]
-pub struct Budget {
-    pub slice_rows: u64,
-    pub until: Option<std::time::Instant>,
-    pub at_least_one: bool,
-}
-
 /// What one merging invocation came to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Merged {
@@ -68,9 +52,6 @@ pub enum Merged {
     Loaded(LoadOutcome),
     /// Slices are still to merge: the deadline is near, hand them on.
     More { slices: u32 },
-    /// Every row of the chunks in is merged; the rest waits for chunks
-    /// still loading (whose loaders go on with it).
-    Waiting { slices: u32 },
     /// Another delivery holds the batch (and will finish it or be
     /// delivered again).
     Busy,
@@ -82,8 +63,6 @@ pub enum Merged {
 enum Slice {
     Merged,
     Last(LoadOutcome),
-    /// Nothing left below the first chunk not loaded.
-    Caught,
     Busy,
     Done,
 }
@@ -92,39 +71,35 @@ enum Slice {
 pub(super) const FIRST_SLICE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Merges the staged batch slice after slice until it is loaded, or until
-/// `budget.until` is too near to merge another one (room for twice the
-/// last slice's time). `budget.at_least_one`: merge one slice whatever the
-/// time left (an invocation that did nothing else), so that every
-/// invocation makes progress. `below`: while chunks are still loading, the
-/// first of them (in the object's order): only rows of chunks before it are
-/// merged, and the batch is not shown.
+/// `until` is too near to merge another one (room for twice the last
+/// slice's time). `at_least_one`: merge one slice whatever the time left
+/// (an invocation that did nothing else), so that every invocation makes
+/// progress.
 pub async fn merge_slices(
     client: &mut Client,
     name: &str,
     dataset: &Dataset,
     batch_id: uuid::Uuid,
-    budget: Budget,
-    below: Option<i32>,
+    slice_rows: u64,
+    until: Option<std::time::Instant>,
+    at_least_one: bool,
 ) -> Result<Merged, DbError> {
     let mut slices = 0;
     let mut need = FIRST_SLICE;
     let mut plain = true;
-    let until = budget.until;
     loop {
         let late = until.is_some_and(|until| std::time::Instant::now() + need > until);
-        if late && (slices > 0 || !budget.at_least_one) {
+        if late && (slices > 0 || !at_least_one) {
             return Ok(Merged::More { slices });
         }
         let started = std::time::Instant::now();
-        let bounds = Bounds {
-            rows: budget.slice_rows,
-            until,
-            below,
-        };
-        match slice(client, name, dataset, batch_id, bounds, &mut plain).await? {
+        match slice(
+            client, name, dataset, batch_id, slice_rows, until, &mut plain,
+        )
+        .await?
+        {
             Slice::Merged => slices += 1,
             Slice::Last(outcome) => return Ok(Merged::Loaded(outcome)),
-            Slice::Caught => return Ok(Merged::Waiting { slices }),
             Slice::Busy => return Ok(Merged::Busy),
             Slice::Done => return Ok(Merged::Done),
         }
@@ -132,30 +107,16 @@ pub async fn merge_slices(
     }
 }
 
-/// The bounds of one slice: its rows at most, the time its statements
-/// must end by, and the first chunk it may not take rows of.
-#[derive(Clone, Copy)]
-struct Bounds {
-    rows: u64,
-    until: Option<std::time::Instant>,
-    below: Option<i32>,
-}
-
-/// Merges the next slice, or, when none is left, shows the batch (all its
-/// chunks in).
+/// Merges the next slice, or, when none is left, shows the batch.
 async fn slice(
     client: &mut Client,
     name: &str,
     dataset: &Dataset,
     batch_id: uuid::Uuid,
-    bounds: Bounds,
+    slice_rows: u64,
+    until: Option<std::time::Instant>,
     plain: &mut bool,
 ) -> Result<Slice, DbError> {
-    let Bounds {
-        rows: slice_rows,
-        until,
-        below,
-    } = bounds;
     let tx = client.transaction().await?;
     match lock_batch_nowait(&tx, batch_id).await? {
         Locked::Open => {}
@@ -175,9 +136,7 @@ async fn slice(
     let (load, chunk, line, inserted): (i64, i32, i64, i64) =
         (at.get(0), at.get(1), at.get(2), at.get(3));
     let stmt = |rule| slice_sql(name, dataset, batch_id, slice_rows, rule);
-    let below_chunk = below.unwrap_or(i32::MAX);
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-        [&load, &chunk, &line, &below_chunk];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&load, &chunk, &line];
     let row = if *plain {
         // Usually no key of the slice is there already nor repeated: a
         // plain insert, under a savepoint; on a conflict, the dataset's
@@ -200,10 +159,6 @@ async fn slice(
         None => tx.query_one(&stmt(Rule::Dataset), &params).await?,
     };
     let (rows, new): (i64, i64) = (row.get(0), row.get(1));
-    if rows == 0 && below.is_some() {
-        tx.commit().await?;
-        return Ok(Slice::Caught);
-    }
     if rows == 0 {
         let outcome = show(&tx, batch_id, inserted).await?;
         tx.commit().await?;
@@ -238,8 +193,7 @@ pub(super) async fn bound_by(
 }
 
 /// The statement that merges the staged rows after (`$2` chunk, `$3`
-/// line) and before chunk `$4` into the table under load `$1`, at most
-/// `limit` of them, and
+/// line) into the table under load `$1`, at most `limit` of them, and
 /// answers (rows taken, rows inserted, last chunk, last line). Among rows
 /// of one key, the first in the object wins for `ignore` (a row of this
 /// load already there came before) and the last for `update`; a row of
@@ -266,7 +220,7 @@ fn slice_sql(
     let (t, stage) = (table(name), staging(batch_id));
     let slice = format!(
         "slice AS MATERIALIZED (SELECT * FROM {stage} WHERE (pipeline_chunk, pipeline_line) > ($2::integer, $3::bigint)
-         AND pipeline_chunk < $4::integer ORDER BY pipeline_chunk, pipeline_line LIMIT {limit})"
+         ORDER BY pipeline_chunk, pipeline_line LIMIT {limit})"
     );
     let merge = match (rule, dataset.on_conflict) {
         (Rule::Plain, _) => format!(
@@ -367,11 +321,8 @@ async fn collect_garbage(tx: &Transaction<'_>) -> Result<(), DbError> {
 
 /// Whether a batch's staging table has the index slices are taken by (the
 /// previous version made its tables without one; those merge in one).
-pub(crate) async fn sliceable(
-    client: &impl GenericClient,
-    batch_id: uuid::Uuid,
-) -> Result<bool, DbError> {
-    Ok(client
+pub(crate) async fn sliceable(tx: &Transaction<'_>, batch_id: uuid::Uuid) -> Result<bool, DbError> {
+    Ok(tx
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL",
             &[&format!("pipeline.{}", slice_index(batch_id))],
