@@ -348,6 +348,26 @@ async fn serves_its_openapi_document_and_requires_the_api_key() {
         .await
         .expect("get");
     assert_eq!(response.status().as_u16(), 403);
+    // A key of the right form that is not the key is refused too.
+    let mut wrong = local.api_key.clone().into_bytes();
+    let last = wrong.len() - 1;
+    wrong[last] = if wrong[last] == b'0' { b'1' } else { b'0' };
+    let response = local
+        .http
+        .get(format!("{}/v1/health", local.url))
+        .header("x-api-key", String::from_utf8(wrong).expect("ascii"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status().as_u16(), 403);
+    // Its file is its owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let file = local.dir.path().join("data").join("api-key");
+    let mode = std::fs::metadata(&file)
+        .expect("the key's file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     let (status, health) = local.get("/v1/health").await;
     assert_eq!(
         (status, health),

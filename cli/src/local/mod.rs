@@ -492,19 +492,35 @@ pub async fn serve(
     Ok(())
 }
 
-/// The local API key, kept in the data directory so that it survives restarts.
+/// The local API key, kept in the data directory so that it survives
+/// restarts, in a file only its owner may read or write (0600; a file an
+/// earlier version wrote with wider permissions is narrowed).
 async fn local_api_key(data_dir: &std::path::Path) -> Result<String, Error> {
+    use std::os::unix::fs::PermissionsExt;
     let path = data_dir.join("api-key");
-    match tokio::fs::read_to_string(&path).await {
-        Ok(key) if !key.trim().is_empty() => Ok(key.trim().to_string()),
-        _ => {
-            let key = format!("local-{}", uuid::Uuid::new_v4().simple());
-            tokio::fs::write(&path, &key)
-                .await
-                .map_err(|e| local_error(&format!("cannot write {}", path.display()), e))?;
-            Ok(key)
-        }
+    let failed = |e| local_error(&format!("cannot write {}", path.display()), e);
+    if let Ok(key) = tokio::fs::read_to_string(&path).await
+        && !key.trim().is_empty()
+    {
+        let owner_only = std::fs::Permissions::from_mode(0o600);
+        tokio::fs::set_permissions(&path, owner_only)
+            .await
+            .map_err(failed)?;
+        return Ok(key.trim().to_string());
     }
+    let key = format!("local-{}", uuid::Uuid::new_v4().simple());
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .await
+        .map_err(failed)?;
+    tokio::io::AsyncWriteExt::write_all(&mut file, key.as_bytes())
+        .await
+        .map_err(failed)?;
+    Ok(key)
 }
 
 /// Ctrl-C (SIGINT), or SIGTERM as sent by process managers: the handlers

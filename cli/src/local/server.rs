@@ -55,8 +55,8 @@ pub(super) async fn dispatch(
         );
     }
     if let Some(expected) = &server.api_key {
-        let given = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok());
-        if given != Some(expected.as_str()) {
+        let given = parts.headers.get("x-api-key").map(|v| v.as_bytes());
+        if !same_key(given, expected) {
             // API Gateway answers a missing or wrong key with 403.
             return respond(pipeline_shared::api::error(
                 http::StatusCode::FORBIDDEN,
@@ -339,4 +339,12 @@ fn s3_error(status: http::StatusCode, code: &str, message: &str) -> http::Respon
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{escaped}</Message></Error>"
         )))
         .unwrap_or_default()
+}
+
+/// Whether the key a request sent is the expected one, compared in
+/// constant time: how long a refusal takes tells nothing of how much of a
+/// guess was right.
+fn same_key(given: Option<&[u8]>, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.is_some_and(|given| bool::from(given.ct_eq(expected.as_bytes())))
 }
