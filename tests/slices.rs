@@ -274,6 +274,24 @@ async fn undo_to_the_end(ctx: &Context, merge: &ChunkMessage) {
     );
 }
 
+/// Sensors 101 to 150 (merged by the failed batch, then undone) load in
+/// one stream as new rows.
+async fn keys_are_free(ctx: &mut Context) {
+    ctx.chunk_bytes = 0;
+    let next = post(ctx, (101..=150).map(|n| line(n, 5.0))).await;
+    match loader::load_key(ctx, &next.1, None).await.expect("load") {
+        loader::Handled::Loaded { outcome, .. } => assert_eq!(
+            outcome,
+            LoadOutcome::Loaded {
+                records: 50,
+                inserted: 50,
+                duplicates: 0
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Sensors 1 to 100 read 1.0; then sensors 51 to 400 read 2.0 in a batch
 /// whose merge fails after two slices of 50 (50 rows replaced, 50 new).
 async fn failed_mid_merge() -> FailedMidMerge {
@@ -389,19 +407,7 @@ async fn a_batch_failed_mid_merge_is_undone_slice_by_slice_and_frees_its_keys() 
     assert_eq!(visible(&ctx).await, before);
 
     // Its keys are free: the next batch's rows go in as new.
-    ctx.chunk_bytes = 0;
-    let next = post(&ctx, (101..=150).map(|n| line(n, 5.0))).await;
-    match loader::load_key(&ctx, &next.1, None).await.expect("load") {
-        loader::Handled::Loaded { outcome, .. } => assert_eq!(
-            outcome,
-            LoadOutcome::Loaded {
-                records: 50,
-                inserted: 50,
-                duplicates: 0
-            }
-        ),
-        other => panic!("{other:?}"),
-    }
+    keys_are_free(&mut ctx).await;
 }
 
 /// The message that undoes a failed batch's slices, taken by a loader of
@@ -514,17 +520,5 @@ async fn a_failed_batch_without_its_staging_table_is_undone_by_a_sweep() {
     assert_eq!(visible(&ctx).await, before);
 
     // Its keys are free: sensors 101 to 150, merged by it, load as new.
-    ctx.chunk_bytes = 0;
-    let next = post(&ctx, (101..=150).map(|n| line(n, 5.0))).await;
-    match loader::load_key(&ctx, &next.1, None).await.expect("load") {
-        loader::Handled::Loaded { outcome, .. } => assert_eq!(
-            outcome,
-            LoadOutcome::Loaded {
-                records: 50,
-                inserted: 50,
-                duplicates: 0
-            }
-        ),
-        other => panic!("{other:?}"),
-    }
+    keys_are_free(&mut ctx).await;
 }
