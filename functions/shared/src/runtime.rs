@@ -470,18 +470,66 @@ pub async fn context_or_exit() -> Context {
     }
 }
 
-/// JSON log lines for CloudWatch, filtered by `RUST_LOG`.
+/// JSON log lines for CloudWatch, filtered by `RUST_LOG` (see
+/// [`log_filter`]).
 pub fn init_logs() {
+    let directives = std::env::var("RUST_LOG").unwrap_or_default();
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(log_filter(&directives))
         .with_current_span(false)
         .without_time()
         .init();
 }
 
+/// The filter of the functions' logs: `directives` (`RUST_LOG`, an
+/// environment's `log_level`), except that tokio-postgres never logs below
+/// `info`: at `debug` it logs each statement with its parameter values,
+/// which are the batches' data and have no place in CloudWatch.
+pub fn log_filter(directives: &str) -> tracing_subscriber::EnvFilter {
+    let quiet: tracing_subscriber::filter::Directive = "tokio_postgres=info"
+        .parse()
+        .unwrap_or_else(|_| tracing_subscriber::filter::LevelFilter::INFO.into());
+    tracing_subscriber::EnvFilter::new(directives).add_directive(quiet)
+}
+
 #[cfg(test)]
 mod tests {
+    /// At `debug`, the functions' own lines are kept and tokio-postgres's
+    /// (statements with their parameter values) are not.
+    #[test]
+    fn debug_logs_leave_out_the_statements_and_their_values() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if let Ok(mut lines) = self.0.lock() {
+                    lines.extend_from_slice(buf);
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(super::log_filter("debug"))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "tokio_postgres::query", "executing statement s1 with parameters: [\"secret\"]");
+            tracing::debug!(target: "loader", "merged a slice");
+            tracing::info!(target: "tokio_postgres::connection", "NOTICE: relation exists");
+        });
+        let text = String::from_utf8(lines.0.lock().map(|l| l.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("merged a slice"), "{text}");
+        assert!(text.contains("NOTICE: relation exists"), "{text}");
+    }
+
     #[test]
     fn proxy_endpoints_are_checked_against_the_amazon_root_cas() {
         use super::{is_proxy_endpoint, roots_for};
