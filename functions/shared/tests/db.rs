@@ -1002,26 +1002,28 @@ async fn a_column_added_during_a_load_holds_up_no_write() {
 /// did: a second migration leaves them alone (the trigger is the same
 /// one). After a previous version's migration remade them its own way (a
 /// rollback), the next migration makes them anew.
+/// The oid of the trigger the bookkeeping makes: another when it is made anew.
+async fn trigger_oid(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT oid::bigint FROM pg_trigger WHERE tgname = 'batch_done'",
+            &[],
+        )
+        .await
+        .expect("trigger")
+        .get(0)
+}
+
 #[tokio::test]
 async fn bookkeeping_runs_when_it_changed_or_another_version_ran_its_own() {
     require!(Service::Postgres);
     let (_db, mut client) = TestDb::new().await;
     let ds = datasets(&events(OnConflict::Ignore));
-    let trigger = "SELECT oid::bigint FROM pg_trigger WHERE tgname = 'batch_done'";
     let body = "SELECT prosrc FROM pg_proc WHERE proname = 'batch_done'";
     db::migrate(&mut client, &ds).await.expect("migrate");
-    let first: i64 = client
-        .query_one(trigger, &[])
-        .await
-        .expect("trigger")
-        .get(0);
+    let first = trigger_oid(&client).await;
     db::migrate(&mut client, &ds).await.expect("migrate again");
-    let second: i64 = client
-        .query_one(trigger, &[])
-        .await
-        .expect("trigger")
-        .get(0);
-    assert_eq!(first, second, "left alone");
+    assert_eq!(first, trigger_oid(&client).await, "left alone");
 
     // A previous version's bookkeeping: its own function, the trigger made anew.
     client
