@@ -160,6 +160,15 @@ pub fn allowed_methods(parts: &[&str]) -> &'static [&'static str] {
 /// The most records one page of `GET .../records` holds (`limit`).
 pub const MAX_PAGE: u32 = 1000;
 
+/// The most bytes the records of one page take in the query function's
+/// answer, where the body is a JSON string (a quote or backslash counts
+/// twice). Lambda answers at most 6 MB ("Lambda quotas": invocation
+/// payload, response), and API Gateway answers 502 to a larger answer; the
+/// rest is left for the cursor, the headers and the answer's envelope. A
+/// page stops before the record that would pass it, with a `next_cursor`;
+/// a single larger record is a page of its own.
+pub const MAX_PAGE_BYTES: usize = 5 * 1024 * 1024;
+
 /// Longest a records read may run, in milliseconds: the database stops a
 /// longer one and the API answers 503. A page is one range scan of an index
 /// and takes milliseconds; the limit keeps a read that would scan without
@@ -184,6 +193,27 @@ pub const MAX_PARTS: u64 = 10_000;
 /// invocation payload, response): 10,000 parts' URLs would not fit, 1,000
 /// take about a quarter of it.
 pub const PART_URLS_PER_ANSWER: usize = 1000;
+
+/// The form of a records cursor as the API document writes it: the
+/// `next_cursor` of a page is lowercase hex, two digits a byte.
+pub const CURSOR_PATTERN: &str = "^(?:[0-9a-f]{2})+$";
+
+/// A cursor's bytes, when `text` has the cursor's form
+/// ([`CURSOR_PATTERN`]).
+pub fn cursor_bytes(text: &str) -> Option<Vec<u8>> {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
 
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;

@@ -448,8 +448,10 @@ pub enum HealthStatus {
     Ok,
 }
 
-/// A page of records: in key order, or, with a range filter, in its
-/// column's order and then the key's.
+/// A page of records: in key order, or, with range filters, in the order
+/// of the first of their columns the dataset declares and then the key's.
+/// Up to `limit` records, fewer when more would pass
+/// [`MAX_PAGE_BYTES`](crate::MAX_PAGE_BYTES).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "schema", schemars(rename = "RecordsPage"))]

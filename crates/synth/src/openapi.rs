@@ -6,7 +6,10 @@
 
 use serde_json::{Map, Value, json};
 
-use pipeline_contract::{DEFAULT_PAGE, IDEMPOTENCY_KEY_PATTERN, MAX_PAGE, PART_URLS_PER_ANSWER};
+use pipeline_contract::{
+    CURSOR_PATTERN, DEFAULT_PAGE, IDEMPOTENCY_KEY_PATTERN, MAX_PAGE, MAX_PAGE_BYTES,
+    PART_URLS_PER_ANSWER,
+};
 use pipeline_dataset::{ColumnType, Dataset};
 use pipeline_spec::Spec;
 use pipeline_spec::model::AuthMode;
@@ -290,15 +293,15 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
                    "description": "Most records in the page.",
                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}}),
             json!({"name": "cursor", "in": "query", "required": false,
-                   "description": "The `next_cursor` of the previous page.",
-                   "schema": {"type": "string", "minLength": 1}}),
+                   "description": "The `next_cursor` of the previous page of the same read (the same range filters).",
+                   "schema": {"type": "string", "pattern": CURSOR_PATTERN}}),
         ];
         params.extend(filter_parameters(dataset));
         paths.insert(
             format!("/v1/datasets/{name}/records"),
             json!({"get": op(Target::Query, json!({
                 "operationId": format!("listRecords{model}"),
-                "summary": format!("Read `{name}` records from a read replica, a page at a time: in key order, or, with a range filter, in its column's order and then the key's."),
+                "summary": format!("Read `{name}` records from a read replica, a page at a time: in key order, or, with range filters, in the order of the first of their columns the dataset declares and then the key's. A page holds up to `limit` records, fewer when more would take over {MAX_PAGE_BYTES} bytes, and `next_cursor` goes on from where it stopped."),
                 "parameters": params,
                 "responses": {
                     "200": json_response("A page of records.", schema_ref(&format!("RecordsPage{model}"))),

@@ -547,6 +547,60 @@ async fn records_page_by_key_with_filters() {
     );
 }
 
+/// Records near the size limit, full of quotes (each takes two bytes in
+/// the record's JSON and four in Lambda's answer, whose body is a JSON
+/// string): a page of 100 stops before it would pass the byte budget, with
+/// a cursor, and the cursors lead through every record once. Before, a
+/// page held `limit` records whatever their size: 12 such records made an
+/// answer of about 19 MB, past Lambda's 6 MB, and API Gateway answered 502.
+#[tokio::test]
+async fn a_page_of_large_records_stops_at_the_byte_budget() {
+    require!(Service::Postgres);
+    let (_db, mut client) = TestDb::new().await;
+    let mut ds = events(OnConflict::Ignore);
+    ds.columns.push(column("note", ColumnType::Text, true));
+    db::migrate(&mut client, &datasets(&ds))
+        .await
+        .expect("migrate");
+    client
+        .batch_execute(
+            "INSERT INTO public.events (id, kind, note) SELECT g, 'k', repeat('\"', 400000) FROM generate_series(1, 12) g",
+        )
+        .await
+        .expect("rows");
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = db::records(&client, "events", &ds, &[], after.as_ref(), 100)
+            .await
+            .expect("a page");
+        pages += 1;
+        let body = serde_json::to_string(&pipeline_contract::RecordsPage {
+            records: page.records.clone(),
+            next_cursor: Some("c".repeat(200)),
+        })
+        .expect("body");
+        let in_answer = serde_json::to_string(&body).expect("answer").len();
+        assert!(
+            in_answer <= pipeline_contract::MAX_PAGE_BYTES + 1024,
+            "page {pages}: {} records take {in_answer} bytes in the answer",
+            page.records.len()
+        );
+        assert!(!page.records.is_empty());
+        seen.extend(page.records.iter().filter_map(|r| r["id"].as_i64()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=12).collect::<Vec<i64>>());
+    assert_eq!(
+        pages, 4,
+        "three records of about 1.6 MB each fit under 5 MiB"
+    );
+}
+
 /// The plan's nodes, depth first.
 fn plan_nodes<'a>(node: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
     out.push(node);

@@ -1,6 +1,7 @@
 //! Reading records: filters and keyset pages.
 
 use super::*;
+use pipeline_contract::MAX_PAGE_BYTES;
 
 /// A filter of the records endpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,8 +56,8 @@ pub async fn records(
     limit: u32,
 ) -> Result<Page, DbError> {
     let read = read(name, dataset, filters, after, limit)?;
-    let rows = client.query(&read.sql, &read.refs()).await?;
-    Ok(page(read, &rows, limit))
+    let rows = client.query_raw(&read.sql, read.params.iter()).await?;
+    page(read, rows, limit).await
 }
 
 /// [`records`] on a pooled connection, whose prepared statements are kept:
@@ -72,18 +73,29 @@ pub async fn records_cached(
 ) -> Result<Page, DbError> {
     let read = read(name, dataset, filters, after, limit)?;
     let statement = client.prepare_cached(&read.sql).await?;
-    let rows = client.query(&statement, &read.refs()).await?;
-    Ok(page(read, &rows, limit))
+    let rows = client.query_raw(&statement, read.params.iter()).await?;
+    page(read, rows, limit).await
 }
 
-/// A page from the rows of a [`Read`].
-fn page(read: Read, rows: &[tokio_postgres::Row], limit: u32) -> Page {
-    let mut records: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap_or(serde_json::Value::Null))
-        .collect();
-    let more = records.len() > limit as usize;
-    records.truncate(limit as usize);
+/// A page from the rows of a [`Read`], taken as they come: up to `limit`
+/// records, fewer when more would take over [`MAX_PAGE_BYTES`] in the
+/// function's answer (the first record always goes in). The rows past the
+/// page are not kept, so a page of large records holds a few of them in
+/// memory, not `limit`.
+async fn page(read: Read, rows: tokio_postgres::RowStream, limit: u32) -> Result<Page, DbError> {
+    futures_util::pin_mut!(rows);
+    let mut records: Vec<serde_json::Value> = Vec::new();
+    let mut bytes = 0;
+    let mut more = false;
+    while let Some(row) = rows.next().await.transpose()? {
+        let text: &str = row.try_get(0)?;
+        bytes += answer_bytes(text);
+        if records.len() == limit as usize || (bytes > MAX_PAGE_BYTES && !records.is_empty()) {
+            more = true;
+            break;
+        }
+        records.push(serde_json::from_str(text).unwrap_or(serde_json::Value::Null));
+    }
     let next = match records.last() {
         Some(last) if more => Some(Cursor {
             after: read.by.iter().map(|c| text(&last[c])).collect(),
@@ -91,7 +103,21 @@ fn page(read: Read, rows: &[tokio_postgres::Row], limit: u32) -> Page {
         }),
         _ => None,
     };
-    Page { records, next }
+    Ok(Page { records, next })
+}
+
+/// The bytes a record's JSON takes in Lambda's answer, where the body is a
+/// JSON string: a quote or backslash is escaped into two bytes, a control
+/// character into up to six.
+fn answer_bytes(json: &str) -> usize {
+    json.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+        + 1
 }
 
 /// The statement that reads a page of records, and its parameters.
@@ -104,13 +130,23 @@ pub struct Read {
     pub by: Vec<String>,
 }
 
-impl Read {
-    fn refs(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
-        self.params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect()
-    }
+/// The column whose order a read with range filters follows: of the
+/// columns with a range filter, the one declared first in the dataset.
+/// Never the first in the query string: API Gateway hands the parameters
+/// to the function as a map, and lambda_http writes them back in the map's
+/// order, which differs from request to request, so a cursor would belong
+/// to one read and be refused by the next.
+fn range_column<'a>(dataset: &'a Dataset, filters: &[Filter]) -> Option<&'a str> {
+    dataset
+        .columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .find(|name| {
+            filters.iter().any(|f| match f {
+                Filter::Gte(c, _) | Filter::Lt(c, _) => c == name,
+                Filter::Eq(..) => false,
+            })
+        })
 }
 
 /// The statement [`records`] runs, so that its plan can be examined.
@@ -121,10 +157,7 @@ pub fn read(
     after: Option<&Cursor>,
     limit: u32,
 ) -> Result<Read, DbError> {
-    let range = filters.iter().find_map(|f| match f {
-        Filter::Gte(c, _) | Filter::Lt(c, _) => Some(c.as_str()),
-        Filter::Eq(..) => None,
-    });
+    let range = range_column(dataset, filters);
     let order: Vec<&crate::dataset::Column> = dataset
         .read_order(range)
         .into_iter()
