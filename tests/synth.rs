@@ -588,3 +588,140 @@ fn rollout_gates_watch_the_new_version_and_new_dead_letters_minute_by_minute() {
     assert_eq!(dead["DatapointsToAlarm"], 1);
     assert!(dead["EvaluationPeriods"].as_u64().unwrap_or(0) >= 15);
 }
+
+/// AWS managed policies a role may carry, and why: each grants only what
+/// its service needs, on resources no template can name beforehand.
+const MANAGED_POLICIES: [(&str, &str); 3] = [
+    (
+        "AWSXRayDaemonWriteAccess",
+        "trace segments; X-Ray's actions take no resource-level permissions",
+    ),
+    (
+        "service-role/AmazonRDSEnhancedMonitoringRole",
+        "the role RDS's enhanced monitoring assumes, as the RDS guide sets it up",
+    ),
+    (
+        "service-role/AmazonAPIGatewayPushToCloudWatchLogs",
+        "the account-wide role API Gateway writes access logs with; its log groups are named by API Gateway",
+    ),
+];
+
+/// Actions that take no resource-level permissions (EC2's service
+/// authorization reference), so that only `*` names their resource.
+const UNSCOPED_ACTIONS: [&str; 2] = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"];
+
+/// Resources named by a wildcard because AWS, not the project, names them:
+/// the network interfaces Lambda makes in the functions' subnets.
+const AWS_NAMED_RESOURCES: [&str; 1] = [":network-interface/*"];
+
+/// Whether a statement's resource names something of the project: a
+/// reference to one of the stack's resources or parameters, or an ARN that
+/// takes a name from one of them (not only the partition, region and
+/// account), or one of [`AWS_NAMED_RESOURCES`].
+fn names_the_project(resource: &serde_json::Value) -> bool {
+    if resource.get("Ref").is_some() || resource.get("Fn::GetAtt").is_some() {
+        return true;
+    }
+    let Some(sub) = resource.get("Fn::Sub") else {
+        return false;
+    };
+    let text = sub
+        .as_str()
+        .or_else(|| sub.get(0).and_then(|s| s.as_str()))
+        .unwrap_or("");
+    let own_name = text
+        .split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+        .any(|name| !name.starts_with("AWS::"));
+    own_name || AWS_NAMED_RESOURCES.iter().any(|r| text.ends_with(r))
+}
+
+/// Every statement of every role of every shipped environment: no action
+/// with a wildcard; `*` as a resource only for actions that take nothing
+/// else; every other resource one of the project's; managed policies only
+/// from the list above (and on a function's role only X-Ray's). Before, each
+/// function role carried AWSLambdaVPCAccessExecutionRole, which grants log
+/// writes and network interface actions on every resource.
+#[test]
+fn every_role_is_least_privilege() {
+    for env in SHIPPED {
+        for (file, text) in synth(env).files {
+            let Ok(template) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let resources = template["Resources"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            for (id, resource) in resources {
+                if resource["Type"] != "AWS::IAM::Role" {
+                    continue;
+                }
+                let at = format!("{env} {file} {id}");
+                check_managed_policies(&at, &resource);
+                let statements = resource["Properties"]["Policies"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|p| {
+                        p["PolicyDocument"]["Statement"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                    });
+                for statement in statements {
+                    check_statement(&at, &statement);
+                }
+            }
+        }
+    }
+}
+
+fn check_managed_policies(at: &str, role: &serde_json::Value) {
+    let function_role = role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+        ["Service"]
+        == "lambda.amazonaws.com";
+    for arn in role["Properties"]["ManagedPolicyArns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let arn = arn["Fn::Sub"].as_str().unwrap_or_default();
+        let name = arn.split(":policy/").nth(1).unwrap_or(arn);
+        assert!(
+            MANAGED_POLICIES.iter().any(|(allowed, _)| *allowed == name),
+            "{at}: managed policy {name} is not in the allowed list"
+        );
+        assert!(
+            !function_role || name == "AWSXRayDaemonWriteAccess",
+            "{at}: a function's role carries {name}"
+        );
+    }
+}
+
+fn check_statement(at: &str, statement: &serde_json::Value) {
+    let sid = statement["Sid"].as_str().unwrap_or("(no Sid)");
+    let acts = actions(statement);
+    assert!(!acts.is_empty(), "{at} {sid}: no action");
+    for action in &acts {
+        assert!(!action.contains('*'), "{at} {sid}: action {action}");
+    }
+    let resources = match &statement["Resource"] {
+        serde_json::Value::Array(list) => list.clone(),
+        one => vec![one.clone()],
+    };
+    for resource in &resources {
+        if resource == "*" {
+            assert!(
+                acts.iter().all(|a| UNSCOPED_ACTIONS.contains(&a.as_str())),
+                "{at} {sid}: `*` as the resource of {acts:?}"
+            );
+        } else {
+            assert!(
+                names_the_project(resource),
+                "{at} {sid}: {resource} is not one of the project's resources"
+            );
+        }
+    }
+}

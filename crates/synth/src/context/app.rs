@@ -13,6 +13,8 @@ pub struct AppContext {
     pub deployment_id: String,
     /// Instances the query function reads from: the replicas, or the primary.
     pub read_targets: usize,
+    /// The functions' private subnets, one per availability zone.
+    pub subnets: usize,
     pub batch_size: u32,
     pub max_concurrency: Option<u32>,
     /// The ingest function's inline limit, in bytes.
@@ -291,6 +293,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
         openapi,
         deployment_id,
         read_targets: usize::from(spec.database.read_replicas).max(1),
+        subnets: usize::from(spec.network.azs),
         batch_size: spec.queue.batch_size,
         max_inline_bytes: u64::from(spec.api.max_inline_batch_kib) * 1024,
         max_decoded_ratio: spec.api.max_decoded_ratio,
