@@ -436,3 +436,96 @@ async fn s3_store_puts_a_stream_whole_or_not_at_all() {
         .expect("list uploads");
     assert!(open.uploads().is_empty(), "{:?}", open.uploads());
 }
+
+/// A stand-in for S3 as it answers a caller that may list only some
+/// prefixes of the bucket (an `s3:prefix` condition): HeadObject of a
+/// missing key is 403, as S3's HeadObject reference says for a caller
+/// without `s3:ListBucket`, and so is HeadObject of `denied`, an object the
+/// caller may not read; ListObjectsV2 lists the stored keys under the
+/// prefix asked for. moto answers 404 whatever the caller's policy, so the
+/// test serves these answers itself.
+async fn prefix_only_s3(stored: &'static [&'static str], denied: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end]).to_string();
+                        seen.drain(..end + 4);
+                        let answer = s3_answer(&head, stored, denied);
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+/// The answer of [`prefix_only_s3`] to a request's head.
+fn s3_answer(head: &str, stored: &[&str], denied: &str) -> String {
+    let target = head.split(' ').nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let key = path.strip_prefix("/raw/").unwrap_or("");
+    if head.starts_with("HEAD ") {
+        return if stored.contains(&key) && key != denied {
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-amz-meta-sha256: abc\r\n\r\n".into()
+        } else {
+            "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n".into()
+        };
+    }
+    let prefix = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "prefix")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let contents: String = stored
+        .iter()
+        .filter(|k| k.starts_with(&prefix))
+        .take(1)
+        .map(|k| format!("<Contents><Key>{k}</Key><Size>3</Size></Contents>"))
+        .collect();
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>raw</Name><Prefix>{prefix}</Prefix><KeyCount>{}</KeyCount><MaxKeys>1</MaxKeys><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>",
+        usize::from(!contents.is_empty())
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A missing object is `None` whether S3 answers its HEAD with 404 or,
+/// to a caller that may list only some prefixes, with 403; a 403 for an
+/// object that is there is still an error. Before, the 403 was an error,
+/// so every compressed upload would fail if a HEAD gave the functions'
+/// `s3:prefix` condition no value.
+#[tokio::test]
+async fn a_missing_object_is_missing_when_its_head_is_forbidden() {
+    const STORED: &[&str] = &[
+        "raw/events/b.ndjson",
+        "raw/events/b.ndjson.part",
+        "raw/events/secret",
+    ];
+    let endpoint = prefix_only_s3(STORED, "raw/events/secret").await;
+    let store = Store::S3(S3Store::new(client(&endpoint).await, "raw"));
+    let found = store.head("raw/events/b.ndjson").await.expect("head");
+    assert_eq!(found.map(|o| o.size), Some(3));
+    // Listed under its prefix is a longer key, not this one.
+    assert_eq!(store.head("raw/events/b.nd").await.expect("head"), None);
+    assert_eq!(store.head("raw/events/none").await.expect("head"), None);
+    let denied = store.head("raw/events/secret").await;
+    assert!(matches!(denied, Err(StoreError::Io { .. })), "{denied:?}");
+}

@@ -77,8 +77,35 @@ impl S3Store {
                     .collect(),
             })),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                match self.listed(key).await? {
+                    false => Ok(None),
+                    true => Err(s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))),
+                }
+            }
             Err(e) => Err(s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e))),
         }
+    }
+
+    /// Whether `key` is in the bucket, from a listing of its own prefix.
+    /// HeadObject of a missing key answers 404 only to a caller that may
+    /// list the bucket, and 403 to others (S3's HeadObject reference); the
+    /// functions may list only their prefixes (an `s3:prefix` condition),
+    /// and nothing documents that a HEAD gives that condition a value. A
+    /// listing does (`s3:prefix` is ListObjectsV2's `prefix`), so a 403 is
+    /// told apart from a missing key here: the key is the first listed
+    /// under its own name, or it is not there.
+    async fn listed(&self, key: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| s3_error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        Ok(out.contents().iter().any(|o| o.key() == Some(key)))
     }
 
     pub async fn get_range(
