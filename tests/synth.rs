@@ -352,6 +352,14 @@ fn the_rds_proxy_uses_iam_end_to_end() {
     assert_eq!(proxy["DefaultAuthScheme"], "IAM_AUTH");
     assert!(proxy.get("Auth").is_none(), "{proxy}");
     assert_eq!(proxy["RequireTLS"], true);
+    // The functions' pools close a connection before the proxy would.
+    let idle = proxy["IdleClientTimeout"]
+        .as_u64()
+        .expect("IdleClientTimeout");
+    assert!(
+        idle > pipeline_shared::runtime::POOL_IDLE_LIMIT.as_secs(),
+        "{idle}"
+    );
     let statements = role_statements(&data, "ProxyRole");
     assert_eq!(statements.len(), 1, "{statements:?}");
     assert_eq!(actions(&statements[0]), ["rds-db:connect"]);

@@ -232,7 +232,7 @@ fn pool(config: tokio_postgres::Config, size: usize) -> Result<deadpool_postgres
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
     );
-    pipeline_shared::runtime::bounded_pool(manager, size)
+    pipeline_shared::runtime::bounded_pool(manager, size, pipeline_shared::runtime::POOL_IDLE_LIMIT)
         .map_err(|e| local_error("cannot build the connection pool", e))
 }
 

@@ -106,11 +106,24 @@ pub const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The longest making a new connection may take (TCP, TLS, authentication).
 pub const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The longest a pooled connection is reused after its last use; an older
+/// one is closed and a new one made. A Lambda execution environment is
+/// frozen between invocations, so a connection that RDS Proxy closed for
+/// idleness (its `IdleClientTimeout`, 30 minutes by default and in the
+/// templates), or whose network path forgot it meanwhile (Lambda's VPC
+/// network interfaces drop idle TCP flows after 350 s), still looks open
+/// when the environment thaws, and the first request after a quiet spell
+/// would fail on it. Below both.
+pub const POOL_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(240);
+
 /// A pool of at most `size` connections whose waits are bounded
-/// ([`POOL_WAIT`], [`CONNECT_WAIT`]): nothing waits for a connection forever.
+/// ([`POOL_WAIT`], [`CONNECT_WAIT`]): nothing waits for a connection forever,
+/// and a connection idle for longer than `idle_limit` ([`POOL_IDLE_LIMIT`]
+/// outside tests) is replaced rather than reused.
 pub fn bounded_pool(
     manager: deadpool_postgres::Manager,
     size: usize,
+    idle_limit: std::time::Duration,
 ) -> Result<deadpool_postgres::Pool, deadpool_postgres::BuildError> {
     deadpool_postgres::Pool::builder(manager)
         .max_size(size)
@@ -118,6 +131,12 @@ pub fn bounded_pool(
         .wait_timeout(Some(POOL_WAIT))
         .create_timeout(Some(CONNECT_WAIT))
         .recycle_timeout(Some(CONNECT_WAIT))
+        .pre_recycle(deadpool_postgres::Hook::sync_fn(move |_, metrics| {
+            if metrics.last_used() > idle_limit {
+                return Err(deadpool_postgres::HookError::message("idle for too long"));
+            }
+            Ok(())
+        }))
         .build()
 }
 
@@ -126,7 +145,7 @@ fn build(
     size: usize,
     what: &str,
 ) -> Result<deadpool_postgres::Pool, ConfigError> {
-    bounded_pool(manager, size).map_err(|e| ConfigError::Invalid {
+    bounded_pool(manager, size, POOL_IDLE_LIMIT).map_err(|e| ConfigError::Invalid {
         what: what.into(),
         detail: e.to_string(),
     })

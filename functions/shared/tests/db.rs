@@ -1096,3 +1096,113 @@ async fn bookkeeping_runs_when_it_changed_or_another_version_ran_its_own() {
     let source: String = client.query_one(body, &[]).await.expect("function").get(0);
     assert!(source.contains("pipeline.hidden_loads"), "{source}");
 }
+
+/// A TCP relay to Postgres whose open connections can be made to go
+/// silent: what it has accepted it keeps open but no longer passes on, as a
+/// connection looks to a Lambda environment thawed after RDS Proxy closed
+/// it for idleness or the network path forgot it. New connections still
+/// go through.
+struct Relay {
+    port: u16,
+    open: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let open: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>> = Arc::default();
+        let registry = open.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                    return;
+                };
+                let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                registry.lock().expect("registry").push(silent.clone());
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Relay::pass(client_read, server_write, silent.clone()));
+                tokio::spawn(Relay::pass(server_read, client_write, silent));
+            }
+        });
+        Relay { port, open }
+    }
+
+    /// Passes bytes on until the connection goes silent; then reads and
+    /// drops them, keeping both ends open.
+    async fn pass(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        silent: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            if !silent.load(std::sync::atomic::Ordering::SeqCst)
+                && to.write_all(&buf[..n]).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn silence_open_connections(&self) {
+        for silent in self.open.lock().expect("registry").iter() {
+            silent.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// The server process of a connection from `pool`, within 3 s.
+async fn backend_of(pool: &deadpool_postgres::Pool) -> i32 {
+    let client = pool.get().await.expect("a connection");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        client.query_one("SELECT pg_backend_pid()", &[]),
+    )
+    .await
+    .expect("an answer within 3 s")
+    .expect("a backend")
+    .get(0)
+}
+
+/// After a quiet spell longer than the pool's idle limit, a request gets a
+/// new connection rather than the old one, which no longer answers. Before,
+/// the pool handed out the old connection (it did not look closed), and the
+/// read hung on it (or, against RDS Proxy, failed: a 503 for the first
+/// request after 30 minutes of quiet). A connection used within the limit
+/// is reused.
+#[tokio::test]
+async fn a_connection_idle_past_the_limit_is_replaced_not_reused() {
+    require!(Service::Postgres);
+    let relay = Relay::start().await;
+    let config: tokio_postgres::Config = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        relay.port
+    )
+    .parse()
+    .expect("config");
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let idle_limit = std::time::Duration::from_secs(1);
+    let pool = pipeline_shared::runtime::bounded_pool(manager, 1, idle_limit).expect("pool");
+    let first = backend_of(&pool).await;
+    let again = backend_of(&pool).await;
+    assert_eq!(first, again, "a connection used just now is reused");
+    relay.silence_open_connections();
+    // The quiet spell itself: longer than the limit.
+    tokio::time::sleep(idle_limit * 2).await;
+    let after = backend_of(&pool).await;
+    assert_ne!(after, first);
+}
