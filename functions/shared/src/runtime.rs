@@ -110,10 +110,11 @@ pub const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10)
 /// one is closed and a new one made. A Lambda execution environment is
 /// frozen between invocations, so a connection that RDS Proxy closed for
 /// idleness (its `IdleClientTimeout`, 30 minutes by default and in the
-/// templates), or whose network path forgot it meanwhile (Lambda's VPC
-/// network interfaces drop idle TCP flows after 350 s), still looks open
-/// when the environment thaws, and the first request after a quiet spell
-/// would fail on it. Below both.
+/// templates), or that a middlebox on its path forgot (AWS's knowledge
+/// center on Lambda VPC timeouts gives 350 s for idle TCP flows through its
+/// load balancers and NAT gateways), still looks open when the environment
+/// thaws, and the first request after a quiet spell would fail on it.
+/// Below both.
 pub const POOL_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// A pool of at most `size` connections whose waits are bounded
