@@ -117,6 +117,17 @@ impl Project {
         )
     }
 
+    /// The template a stack holds, as CloudFormation gives it back.
+    async fn stack_template(&self, stack: &str) -> Value {
+        let out = aws_sdk_cloudformation::Client::new(&self.sdk().await)
+            .get_template()
+            .stack_name(stack)
+            .send()
+            .await
+            .expect("get template");
+        serde_json::from_str(out.template_body().expect("a template body")).expect("json")
+    }
+
     async fn objects(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let out = self
             .s3()

@@ -100,6 +100,19 @@ fn bootstrap_deploy_redeploy_change_inspect_and_destroy_dev() {
     let mut assets = rt.block_on(p.objects(&bucket, "assets/"));
     assets.sort();
     assert_eq!(assets.len(), 3, "{assets:?}");
+    // The app template is over CloudFormation's 51,200-byte inline limit
+    // (its OpenAPI body and one role per function): it went through the
+    // bucket, by URL, and the stack holds it as synthesized.
+    let uploaded = rt.block_on(p.objects(&bucket, "templates/"));
+    assert_eq!(uploaded.len(), 1, "{uploaded:?}");
+    let held = rt.block_on(p.stack_template("pipeline-dev-app"));
+    p.ok(&["synth", "--env", "dev"]);
+    let synthesized: Value = serde_json::from_slice(
+        &std::fs::read(p.dir.path().join("out/dev/app.template.json")).expect("app template"),
+    )
+    .expect("json");
+    assert!(synthesized.to_string().len() > pipeline_cli::deploy::MAX_TEMPLATE_BODY);
+    assert_eq!(held, synthesized);
 
     // Unchanged: nothing uploaded, nothing executed.
     let text = p.ok(&["deploy", "--env", "dev", "--yes"]);
