@@ -31,6 +31,28 @@ const REQUIRED_ENDPOINTS: &[(Endpoint, &str)] = &[
     (Endpoint::Secretsmanager, "database credentials"),
 ];
 
+/// Interface endpoints nothing in the VPC calls, and why: each costs by the
+/// hour in every availability zone (about $7.30 a month per zone, AWS
+/// PrivateLink pricing) and serves no request.
+const UNUSED_ENDPOINTS: &[(Endpoint, &str)] = &[
+    (
+        Endpoint::Kms,
+        "S3, SQS and CloudWatch Logs call KMS themselves; no function does",
+    ),
+    (
+        Endpoint::Logs,
+        "Lambda sends the functions' logs itself, outside the VPC",
+    ),
+    (
+        Endpoint::Monitoring,
+        "the functions publish no metrics; Lambda's and the services' own need no endpoint",
+    ),
+    (
+        Endpoint::Sts,
+        "the functions get their credentials from Lambda, not from STS",
+    ),
+];
+
 /// Enhanced monitoring intervals RDS accepts, in seconds.
 const MONITORING_INTERVALS: &[u8] = &[0, 1, 5, 10, 15, 30, 60];
 
@@ -219,6 +241,20 @@ fn network(r: &mut Rules, spec: &Spec) {
                 format!("endpoint `{}` is listed twice", endpoint.service()),
                 "duplicate",
                 "list each endpoint once",
+            );
+        }
+    }
+    for (i, endpoint) in spec.network.endpoints.iter().enumerate() {
+        if let Some((_, why)) = UNUSED_ENDPOINTS.iter().find(|(e, _)| e == endpoint) {
+            let index = i.to_string();
+            r.at(
+                &["network", "endpoints", &index],
+                format!(
+                    "nothing in the VPC calls endpoint `{}`: {why}",
+                    endpoint.service()
+                ),
+                "unused endpoint",
+                "remove it: an interface endpoint costs by the hour in every availability zone",
             );
         }
     }

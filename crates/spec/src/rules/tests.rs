@@ -67,6 +67,14 @@ fn each_rule_reports_its_problem_at_its_place() {
             "case.yaml:3:40 endpoint `s3` is listed twice",
         ),
         (
+            "network:\n  endpoints: [s3, sqs, secretsmanager, kms]",
+            "case.yaml:3:40 nothing in the VPC calls endpoint `kms`: S3, SQS and CloudWatch Logs call KMS themselves; no function does",
+        ),
+        (
+            "network:\n  endpoints: [s3, sqs, logs, secretsmanager]",
+            "case.yaml:3:24 nothing in the VPC calls endpoint `logs`: Lambda sends the functions' logs itself, outside the VPC",
+        ),
+        (
             "network:\n  endpoints: [s3, secretsmanager]",
             "case.yaml:3:14 `network.endpoints` lacks endpoints the functions need: sqs (chunk messages of large batches)",
         ),
