@@ -117,6 +117,17 @@ impl Project {
         )
     }
 
+    /// The account's API Gateway CloudWatch logging role.
+    async fn account_logging_role(&self) -> Option<String> {
+        aws_sdk_apigateway::Client::new(&self.sdk().await)
+            .get_account()
+            .send()
+            .await
+            .expect("get account")
+            .cloudwatch_role_arn()
+            .map(str::to_string)
+    }
+
     /// The template a stack holds, as CloudFormation gives it back.
     async fn stack_template(&self, stack: &str) -> Value {
         let out = aws_sdk_cloudformation::Client::new(&self.sdk().await)

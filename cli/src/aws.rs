@@ -25,6 +25,7 @@ pub struct Clients {
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub sts: aws_sdk_sts::Client,
     pub ecr: aws_sdk_ecr::Client,
+    pub apigateway: aws_sdk_apigateway::Client,
 }
 
 /// The SDK's configuration loader (credentials, region and endpoints from
@@ -59,6 +60,7 @@ impl Clients {
             logs: aws_sdk_cloudwatchlogs::Client::new(&config),
             sts: aws_sdk_sts::Client::new(&config),
             ecr: aws_sdk_ecr::Client::new(&config),
+            apigateway: aws_sdk_apigateway::Client::new(&config),
             s3,
             config,
         }

@@ -75,6 +75,19 @@ pub enum Error {
     #[diagnostic(help("run `pipeline bootstrap --env {env}` once, then deploy again"))]
     NotBootstrapped { env: String, stack: String },
 
+    #[error(
+        "API Gateway does not accept {role} as the account's CloudWatch logging role yet, after {attempts} tries: {reason}"
+    )]
+    #[diagnostic(help(
+        "a new role takes a while to reach every AWS service; run `pipeline bootstrap --env {env}` again in a minute"
+    ))]
+    LoggingRole {
+        env: String,
+        role: String,
+        attempts: u32,
+        reason: String,
+    },
+
     /// Building or packaging the functions failed.
     #[error("{message}")]
     Build {
@@ -140,6 +153,7 @@ impl Error {
             Error::Aws { .. } => "aws",
             Error::WrongAccount { .. } => "wrong_account",
             Error::NotBootstrapped { .. } => "not_bootstrapped",
+            Error::LoggingRole { .. } => "logging_role",
             Error::Build { .. } => "build",
             Error::Deploy { .. } => "deploy_failed",
             Error::Refused { .. } => "refused",
@@ -167,6 +181,7 @@ impl Error {
             | Error::Local { .. }
             | Error::Client { .. }
             | Error::Aws { .. }
+            | Error::LoggingRole { .. }
             | Error::Build { .. }
             | Error::Deploy { .. } => EXIT_FAILURE,
         }

@@ -17,7 +17,7 @@ import sys
 import openapi_spec_validator
 import openapi_spec_validator.validation.exceptions
 from moto.apigateway.exceptions import BadRequestException
-from moto.apigateway.models import RestAPI, apigateway_backends
+from moto.apigateway.models import APIGatewayBackend, RestAPI, apigateway_backends
 from moto.awslambda.exceptions import UnknownFunctionException
 from moto.awslambda.models import LambdaBackend, LambdaFunction, lambda_backends
 from moto.awslambda_simple.models import lambda_simple_backends
@@ -724,6 +724,24 @@ def throttled(orig, self):
     return 400, {"Content-Type": "text/xml", "x-amzn-RequestId": request_id}, (
         f'<ErrorResponse xmlns="{namespace}"><Error><Type>Sender</Type><Code>Throttling</Code>'
         f"<Message>Rate exceeded</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>")
+
+
+# R7. IAM is eventually consistent: right after a role is made, API Gateway can refuse it as the
+# account's CloudWatch role (BadRequestException "The role ARN does not have required permissions
+# set to API Gateway"), which is why CloudFormation's AWS::ApiGateway::Account fails right after
+# its role is created. moto accepts any role at once. Fault injection: PIPELINE_MOTO_ROLE_NOT_YET=N
+# refuses the first N UpdateAccount calls that set the role, as API Gateway does while IAM
+# catches up.
+ROLE_REFUSALS = {"done": 0}
+
+
+@wrap(APIGatewayBackend, "update_account")
+def update_account(orig, self, patch_operations):
+    sets_role = any("/cloudwatchRoleArn" in op.get("path", "") for op in patch_operations)
+    if sets_role and ROLE_REFUSALS["done"] < int(os.environ.get("PIPELINE_MOTO_ROLE_NOT_YET", "0")):
+        ROLE_REFUSALS["done"] += 1
+        raise BadRequestException("The role ARN does not have required permissions set to API Gateway")
+    return orig(self, patch_operations)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 
 use std::fmt;
 
+use serde::Serialize;
+
 use super::Cli;
 use super::load;
 use crate::aws::{AwsArgs, runtime};
+use crate::deploy::account::{LoggingRole, ensure_logging_role};
 use crate::deploy::engine::{StackPlan, deploy_stack};
 use crate::deploy::progress::CliReporter;
-use crate::deploy::{Bootstrap, Session, options, resources};
+use crate::deploy::{Bootstrap, Session, options, poll_interval, resources};
 use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
@@ -25,6 +28,27 @@ impl fmt::Display for Bootstrap {
         writeln!(f, "{} is ready", self.stack)?;
         writeln!(f, "  assets bucket  {}", self.assets_bucket)?;
         writeln!(f, "  repository     {}", self.repository_uri)
+    }
+}
+
+/// What `bootstrap` reports: the stack's outputs and the account's API
+/// Gateway logging role.
+#[derive(Debug, Serialize)]
+pub struct Bootstrapped {
+    #[serde(flatten)]
+    pub bootstrap: Bootstrap,
+    pub logging_role: LoggingRole,
+}
+
+impl fmt::Display for Bootstrapped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.bootstrap)?;
+        match &self.logging_role {
+            LoggingRole::Kept { arn } => {
+                writeln!(f, "  API logging    {arn} (the account's, kept)")
+            }
+            LoggingRole::Set { arn, .. } => writeln!(f, "  API logging    {arn} (set)"),
+        }
     }
 }
 
@@ -55,7 +79,18 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
         )
         .await?;
         reporter.finish();
-        ui.event(&session.bootstrap().await?);
+        let bootstrap = session.bootstrap().await?;
+        let logging_role = ensure_logging_role(
+            &session.clients.apigateway,
+            &session.env.name,
+            &bootstrap.api_logging_role,
+            poll_interval(),
+        )
+        .await?;
+        ui.event(&Bootstrapped {
+            bootstrap,
+            logging_role,
+        });
         Ok(())
     })
 }

@@ -3,6 +3,7 @@
 //! `deploy`, `diff`, `status`, `outputs`, `destroy`, `logs` and `recover`
 //! share what is here.
 
+pub mod account;
 pub mod assets;
 pub mod cfn;
 pub mod concurrency;
@@ -177,6 +178,9 @@ pub struct Bootstrap {
     pub stack: String,
     pub assets_bucket: String,
     pub repository_uri: String,
+    /// The role API Gateway may write access logs with.
+    #[serde(skip)]
+    pub api_logging_role: String,
 }
 
 impl Session {
@@ -220,6 +224,11 @@ impl Session {
             repository_uri: stack
                 .outputs
                 .get("RepositoryUri")
+                .cloned()
+                .unwrap_or_default(),
+            api_logging_role: stack
+                .outputs
+                .get("ApiGatewayLogsRoleArn")
                 .cloned()
                 .unwrap_or_default(),
         })
