@@ -201,6 +201,7 @@ monitoring:
             "environments/pr-8.yaml:3 a canary rollout needs gate alarms | list alarms under `rollout.alarms`, such as `[ingest-errors, loader-errors, query-errors, api-5xx]`",
             "environments/pr-8.yaml:8 `queue.visibility_timeout_seconds` must be at least 6 times the loader's timeout (1800), found 600 | a message must stay hidden while the loader retries it, or it is delivered again mid-load; AWS advises six times the function timeout",
             "environments/pr-8.yaml:10 CloudWatch Logs cannot keep logs for 10 days | the nearest allowed value is 7; allowed: 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653",
+            "environments/base.yaml:16 this environment is prod-like (deletion protection is on) but its API has no web ACL | set `waf: {rate_limit: 2000}` (requests per client address in 5 minutes), or waive the rule with `waivers: [{rule: no-waf, reason: \"...\"}]`",
             "environments/base.yaml:53 this environment is prod-like (deletion protection is on) but its database is not multi-AZ | set `multi_az: true`, or waive the rule with `waivers: [{rule: single-az, reason: \"...\"}]`",
         ]
     );
@@ -209,6 +210,8 @@ monitoring:
 #[test]
 fn a_written_waiver_allows_a_single_az_prod_like_environment() {
     let spec = "extends: dev
+api:
+  waf: {rate_limit: 1000}
 database:
   deletion_protection: true
 waivers:

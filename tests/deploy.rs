@@ -379,6 +379,8 @@ impl Project {
 }
 
 const LIVE: &str = "extends: dev
+api:
+  waf: {rate_limit: 1000}
 database:
   multi_az: true
 rollout:

@@ -330,6 +330,8 @@ fn every_gate_alarm_must_exist_and_each_one_keeps_traffic_back() {
         .collect();
     let spec = format!(
         "extends: dev
+api:
+  waf: {{rate_limit: 1000}}
 database:
   multi_az: true
   read_replicas: 2

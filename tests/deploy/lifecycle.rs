@@ -514,6 +514,8 @@ fn a_deploy_goes_through_throttling() {
 }
 
 const GUARDED: &str = "extends: dev
+api:
+  waf: {rate_limit: 1000}
 database:
   multi_az: true
   deletion_protection: true

@@ -11,7 +11,7 @@ use super::*;
 fn spec(strategy: &str, columns: &str, day_format: &str) -> String {
     format!(
         r#"rollout: {{{strategy}, poll_seconds: 5, alarms: [ingest-errors, loader-errors, query-errors]}}
-waivers: [{{rule: single-az, reason: "rollouts tried on one machine"}}]
+waivers: [{{rule: single-az, reason: "rollouts tried on one machine"}}, {{rule: no-waf, reason: "no web ACL in front of pipeline local"}}]
 datasets:
   trips:
     format: ndjson

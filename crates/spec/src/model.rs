@@ -111,6 +111,19 @@ pub struct Api {
     /// Origins allowed to call the API from a browser, such as `https://app.example.com`.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// An AWS WAF web ACL on the API's stage: required in prod-like environments.
+    #[serde(default)]
+    pub waf: Option<Waf>,
+}
+
+/// The web ACL in front of the API's stage: a rate-based rule per client
+/// address, and AWS's managed rules against known bad inputs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Waf {
+    /// Requests one client address may make in 5 minutes before its further requests are blocked (403) until its rate falls below it.
+    #[schemars(range(min = 10, max = 2_000_000_000))]
+    pub rate_limit: u32,
 }
 
 fn default_decoded_ratio() -> u32 {
@@ -509,6 +522,8 @@ pub enum WaivedRule {
     SingleAz,
     /// A prod-like environment whose API has `auth: none`.
     OpenApi,
+    /// A prod-like environment whose API has no `waf`.
+    NoWaf,
 }
 
 impl Spec {

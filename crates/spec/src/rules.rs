@@ -595,10 +595,20 @@ fn prod_like(r: &mut Rules, spec: &Spec) {
             "set `auth: api_key` or `auth: iam`, or waive the rule with `waivers: [{rule: open-api, reason: \"...\"}]`",
         );
     }
+    let needs_waf = prod_like && spec.api.waf.is_none();
+    if needs_waf && !spec.waives(WaivedRule::NoWaf) {
+        r.at(
+            &["api"],
+            format!("this environment is prod-like ({why}) but its API has no web ACL"),
+            "no waf",
+            "set `waf: {rate_limit: 2000}` (requests per client address in 5 minutes), or waive the rule with `waivers: [{rule: no-waf, reason: \"...\"}]`",
+        );
+    }
     for (i, waiver) in spec.waivers.iter().enumerate() {
         let applies = match waiver.rule {
             WaivedRule::SingleAz => needs_single_az,
             WaivedRule::OpenApi => needs_open,
+            WaivedRule::NoWaf => needs_waf,
         };
         if !applies {
             let index = i.to_string();

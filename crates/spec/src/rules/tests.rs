@@ -159,6 +159,10 @@ fn each_rule_reports_its_problem_at_its_place() {
             "case.yaml:6:9 this environment is prod-like (deletion protection is on) but its API has no authentication",
         ),
         (
+            "database:\n  deletion_protection: true\n  multi_az: true",
+            "base.yaml:16:3 this environment is prod-like (deletion protection is on) but its API has no web ACL",
+        ),
+        (
             "waivers: [{rule: single-az, reason: not needed}]",
             "case.yaml:2:18 this waiver waives a rule the environment does not break",
         ),

@@ -86,6 +86,8 @@ pub struct ApiContext {
     pub name: String,
     pub stage: &'static str,
     pub api_key: bool,
+    /// The web ACL's requests per client address in 5 minutes, when there is one.
+    pub waf_rate_limit: Option<u32>,
     pub rate: u32,
     pub burst: u32,
     pub skips: Vec<Skip>,
@@ -283,6 +285,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
             name: api_name(&prefix),
             stage: STAGE,
             api_key: spec.api.auth == AuthMode::ApiKey,
+            waf_rate_limit: spec.api.waf.as_ref().map(|w| w.rate_limit),
             rate: spec.api.throttle.rate,
             burst: spec.api.throttle.burst,
             skips: vec![skip(
