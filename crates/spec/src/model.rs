@@ -366,6 +366,14 @@ pub struct Monitoring {
     /// Create the CloudWatch dashboard.
     pub dashboard: bool,
     pub alarms: AlarmThresholds,
+    /// Share of API requests traced with X-Ray beyond the first request each second, in percent (X-Ray's own default is 5); the functions a traced request reaches are traced with it.
+    #[serde(default = "default_trace_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub trace_percent: u8,
+}
+
+fn default_trace_percent() -> u8 {
+    5
 }
 
 /// When each alarm fires.

@@ -88,6 +88,8 @@ pub struct ApiContext {
     pub api_key: bool,
     /// The web ACL's requests per client address in 5 minutes, when there is one.
     pub waf_rate_limit: Option<u32>,
+    /// X-Ray's sampling rate of the stage's requests past the first each second.
+    pub trace_rate: f64,
     pub rate: u32,
     pub burst: u32,
     pub skips: Vec<Skip>,
@@ -286,6 +288,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
             stage: STAGE,
             api_key: spec.api.auth == AuthMode::ApiKey,
             waf_rate_limit: spec.api.waf.as_ref().map(|w| w.rate_limit),
+            trace_rate: f64::from(spec.monitoring.trace_percent) / 100.0,
             rate: spec.api.throttle.rate,
             burst: spec.api.throttle.burst,
             skips: vec![skip(
