@@ -189,6 +189,11 @@ impl Column {
 /// row came with, a staged row's chunk and line): no dataset may declare one.
 pub const RESERVED_PREFIX: &str = "pipeline_";
 
+/// The bytes of variable-length values one index entry may hold: below
+/// the 2,704 bytes of a B-tree entry, with room for its header and the
+/// key's fixed-length columns.
+pub const INDEX_ENTRY_BYTES: usize = 2_400;
+
 /// A dataset: one Postgres table fed by batches of records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -231,6 +236,36 @@ impl Dataset {
     /// The column named `name`, if any.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The most bytes a value of `column` may take, when the column is in
+    /// an index (the key, or a filterable column with the key after it) and
+    /// its values vary in length (text, numeric): a B-tree index entry
+    /// holds at most 2,704 bytes (Postgres' limit for 8 kB pages), so
+    /// [`INDEX_ENTRY_BYTES`] is shared among the variable-length columns of
+    /// the widest index the column is in. A longer value would fail the
+    /// whole batch's load with an index error; the decoder refuses it with
+    /// its line and column instead.
+    pub fn indexed_value_limit(&self, column: &str) -> Option<usize> {
+        let varies = |name: &str| {
+            self.column(name)
+                .is_some_and(|c| matches!(c.kind, ColumnType::Text | ColumnType::Numeric))
+        };
+        if !varies(column) {
+            return None;
+        }
+        let in_key = |name: &str| self.primary_key.iter().any(|k| k == name);
+        let key_varying = self.primary_key.iter().filter(|k| varies(k)).count();
+        // A filter index is the column and then the key.
+        let varying_filter = self.filterable.iter().any(|f| !in_key(f) && varies(f));
+        let widest = if in_key(column) {
+            key_varying + usize::from(varying_filter)
+        } else if self.filterable.iter().any(|f| f == column) {
+            key_varying + 1
+        } else {
+            return None;
+        };
+        Some(INDEX_ENTRY_BYTES / widest.max(1))
     }
 
     /// The CSV dialect (the default one when the spec gives none).

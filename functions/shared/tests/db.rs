@@ -1206,3 +1206,62 @@ async fn a_connection_idle_past_the_limit_is_replaced_not_reused() {
     let after = backend_of(&pool).await;
     assert_ne!(after, first);
 }
+
+/// Text no compression shortens: printable characters from random bytes.
+fn incompressible(len: usize) -> String {
+    std::iter::repeat_with(|| *uuid::Uuid::new_v4().as_bytes())
+        .flatten()
+        .map(|b| char::from(b'0' + b % 75))
+        .filter(|c| *c != '"' && *c != '\\')
+        .take(len)
+        .collect()
+}
+
+/// The decoder's limit on values of indexed columns
+/// (`Dataset::indexed_value_limit`) is one Postgres' indexes can hold:
+/// values at the limit, which no compression shortens, load into the
+/// real table with its key and filter indexes, for a text key beside a
+/// text filter (1,200 bytes each) and for a filter beside a numeric key
+/// (2,400 bytes).
+#[tokio::test]
+async fn values_at_the_index_limit_load_into_the_real_indexes() {
+    require!(Service::Postgres);
+    for (key_kind, key_len, kind_len) in [
+        (ColumnType::Text, 1_200, 1_200),
+        (ColumnType::Bigint, 0, 2_400),
+    ] {
+        let (_db, mut client) = TestDb::new().await;
+        let ds = Dataset {
+            columns: vec![
+                column("id", key_kind, false),
+                column("kind", ColumnType::Text, false),
+                column("amount", ColumnType::Numeric, true),
+            ],
+            ..events(OnConflict::Ignore)
+        };
+        assert_eq!(ds.indexed_value_limit("kind"), Some(kind_len));
+        db::migrate(&mut client, &datasets(&ds))
+            .await
+            .expect("migrate");
+        let id = new_batch(&client, "raw/events/limit").await;
+        let body: String = (1..=3)
+            .map(|i| {
+                let key = match key_kind {
+                    ColumnType::Text => format!("\"{i}{}\"", incompressible(key_len - 1)),
+                    _ => i.to_string(),
+                };
+                format!(
+                    "{{\"id\":{key},\"kind\":\"{}\"}}\n",
+                    incompressible(kind_len)
+                )
+            })
+            .collect();
+        let outcome = db::load(&mut client, "events", &ds, id, object(&body))
+            .await
+            .expect("load");
+        assert!(
+            matches!(outcome, LoadOutcome::Loaded { inserted: 3, .. }),
+            "{outcome:?}"
+        );
+    }
+}

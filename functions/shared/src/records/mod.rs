@@ -96,7 +96,11 @@ impl<'d> Decoder<'d> {
         let csv = (dataset.format == Format::Csv).then(|| Csv::new(dataset));
         Decoder {
             dataset,
-            codecs: dataset.columns.iter().map(Codec::new).collect(),
+            codecs: dataset
+                .columns
+                .iter()
+                .map(|c| Codec::new(c).indexed(dataset.indexed_value_limit(&c.name)))
+                .collect(),
             pending: Vec::new(),
             line: 1,
             inner_lines: 0,

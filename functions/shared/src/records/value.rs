@@ -20,6 +20,9 @@ pub(super) struct Codec {
     comma: bool,
     /// The words read as true and as false, when the spec names them.
     words: Option<(Vec<String>, Vec<String>)>,
+    /// The longest value an index of the column can hold
+    /// ([`Dataset::indexed_value_limit`](crate::dataset::Dataset::indexed_value_limit)).
+    max_bytes: Option<usize>,
 }
 
 enum Time {
@@ -63,7 +66,14 @@ impl Codec {
             time,
             comma: column.decimal == Some(DecimalMark::Comma),
             words,
+            max_bytes: None,
         }
+    }
+
+    /// The codec of a column whose values go into an index of at most
+    /// `max_bytes` per value.
+    pub(super) fn indexed(self, max_bytes: Option<usize>) -> Codec {
+        Codec { max_bytes, ..self }
     }
 
     /// Encodes a JSON value (raw text) of the column.
@@ -129,6 +139,12 @@ impl Codec {
     /// Checks a value given as text (a CSV field, or a JSON string's
     /// content) and appends its COPY form.
     pub(super) fn encode_text(&self, text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+        if let Some(max) = self.max_bytes.filter(|max| text.len() > *max) {
+            return Err(format!(
+                "the value takes {} bytes; a value of a key or filterable column takes at most {max}, what its index can hold",
+                text.len()
+            ));
+        }
         match self.kind {
             ColumnType::Text => {
                 if text.contains('\0') {
