@@ -30,6 +30,7 @@ async fn post(ctx: &Context) -> (uuid::Uuid, String) {
     let body = "{\"event_id\":\"00000000-0000-4000-8000-000000000001\",\"occurred_at\":\"2024-01-31T12:00:00Z\",\"source\":\"web\",\"kind\":\"click\",\"user_id\":1,\"amount\":\"1.25\",\"payload\":{}}\n";
     let request = http::Request::post("/v1/datasets/events/batches")
         .header("content-type", "application/x-ndjson")
+        .extension(pipeline_shared::api::Access::Any)
         .body(Bytes::from(body))
         .expect("request");
     let response = ingest::handle(ctx, request).await;
@@ -181,6 +182,7 @@ async fn the_last_delivery_fails_the_batch_with_its_error() {
 
     // Its status as the API answers it.
     let request = http::Request::get(format!("/v1/batches/{batch_id}"))
+        .extension(pipeline_shared::api::Access::Any)
         .body(Bytes::new())
         .expect("request");
     let response = query::handle(&ctx, request).await;

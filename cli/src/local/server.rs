@@ -78,6 +78,9 @@ pub(super) async fn dispatch(
         }
     };
     let mut parts = parts;
+    // The key (or nothing, as the spec says) was checked: API keys carry no
+    // scopes.
+    parts.extensions.insert(pipeline_shared::api::Access::Any);
     let body = match decode_body(&mut parts.headers, body) {
         Ok(body) => body,
         Err(answer) => return respond(*answer),

@@ -7,7 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod scope;
 mod wire;
+pub use scope::*;
 pub use wire::*;
 
 /// The pipeline's functions.

@@ -14,7 +14,7 @@ use pipeline_contract::{
     BatchAccepted, BatchRejected, BatchStatus, CompleteRequest, Completed, ErrorCode, PartUrl,
     PartUrls, PartsRequest, RejectionCode, Upload, UploadMethod, UploadRequest,
 };
-use pipeline_shared::api::{self, Context};
+use pipeline_shared::api::{self, Action, Context};
 use pipeline_shared::db::{self, NewBatch};
 use pipeline_shared::records::{Decoder, MAX_ERRORS};
 use pipeline_shared::store::{MAX_OBJECT_BYTES, MAX_PARTS, PART_URLS_PER_ANSWER, StoreError, hex};
@@ -49,8 +49,14 @@ pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {
     let Some((prefix, parts)) = api::route(&path) else {
         return api::no_route(request.method(), &path);
     };
+    let access = api::access(&request);
     match (request.method(), parts.as_slice()) {
         (&Method::GET, ["v1", "health"]) => api::health(ctx).await,
+        (&Method::POST, ["v1", "datasets", dataset, "batches" | "uploads"])
+            if let Some(refused) = api::refuse(&access, dataset, Action::Write) =>
+        {
+            refused
+        }
         (&Method::POST, ["v1", "datasets", dataset, "batches"]) => {
             post_batch(ctx, &prefix, dataset, &request).await
         }
@@ -422,7 +428,14 @@ async fn create_upload(
 /// The batch of a path's `{batch_id}`, or the answer: 404 when there is no
 /// such batch, 503 when the database does not answer.
 #[allow(clippy::result_large_err)]
-async fn find_batch(ctx: &Context, batch_id: &str) -> Result<db::Batch, Response<Bytes>> {
+/// The batch `batch_id`, when it exists and the caller may send batches to
+/// its dataset; a batch of another dataset is answered as missing, so that
+/// a token learns nothing of datasets beyond its scopes.
+async fn find_batch(
+    ctx: &Context,
+    batch_id: &str,
+    request: &Request<Bytes>,
+) -> Result<db::Batch, Response<Bytes>> {
     let not_found = || {
         api::error(
             StatusCode::NOT_FOUND,
@@ -437,8 +450,8 @@ async fn find_batch(ctx: &Context, batch_id: &str) -> Result<db::Batch, Response
         .await
         .map_err(|e| api::unavailable("the database", &e))?;
     match db::batch(&**client, id).await {
-        Ok(Some(b)) => Ok(b),
-        Ok(None) => Err(not_found()),
+        Ok(Some(b)) if api::access(request).allows(&b.answer.dataset, Action::Write) => Ok(b),
+        Ok(_) => Err(not_found()),
         Err(e) => Err(api::unavailable("the database", &e)),
     }
 }
@@ -447,7 +460,7 @@ async fn find_batch(ctx: &Context, batch_id: &str) -> Result<db::Batch, Response
 /// answer listed without one (it holds at most [`PART_URLS_PER_ANSWER`]),
 /// at most that many at a time.
 async fn part_urls(ctx: &Context, batch_id: &str, request: &Request<Bytes>) -> Response<Bytes> {
-    let batch = match find_batch(ctx, batch_id).await {
+    let batch = match find_batch(ctx, batch_id, request).await {
         Ok(b) if b.answer.status == BatchStatus::Received => b,
         Ok(b) => {
             return api::error(
@@ -523,7 +536,7 @@ async fn complete_upload(
     batch_id: &str,
     request: &Request<Bytes>,
 ) -> Response<Bytes> {
-    let batch = match find_batch(ctx, batch_id).await {
+    let batch = match find_batch(ctx, batch_id, request).await {
         Ok(b) => b,
         Err(answer) => return answer,
     };

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use pipeline_contract::{ErrorCode, READ_TIMEOUT_MS, RecordsPage};
-use pipeline_shared::api::{self, Context};
+use pipeline_shared::api::{self, Access, Action, Context};
 use pipeline_shared::dataset::Dataset;
 use pipeline_shared::db::{self, Cursor, DbError, Filter};
 
@@ -22,9 +22,15 @@ pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {
     let Some((_prefix, parts)) = api::route(&path) else {
         return api::no_route(request.method(), &path);
     };
+    let access = api::access(&request);
     match (request.method(), parts.as_slice()) {
         (&Method::GET, ["v1", "health"]) => api::health(ctx).await,
-        (&Method::GET, ["v1", "batches", id]) => batch(ctx, id).await,
+        (&Method::GET, ["v1", "batches", id]) => batch(ctx, id, &access).await,
+        (&Method::GET, ["v1", "datasets", dataset, "records"])
+            if let Some(refused) = api::refuse(&access, dataset, Action::Read) =>
+        {
+            refused
+        }
         (&Method::GET, ["v1", "datasets", dataset, "records"]) => {
             records(ctx, dataset, request.uri().query()).await
         }
@@ -32,7 +38,9 @@ pub async fn handle(ctx: &Context, request: Request<Bytes>) -> Response<Bytes> {
     }
 }
 
-async fn batch(ctx: &Context, id: &str) -> Response<Bytes> {
+/// A batch's status, for a caller with either scope of its dataset; a
+/// batch of another dataset is answered as missing.
+async fn batch(ctx: &Context, id: &str, access: &Access) -> Response<Bytes> {
     let Ok(id) = uuid::Uuid::try_parse(id) else {
         return api::error(
             StatusCode::NOT_FOUND,
@@ -45,8 +53,10 @@ async fn batch(ctx: &Context, id: &str) -> Response<Bytes> {
         Err(e) => return api::unavailable("the database", &e),
     };
     match db::batch(&**client, id).await {
-        Ok(Some(batch)) => api::json(StatusCode::OK, &batch.answer),
-        Ok(None) => api::error(
+        Ok(Some(batch)) if access.sees_batches_of(&batch.answer.dataset) => {
+            api::json(StatusCode::OK, &batch.answer)
+        }
+        Ok(_) => api::error(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             format!("there is no batch {id}"),

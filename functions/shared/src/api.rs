@@ -9,10 +9,43 @@ use serde::Serialize;
 use crate::dataset::Dataset;
 use crate::store::Store;
 
-use pipeline_contract::{ErrorBody, Health, HealthStatus};
 pub use pipeline_contract::{
-    ErrorCode, MAX_IDEMPOTENCY_KEY, ROUTES, allowed_methods, event_body_len, valid_idempotency_key,
+    Access, Action, ErrorCode, MAX_IDEMPOTENCY_KEY, ROUTES, allowed_methods, event_body_len,
+    valid_idempotency_key,
 };
+use pipeline_contract::{ErrorBody, Health, HealthStatus};
+
+/// What the request's caller may do, as its entry point found it (Lambda's
+/// event from the authorizer's claims, or `pipeline local`'s own check).
+/// A request that carries none may do nothing: no entry point leaves it
+/// out, so its absence is a fault, and it fails closed.
+pub fn access<B>(request: &http::Request<B>) -> Access {
+    request
+        .extensions()
+        .get::<Access>()
+        .cloned()
+        .unwrap_or(Access::Scopes(Vec::new()))
+}
+
+/// The 403 for a caller whose scopes do not allow `action` on `dataset`.
+pub fn refuse(access: &Access, dataset: &str, action: Action) -> Option<Response<Bytes>> {
+    if access.allows(dataset, action) {
+        return None;
+    }
+    let verb = match action {
+        Action::Read => "read",
+        Action::Write => "send batches to",
+    };
+    Some(error(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!(
+            "this token may not {verb} dataset `{dataset}`: it needs the scope `{}`, and it has {}",
+            pipeline_contract::Scope::new(dataset, action).qualified(),
+            access.describe()
+        ),
+    ))
+}
 
 /// Everything a handler needs, built once per process.
 #[derive(Clone)]
