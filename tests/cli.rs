@@ -453,8 +453,8 @@ fn envs_lists_key_settings() {
         "ENV   REGION        AZS  DATABASE        MULTI-AZ  REPLICAS  PROTECTED  ROLLOUT            LOGS  AUTH
 dev   eu-west-1       2  db.t4g.micro    no               0  no         all-at-once          7d  api_key
 dit   eu-west-1       2  db.t4g.micro    no               0  no         all-at-once         14d  api_key
-uat   eu-west-1       2  db.t4g.medium   yes              1  no         canary 10%/5m       90d  api_key
-prod  eu-west-1       3  db.r7g.large    yes              2  yes        canary 10%/5m      731d  api_key
+uat   eu-west-1       2  db.t4g.medium   yes              1  no         canary 10%/5m       90d  cognito
+prod  eu-west-1       3  db.r7g.large    yes              2  yes        canary 10%/5m      731d  cognito
 "
     );
     let out = pipeline(&repo(), &["--output", "json", "envs"]);

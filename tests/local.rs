@@ -292,6 +292,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+mod access;
 mod burst;
 mod chunks;
 mod compressed;

@@ -733,3 +733,69 @@ fn check_statement(at: &str, statement: &serde_json::Value) {
         }
     }
 }
+
+/// Prod and uat: every operation takes an access token with a scope of
+/// its own (no API key alone), in the template's API body and in the
+/// clients' document alike; a WAF web ACL is associated with the stage.
+#[test]
+fn prod_like_apis_take_scoped_tokens_behind_a_web_acl() {
+    for env in ["uat", "prod"] {
+        let app = template(env, "app.template.json");
+        let resources = app["Resources"].as_object().expect("resources");
+        assert!(
+            resources
+                .values()
+                .all(|r| r["Type"] != "AWS::ApiGateway::ApiKey"),
+            "{env}: an API key"
+        );
+        let association = &resources["ApiWebAclAssociation"]["Properties"];
+        assert_eq!(
+            association["WebACLArn"],
+            serde_json::json!({"Fn::GetAtt": ["ApiWebAcl", "Arn"]})
+        );
+        assert!(
+            association["ResourceArn"]["Fn::Sub"]
+                .as_str()
+                .is_some_and(|arn| arn.ends_with("/restapis/${Api}/stages/${ApiStage}"))
+        );
+        let files = synth(env).files;
+        let public: serde_json::Value = serde_json::from_str(
+            &files
+                .iter()
+                .find(|(n, _)| n == "openapi.json")
+                .expect("openapi.json")
+                .1,
+        )
+        .expect("json");
+        let body = &resources["Api"]["Properties"]["Body"];
+        for doc in [body, &public] {
+            let scheme = &doc["components"]["securitySchemes"]["cognito"];
+            assert!(!scheme.is_null(), "{env}: no cognito scheme");
+            for (path, item) in doc["paths"].as_object().expect("paths") {
+                for (method, operation) in item.as_object().expect("operation") {
+                    if method == "options" {
+                        continue;
+                    }
+                    let scopes = operation["security"][0]["cognito"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    assert!(!scopes.is_empty(), "{env} {method} {path}: {operation}");
+                    assert!(
+                        scopes
+                            .iter()
+                            .all(|s| s.as_str().is_some_and(|s| s.starts_with("pipeline/"))),
+                        "{env} {method} {path}: {scopes:?}"
+                    );
+                }
+            }
+        }
+        let flow =
+            &public["components"]["securitySchemes"]["cognito"]["flows"]["clientCredentials"];
+        assert_eq!(
+            flow["scopes"].as_object().map(|s| s.len()),
+            Some(4),
+            "{env}: {flow}"
+        );
+    }
+}

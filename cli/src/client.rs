@@ -25,13 +25,76 @@ pub struct Target {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// With `auth: cognito`: the client whose id and secret to use, of those
+    /// `pipeline local` keeps in .pipeline/<env>/clients.json [default: the
+    /// first there].
+    #[arg(long, env = "PIPELINE_CLIENT", value_name = "NAME")]
+    pub client: Option<String>,
+}
+
+/// With `auth: cognito`, a deployed API's client: `PIPELINE_CLIENT_ID`,
+/// `PIPELINE_CLIENT_SECRET` and `PIPELINE_TOKEN_URL` (the app stack's
+/// `TokenUrl` output), read from the environment only, so that the secret
+/// never shows in a command line.
+pub const CLIENT_ID: &str = "PIPELINE_CLIENT_ID";
+pub const CLIENT_SECRET: &str = "PIPELINE_CLIENT_SECRET";
+pub const TOKEN_URL: &str = "PIPELINE_TOKEN_URL";
+
+/// How requests prove who sends them.
+enum Credential {
+    None,
+    Key(String),
+    /// Client credentials, exchanged for an access token at the first
+    /// request (OAuth 2.0 client credentials, as Cognito's token endpoint
+    /// takes them).
+    Client {
+        token_url: String,
+        id: String,
+        secret: String,
+        token: tokio::sync::OnceCell<String>,
+    },
 }
 
 /// A client of the pipeline's API.
 pub struct Api {
     pub base: String,
-    key: Option<String>,
+    credential: Credential,
     pub http: reqwest::Client,
+}
+
+/// The client credentials to use: the environment's, else those
+/// `pipeline local` keeps for `env` (the named client, or the first).
+fn client_credentials(
+    target: &Target,
+    base: &str,
+    token_url: Option<String>,
+) -> Option<Credential> {
+    let env = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let (Some(id), Some(secret)) = (env(CLIENT_ID), env(CLIENT_SECRET)) {
+        return Some(Credential::Client {
+            token_url: env(TOKEN_URL)
+                .or(token_url)
+                .unwrap_or_else(|| format!("{base}/oauth2/token")),
+            id,
+            secret,
+            token: tokio::sync::OnceCell::new(),
+        });
+    }
+    let path = PathBuf::from(".pipeline")
+        .join(&target.env)
+        .join(crate::local::tokens::CLIENTS_FILE);
+    let file: crate::local::tokens::ClientsFile =
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let client = match &target.client {
+        Some(name) => file.clients.get(name)?,
+        None => file.clients.values().next()?,
+    };
+    Some(Credential::Client {
+        token_url: file.token_url.clone(),
+        id: client.client_id.clone(),
+        secret: client.client_secret.clone(),
+        token: tokio::sync::OnceCell::new(),
+    })
 }
 
 pub fn client_error(message: impl Into<String>) -> Error {
@@ -42,39 +105,99 @@ pub fn client_error(message: impl Into<String>) -> Error {
 
 impl Api {
     pub fn new(target: &Target) -> Result<Api, Error> {
+        Api::with_token_url(target, None)
+    }
+
+    /// [`Api::new`], with the token endpoint a deploy's outputs name, for
+    /// when `PIPELINE_TOKEN_URL` does not.
+    pub fn with_token_url(target: &Target, token_url: Option<String>) -> Result<Api, Error> {
         let base = target
             .url
             .clone()
             .unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
-        let key = match &target.api_key {
-            Some(k) => Some(k.clone()),
-            None => {
-                let path = PathBuf::from(".pipeline").join(&target.env).join("api-key");
-                std::fs::read_to_string(&path)
-                    .ok()
-                    .map(|k| k.trim().to_string())
-            }
+        let base = base.trim_end_matches('/').to_string();
+        let local_key = || {
+            let path = PathBuf::from(".pipeline").join(&target.env).join("api-key");
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|k| Credential::Key(k.trim().to_string()))
+        };
+        let credential = match target.api_key.as_ref().filter(|k| !k.is_empty()) {
+            Some(k) => Credential::Key(k.clone()),
+            None => client_credentials(target, &base, token_url)
+                .or_else(local_key)
+                .unwrap_or(Credential::None),
         };
         let http = crate::http::builder()
             .build()
             .map_err(|e| client_error(format!("cannot build an HTTP client: {e}")))?;
         Ok(Api {
-            base: base.trim_end_matches('/').to_string(),
-            key,
+            base,
+            credential,
             http,
         })
     }
 
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(key) = &self.key {
+        if let Credential::Key(key) = &self.credential {
             request = request.header("x-api-key", key);
         }
         request
     }
 
+    /// An access token for the client credentials, from the token endpoint.
+    async fn token(&self, token_url: &str, id: &str, secret: &str) -> Result<String, Error> {
+        #[derive(serde::Deserialize)]
+        struct Token {
+            access_token: String,
+        }
+        let response = self
+            .http
+            .post(token_url)
+            .basic_auth(id, Some(secret))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .map_err(|e| {
+                client_error(format!("cannot reach the token endpoint {token_url}: {e}"))
+            })?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(client_error(format!(
+                "the token endpoint {token_url} refused client `{id}` ({status}): {body}"
+            )));
+        }
+        serde_json::from_str::<Token>(&body)
+            .map(|t| t.access_token)
+            .map_err(|e| {
+                client_error(format!(
+                    "the token endpoint {token_url} answered no token: {e}"
+                ))
+            })
+    }
+
     /// Sends a request: the answer, whatever its status.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Answer, Error> {
+        let request = match &self.credential {
+            Credential::Client {
+                token_url,
+                id,
+                secret,
+                token,
+            } => {
+                let token = token
+                    .get_or_try_init(|| self.token(token_url, id, secret))
+                    .await?;
+                request.bearer_auth(token)
+            }
+            _ => request,
+        };
         let response = request
             .send()
             .await

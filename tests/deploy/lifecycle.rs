@@ -596,3 +596,37 @@ fn a_protected_database_rolls_back_cleanly_is_made_again_and_can_be_destroyed() 
     assert_eq!(destroyed["event"], "destroyed", "{destroyed}");
     assert_eq!(protected_instances(&p), Vec::<bool>::new());
 }
+
+const COGNITO: &str = "extends: dev
+account: \"123456789012\"
+api:
+  auth: cognito
+  clients:
+    ci: [events.write, events.read]
+";
+
+/// An environment with `auth: cognito` deploys its user pool, its domain,
+/// its resource server and its clients with the API, and its outputs name
+/// the token endpoint and each client's id.
+#[test]
+fn a_cognito_environment_deploys_its_user_pool_and_clients() {
+    require!(Service::Moto);
+    let p = Project::new(&[("cog.yaml", COGNITO)]);
+    p.ok(&["bootstrap", "--env", "cog"]);
+    let deployed = p.json(&["--output", "json", "deploy", "--env", "cog", "--yes"]);
+    assert_eq!(deployed["event"], "deployed", "{deployed}");
+    let outputs = &deployed["outputs"];
+    assert!(
+        outputs["TokenUrl"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://")
+                && u.ends_with(".auth.eu-west-1.amazoncognito.com/oauth2/token")),
+        "{outputs}"
+    );
+    assert!(
+        outputs["ApiClientCiId"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{outputs}"
+    );
+}

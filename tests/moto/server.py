@@ -22,6 +22,7 @@ from moto.awslambda.exceptions import UnknownFunctionException
 from moto.awslambda.models import LambdaBackend, LambdaFunction, lambda_backends
 from moto.awslambda_simple.models import lambda_simple_backends
 from moto.cloudformation import parsing as cfn_parsing
+from moto.cognitoidp.models import cognitoidp_backends
 from moto.cloudformation.models import CloudFormationBackend, Event
 from moto.core.common_models import CloudFormationModel
 from moto.ec2.models import ec2_backends
@@ -310,7 +311,8 @@ def resource_type(cfn_type, name_property, create, delete, ref, attributes=None)
     GetAtt names to functions of obj. An update replaces the resource (delete, then create).
     Moto finds types among CloudFormationModel's direct subclasses."""
     attributes, service = attributes or {}, cfn_type.split("::")[1].lower()
-    backends = {"secretsmanager": secretsmanager_backends, "lambda": lambda_backends, "rds": rds_backends}[service]
+    backends = {"secretsmanager": secretsmanager_backends, "lambda": lambda_backends, "rds": rds_backends,
+                "cognito": cognitoidp_backends}[service]
 
     def from_template(cls, name, cloudformation_json, account_id, region_name, **kwargs):
         model = cls()
@@ -394,6 +396,49 @@ resource_type(
     attributes={"Endpoint": lambda proxy: proxy.endpoint, "DBProxyArn": lambda proxy: proxy.arn},
 )
 
+
+# 10b. AWS::Cognito::UserPool, UserPoolDomain, UserPoolResourceServer and UserPoolClient are
+# skipped, so a GetAtt of the user pool (the REST API's Cognito authorizer, in its body) fails
+# the app stack with "references undefined resource". CloudFormation creates them: Ref gives
+# the pool's id, the domain prefix, the resource server's identifier and the client's id;
+# GetAtt Arn the pool's ARN. They are made through moto's own Cognito backend.
+def without(props, *keys):
+    return {k: v for k, v in props.items() if k not in keys}
+
+
+resource_type(
+    "AWS::Cognito::UserPool", "UserPoolName",
+    lambda props, name, backend: backend.create_user_pool(props.get("UserPoolName", name), without(props, "UserPoolName")),
+    delete=lambda pool, backend: backend.delete_user_pool(pool.id),
+    ref=lambda pool: pool.id,
+    attributes={"Arn": lambda pool: pool.arn},
+)
+def delete_domain(domain, backend):
+    from moto.cognitoidp.exceptions import ResourceNotFoundError
+    with contextlib.suppress(ResourceNotFoundError):  # its user pool may go first
+        backend.delete_user_pool_domain(domain.domain)
+
+
+resource_type(
+    "AWS::Cognito::UserPoolDomain", "",
+    lambda props, name, backend: backend.create_user_pool_domain(props["UserPoolId"], props["Domain"]),
+    delete=delete_domain,
+    ref=lambda domain: domain.domain,
+)
+resource_type(
+    "AWS::Cognito::UserPoolResourceServer", "",
+    lambda props, name, backend: backend.create_resource_server(
+        props["UserPoolId"], props["Identifier"], props["Name"], props.get("Scopes", [])),
+    delete=lambda server, backend: None,  # it goes with its user pool
+    ref=lambda server: server.identifier,
+)
+resource_type(
+    "AWS::Cognito::UserPoolClient", "ClientName",
+    lambda props, name, backend: backend.create_user_pool_client(
+        props["UserPoolId"], bool(props.get("GenerateSecret")), without(props, "UserPoolId", "GenerateSecret")),
+    delete=lambda client, backend: backend.delete_user_pool_client(client.user_pool_id, client.id),
+    ref=lambda client: client.id,
+)
 
 # 11. Without Docker, moto invokes only functions of its "simple" Lambda backend, while
 # CloudFormation creates functions in the Docker one. Lambda runs the function; here an

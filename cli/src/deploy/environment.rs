@@ -556,13 +556,20 @@ async fn post_traffic_smoke(
                 "set PIPELINE_API_KEY to the API's key (`aws apigateway get-api-key --api-key <ApiKeyId> --include-value`) to check the API after each rollout",
             ));
         }
+        (AuthMode::Cognito, _) if std::env::var_os(crate::client::CLIENT_SECRET).is_none() => {
+            return Ok(skipped(
+                "set PIPELINE_CLIENT_ID and PIPELINE_CLIENT_SECRET to a client with the datasets' read and write scopes (`aws cognito-idp describe-user-pool-client`) to check the API after each rollout",
+            ));
+        }
         _ => {}
     }
-    let api = crate::client::Api::new(&crate::client::Target {
+    let target = crate::client::Target {
         env: session.env.name.clone(),
         url: Some(url),
         api_key: key,
-    })?;
+        client: None,
+    };
+    let api = crate::client::Api::with_token_url(&target, app.get("TokenUrl").cloned())?;
     Ok(crate::smoke::check(&api, &session.env.spec.datasets, 120).await)
 }
 

@@ -30,6 +30,7 @@ use crate::{Error, output::Ui};
 mod queue;
 mod rollout;
 mod server;
+pub mod tokens;
 mod versions;
 mod watch;
 
@@ -139,6 +140,9 @@ struct Listening {
     data_dir: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key: Option<String>,
+    /// With `auth: cognito`: the file of the clients' ids and secrets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clients: Option<String>,
 }
 
 impl std::fmt::Display for Listening {
@@ -152,6 +156,13 @@ impl std::fmt::Display for Listening {
         writeln!(f, "  objects:  {}", self.data_dir)?;
         if let Some(key) = &self.api_key {
             writeln!(f, "  API key:  {key}  (send it as the x-api-key header)")?;
+        }
+        if let Some(clients) = &self.clients {
+            writeln!(
+                f,
+                "  clients:  {clients}  (tokens: POST {}/oauth2/token, client credentials)",
+                self.url
+            )?;
         }
         writeln!(f, "  OpenAPI:  {}/openapi.json", self.url)?;
         writeln!(
@@ -419,10 +430,24 @@ pub async fn serve(
         ));
     }
 
-    let api_key = match spec.api.auth {
-        AuthMode::ApiKey => Some(local_api_key(&data_dir).await?),
-        AuthMode::Iam | AuthMode::None => None,
+    let auth = match spec.api.auth {
+        AuthMode::ApiKey => LocalAuth::Key(local_api_key(&data_dir).await?),
+        AuthMode::Cognito => LocalAuth::Tokens(
+            tokens::Issuer::load(
+                &data_dir,
+                &spec.api.clients,
+                &format!("http://{addr}/oauth2/token"),
+            )
+            .await?,
+        ),
+        AuthMode::Iam | AuthMode::None => LocalAuth::Open,
     };
+    let api_key = match &auth {
+        LocalAuth::Key(key) => Some(key.clone()),
+        _ => None,
+    };
+    let clients = matches!(auth, LocalAuth::Tokens(_))
+        .then(|| data_dir.join(tokens::CLIENTS_FILE).display().to_string());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let queue = QueueSettings {
         run,
@@ -451,7 +476,7 @@ pub async fn serve(
         router: router.clone(),
         objects,
         uploads_dir,
-        api_key: api_key.clone(),
+        auth,
     });
     // Handlers in place before anyone is told where to send requests (or
     // signals): a Ctrl-C right after "listening" stops cleanly too.
@@ -463,6 +488,7 @@ pub async fn serve(
         database: db_name,
         data_dir: data_dir.display().to_string(),
         api_key,
+        clients,
     });
     let deploys = tokio::spawn(watch::deploys(
         router,

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::spec::model::FunctionId;
+use pipeline_contract::{Access, Required};
 
 /// State of the HTTP server.
 #[derive(Clone)]
@@ -12,7 +13,121 @@ pub(super) struct Server {
     /// The object store, for uploads through presigned URLs.
     pub(super) objects: LocalStore,
     pub(super) uploads_dir: PathBuf,
-    pub(super) api_key: Option<String>,
+    pub(super) auth: LocalAuth,
+}
+
+/// How the local API checks its callers, as API Gateway does for the
+/// spec's `auth`.
+#[derive(Clone)]
+pub(super) enum LocalAuth {
+    /// `api_key`: the `x-api-key` header.
+    Key(String),
+    /// `cognito`: access tokens of the local issuer.
+    Tokens(tokens::Issuer),
+    /// `iam` (SigV4 is not checked locally) and `none`.
+    Open,
+}
+
+/// API Gateway's answer when its Cognito authorizer refuses a token:
+/// missing, invalid, expired, or without one of the operation's scopes.
+fn unauthorized() -> http::Response<Bytes> {
+    pipeline_shared::api::error(
+        http::StatusCode::UNAUTHORIZED,
+        pipeline_shared::api::ErrorCode::Forbidden,
+        "Unauthorized",
+    )
+}
+
+/// Checks the caller as the gateway would: what it may do, or the answer
+/// that refuses it.
+fn caller(
+    auth: &LocalAuth,
+    headers: &http::HeaderMap,
+    path: &str,
+) -> Result<Access, Box<http::Response<Bytes>>> {
+    match auth {
+        LocalAuth::Key(expected) => {
+            let given = headers.get("x-api-key").map(|v| v.as_bytes());
+            if !same_key(given, expected) {
+                // API Gateway answers a missing or wrong key with 403.
+                return Err(Box::new(pipeline_shared::api::error(
+                    http::StatusCode::FORBIDDEN,
+                    pipeline_shared::api::ErrorCode::Forbidden,
+                    "a valid x-api-key header is required",
+                )));
+            }
+            Ok(Access::Any)
+        }
+        LocalAuth::Tokens(issuer) => {
+            let scopes = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
+                .and_then(|token| issuer.verify(token))
+                .ok_or_else(|| Box::new(unauthorized()))?;
+            let parts = pipeline_shared::api::route(path)
+                .map(|(_, parts)| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            if !Required::of(&parts).met_by(&scopes) {
+                return Err(Box::new(unauthorized()));
+            }
+            Ok(Access::Scopes(scopes))
+        }
+        LocalAuth::Open => Ok(Access::Any),
+    }
+}
+
+/// `POST /oauth2/token` as Cognito's token endpoint answers client
+/// credentials: the client's id and secret in HTTP Basic authentication
+/// (or the form), `grant_type=client_credentials`, an optional `scope`.
+fn token_endpoint(
+    auth: &LocalAuth,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> http::Response<Bytes> {
+    use base64::Engine;
+    let answer = |status: http::StatusCode, body: serde_json::Value| {
+        http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Bytes::from(body.to_string()))
+            .unwrap_or_default()
+    };
+    let LocalAuth::Tokens(issuer) = auth else {
+        return pipeline_shared::api::no_route(&http::Method::POST, "/oauth2/token");
+    };
+    let form: std::collections::BTreeMap<String, String> =
+        form_urlencoded::parse(body).into_owned().collect();
+    let basic = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|v| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .ok()
+        })
+        .and_then(|v| String::from_utf8(v).ok());
+    let (id, secret) = match &basic {
+        Some(pair) => pair.split_once(':').unwrap_or((pair, "")),
+        None => (
+            form.get("client_id").map_or("", String::as_str),
+            form.get("client_secret").map_or("", String::as_str),
+        ),
+    };
+    let grant = form.get("grant_type").map_or("", String::as_str);
+    match issuer.token(id, secret, grant, form.get("scope").map(String::as_str)) {
+        Ok(token) => answer(
+            http::StatusCode::OK,
+            serde_json::json!({"access_token": token, "token_type": "Bearer",
+                               "expires_in": tokens::TOKEN_LIFETIME.as_secs()}),
+        ),
+        Err(e) => answer(
+            http::StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": e.code()}),
+        ),
+    }
 }
 
 pub(super) async fn dispatch(
@@ -54,17 +169,16 @@ pub(super) async fn dispatch(
                 .unwrap_or_default(),
         );
     }
-    if let Some(expected) = &server.api_key {
-        let given = parts.headers.get("x-api-key").map(|v| v.as_bytes());
-        if !same_key(given, expected) {
-            // API Gateway answers a missing or wrong key with 403.
-            return respond(pipeline_shared::api::error(
-                http::StatusCode::FORBIDDEN,
-                pipeline_shared::api::ErrorCode::Forbidden,
-                "a valid x-api-key header is required",
-            ));
-        }
+    if parts.uri.path() == "/oauth2/token" && parts.method == http::Method::POST {
+        let body = axum::body::to_bytes(body, 64 * 1024)
+            .await
+            .unwrap_or_default();
+        return respond(token_endpoint(&server.auth, &parts.headers, &body));
     }
+    let access = match caller(&server.auth, &parts.headers, parts.uri.path()) {
+        Ok(access) => access,
+        Err(answer) => return respond(*answer),
+    };
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
         Ok(b) => b,
         Err(_) => {
@@ -78,9 +192,7 @@ pub(super) async fn dispatch(
         }
     };
     let mut parts = parts;
-    // The key (or nothing, as the spec says) was checked: API keys carry no
-    // scopes.
-    parts.extensions.insert(pipeline_shared::api::Access::Any);
+    parts.extensions.insert(access);
     let body = match decode_body(&mut parts.headers, body) {
         Ok(body) => body,
         Err(answer) => return respond(*answer),

@@ -180,3 +180,49 @@ mod tests {
         assert!(Access::Any.allows("trips", Action::Write));
     }
 }
+
+/// The scopes an operation takes, as API Gateway's authorizer checks them:
+/// a token passes with any one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Required {
+    /// A dataset's route: this one scope.
+    One(Scope),
+    /// A route of batches or the API as a whole: any scope of this action
+    /// (any action with `None`) of any dataset; the handlers check the
+    /// batch's own dataset.
+    AnyOf(Option<Action>),
+}
+
+impl Required {
+    /// What the route with these path segments (after the stage) takes.
+    pub fn of(parts: &[&str]) -> Required {
+        match parts {
+            ["v1", "datasets", dataset, "records"] => {
+                Required::One(Scope::new(dataset, Action::Read))
+            }
+            ["v1", "datasets", dataset, _] => Required::One(Scope::new(dataset, Action::Write)),
+            ["v1", "batches", _, _] => Required::AnyOf(Some(Action::Write)),
+            _ => Required::AnyOf(None),
+        }
+    }
+
+    /// The scopes, listed for the API document, over these datasets.
+    pub fn list<'a>(&self, datasets: impl IntoIterator<Item = &'a str>) -> Vec<Scope> {
+        match self {
+            Required::One(scope) => vec![scope.clone()],
+            Required::AnyOf(action) => datasets
+                .into_iter()
+                .flat_map(|d| Action::ALL.map(|a| Scope::new(d, a)))
+                .filter(|s| action.is_none_or(|a| s.action == a))
+                .collect(),
+        }
+    }
+
+    /// Whether a token with `scopes` passes.
+    pub fn met_by(&self, scopes: &[Scope]) -> bool {
+        match self {
+            Required::One(scope) => scopes.contains(scope),
+            Required::AnyOf(action) => scopes.iter().any(|s| action.is_none_or(|a| s.action == a)),
+        }
+    }
+}

@@ -98,8 +98,11 @@ impl Endpoint {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Api {
-    /// How callers authenticate: `api_key` (an API key and usage plan), `iam` (SigV4) or `none`.
+    /// How callers authenticate: `cognito` (OAuth 2.0 access tokens of the environment's Cognito user pool, with a read and a write scope per dataset), `api_key` (an API key and usage plan), `iam` (SigV4) or `none`.
     pub auth: AuthMode,
+    /// With `auth: cognito`, the API's clients (client credentials), each with the scopes it may ask for: `<dataset>.read`, `<dataset>.write`.
+    #[serde(default)]
+    pub clients: BTreeMap<String, Vec<String>>,
     pub throttle: Throttle,
     /// Largest batch body accepted inline, in KiB; bigger batches go through presigned uploads.
     #[schemars(range(min = 1))]
@@ -134,6 +137,7 @@ fn default_decoded_ratio() -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
+    Cognito,
     ApiKey,
     Iam,
     None,

@@ -151,6 +151,7 @@ pub fn check(env: &str, spec: &Spec, tree: &Node, repaired: &[String]) -> Vec<Pr
     names(&mut r, env, spec);
     network(&mut r, spec);
     api(&mut r, spec);
+    clients(&mut r, spec);
     functions(&mut r, spec);
     database(&mut r, spec);
     monitoring(&mut r, spec);
@@ -300,6 +301,77 @@ fn api(r: &mut Rules, spec: &Spec) {
                 format!("`{origin}` is not an origin"),
                 "not an origin",
                 "write a scheme and host without a path, such as `https://app.example.com`",
+            );
+        }
+    }
+}
+
+/// The API's clients: only with `auth: cognito`, which needs one at least;
+/// names Cognito takes as client names; scopes of the spec's datasets.
+fn clients(r: &mut Rules, spec: &Spec) {
+    let cognito = spec.api.auth == AuthMode::Cognito;
+    if cognito && spec.api.clients.is_empty() {
+        r.at(
+            &["api", "auth"],
+            "`auth: cognito` needs the API's clients, with their scopes".into(),
+            "no clients",
+            "list them under `api.clients`, such as `clients: {ci: [events.write], dashboard: [events.read]}`",
+        );
+    }
+    if cognito && spec.account.is_none() {
+        r.at(
+            &["api", "auth"],
+            "`auth: cognito` needs the environment's `account`: the token endpoint's domain is named by it".into(),
+            "no account",
+            "set `account: \"<the 12 digits of the AWS account>\"` at the top of the spec",
+        );
+    }
+    if !cognito && !spec.api.clients.is_empty() {
+        r.at_key(
+            &["api", "clients"],
+            "`api.clients` are the clients of `auth: cognito`".into(),
+            "not used",
+            "set `auth: cognito`, or remove the clients",
+        );
+    }
+    for (name, scopes) in &spec.api.clients {
+        let valid = (1..=40).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            r.at_key(
+                &["api", "clients", name],
+                format!("`{name}` cannot name a client"),
+                "not a client name",
+                "use 1 to 40 lower case letters, digits and `-`, starting with a letter",
+            );
+        }
+        if scopes.is_empty() {
+            r.at(
+                &["api", "clients", name],
+                format!("client `{name}` has no scope"),
+                "no scope",
+                "give it `<dataset>.read` or `<dataset>.write` scopes",
+            );
+        }
+        for (i, scope) in scopes.iter().enumerate() {
+            let index = i.to_string();
+            let problem = match scope.parse::<pipeline_contract::Scope>() {
+                Err(e) => e.to_string(),
+                Ok(s) if !spec.datasets.contains_key(&s.dataset) => format!(
+                    "no dataset `{}`; the datasets are: {}",
+                    s.dataset,
+                    spec.datasets.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                Ok(_) => continue,
+            };
+            r.at(
+                &["api", "clients", name, &index],
+                format!("scope `{scope}`: {problem}"),
+                "not a scope",
+                "write `<dataset>.read` or `<dataset>.write`",
             );
         }
     }

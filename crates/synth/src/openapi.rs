@@ -7,8 +7,8 @@
 use serde_json::{Map, Value, json};
 
 use pipeline_contract::{
-    CURSOR_PATTERN, DEFAULT_PAGE, IDEMPOTENCY_KEY_PATTERN, MAX_PAGE, MAX_PAGE_BYTES,
-    PART_URLS_PER_ANSWER,
+    Action, CURSOR_PATTERN, DEFAULT_PAGE, IDEMPOTENCY_KEY_PATTERN, MAX_PAGE, MAX_PAGE_BYTES,
+    PART_URLS_PER_ANSWER, Required, Scope,
 };
 use pipeline_dataset::{ColumnType, Dataset};
 use pipeline_spec::Spec;
@@ -67,8 +67,12 @@ pub fn model_name(dataset: &str) -> String {
 fn common_responses(responses: &mut Value) {
     if let Value::Object(map) = responses {
         map.insert(
+            "401".into(),
+            error_response("With scoped tokens: the access token is missing, invalid or expired, or has none of the operation's scopes."),
+        );
+        map.insert(
             "403".into(),
-            error_response("No valid credentials: the API key or signature is missing or wrong."),
+            error_response("No valid credentials: the API key or signature is missing or wrong; with scoped tokens, the token's scopes do not cover the dataset, or the web ACL blocked the client."),
         );
         map.insert(
             "429".into(),
@@ -407,6 +411,12 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
             components.insert("securitySchemes".into(), json!({"sigv4": scheme}));
             security = json!([{"sigv4": []}]);
         }
+        AuthMode::Cognito => {
+            let scheme = cognito_scheme(env, spec, aws);
+            components.insert("securitySchemes".into(), json!({"cognito": scheme}));
+            // Each operation names its scopes (`scope_operations`).
+            security = json!([{"cognito": []}]);
+        }
         AuthMode::None => {}
     }
 
@@ -421,6 +431,9 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         "components": components,
         "security": security,
     });
+    if spec.api.auth == AuthMode::Cognito {
+        scope_operations(&mut doc, spec);
+    }
     if aws {
         doc["x-amazon-apigateway-api-key-source"] = json!("HEADER");
         doc["x-amazon-apigateway-request-validators"] = json!({
@@ -435,6 +448,74 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         }]);
     }
     doc
+}
+
+/// The token endpoint of an environment's user pool: its domain is the
+/// project, the environment and the account (domains are unique across
+/// AWS), as the app template names it.
+pub fn token_url(env: &str, spec: &Spec) -> String {
+    format!(
+        "https://{}-{env}-{}.auth.{}.amazoncognito.com/oauth2/token",
+        spec.project,
+        spec.account.as_deref().unwrap_or_default(),
+        spec.region
+    )
+}
+
+/// The security scheme of `auth: cognito`: OAuth 2.0 client credentials
+/// with a read and a write scope per dataset for clients; for API Gateway,
+/// its Cognito user pools authorizer over the app stack's user pool, which
+/// checks an access token's scopes against each operation's.
+fn cognito_scheme(env: &str, spec: &Spec, aws: bool) -> Value {
+    if aws {
+        return json!({
+            "type": "apiKey", "name": "Authorization", "in": "header",
+            "x-amazon-apigateway-authtype": "cognito_user_pools",
+            "x-amazon-apigateway-authorizer": {
+                "type": "cognito_user_pools",
+                "providerARNs": [{"Fn::GetAtt": ["ApiUserPool", "Arn"]}],
+            },
+        });
+    }
+    let scopes: Map<String, Value> = spec
+        .datasets
+        .keys()
+        .flat_map(|d| Action::ALL.map(|a| Scope::new(d, a)))
+        .map(|s| {
+            (
+                s.qualified(),
+                json!(format!("{} dataset `{}`", s.action.as_str(), s.dataset)),
+            )
+        })
+        .collect();
+    json!({
+        "type": "oauth2",
+        "description": "An access token of the environment's Cognito user pool (client credentials), as `Authorization: Bearer <token>`.",
+        "flows": {"clientCredentials": {"tokenUrl": token_url(env, spec), "scopes": scopes}},
+    })
+}
+
+/// Each operation's scopes (the contract's [`Required`]): a dataset's
+/// routes take its write scope (sending batches) or its read scope
+/// (records); the batch routes take any scope of the kind, and the
+/// handlers check the batch's dataset.
+fn scope_operations(doc: &mut Value, spec: &Spec) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let scopes: Vec<String> = Required::of(&parts)
+            .list(spec.datasets.keys().map(String::as_str))
+            .iter()
+            .map(Scope::qualified)
+            .collect();
+        for (method, operation) in item.as_object_mut().into_iter().flatten() {
+            if method != "options" {
+                operation["security"] = json!([{"cognito": scopes}]);
+            }
+        }
+    }
 }
 
 /// The schemas of the API's bodies, from the contract's types, as OpenAPI
@@ -502,6 +583,7 @@ fn gateway_responses() -> Value {
         ("DEFAULT_5XX", ErrorCode::Unavailable),
         ("RESOURCE_NOT_FOUND", ErrorCode::NotFound),
         ("WAF_FILTERED", ErrorCode::Forbidden),
+        ("UNAUTHORIZED", ErrorCode::Forbidden),
         ("ACCESS_DENIED", ErrorCode::Forbidden),
         ("INVALID_API_KEY", ErrorCode::Forbidden),
         ("MISSING_AUTHENTICATION_TOKEN", ErrorCode::Forbidden),

@@ -79,6 +79,26 @@ fn each_rule_reports_its_problem_at_its_place() {
             "case.yaml:3:14 `network.endpoints` lacks endpoints the functions need: sqs (chunk messages of large batches)",
         ),
         (
+            "api:\n  auth: cognito",
+            "case.yaml:3:9 `auth: cognito` needs the API's clients, with their scopes",
+        ),
+        (
+            "api:\n  clients:\n    ci: [events.write]",
+            "case.yaml:3:3 `api.clients` are the clients of `auth: cognito`",
+        ),
+        (
+            "api:\n  auth: cognito\n  clients:\n    ci: [events.delete]",
+            "case.yaml:5:10 scope `events.delete`: `delete` is not an action: the actions are `read` and `write`",
+        ),
+        (
+            "api:\n  auth: cognito\n  clients:\n    ci: [events.write, trips.read]",
+            "case.yaml:5:24 scope `trips.read`: no dataset `trips`; the datasets are: events, readings",
+        ),
+        (
+            "api:\n  auth: cognito\n  clients:\n    CI: [events.read]",
+            "case.yaml:5:5 `CI` cannot name a client",
+        ),
+        (
             "api:\n  max_inline_batch_kib: 6100",
             "case.yaml:3:25 `api.max_inline_batch_kib` must be at most 6080, found 6100",
         ),

@@ -86,6 +86,8 @@ pub struct ApiContext {
     pub name: String,
     pub stage: &'static str,
     pub api_key: bool,
+    /// With `auth: cognito`: the user pool, its scopes and clients.
+    pub cognito: Option<CognitoContext>,
     /// The web ACL's requests per client address in 5 minutes, when there is one.
     pub waf_rate_limit: Option<u32>,
     /// X-Ray's sampling rate of the stage's requests past the first each second.
@@ -93,6 +95,67 @@ pub struct ApiContext {
     pub rate: u32,
     pub burst: u32,
     pub skips: Vec<Skip>,
+}
+
+/// The user pool that issues the API's access tokens (client
+/// credentials), its resource server's scopes and its clients.
+#[derive(Debug, Serialize)]
+pub struct CognitoContext {
+    /// The domain prefix of the token endpoint, without the account id the
+    /// template appends (domains are unique across accounts).
+    pub domain: String,
+    pub resource_server: &'static str,
+    /// A read and a write scope per dataset: name and description.
+    pub scopes: Vec<(String, String)>,
+    pub clients: Vec<ClientContext>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClientContext {
+    pub name: String,
+    /// The logical id's stem: `ApiClient<id>`.
+    pub id: String,
+    /// Qualified scopes: `pipeline/<dataset>.<action>`.
+    pub scopes: Vec<String>,
+}
+
+fn cognito(env: &str, spec: &Spec) -> Option<CognitoContext> {
+    use pipeline_contract::{Action, RESOURCE_SERVER, Scope};
+    if spec.api.auth != AuthMode::Cognito {
+        return None;
+    }
+    let scopes = spec
+        .datasets
+        .keys()
+        .flat_map(|d| Action::ALL.map(|a| Scope::new(d, a)))
+        .map(|s| {
+            let what = match s.action {
+                Action::Read => "Read the records and batches of",
+                Action::Write => "Send batches to",
+            };
+            (s.to_string(), format!("{what} {}", s.dataset))
+        })
+        .collect();
+    let clients = spec
+        .api
+        .clients
+        .iter()
+        .map(|(name, scopes)| ClientContext {
+            name: name.clone(),
+            id: crate::openapi::model_name(name),
+            scopes: scopes
+                .iter()
+                .filter_map(|s| s.parse::<Scope>().ok())
+                .map(|s| s.qualified())
+                .collect(),
+        })
+        .collect();
+    Some(CognitoContext {
+        domain: format!("{}-{env}", spec.project),
+        resource_server: RESOURCE_SERVER,
+        scopes,
+        clients,
+    })
 }
 
 pub const STAGE: &str = "live";
@@ -287,6 +350,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
             name: api_name(&prefix),
             stage: STAGE,
             api_key: spec.api.auth == AuthMode::ApiKey,
+            cognito: cognito(env, spec),
             waf_rate_limit: spec.api.waf.as_ref().map(|w| w.rate_limit),
             trace_rate: f64::from(spec.monitoring.trace_percent) / 100.0,
             rate: spec.api.throttle.rate,

@@ -1,0 +1,210 @@
+//! `auth: cognito` in `pipeline local`: clients with a read or a write
+//! scope per dataset get tokens at `/oauth2/token` (client credentials, as
+//! Cognito's token endpoint), and each token reaches what its scopes allow
+//! and nothing else, as API Gateway's authorizer (401) and the handlers
+//! (the batch's own dataset) decide in AWS.
+
+use super::*;
+
+const SPEC: &str = "account: \"123456789012\"
+api:
+  auth: cognito
+  clients:
+    writer: [events.write, events.read]
+    reader: [events.read]
+    sensors: [readings.read]
+";
+
+/// A token of one of the spec's clients, from the local token endpoint.
+async fn token(local: &Local, client: &str) -> String {
+    // The tests' `pipeline local` keeps its data in `data/`.
+    let path = local.dir.path().join("data").join("clients.json");
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(path).expect("clients.json")).expect("json");
+    let client = &file["clients"][client];
+    let response = local
+        .http
+        .post(format!("{}/oauth2/token", local.url))
+        .basic_auth(
+            client["client_id"].as_str().expect("id"),
+            client["client_secret"].as_str(),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .expect("token endpoint");
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["token_type"], "Bearer");
+    answer["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
+}
+
+/// A request with a bearer token (or none): its status and body.
+async fn call(
+    local: &Local,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let mut request = local
+        .http
+        .request(method, format!("{}{path}", local.url))
+        .header("content-type", "application/x-ndjson")
+        .body(body.to_string());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_token_reaches_what_its_scopes_allow_and_nothing_else() {
+    require!(Service::Postgres);
+    let local = Local::start(SPEC).await;
+    let (writer, reader, sensors) = (
+        token(&local, "writer").await,
+        token(&local, "reader").await,
+        token(&local, "sensors").await,
+    );
+    use reqwest::Method;
+    let batch = event(1, "click");
+
+    // No token, or a forged one: 401, as API Gateway answers.
+    let (status, answer) = call(&local, Method::GET, "/v1/datasets/events/records", None, "").await;
+    assert_eq!((status, &answer["message"]), (401, &json!("Unauthorized")));
+    let forged = format!("{}x", &reader[..reader.len() - 1]);
+    let (status, _) = call(
+        &local,
+        Method::GET,
+        "/v1/datasets/events/records",
+        Some(&forged),
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // The writer sends and reads back; its batch loads.
+    let (status, accepted) = call(
+        &local,
+        Method::POST,
+        "/v1/datasets/events/batches",
+        Some(&writer),
+        &batch,
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let batch_id = accepted["batch_id"].as_str().expect("batch id").to_string();
+
+    // The reader reads `events`, and the batch's status, but sends nothing
+    // and reads no other dataset: the operation wants a scope it lacks.
+    let (status, page) = call(
+        &local,
+        Method::GET,
+        "/v1/datasets/events/records",
+        Some(&reader),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let (status, _) = call(
+        &local,
+        Method::GET,
+        &format!("/v1/batches/{batch_id}"),
+        Some(&reader),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    for (method, path) in [
+        (Method::POST, "/v1/datasets/events/batches"),
+        (Method::POST, "/v1/datasets/events/uploads"),
+        (Method::GET, "/v1/datasets/readings/records"),
+    ] {
+        let (status, answer) = call(&local, method.clone(), path, Some(&reader), &batch).await;
+        assert_eq!(status, 401, "{method} {path}: {answer}");
+    }
+
+    // A token of another dataset passes the gateway on the batch routes
+    // (any scope), and the handler answers the batch as missing: nothing is
+    // learnt of datasets beyond its scopes.
+    let (status, answer) = call(
+        &local,
+        Method::GET,
+        &format!("/v1/batches/{batch_id}"),
+        Some(&sensors),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "{answer}");
+    let (status, _) = call(
+        &local,
+        Method::GET,
+        "/v1/datasets/readings/records",
+        Some(&sensors),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // The CLI gets its tokens itself: from the clients file `pipeline local`
+    // keeps in `.pipeline/<env>/` (its default data directory), for the
+    // client named.
+    std::fs::write(local.dir.path().join("one.ndjson"), event(2, "view")).expect("write");
+    let kept = local.dir.path().join(".pipeline").join(&local.env);
+    std::fs::create_dir_all(&kept).expect("mkdir");
+    std::fs::copy(
+        local.dir.path().join("data").join("clients.json"),
+        kept.join("clients.json"),
+    )
+    .expect("copy");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(args)
+            .args(["--env", &local.env, "--url", &local.url])
+            .current_dir(local.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("PIPELINE_API_KEY")
+            .output()
+            .expect("run pipeline")
+    };
+    let out = run(&[
+        "push",
+        "-d",
+        "events",
+        "one.ndjson",
+        "--wait",
+        "--client",
+        "writer",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "--output", "json", "query", "-d", "events", "--client", "reader",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page: Value = serde_json::from_slice(&out.stdout).expect("json page");
+    assert_eq!(page["records"].as_array().map(Vec::len), Some(2), "{page}");
+    let out = run(&["push", "-d", "events", "one.ndjson", "--client", "reader"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
