@@ -616,3 +616,68 @@ fn building_outside_the_workspace_points_to_artifacts() {
         "run the command in the folder with Cargo.toml and functions/, or pass prebuilt packages with --artifacts DIR"
     );
 }
+
+/// With `auth: iam`, `query` signs its request with SigV4 for API
+/// Gateway (`execute-api`, the spec's region), with the AWS credentials of
+/// the environment. A stand-in API keeps the request's headers; before,
+/// the request went unsigned and API Gateway would refuse it.
+#[test]
+fn query_signs_its_requests_with_sigv4_when_the_api_takes_iam() {
+    use std::io::{BufRead, BufReader, Write};
+    let ws = workspace(&[("sig.yaml", "extends: dev\napi:\n  auth: iam\n")]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("a request");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read");
+            if line.trim().is_empty() {
+                break;
+            }
+            head.push(line.trim().to_string());
+        }
+        let body = r#"{"records":[],"next_cursor":null}"#;
+        write!(
+            &stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("answer");
+        head
+    });
+    let out = common::command(
+        ws.path(),
+        &["query", "--env", "sig", "-d", "events", "--url", &url],
+    )
+    .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    .env(
+        "AWS_SECRET_ACCESS_KEY",
+        "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    )
+    .env_remove("AWS_SESSION_TOKEN")
+    .env_remove("AWS_PROFILE")
+    .output()
+    .expect("run pipeline");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let head = server.join().expect("server");
+    let header = |name: &str| {
+        head.iter()
+            .find_map(|h| {
+                h.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let authorization = header("authorization");
+    assert!(
+        authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+            && authorization.contains("/eu-west-1/execute-api/aws4_request")
+            && authorization.contains("Signature="),
+        "{head:?}"
+    );
+    assert!(!header("x-amz-date").is_empty(), "{head:?}");
+}

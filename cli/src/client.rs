@@ -44,6 +44,12 @@ pub const TOKEN_URL: &str = "PIPELINE_TOKEN_URL";
 enum Credential {
     None,
     Key(String),
+    /// `auth: iam`: each request signed with SigV4 for `execute-api` in
+    /// `region`, with the AWS credentials of the environment (as the AWS
+    /// CLI finds them).
+    Iam {
+        region: String,
+    },
     /// Client credentials, exchanged for an access token at the first
     /// request (OAuth 2.0 client credentials, as Cognito's token endpoint
     /// takes them).
@@ -138,6 +144,79 @@ impl Api {
         })
     }
 
+    /// Signs every request with SigV4 when the environment's API takes
+    /// IAM authorization and nothing else was given.
+    pub fn with_auth(mut self, auth: crate::spec::model::AuthMode, region: &str) -> Api {
+        if auth == crate::spec::model::AuthMode::Iam && matches!(self.credential, Credential::None)
+        {
+            self.credential = Credential::Iam {
+                region: region.to_string(),
+            };
+        }
+        self
+    }
+
+    /// `request` signed with SigV4 for API Gateway (`execute-api`).
+    async fn signed(
+        &self,
+        request: reqwest::Request,
+        region: &str,
+    ) -> Result<reqwest::Request, Error> {
+        use aws_credential_types::provider::ProvideCredentials;
+        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        let failed = |e: &dyn std::fmt::Display| {
+            client_error(format!("cannot sign the request with SigV4: {e}"))
+        };
+        let config = crate::aws::config_loader()
+            .region(aws_config::Region::new(region.to_string()))
+            .load()
+            .await;
+        let credentials = config
+            .credentials_provider()
+            .ok_or_else(|| failed(&"no AWS credentials"))?
+            .provide_credentials()
+            .await
+            .map_err(|e| failed(&e))?;
+        let identity = credentials.into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name("execute-api")
+            .time(std::time::SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| failed(&e))?
+            .into();
+        let body = request
+            .body()
+            .and_then(|b| b.as_bytes())
+            .unwrap_or_default()
+            .to_vec();
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let signable = SignableRequest::new(
+            request.method().as_str(),
+            request.url().as_str(),
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(&body),
+        )
+        .map_err(|e| failed(&e))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| failed(&e))?
+            .into_parts();
+        let mut signed: http::Request<Vec<u8>> = http::Request::builder()
+            .method(request.method().as_str())
+            .uri(request.url().as_str())
+            .body(body)
+            .map_err(|e| failed(&e))?;
+        *signed.headers_mut() = request.headers().clone();
+        instructions.apply_to_request_http1x(&mut signed);
+        reqwest::Request::try_from(signed).map_err(|e| failed(&e))
+    }
+
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Credential::Key(key) = &self.credential {
@@ -196,12 +275,22 @@ impl Api {
                     .await?;
                 request.bearer_auth(token)
             }
+            Credential::Iam { region } => {
+                let built = request
+                    .build()
+                    .map_err(|e| client_error(format!("cannot build the request: {e}")))?;
+                let signed = self.signed(built, region).await?;
+                return self.answer(self.http.execute(signed).await).await;
+            }
             _ => request,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| client_error(format!("cannot reach the API at {}: {e}", self.base)))?;
+        self.answer(request.send().await).await
+    }
+
+    /// The answer to a sent request, or why it was not answered.
+    async fn answer(&self, sent: reqwest::Result<reqwest::Response>) -> Result<Answer, Error> {
+        let response =
+            sent.map_err(|e| client_error(format!("cannot reach the API at {}: {e}", self.base)))?;
         Answer::of(response).await
     }
 

@@ -115,7 +115,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
         })?;
     let content_type = dataset.format.media_type();
     let inline_limit = u64::from(env.spec.api.max_inline_batch_kib) * 1024;
-    let api = Api::new(&args.target)?;
+    let api = Api::new(&args.target)?.with_auth(env.spec.api.auth, &env.spec.region);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

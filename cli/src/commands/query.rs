@@ -54,7 +54,7 @@ fn parse_filter(filter: &str) -> Option<(String, String)> {
     None
 }
 
-pub fn run(_cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
+pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
     let mut query: Vec<(String, String)> = Vec::new();
     for filter in &args.filters {
         let pair = parse_filter(filter).ok_or_else(|| Error::Rejected {
@@ -68,7 +68,12 @@ pub fn run(_cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
     if let Some(cursor) = &args.cursor {
         query.push(("cursor".into(), cursor.clone()));
     }
-    let api = Api::new(&args.target)?;
+    let mut api = Api::new(&args.target)?;
+    // The environment's spec, when there is one here, says how to sign.
+    if let Ok(env) = crate::spec::load::Loader::new(cli.environments.clone()).load(&args.target.env)
+    {
+        api = api.with_auth(env.spec.api.auth, &env.spec.region);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -21,7 +21,7 @@ pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
     let env = loader
         .load(&args.target.env)
         .map_err(|e| super::load_error(e, &loader))?;
-    let api = Api::new(&args.target)?;
+    let api = Api::new(&args.target)?.with_auth(env.spec.api.auth, &env.spec.region);
     let runtime = crate::aws::runtime()?;
     let smoke = runtime.block_on(check(&api, &env.spec.datasets, args.timeout));
     ui.result(&smoke);
