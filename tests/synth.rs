@@ -799,3 +799,18 @@ fn prod_like_apis_take_scoped_tokens_behind_a_web_acl() {
         );
     }
 }
+
+/// The API's stage has an X-Ray sampling rule of its own: the first
+/// request each second and `monitoring.trace_percent` of the rest (prod 1,
+/// the default 5, X-Ray's own). Before, nothing set the rate.
+#[test]
+fn the_stage_samples_traces_at_the_specs_rate() {
+    for (env, rate) in [("dev", 0.05), ("prod", 0.01)] {
+        let app = template(env, "app.template.json");
+        let rule = &app["Resources"]["ApiTraceSampling"]["Properties"]["SamplingRule"];
+        assert_eq!(rule["FixedRate"].as_f64(), Some(rate), "{env}: {rule}");
+        assert_eq!(rule["ReservoirSize"], 1);
+        assert_eq!(rule["ServiceName"], format!("pipeline-{env}-api/live"));
+        assert_eq!(rule["ServiceType"], "AWS::ApiGateway::Stage");
+    }
+}

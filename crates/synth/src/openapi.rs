@@ -46,20 +46,7 @@ fn schema_ref(name: &str) -> Value {
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
 
-/// A dataset's name as a model name: API Gateway model names are
-/// alphanumeric (`page_views` becomes `PageViews`).
-pub fn model_name(dataset: &str) -> String {
-    dataset
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let mut chars = part.chars();
-            chars.next().map_or_else(String::new, |first| {
-                first.to_ascii_uppercase().to_string() + chars.as_str()
-            })
-        })
-        .collect()
-}
+pub use crate::context::model_name;
 
 /// The answers every operation can give besides its own: a refused key or
 /// signature (403) and throttling (429) from API Gateway, and 503 when the

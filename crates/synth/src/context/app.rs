@@ -142,7 +142,7 @@ fn cognito(env: &str, spec: &Spec) -> Option<CognitoContext> {
         .iter()
         .map(|(name, scopes)| ClientContext {
             name: name.clone(),
-            id: crate::openapi::model_name(name),
+            id: super::model_name(name),
             scopes: scopes
                 .iter()
                 .filter_map(|s| s.parse::<Scope>().ok())

@@ -129,3 +129,17 @@ pub fn pascal(s: &str) -> String {
         })
         .collect()
 }
+
+/// A name in CamelCase, as API Gateway's model names and CloudFormation's
+/// logical ids want them (alphanumeric: `page_views` becomes `PageViews`).
+pub fn model_name(name: &str) -> String {
+    name.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect()
+}
