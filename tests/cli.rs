@@ -681,3 +681,27 @@ fn query_signs_its_requests_with_sigv4_when_the_api_takes_iam() {
     );
     assert!(!header("x-amz-date").is_empty(), "{head:?}");
 }
+
+/// `push` and `smoke` print the spec's problems, with file, line and
+/// column, before the summary that points at them. Before, they printed
+/// only "`bad` has 1 problems" and "fix the problems above", with nothing
+/// above.
+#[test]
+fn push_and_smoke_print_the_specs_problems() {
+    let ws = workspace(&[("bad.yaml", "extends: dev\nqueue:\n  batch_size: 0\n")]);
+    std::fs::write(ws.path().join("one.ndjson"), "{}\n").expect("write");
+    for args in [
+        vec!["push", "--env", "bad", "-d", "events", "one.ndjson"],
+        vec!["smoke", "--env", "bad"],
+    ] {
+        let out = pipeline(ws.path(), &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let text = stderr(&out);
+        assert!(
+            text.contains("environments/bad.yaml:3:")
+                && text.contains("batch_size")
+                && text.contains("fix the problems above"),
+            "{args:?}: {text}"
+        );
+    }
+}

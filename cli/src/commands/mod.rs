@@ -149,17 +149,22 @@ pub fn load_error(error: LoadError, loader: &Loader) -> Error {
 }
 
 /// Loads an environment, printing its spec problems (with file, line and
-/// column) and stopping before any AWS call when it has any, then renders it.
-pub fn load(cli: &Cli, name: &str, ui: &Ui) -> Result<(Environment, Synthesis), Error> {
+/// column) and stopping when it has any.
+pub fn load_env(cli: &Cli, name: &str, ui: &Ui) -> Result<Environment, Error> {
     let mut loader = Loader::new(cli.environments.clone());
     let outcomes = load_each(&mut loader, &[name.to_string()], ui)?;
     if let Some(error) = invalid_summary(&outcomes) {
         return Err(error);
     }
-    let env = outcomes
+    outcomes
         .into_iter()
         .find_map(|o| o.result.ok())
-        .ok_or(Error::NoEnvironment)?;
+        .ok_or(Error::NoEnvironment)
+}
+
+/// [`load_env`], stopping before any AWS call on a problem, then renders it.
+pub fn load(cli: &Cli, name: &str, ui: &Ui) -> Result<(Environment, Synthesis), Error> {
+    let env = load_env(cli, name, ui)?;
     let synthesis = crate::synth::synthesize(&env)?;
     Ok((env, synthesis))
 }

@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use super::Cli;
 use crate::client::{Answer, Api, Target, client_error};
-use crate::spec::load::Loader;
 use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
@@ -92,10 +91,7 @@ impl fmt::Display for Pushed {
 }
 
 pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
-    let mut loader = Loader::new(cli.environments.clone());
-    let env = loader
-        .load(&args.target.env)
-        .map_err(|e| super::load_error(e, &loader))?;
+    let env = super::load_env(cli, &args.target.env, ui)?;
     let dataset = env
         .spec
         .datasets

@@ -4,7 +4,6 @@
 use super::Cli;
 use crate::client::{Api, Target, client_error};
 use crate::smoke::check;
-use crate::spec::load::Loader;
 use crate::{Error, output::Ui};
 
 #[derive(Debug, clap::Args)]
@@ -17,10 +16,7 @@ pub struct Args {
 }
 
 pub fn run(cli: &Cli, args: &Args, ui: &Ui) -> Result<(), Error> {
-    let mut loader = Loader::new(cli.environments.clone());
-    let env = loader
-        .load(&args.target.env)
-        .map_err(|e| super::load_error(e, &loader))?;
+    let env = super::load_env(cli, &args.target.env, ui)?;
     let api = Api::new(&args.target)?.with_auth(env.spec.api.auth, &env.spec.region);
     let runtime = crate::aws::runtime()?;
     let smoke = runtime.block_on(check(&api, &env.spec.datasets, args.timeout));
