@@ -451,6 +451,75 @@ async fn schemathesis_finds_no_failure_in_two_minutes() {
     assert!(!text.contains("failure"), "{text}");
 }
 
+/// schemathesis against `pipeline local` with `auth: cognito`, a token of
+/// a client with every scope sent with each request: the document's
+/// `oauth2` scheme, its scopes per operation and its 401 answers are what
+/// the API does, and its checks of missing or wrong credentials (sent
+/// without the token) find the 401 the document gives.
+#[tokio::test]
+async fn schemathesis_finds_no_failure_with_scoped_tokens() {
+    require!(Service::Postgres, Service::Schemathesis);
+    let local = Local::start(
+        "account: \"123456789012\"
+api:
+  auth: cognito
+  clients:
+    all: [events.read, events.write, readings.read, readings.write]
+",
+    )
+    .await;
+    let file: Value = serde_json::from_slice(
+        &std::fs::read(local.dir.path().join("data").join("clients.json")).expect("clients.json"),
+    )
+    .expect("json");
+    let client = &file["clients"]["all"];
+    let answer: Value = local
+        .http
+        .post(format!("{}/oauth2/token", local.url))
+        .basic_auth(
+            client["client_id"].as_str().expect("id"),
+            client["client_secret"].as_str(),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let token = answer["access_token"].as_str().expect("access_token");
+    let settings = common::repo().join("tests").join("schemathesis");
+    let out = Command::new(Service::Schemathesis.program())
+        .arg("--config-file")
+        .arg(settings.join("schemathesis.toml"))
+        .args(["run", &format!("{}/openapi.json", local.url)])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        // One worker, as above.
+        .args(["--checks", "all", "--max-time", "60", "--workers", "1"])
+        .args(["--seed", "20261208"])
+        .env("PYTHONPATH", &settings)
+        .env("SCHEMATHESIS_HOOKS", "pipeline_hooks")
+        .env("NO_COLOR", "1")
+        .current_dir(local.dir.path())
+        .output()
+        .expect("run schemathesis");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for phase in ["Coverage", "Fuzzing", "Stateful"] {
+        assert!(
+            text.contains(&format!("✅ {phase}")),
+            "{phase} did not pass: {text}"
+        );
+    }
+    assert!(!text.contains("failure"), "{text}");
+}
+
 #[tokio::test]
 async fn ctrl_c_stops_cleanly() {
     require!(Service::Postgres);
