@@ -151,7 +151,7 @@ pub fn check(env: &str, spec: &Spec, tree: &Node, repaired: &[String]) -> Vec<Pr
     names(&mut r, env, spec);
     network(&mut r, spec);
     api(&mut r, spec);
-    clients(&mut r, spec);
+    clients(&mut r, env, spec);
     functions(&mut r, spec);
     database(&mut r, spec);
     monitoring(&mut r, spec);
@@ -308,7 +308,7 @@ fn api(r: &mut Rules, spec: &Spec) {
 
 /// The API's clients: only with `auth: cognito`, which needs one at least;
 /// names Cognito takes as client names; scopes of the spec's datasets.
-fn clients(r: &mut Rules, spec: &Spec) {
+fn clients(r: &mut Rules, env: &str, spec: &Spec) {
     let cognito = spec.api.auth == AuthMode::Cognito;
     if cognito && spec.api.clients.is_empty() {
         r.at(
@@ -316,6 +316,26 @@ fn clients(r: &mut Rules, spec: &Spec) {
             "`auth: cognito` needs the API's clients, with their scopes".into(),
             "no clients",
             "list them under `api.clients`, such as `clients: {ci: [events.write], dashboard: [events.read]}`",
+        );
+    }
+    let domain = format!(
+        "{}-{env}-{}",
+        spec.project,
+        spec.account.as_deref().unwrap_or("123456789012")
+    );
+    let reserved = ["aws", "amazon", "cognito"]
+        .into_iter()
+        .find(|w| domain.contains(w));
+    if cognito && (domain.len() > 63 || reserved.is_some()) {
+        let why = match reserved {
+            Some(word) => format!("it may not contain `{word}`"),
+            None => format!("it is {} characters, over 63", domain.len()),
+        };
+        r.at(
+            &["api", "auth"],
+            format!("the token endpoint's domain `{domain}` is not one Cognito takes: {why}"),
+            "not a Cognito domain",
+            "the domain is `<project>-<env>-<account>`: shorten the project or environment name, or rename it",
         );
     }
     if cognito && spec.account.is_none() {

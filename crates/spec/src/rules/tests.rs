@@ -95,6 +95,10 @@ fn each_rule_reports_its_problem_at_its_place() {
             "case.yaml:5:24 scope `trips.read`: no dataset `trips`; the datasets are: events, readings",
         ),
         (
+            "project: aws-data\naccount: \"123456789012\"\napi:\n  auth: cognito\n  clients:\n    ci: [events.read]",
+            "case.yaml:5:9 the token endpoint's domain `aws-data-case-123456789012` is not one Cognito takes: it may not contain `aws`",
+        ),
+        (
             "api:\n  auth: cognito\n  clients:\n    CI: [events.read]",
             "case.yaml:5:5 `CI` cannot name a client",
         ),
