@@ -536,7 +536,7 @@ fn rollout_gates_watch_the_new_version_and_new_dead_letters_minute_by_minute() {
     assert_eq!(
         param.source,
         Source::Deploy {
-            value: "gate_version"
+            value: pipeline_cli::synth::context::DeployValue::GateVersion
         }
     );
     // Not a gate of prod: five-minute periods, as before.

@@ -23,7 +23,7 @@ use crate::Error;
 use crate::aws::{AwsArgs, Clients, aws_error};
 use crate::output::Ui;
 use crate::spec::Environment;
-use crate::synth::context::Source;
+use crate::synth::context::{DeployValue, Source};
 use crate::synth::{ManifestStack, Synthesis};
 use assets::Package;
 use cfn::{AwsCloudFormation, CloudFormation, Stack, TemplateSource};
@@ -399,17 +399,19 @@ impl Session {
                     }
                 }
                 Source::Deploy {
-                    value: "assets_bucket",
+                    value: DeployValue::AssetsBucket,
                 } => bucket.unwrap_or_default().to_string(),
                 // Outside a rollout (a deploy refuses to start during one),
                 // the gates watch every version; a rollout points them at
                 // its new versions itself (`watch::GateVersions`).
                 Source::Deploy {
-                    value: "gate_version",
+                    value: DeployValue::GateVersion,
                 } => crate::synth::context::ALL_VERSIONS.to_string(),
                 // Which version serves is the rollout's business: a deploy
                 // keeps the current one.
-                Source::Deploy { .. } => current
+                Source::Deploy {
+                    value: DeployValue::LiveVersion,
+                } => current
                     .and_then(|s| s.parameters.get(p.name))
                     .cloned()
                     .or_else(|| p.default.map(str::to_string))

@@ -247,7 +247,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
             description: "Bucket holding the function packages (from the bootstrap stack)",
             default: None,
             source: Source::Deploy {
-                value: "assets_bucket",
+                value: DeployValue::AssetsBucket,
             },
         });
     }
@@ -284,7 +284,7 @@ pub fn app(env: &str, spec: &Spec, openapi: String) -> AppContext {
             description: "Version the function's `live` alias points to",
             default: Some("$LATEST"),
             source: Source::Deploy {
-                value: "live_version",
+                value: DeployValue::LiveVersion,
             },
         });
     }

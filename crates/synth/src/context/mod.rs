@@ -31,8 +31,22 @@ pub enum Source {
     /// Where a function's code is: the S3 key of its package (uploaded
     /// under its SHA-256), or its image's URI with the image's digest.
     Asset { asset: &'static str },
-    /// A value the deploy engine provides (the assets bucket of the bootstrap stack, alias versions).
-    Deploy { value: &'static str },
+    /// A value the deploy engine provides.
+    Deploy { value: DeployValue },
+}
+
+/// The values a deploy provides itself, each handled by name in the
+/// deploy (a closed set: a new one cannot be left unhandled).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployValue {
+    /// The bootstrap stack's assets bucket.
+    AssetsBucket,
+    /// The version a function's `live` alias serves: the rollout's
+    /// business, so a deploy keeps the current one.
+    LiveVersion,
+    /// The version the gate alarms watch.
+    GateVersion,
 }
 
 /// One parameter of a stack.

@@ -465,7 +465,7 @@ pub fn monitoring(env: &str, spec: &Spec) -> MonitoringContext {
             description: "Version of the function a rollout moves to, which its alarms watch alone; `all`: every version behind the live alias",
             default: Some(ALL_VERSIONS),
             source: Source::Deploy {
-                value: "gate_version",
+                value: DeployValue::GateVersion,
             },
         });
         gate_versions.push(GateVersion {
