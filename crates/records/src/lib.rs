@@ -7,7 +7,7 @@
 //! whatever the batch's size. Every invalid record is reported with its line,
 //! the column at fault and the reason.
 
-use crate::dataset::{Column, Dataset, Format};
+use pipeline_dataset::{Column, Dataset, Format};
 
 mod copy;
 mod csv;

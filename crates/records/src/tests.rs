@@ -1,7 +1,7 @@
 use super::copy::is_decimal;
 use super::*;
-use crate::dataset::ColumnType;
-use crate::dataset::{Column, OnConflict};
+use pipeline_dataset::ColumnType;
+use pipeline_dataset::{Column, OnConflict};
 
 fn dataset(format: Format) -> Dataset {
     let col = |name: &str, kind, nullable| Column {
@@ -351,9 +351,9 @@ fn timestamps_read_epochs_and_patterns_in_a_time_zone() {
 #[test]
 fn left_out_columns_take_their_defaults() {
     let mut ds = dataset(Format::Ndjson);
-    ds.columns[7].default = Some(crate::dataset::DefaultValue::Text("2024-02-29".into()));
+    ds.columns[7].default = Some(pipeline_dataset::DefaultValue::Text("2024-02-29".into()));
     ds.columns[7].format = Some("%d.%m.%Y".into());
-    ds.columns[8].default = Some(crate::dataset::DefaultValue::Text("it's".into()));
+    ds.columns[8].default = Some(pipeline_dataset::DefaultValue::Text("it's".into()));
     let decode = |ds: &Dataset, body: &str| {
         let mut decoder = Decoder::new(ds);
         let mut out = Vec::new();

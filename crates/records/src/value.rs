@@ -11,7 +11,7 @@ use chrono::{DateTime, SecondsFormat};
 
 use super::copy::{clip, copy_escape, is_decimal};
 use super::json::{json_kind, json_string};
-use crate::dataset::{Column, ColumnType, DecimalMark, TimeFormat};
+use pipeline_dataset::{Column, ColumnType, DecimalMark, TimeFormat};
 
 /// How one column's values are read, prepared once per batch.
 pub(super) struct Codec {
@@ -21,7 +21,7 @@ pub(super) struct Codec {
     /// The words read as true and as false, when the spec names them.
     words: Option<(Vec<String>, Vec<String>)>,
     /// The longest value an index of the column can hold
-    /// ([`Dataset::indexed_value_limit`](crate::dataset::Dataset::indexed_value_limit)).
+    /// ([`Dataset::indexed_value_limit`](pipeline_dataset::Dataset::indexed_value_limit)).
     max_bytes: Option<usize>,
 }
 
@@ -52,7 +52,7 @@ impl Codec {
                 expected: column
                     .written_as()
                     .unwrap_or_else(|| format!("written as `{p}`")),
-                offset: crate::dataset::pattern_has_offset(&p),
+                offset: pipeline_dataset::pattern_has_offset(&p),
                 zone: column.timezone().postgres().to_string(),
             },
         };

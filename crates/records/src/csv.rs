@@ -1,7 +1,7 @@
 //! CSV records: where records end, one record split into fields, and the
 //! header's mapping onto the dataset's columns, in the dataset's dialect.
 
-use crate::dataset::{CsvOptions, Dataset, HeaderMatch, normalize_header};
+use pipeline_dataset::{CsvOptions, Dataset, HeaderMatch, normalize_header};
 
 pub(super) struct Csv {
     pub(super) reader: csv_core::Reader,
