@@ -742,12 +742,12 @@ fn prod_like_apis_take_scoped_tokens_behind_a_web_acl() {
     for env in ["uat", "prod"] {
         let app = template(env, "app.template.json");
         let resources = app["Resources"].as_object().expect("resources");
-        assert!(
-            resources
-                .values()
-                .all(|r| r["Type"] != "AWS::ApiGateway::ApiKey"),
-            "{env}: an API key"
-        );
+        // uat meters its clients with API keys, which go beside the tokens.
+        let keys = resources
+            .values()
+            .filter(|r| r["Type"] == "AWS::ApiGateway::ApiKey")
+            .count();
+        assert_eq!(keys, if env == "uat" { 2 } else { 0 }, "{env}");
         let association = &resources["ApiWebAclAssociation"]["Properties"];
         assert_eq!(
             association["WebACLArn"],
@@ -776,7 +776,13 @@ fn prod_like_apis_take_scoped_tokens_behind_a_web_acl() {
                     if method == "options" {
                         continue;
                     }
-                    let scopes = operation["security"][0]["cognito"]
+                    let requirement = &operation["security"][0];
+                    assert_eq!(
+                        requirement.get("api_key").is_some(),
+                        keys > 0,
+                        "{env} {method} {path}: {operation}"
+                    );
+                    let scopes = requirement["cognito"]
                         .as_array()
                         .cloned()
                         .unwrap_or_default();

@@ -58,6 +58,8 @@ enum Credential {
         id: String,
         secret: String,
         token: tokio::sync::OnceCell<String>,
+        /// With `metering_keys`: the client's API key, sent beside its token.
+        key: Option<String>,
     },
 }
 
@@ -84,6 +86,7 @@ fn client_credentials(
             id,
             secret,
             token: tokio::sync::OnceCell::new(),
+            key: target.api_key.clone().filter(|k| !k.is_empty()),
         });
     }
     let path = PathBuf::from(".pipeline")
@@ -100,6 +103,11 @@ fn client_credentials(
         id: client.client_id.clone(),
         secret: client.client_secret.clone(),
         token: tokio::sync::OnceCell::new(),
+        key: target
+            .api_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .or_else(|| client.api_key.clone()),
     })
 }
 
@@ -128,11 +136,14 @@ impl Api {
                 .ok()
                 .map(|k| Credential::Key(k.trim().to_string()))
         };
-        let credential = match target.api_key.as_ref().filter(|k| !k.is_empty()) {
-            Some(k) => Credential::Key(k.clone()),
-            None => client_credentials(target, &base, token_url)
-                .or_else(local_key)
-                .unwrap_or(Credential::None),
+        // Client credentials first: with metering keys, `--api-key` is the
+        // key sent beside the token.
+        let credential = match client_credentials(target, &base, token_url) {
+            Some(client) => client,
+            None => match target.api_key.as_ref().filter(|k| !k.is_empty()) {
+                Some(k) => Credential::Key(k.clone()),
+                None => local_key().unwrap_or(Credential::None),
+            },
         };
         let http = crate::http::builder()
             .build()
@@ -269,11 +280,15 @@ impl Api {
                 id,
                 secret,
                 token,
+                key,
             } => {
                 let token = token
                     .get_or_try_init(|| self.token(token_url, id, secret))
                     .await?;
-                request.bearer_auth(token)
+                match key {
+                    Some(key) => request.bearer_auth(token).header("x-api-key", key),
+                    None => request.bearer_auth(token),
+                }
             }
             Credential::Iam { region } => {
                 let built = request

@@ -603,11 +603,13 @@ api:
   auth: cognito
   clients:
     ci: [events.write, events.read]
+  metering_keys: true
 ";
 
 /// An environment with `auth: cognito` deploys its user pool, its domain,
-/// its resource server and its clients with the API, and its outputs name
-/// the token endpoint and each client's id.
+/// its resource server and its clients with the API (and, with
+/// `metering_keys`, a usage plan key per client), and its outputs name the
+/// token endpoint, each client's id and its key's id.
 #[test]
 fn a_cognito_environment_deploys_its_user_pool_and_clients() {
     require!(Service::Moto);
@@ -623,10 +625,10 @@ fn a_cognito_environment_deploys_its_user_pool_and_clients() {
                 && u.ends_with(".auth.eu-west-1.amazoncognito.com/oauth2/token")),
         "{outputs}"
     );
-    assert!(
-        outputs["ApiClientCiId"]
-            .as_str()
-            .is_some_and(|id| !id.is_empty()),
-        "{outputs}"
-    );
+    for id in ["ApiClientCiId", "ApiKeyCiId"] {
+        assert!(
+            outputs[id].as_str().is_some_and(|v| !v.is_empty()),
+            "{id}: {outputs}"
+        );
+    }
 }

@@ -208,3 +208,61 @@ async fn a_token_reaches_what_its_scopes_allow_and_nothing_else() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// With `metering_keys`, each client also has an API key of the usage
+/// plan, and a request needs both: the token (else 401) and a key (else
+/// 403), as API Gateway checks them. The CLI sends the client's key from
+/// the clients file beside its token.
+#[tokio::test]
+async fn metering_keys_go_beside_the_tokens() {
+    require!(Service::Postgres);
+    let local = Local::start(&format!("{SPEC}  metering_keys: true\n")).await;
+    let reader = token(&local, "reader").await;
+    let file: Value = serde_json::from_slice(
+        &std::fs::read(local.dir.path().join("data").join("clients.json")).expect("clients.json"),
+    )
+    .expect("json");
+    let key = file["clients"]["reader"]["api_key"]
+        .as_str()
+        .expect("a metering key");
+    let get = |token: Option<&str>, key: Option<&str>| {
+        let mut request = local
+            .http
+            .get(format!("{}/v1/datasets/events/records", local.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        async move { request.send().await.expect("request").status().as_u16() }
+    };
+    assert_eq!(get(Some(&reader), None).await, 403);
+    assert_eq!(get(Some(&reader), Some("local-wrong")).await, 403);
+    assert_eq!(get(None, Some(key)).await, 401);
+    assert_eq!(get(Some(&reader), Some(key)).await, 200);
+
+    let kept = local.dir.path().join(".pipeline").join(&local.env);
+    std::fs::create_dir_all(&kept).expect("mkdir");
+    std::fs::copy(
+        local.dir.path().join("data").join("clients.json"),
+        kept.join("clients.json"),
+    )
+    .expect("copy");
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args([
+            "--output", "json", "query", "-d", "events", "--client", "reader",
+        ])
+        .args(["--env", &local.env, "--url", &local.url])
+        .current_dir(local.dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("PIPELINE_API_KEY")
+        .output()
+        .expect("run pipeline");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

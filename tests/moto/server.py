@@ -312,7 +312,7 @@ def resource_type(cfn_type, name_property, create, delete, ref, attributes=None)
     Moto finds types among CloudFormationModel's direct subclasses."""
     attributes, service = attributes or {}, cfn_type.split("::")[1].lower()
     backends = {"secretsmanager": secretsmanager_backends, "lambda": lambda_backends, "rds": rds_backends,
-                "cognito": cognitoidp_backends}[service]
+                "cognito": cognitoidp_backends, "apigateway": apigateway_backends}[service]
 
     def from_template(cls, name, cloudformation_json, account_id, region_name, **kwargs):
         model = cls()
@@ -438,6 +438,24 @@ resource_type(
         props["UserPoolId"], bool(props.get("GenerateSecret")), without(props, "UserPoolId", "GenerateSecret")),
     delete=lambda client, backend: backend.delete_user_pool_client(client.user_pool_id, client.id),
     ref=lambda client: client.id,
+)
+
+# 10c. AWS::ApiGateway::ApiKey is skipped, so an output that refers to one vanishes (each metering
+# key's id). CloudFormation creates the key; Ref gives its id. (The usage plan and its keys'
+# association stay skipped: nothing here reads them.)
+def delete_api_key(key, backend):
+    from moto.apigateway.exceptions import ApiKeyNotFoundException
+    with contextlib.suppress(ApiKeyNotFoundException):
+        backend.delete_api_key(key.id)
+
+
+resource_type(
+    "AWS::ApiGateway::ApiKey", "Name",
+    lambda props, name, backend: backend.create_api_key({
+        "name": props.get("Name", name), "description": props.get("Description"),
+        "enabled": props.get("Enabled", False) in (True, "true")}),
+    delete=delete_api_key,
+    ref=lambda key: key.id,
 )
 
 # 11. Without Docker, moto invokes only functions of its "simple" Lambda backend, while

@@ -436,6 +436,7 @@ pub async fn serve(
             tokens::Issuer::load(
                 &data_dir,
                 &spec.api.clients,
+                spec.api.metering_keys,
                 &format!("http://{addr}/oauth2/token"),
             )
             .await?,

@@ -72,6 +72,15 @@ fn caller(
             if !Required::of(&parts).met_by(&scopes) {
                 return Err(Box::new(unauthorized()));
             }
+            if !issuer.key_passes(headers.get("x-api-key").map(|v| v.as_bytes())) {
+                // The token passed; the usage plan's key did not (403, as
+                // API Gateway answers a missing or wrong key).
+                return Err(Box::new(pipeline_shared::api::error(
+                    http::StatusCode::FORBIDDEN,
+                    pipeline_shared::api::ErrorCode::Forbidden,
+                    "a valid x-api-key header is required beside the token",
+                )));
+            }
             Ok(Access::Scopes(scopes))
         }
         LocalAuth::Open => Ok(Access::Any),

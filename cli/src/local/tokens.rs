@@ -33,6 +33,9 @@ pub struct LocalClient {
     pub client_id: String,
     pub client_secret: String,
     pub scopes: Vec<String>,
+    /// With `metering_keys`: the client's API key, sent beside its token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
 }
 
 /// What the clients file holds.
@@ -104,6 +107,7 @@ impl Issuer {
     pub async fn load(
         data_dir: &Path,
         spec_clients: &BTreeMap<String, Vec<String>>,
+        metering_keys: bool,
         token_url: &str,
     ) -> Result<Issuer, Error> {
         let path = data_dir.join(CLIENTS_FILE);
@@ -122,12 +126,19 @@ impl Issuer {
                 Some(c) => (c.client_id.clone(), c.client_secret.clone()),
                 None => (random_hex(13), random_hex(32)),
             };
+            let api_key = metering_keys.then(|| {
+                known
+                    .get(name)
+                    .and_then(|c| c.api_key.clone())
+                    .unwrap_or_else(|| format!("local-{}", random_hex(16)))
+            });
             file.clients.insert(
                 name.clone(),
                 LocalClient {
                     client_id,
                     client_secret,
                     scopes: scopes.clone(),
+                    api_key,
                 },
             );
         }
@@ -198,6 +209,22 @@ impl Issuer {
         Ok(format!("{signed}.{signature}"))
     }
 
+    /// Whether `key` is one of the clients' metering keys, or none is
+    /// needed (`metering_keys` off).
+    pub fn key_passes(&self, key: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq;
+        let keys: Vec<&String> = self
+            .clients
+            .values()
+            .filter_map(|c| c.api_key.as_ref())
+            .collect();
+        keys.is_empty()
+            || key.is_some_and(|k| {
+                keys.iter()
+                    .any(|expected| bool::from(expected.as_bytes().ct_eq(k)))
+            })
+    }
+
     /// The scopes of a valid, unexpired token of this issuer.
     pub fn verify(&self, token: &str) -> Option<Vec<Scope>> {
         use subtle::ConstantTimeEq;
@@ -251,7 +278,7 @@ mod tests {
                 vec!["events.write".to_string(), "events.read".to_string()],
             ),
         ]);
-        let issuer = Issuer::load(dir.path(), &clients, "http://x/oauth2/token")
+        let issuer = Issuer::load(dir.path(), &clients, false, "http://x/oauth2/token")
             .await
             .expect("issuer");
         let reader = issuer.clients["reader"].clone();
@@ -288,7 +315,7 @@ mod tests {
             Err(TokenError::UnsupportedGrantType)
         );
         // Kept across restarts: the same secrets and key.
-        let again = Issuer::load(dir.path(), &clients, "http://x/oauth2/token")
+        let again = Issuer::load(dir.path(), &clients, false, "http://x/oauth2/token")
             .await
             .expect("issuer");
         assert_eq!(again.clients, issuer.clients);

@@ -103,6 +103,9 @@ pub struct Api {
     /// With `auth: cognito`, the API's clients (client credentials), each with the scopes it may ask for: `<dataset>.read`, `<dataset>.write`.
     #[serde(default)]
     pub clients: BTreeMap<String, Vec<String>>,
+    /// With `auth: cognito`: each client also gets an API key of the stage's usage plan, for metering and throttling per client; requests need both the token and the key.
+    #[serde(default)]
+    pub metering_keys: bool,
     pub throttle: Throttle,
     /// Largest batch body accepted inline, in KiB; bigger batches go through presigned uploads.
     #[schemars(range(min = 1))]

@@ -346,6 +346,14 @@ fn clients(r: &mut Rules, env: &str, spec: &Spec) {
             "set `account: \"<the 12 digits of the AWS account>\"` at the top of the spec",
         );
     }
+    if !cognito && spec.api.metering_keys {
+        r.at(
+            &["api", "metering_keys"],
+            "`api.metering_keys` are keys beside the tokens of `auth: cognito`".into(),
+            "not used",
+            "set `auth: cognito`, or remove it (with `auth: api_key` the key is the credential itself)",
+        );
+    }
     if !cognito && !spec.api.clients.is_empty() {
         r.at_key(
             &["api", "clients"],

@@ -400,9 +400,15 @@ pub fn document(env: &str, spec: &Spec, aws: bool) -> Value {
         }
         AuthMode::Cognito => {
             let scheme = cognito_scheme(env, spec, aws);
-            components.insert("securitySchemes".into(), json!({"cognito": scheme}));
-            // Each operation names its scopes (`scope_operations`).
+            let mut schemes = json!({"cognito": scheme});
             security = json!([{"cognito": []}]);
+            if spec.api.metering_keys {
+                schemes["api_key"] = json!({"type": "apiKey", "name": "x-api-key", "in": "header",
+                                            "description": "The client's metering key, beside its token."});
+                security = json!([{"cognito": [], "api_key": []}]);
+            }
+            // Each operation names its scopes (`scope_operations`).
+            components.insert("securitySchemes".into(), schemes);
         }
         AuthMode::None => {}
     }
@@ -497,9 +503,13 @@ fn scope_operations(doc: &mut Value, spec: &Spec) {
             .iter()
             .map(Scope::qualified)
             .collect();
+        let mut requirement = json!({"cognito": scopes});
+        if spec.api.metering_keys {
+            requirement["api_key"] = json!([]);
+        }
         for (method, operation) in item.as_object_mut().into_iter().flatten() {
             if method != "options" {
-                operation["security"] = json!([{"cognito": scopes}]);
+                operation["security"] = json!([requirement]);
             }
         }
     }

@@ -83,6 +83,10 @@ fn each_rule_reports_its_problem_at_its_place() {
             "case.yaml:3:9 `auth: cognito` needs the API's clients, with their scopes",
         ),
         (
+            "api:\n  metering_keys: true",
+            "case.yaml:3:18 `api.metering_keys` are keys beside the tokens of `auth: cognito`",
+        ),
+        (
             "api:\n  clients:\n    ci: [events.write]",
             "case.yaml:3:3 `api.clients` are the clients of `auth: cognito`",
         ),

@@ -108,6 +108,8 @@ pub struct CognitoContext {
     /// A read and a write scope per dataset: name and description.
     pub scopes: Vec<(String, String)>,
     pub clients: Vec<ClientContext>,
+    /// Each client also has an API key of the usage plan.
+    pub metering_keys: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -155,6 +157,7 @@ fn cognito(env: &str, spec: &Spec) -> Option<CognitoContext> {
         resource_server: RESOURCE_SERVER,
         scopes,
         clients,
+        metering_keys: spec.api.metering_keys,
     })
 }
 
