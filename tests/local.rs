@@ -99,6 +99,37 @@ impl Local {
         }
     }
 
+    /// An access token of one of the spec's clients (`auth: cognito`),
+    /// from the local token endpoint, with the id and secret `pipeline
+    /// local` keeps in its data directory.
+    async fn token(&self, client: &str) -> String {
+        let file: Value = serde_json::from_slice(
+            &std::fs::read(self.dir.path().join("data").join("clients.json"))
+                .expect("clients.json"),
+        )
+        .expect("json");
+        let client = &file["clients"][client];
+        let response = self
+            .http
+            .post(format!("{}/oauth2/token", self.url))
+            .basic_auth(
+                client["client_id"].as_str().expect("id"),
+                client["client_secret"].as_str(),
+            )
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .expect("token endpoint");
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.expect("json");
+        assert_eq!(answer["token_type"], "Bearer");
+        answer["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
     /// Kills the process without warning, as a crash would.
     fn kill(&mut self) {
         let _ = self.child.kill();

@@ -15,34 +15,6 @@ api:
     sensors: [readings.read]
 ";
 
-/// A token of one of the spec's clients, from the local token endpoint.
-async fn token(local: &Local, client: &str) -> String {
-    // The tests' `pipeline local` keeps its data in `data/`.
-    let path = local.dir.path().join("data").join("clients.json");
-    let file: Value =
-        serde_json::from_slice(&std::fs::read(path).expect("clients.json")).expect("json");
-    let client = &file["clients"][client];
-    let response = local
-        .http
-        .post(format!("{}/oauth2/token", local.url))
-        .basic_auth(
-            client["client_id"].as_str().expect("id"),
-            client["client_secret"].as_str(),
-        )
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("grant_type=client_credentials")
-        .send()
-        .await
-        .expect("token endpoint");
-    assert_eq!(response.status(), 200);
-    let answer: Value = response.json().await.expect("json");
-    assert_eq!(answer["token_type"], "Bearer");
-    answer["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_string()
-}
-
 /// A request with a bearer token (or none): its status and body.
 async fn call(
     local: &Local,
@@ -69,9 +41,9 @@ async fn a_token_reaches_what_its_scopes_allow_and_nothing_else() {
     require!(Service::Postgres);
     let local = Local::start(SPEC).await;
     let (writer, reader, sensors) = (
-        token(&local, "writer").await,
-        token(&local, "reader").await,
-        token(&local, "sensors").await,
+        local.token("writer").await,
+        local.token("reader").await,
+        local.token("sensors").await,
     );
     use reqwest::Method;
     let batch = event(1, "click");
@@ -217,7 +189,7 @@ async fn a_token_reaches_what_its_scopes_allow_and_nothing_else() {
 async fn metering_keys_go_beside_the_tokens() {
     require!(Service::Postgres);
     let local = Local::start(&format!("{SPEC}  metering_keys: true\n")).await;
-    let reader = token(&local, "reader").await;
+    let reader = local.token("reader").await;
     let file: Value = serde_json::from_slice(
         &std::fs::read(local.dir.path().join("data").join("clients.json")).expect("clients.json"),
     )

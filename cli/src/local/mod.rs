@@ -547,6 +547,10 @@ async fn local_api_key(data_dir: &std::path::Path) -> Result<String, Error> {
     tokio::io::AsyncWriteExt::write_all(&mut file, key.as_bytes())
         .await
         .map_err(failed)?;
+    // Written once flushed (a tokio file writes on a background thread).
+    tokio::io::AsyncWriteExt::flush(&mut file)
+        .await
+        .map_err(failed)?;
     Ok(key)
 }
 

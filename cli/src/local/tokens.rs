@@ -259,7 +259,12 @@ pub async fn write_private(path: &Path, file: &ClientsFile) -> Result<(), Error>
     tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .await
         .map_err(failed)?;
+    // A tokio file hands writes to a background thread: the write is done
+    // once flushed, and only then may the file's path be given out.
     tokio::io::AsyncWriteExt::write_all(&mut out, &text)
+        .await
+        .map_err(failed)?;
+    tokio::io::AsyncWriteExt::flush(&mut out)
         .await
         .map_err(failed)
 }
