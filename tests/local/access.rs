@@ -36,6 +36,33 @@ async fn call(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A GET with a bearer token (or none): its status and body.
+async fn get(local: &Local, path: &str, token: Option<&str>) -> (u16, Value) {
+    call(local, reqwest::Method::GET, path, token, "").await
+}
+
+/// Runs a client command of the real binary against `local`, with no API
+/// key given: the CLI finds its client in the clients file `pipeline local`
+/// keeps in `.pipeline/<env>/` (its default data directory; the tests'
+/// instance keeps it in `data/`, and it is copied there first).
+fn client_cli(local: &Local, args: &[&str]) -> std::process::Output {
+    let kept = local.dir.path().join(".pipeline").join(&local.env);
+    std::fs::create_dir_all(&kept).expect("mkdir");
+    std::fs::copy(
+        local.dir.path().join("data").join("clients.json"),
+        kept.join("clients.json"),
+    )
+    .expect("copy");
+    Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(args)
+        .args(["--env", &local.env, "--url", &local.url])
+        .current_dir(local.dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("PIPELINE_API_KEY")
+        .output()
+        .expect("run pipeline")
+}
+
 #[tokio::test]
 async fn a_token_reaches_what_its_scopes_allow_and_nothing_else() {
     require!(Service::Postgres);
@@ -52,14 +79,7 @@ async fn a_token_reaches_what_its_scopes_allow_and_nothing_else() {
     let (status, answer) = call(&local, Method::GET, "/v1/datasets/events/records", None, "").await;
     assert_eq!((status, &answer["message"]), (401, &json!("Unauthorized")));
     let forged = format!("{}x", &reader[..reader.len() - 1]);
-    let (status, _) = call(
-        &local,
-        Method::GET,
-        "/v1/datasets/events/records",
-        Some(&forged),
-        "",
-    )
-    .await;
+    let (status, _) = get(&local, "/v1/datasets/events/records", Some(&forged)).await;
     assert_eq!(status, 401);
 
     // The writer sends and reads back; its batch loads.
@@ -76,23 +96,9 @@ async fn a_token_reaches_what_its_scopes_allow_and_nothing_else() {
 
     // The reader reads `events`, and the batch's status, but sends nothing
     // and reads no other dataset: the operation wants a scope it lacks.
-    let (status, page) = call(
-        &local,
-        Method::GET,
-        "/v1/datasets/events/records",
-        Some(&reader),
-        "",
-    )
-    .await;
+    let (status, page) = get(&local, "/v1/datasets/events/records", Some(&reader)).await;
     assert_eq!(status, 200, "{page}");
-    let (status, _) = call(
-        &local,
-        Method::GET,
-        &format!("/v1/batches/{batch_id}"),
-        Some(&reader),
-        "",
-    )
-    .await;
+    let (status, _) = get(&local, &format!("/v1/batches/{batch_id}"), Some(&reader)).await;
     assert_eq!(status, 200);
     for (method, path) in [
         (Method::POST, "/v1/datasets/events/batches"),
@@ -106,64 +112,39 @@ async fn a_token_reaches_what_its_scopes_allow_and_nothing_else() {
     // A token of another dataset passes the gateway on the batch routes
     // (any scope), and the handler answers the batch as missing: nothing is
     // learnt of datasets beyond its scopes.
-    let (status, answer) = call(
-        &local,
-        Method::GET,
-        &format!("/v1/batches/{batch_id}"),
-        Some(&sensors),
-        "",
-    )
-    .await;
+    let (status, answer) = get(&local, &format!("/v1/batches/{batch_id}"), Some(&sensors)).await;
     assert_eq!(status, 404, "{answer}");
-    let (status, _) = call(
-        &local,
-        Method::GET,
-        "/v1/datasets/readings/records",
-        Some(&sensors),
-        "",
-    )
-    .await;
+    let (status, _) = get(&local, "/v1/datasets/readings/records", Some(&sensors)).await;
     assert_eq!(status, 200);
 
     // The CLI gets its tokens itself: from the clients file `pipeline local`
     // keeps in `.pipeline/<env>/` (its default data directory), for the
     // client named.
     std::fs::write(local.dir.path().join("one.ndjson"), event(2, "view")).expect("write");
-    let kept = local.dir.path().join(".pipeline").join(&local.env);
-    std::fs::create_dir_all(&kept).expect("mkdir");
-    std::fs::copy(
-        local.dir.path().join("data").join("clients.json"),
-        kept.join("clients.json"),
-    )
-    .expect("copy");
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_pipeline"))
-            .args(args)
-            .args(["--env", &local.env, "--url", &local.url])
-            .current_dir(local.dir.path())
-            .env("NO_COLOR", "1")
-            .env_remove("PIPELINE_API_KEY")
-            .output()
-            .expect("run pipeline")
-    };
-    let out = run(&[
-        "push",
-        "-d",
-        "events",
-        "one.ndjson",
-        "--wait",
-        "--client",
-        "writer",
-    ]);
+    let out = client_cli(
+        &local,
+        &[
+            "push",
+            "-d",
+            "events",
+            "one.ndjson",
+            "--wait",
+            "--client",
+            "writer",
+        ],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = run(&[
-        "--output", "json", "query", "-d", "events", "--client", "reader",
-    ]);
+    let out = client_cli(
+        &local,
+        &[
+            "--output", "json", "query", "-d", "events", "--client", "reader",
+        ],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -172,7 +153,10 @@ async fn a_token_reaches_what_its_scopes_allow_and_nothing_else() {
     );
     let page: Value = serde_json::from_slice(&out.stdout).expect("json page");
     assert_eq!(page["records"].as_array().map(Vec::len), Some(2), "{page}");
-    let out = run(&["push", "-d", "events", "one.ndjson", "--client", "reader"]);
+    let out = client_cli(
+        &local,
+        &["push", "-d", "events", "one.ndjson", "--client", "reader"],
+    );
     assert_ne!(out.status.code(), Some(0));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
@@ -214,23 +198,12 @@ async fn metering_keys_go_beside_the_tokens() {
     assert_eq!(get(None, Some(key)).await, 401);
     assert_eq!(get(Some(&reader), Some(key)).await, 200);
 
-    let kept = local.dir.path().join(".pipeline").join(&local.env);
-    std::fs::create_dir_all(&kept).expect("mkdir");
-    std::fs::copy(
-        local.dir.path().join("data").join("clients.json"),
-        kept.join("clients.json"),
-    )
-    .expect("copy");
-    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
-        .args([
+    let out = client_cli(
+        &local,
+        &[
             "--output", "json", "query", "-d", "events", "--client", "reader",
-        ])
-        .args(["--env", &local.env, "--url", &local.url])
-        .current_dir(local.dir.path())
-        .env("NO_COLOR", "1")
-        .env_remove("PIPELINE_API_KEY")
-        .output()
-        .expect("run pipeline");
+        ],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),

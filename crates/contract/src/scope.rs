@@ -47,6 +47,24 @@ impl Scope {
         }
     }
 
+    /// Every scope over these datasets: a read and a write scope each.
+    pub fn all<'a>(datasets: impl IntoIterator<Item = &'a str>) -> Vec<Scope> {
+        datasets
+            .into_iter()
+            .flat_map(|d| Action::ALL.map(|a| Scope::new(d, a)))
+            .collect()
+    }
+
+    /// What the scope allows, for people (the user pool's scope
+    /// descriptions and the API document's alike).
+    pub fn description(&self) -> String {
+        let what = match self.action {
+            Action::Read => "Read the records and batches of",
+            Action::Write => "Send batches to",
+        };
+        format!("{what} {}", self.dataset)
+    }
+
     /// The scope as tokens carry it: `pipeline/<dataset>.<action>`.
     pub fn qualified(&self) -> String {
         format!("{RESOURCE_SERVER}/{self}")
@@ -210,9 +228,8 @@ impl Required {
     pub fn list<'a>(&self, datasets: impl IntoIterator<Item = &'a str>) -> Vec<Scope> {
         match self {
             Required::One(scope) => vec![scope.clone()],
-            Required::AnyOf(action) => datasets
+            Required::AnyOf(action) => Scope::all(datasets)
                 .into_iter()
-                .flat_map(|d| Action::ALL.map(|a| Scope::new(d, a)))
                 .filter(|s| action.is_none_or(|a| s.action == a))
                 .collect(),
         }

@@ -7,7 +7,7 @@
 use serde_json::{Map, Value, json};
 
 use pipeline_contract::{
-    Action, CURSOR_PATTERN, DEFAULT_PAGE, IDEMPOTENCY_KEY_PATTERN, MAX_PAGE, MAX_PAGE_BYTES,
+    CURSOR_PATTERN, DEFAULT_PAGE, IDEMPOTENCY_KEY_PATTERN, MAX_PAGE, MAX_PAGE_BYTES,
     PART_URLS_PER_ANSWER, Required, Scope,
 };
 use pipeline_dataset::{ColumnType, Dataset};
@@ -470,16 +470,9 @@ fn cognito_scheme(env: &str, spec: &Spec, aws: bool) -> Value {
             },
         });
     }
-    let scopes: Map<String, Value> = spec
-        .datasets
-        .keys()
-        .flat_map(|d| Action::ALL.map(|a| Scope::new(d, a)))
-        .map(|s| {
-            (
-                s.qualified(),
-                json!(format!("{} dataset `{}`", s.action.as_str(), s.dataset)),
-            )
-        })
+    let scopes: Map<String, Value> = Scope::all(spec.datasets.keys().map(String::as_str))
+        .into_iter()
+        .map(|s| (s.qualified(), json!(s.description())))
         .collect();
     json!({
         "type": "oauth2",

@@ -122,21 +122,13 @@ pub struct ClientContext {
 }
 
 fn cognito(env: &str, spec: &Spec) -> Option<CognitoContext> {
-    use pipeline_contract::{Action, RESOURCE_SERVER, Scope};
+    use pipeline_contract::{RESOURCE_SERVER, Scope};
     if spec.api.auth != AuthMode::Cognito {
         return None;
     }
-    let scopes = spec
-        .datasets
-        .keys()
-        .flat_map(|d| Action::ALL.map(|a| Scope::new(d, a)))
-        .map(|s| {
-            let what = match s.action {
-                Action::Read => "Read the records and batches of",
-                Action::Write => "Send batches to",
-            };
-            (s.to_string(), format!("{what} {}", s.dataset))
-        })
+    let scopes = Scope::all(spec.datasets.keys().map(String::as_str))
+        .into_iter()
+        .map(|s| (s.to_string(), s.description()))
         .collect();
     let clients = spec
         .api
